@@ -1,0 +1,34 @@
+# scorefn: the two commands are `make demo` and `make test`; both install what they need.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP_STAMP := $(VENV)/.deps-installed
+NPM_STAMP := node_modules/.deps-installed
+
+.PHONY: install test demo bench clean
+
+install: $(PIP_STAMP) $(NPM_STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(PIP_STAMP): requirements.txt requirements-dev.txt | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+$(NPM_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: install
+	$(PY) -m pytest
+
+demo: install
+	$(PY) -m scorefn demo
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .demo

@@ -1,0 +1,12 @@
+"""Azure Functions entry point (Python v2 programming model): registers blueprints, nothing else.
+
+HTTP routes default to function-level auth (a key in ``x-functions-key`` or ``?code=``);
+the health probes opt out explicitly in their blueprint.
+"""
+
+import azure.functions as func
+
+from score_function.http_routes import bp as http_routes
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+app.register_blueprint(http_routes)

@@ -1,0 +1,1 @@
+"""Thin Azure Functions handlers: parse the trigger, call ``shared``, shape the response."""

@@ -1,0 +1,83 @@
+"""HTTP routes: the scoring route, Open Inference Protocol (V2) routes and health probes.
+
+The scoring core is imported on first use rather than at import time, so that indexing
+the app (cold start) does not pay for numpy, LightGBM or the storage SDK.
+"""
+
+from __future__ import annotations
+
+import azure.functions as func
+
+from .responses import error_response, json_response, request_id_of
+
+bp = func.Blueprint()
+
+
+def _service():
+    from shared.service import get_service
+
+    return get_service()
+
+
+@bp.route(route="score/{name}", methods=["POST"])
+def score(req: func.HttpRequest) -> func.HttpResponse:
+    """Score ``rows`` or ``records`` for an endpoint."""
+    request_id = request_id_of(req)
+    try:
+        from shared.payloads import encode_score_response
+
+        result = _service().score(req.route_params["name"], req.get_body(),
+                                  content_type=req.headers.get("content-type"))
+        body = encode_score_response(result.predictions, result.model.to_dict(), request_id)
+        return json_response(body, request_id)
+    except Exception as exc:
+        return error_response(exc, request_id, "score")
+
+
+@bp.route(route="v2/models/{name}/infer", methods=["POST"])
+def v2_infer(req: func.HttpRequest) -> func.HttpResponse:
+    """Open Inference Protocol inference."""
+    request_id = request_id_of(req)
+    try:
+        from shared.payloads import encode_v2_response
+
+        name = req.route_params["name"]
+        result = _service().score(name, req.get_body(), fmt="v2",
+                                  content_type=req.headers.get("content-type"))
+        body = encode_v2_response(result.predictions, model_name=name,
+                                  model_version=result.model.version,
+                                  request_id=result.request.request_id or request_id)
+        return json_response(body, request_id)
+    except Exception as exc:
+        return error_response(exc, request_id, "v2_infer")
+
+
+@bp.route(route="v2/models/{name}", methods=["GET"])
+def v2_metadata(req: func.HttpRequest) -> func.HttpResponse:
+    """Open Inference Protocol model metadata."""
+    request_id = request_id_of(req)
+    try:
+        from shared.payloads import dumps
+
+        return json_response(dumps(_service().metadata(req.route_params["name"])), request_id)
+    except Exception as exc:
+        return error_response(exc, request_id, "v2_metadata")
+
+
+@bp.route(route="v2/health/live", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def health_live(req: func.HttpRequest) -> func.HttpResponse:
+    """The process is up (no storage access)."""
+    return json_response(b'{"live":true}', request_id_of(req))
+
+
+@bp.route(route="v2/health/ready", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def health_ready(req: func.HttpRequest) -> func.HttpResponse:
+    """Ready when the settings are valid and the model storage answers."""
+    request_id = request_id_of(req)
+    try:
+        from shared.payloads import dumps
+
+        report = _service().readiness()
+        return json_response(dumps(report), request_id, 200 if report["ready"] else 503)
+    except Exception as exc:
+        return error_response(exc, request_id, "health_ready")

@@ -1,0 +1,54 @@
+"""Shapes results and errors into HTTP responses; the one place errors become status codes."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+import azure.functions as func
+import orjson
+
+from shared.errors import ModelUnavailable, ScoreError, SettingsError
+
+log = logging.getLogger("scorefn.http")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+JSON = "application/json"
+
+
+def request_id_of(req: func.HttpRequest) -> str:
+    """The caller's ``x-request-id`` when it is a sane token, else a new one."""
+    given = req.headers.get("x-request-id") or ""
+    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+def json_response(body: bytes, request_id: str, status: int = 200,
+                  headers: dict[str, str] | None = None) -> func.HttpResponse:
+    all_headers = {"x-request-id": request_id, "cache-control": "no-store"}
+    if headers:
+        all_headers.update(headers)
+    return func.HttpResponse(body=body, status_code=status, headers=all_headers, mimetype=JSON,
+                             charset="utf-8")
+
+
+def error_response(exc: BaseException, request_id: str, route: str) -> func.HttpResponse:
+    """Map any exception to ``{"error": code, "message": ...}`` with its status.
+
+    Typed errors carry their own status. Anything else is a 500 whose message says nothing
+    of the internals; the log line has the traceback but never the request body.
+    """
+    headers: dict[str, str] = {}
+    if isinstance(exc, ScoreError):
+        status, doc = exc.status, exc.to_dict()
+        if isinstance(exc, ModelUnavailable):
+            headers["retry-after"] = str(exc.retry_after_seconds)
+        level = logging.WARNING if status >= 500 else logging.INFO
+        log.log(level, "%s %s -> %d %s", route, request_id, status, exc.code)
+    elif isinstance(exc, SettingsError):
+        status, doc = 500, {"error": "configuration_error", "message": str(exc)}
+        log.error("%s %s -> 500 configuration_error: %s", route, request_id, exc)
+    else:
+        status, doc = 500, {"error": "internal_error",
+                            "message": f"internal error; quote request id {request_id}"}
+        log.exception("%s %s -> 500 internal_error", route, request_id)
+    return json_response(orjson.dumps(doc), request_id, status, headers)

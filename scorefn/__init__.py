@@ -1,0 +1,1 @@
+"""scorefn's command line: ``python -m scorefn --help``."""

@@ -1,0 +1,170 @@
+"""A loaded LightGBM model: metadata plus predict(), with LightGBM's fast single-row path.
+
+``lightgbm`` is imported when the first model is parsed, not when this module is
+imported, because its import (scipy) is a large part of a cold start.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import queue
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidModel
+
+_PREDICT_NORMAL = 0
+_PREDICT_RAW = 1
+_DTYPE_FLOAT64 = 1  # C_API_DTYPE_FLOAT64
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What handlers and the router need to know about a loaded model."""
+
+    name: str
+    path: str
+    version: str
+    last_modified: datetime | None
+    feature_names: tuple[str, ...]
+    num_features: int
+    objective: str
+    num_classes: int
+    num_outputs: int
+    size_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version}
+
+
+def _header(text: str) -> dict[str, str]:
+    """The ``key=value`` lines before the first tree of a LightGBM text model."""
+    header: dict[str, str] = {}
+    for line in text[: text.find("\nTree=")].splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            header[key.strip()] = value.strip()
+    return header
+
+
+class LoadedModel:
+    """A parsed LightGBM booster. Thread-safe: ``predict`` may be called concurrently."""
+
+    def __init__(self, booster: Any, info: ModelInfo) -> None:
+        self.booster = booster
+        self.info = info
+        best = int(getattr(booster, "best_iteration", 0) or 0)
+        # Booster.predict uses best_iteration when set; the fast path must use the same.
+        self._num_iteration = best if best > 0 else -1
+        # One FastConfig per concurrent caller, as LightGBM's own threaded tests use them.
+        self._fast_pools: dict[int, queue.SimpleQueue] = {
+            _PREDICT_NORMAL: queue.SimpleQueue(), _PREDICT_RAW: queue.SimpleQueue()}
+        self._fast_all: list[ctypes.c_void_p] = []
+
+    def predict(self, X: np.ndarray, *, raw_score: bool = False, pred_contrib: bool = False,
+                num_threads: int = 1) -> np.ndarray:
+        """Predict ``X`` (float64, shape (n, num_features)); equal to ``Booster.predict``."""
+        if X.shape[0] == 1 and not pred_contrib:
+            return self._predict_one(X, _PREDICT_RAW if raw_score else _PREDICT_NORMAL)
+        return self.booster.predict(
+            X, raw_score=raw_score, pred_contrib=pred_contrib, num_iteration=self._num_iteration,
+            validate_features=False, num_threads=num_threads)
+
+    def _predict_one(self, X: np.ndarray, predict_type: int) -> np.ndarray:
+        from lightgbm.basic import _LIB, _safe_call
+
+        row = np.ascontiguousarray(X[0], dtype=np.float64)
+        pool = self._fast_pools[predict_type]
+        try:
+            config = pool.get_nowait()
+        except queue.Empty:
+            config = self._new_fast_config(predict_type)
+        try:
+            out = np.empty(self.info.num_outputs, dtype=np.float64)
+            out_len = ctypes.c_int64(0)
+            _safe_call(_LIB.LGBM_BoosterPredictForMatSingleRowFast(
+                config, ctypes.c_void_p(row.ctypes.data), ctypes.byref(out_len),
+                ctypes.c_void_p(out.ctypes.data)))
+        finally:
+            pool.put(config)
+        # Booster.predict returns shape (n,) for one output and (n, k) for k classes.
+        return out.reshape(1, -1) if self.info.num_outputs > 1 else out
+
+    def _new_fast_config(self, predict_type: int) -> ctypes.c_void_p:
+        from lightgbm.basic import _LIB, _c_str, _safe_call
+
+        config = ctypes.c_void_p()
+        _safe_call(_LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
+            self.booster._handle, ctypes.c_int(predict_type), ctypes.c_int(0),
+            ctypes.c_int(self._num_iteration), ctypes.c_int(_DTYPE_FLOAT64),
+            ctypes.c_int32(self.info.num_features), _c_str("num_threads=1"),
+            ctypes.byref(config)))
+        self._fast_all.append(config)
+        return config
+
+    def __del__(self) -> None:
+        try:
+            from lightgbm.basic import _LIB
+        except Exception:  # interpreter shutting down
+            return
+        for config in getattr(self, "_fast_all", ()):
+            _LIB.LGBM_FastConfigFree(config)
+        self._fast_all = []
+
+
+_TREE_SIZES = re.compile(r"^tree_sizes=[^\n]*\n", re.M)
+
+
+def check_structure(text: str, name: str) -> str:
+    """Check the text is a whole LightGBM model and return it ready for LightGBM's parser.
+
+    LightGBM parses trees in an OpenMP loop when the header has ``tree_sizes``, and an
+    error inside that loop aborts the whole process (seen here on a truncated file and on
+    a few bytes of junk in a tree). Without ``tree_sizes`` it parses them one after the
+    other and raises a normal error, so the header is dropped (parsing takes ~2x longer,
+    ~20 ms for a 500-tree model); a truncated file is rejected before LightGBM sees it.
+    """
+    first_tree = text.find("\nTree=") + 1
+    if not text.startswith("tree\n") or first_tree <= 0:
+        raise InvalidModel(f"model {name!r} is not a LightGBM text model")
+    header = _header(text)
+    missing = [k for k in ("version", "num_class", "max_feature_idx", "feature_names", "objective")
+               if k not in header]
+    if missing:
+        raise InvalidModel(f"model {name!r} is not a LightGBM text model (no {', '.join(missing)})")
+    end = text.find("\nend of trees\n", first_tree)
+    if end < 0:
+        raise InvalidModel(f"model {name!r} is truncated (no 'end of trees')")
+    # What follows the trees (feature importances, training parameters) plays no part in
+    # prediction, and a damaged parameters section crashes LightGBM: it is left out.
+    return _TREE_SIZES.sub("", text[:first_tree], count=1) + text[first_tree:end + 14]
+
+
+def parse_model(text_bytes: bytes, *, name: str, path: str, version: str,
+                last_modified: datetime | None) -> LoadedModel:
+    """Parse a LightGBM text model; anything else raises :class:`InvalidModel`."""
+    try:
+        text = text_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidModel(f"model {name!r} is not a LightGBM text model (not UTF-8 text)") from None
+    safe_text = check_structure(text, name)
+    import lightgbm
+
+    try:
+        booster = lightgbm.Booster(model_str=safe_text)
+    except Exception as exc:  # LightGBMError, or a ValueError from its parser
+        raise InvalidModel(f"model {name!r} could not be parsed: {exc}") from None
+    header = _header(text)
+    objective = (header.get("objective") or "unknown").split()[0]
+    num_classes = int(header.get("num_class", "1") or 1)
+    feature_names = tuple(booster.feature_name())
+    info = ModelInfo(
+        name=name, path=path, version=version, last_modified=last_modified,
+        feature_names=feature_names, num_features=booster.num_feature(), objective=objective,
+        num_classes=num_classes, num_outputs=booster.num_model_per_iteration(),
+        size_bytes=len(text_bytes))
+    return LoadedModel(booster, info)

@@ -1,0 +1,218 @@
+"""Lazy, per-process model cache over a blob source.
+
+- Nothing is fetched until a model is first asked for; concurrent first requests for one
+  model share a single download (single-flight).
+- A cached model is revalidated by ETag at most every ``refresh_seconds``, in a background
+  thread: requests keep using the cached model meanwhile, and a changed blob replaces it
+  only once it has parsed. A blob that fails to download or parse never replaces a model
+  that works; the failure is logged and retried at the next interval.
+- Beyond ``max_cache_bytes`` the least recently used models are evicted.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from .errors import InvalidName, ModelNotFound, ScoreError
+from .model import LoadedModel, ModelInfo, parse_model
+
+log = logging.getLogger("scorefn.models")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,255}$")
+MODEL_SUFFIXES = (".txt", ".txt.gz")
+
+
+class Source(Protocol):
+    def fetch(self, path: str, etag: str | None = None): ...
+
+    def ping(self) -> None: ...
+
+
+def blob_candidates(name: str) -> tuple[str, ...]:
+    """The blob paths a model name may refer to: ``churn`` -> ``churn.txt``, ``churn.txt.gz``."""
+    if not _NAME_RE.match(name) or ".." in name or "//" in name or name.endswith("/"):
+        raise InvalidName(f"invalid model name {name[:80]!r}: use letters, digits, '.', '_', '-', '/'")
+    if name.endswith(MODEL_SUFFIXES):
+        return (name,)
+    return tuple(name + suffix for suffix in MODEL_SUFFIXES)
+
+
+@dataclass
+class StoreStats:
+    """Counters for tests and telemetry."""
+
+    downloads: int = 0
+    not_modified: int = 0
+    swaps: int = 0
+    failed_refreshes: int = 0
+    evictions: int = 0
+
+
+@dataclass
+class _Entry:
+    model: LoadedModel
+    next_check: float
+    refreshing: bool = False
+
+
+@dataclass
+class _Flight:
+    done: threading.Event = field(default_factory=threading.Event)
+    model: LoadedModel | None = None
+    error: BaseException | None = None
+
+
+class ModelStore:
+    """Get models by name; see the module docstring for the caching rules."""
+
+    def __init__(self, source: Source, *, refresh_seconds: float = 30.0,
+                 max_cache_bytes: int = 1024 * 1024 * 1024,
+                 parse: Callable[..., LoadedModel] = parse_model,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.source = source
+        self._refresh_seconds = refresh_seconds
+        self._max_cache_bytes = max_cache_bytes
+        self._parse = parse
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._flights: dict[str, _Flight] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self.stats = StoreStats()
+
+    def get(self, name: str) -> tuple[LoadedModel, bool]:
+        """The model called ``name`` and whether this call had to load it (a cold start).
+
+        Raises :class:`ModelNotFound`, :class:`ModelUnavailable` or :class:`InvalidModel`
+        for a model that is not cached and cannot be loaded.
+        """
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is not None:
+                self._entries.move_to_end(name)
+                if now >= entry.next_check and not entry.refreshing:
+                    entry.refreshing = True
+                    self._refresh_pool().submit(self._refresh, name, entry)
+                return entry.model, False
+            flight = self._flights.get(name)
+            leader = flight is None
+            if leader:
+                flight = self._flights[name] = _Flight()
+        if leader:
+            self._lead(name, flight)
+        else:
+            flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        assert flight.model is not None
+        return flight.model, True
+
+    def loaded(self) -> list[ModelInfo]:
+        """Info of every cached model, least recently used first."""
+        with self._lock:
+            return [entry.model.info for entry in self._entries.values()]
+
+    def refresh(self, name: str) -> bool:
+        """Revalidate ``name`` now, in this thread; True when a new version was swapped in."""
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None or entry.refreshing:
+                return False
+            entry.refreshing = True
+        return self._refresh(name, entry)
+
+    def close(self) -> None:
+        """Stop background refreshes (waits for one in progress)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    # -- internals -------------------------------------------------------------------
+
+    def _lead(self, name: str, flight: _Flight) -> None:
+        try:
+            model = self._load(name)
+        except BaseException as exc:
+            flight.error = exc
+            with self._lock:
+                del self._flights[name]
+            if isinstance(exc, ScoreError):
+                log.warning("model %s could not be loaded: %s (%s)", name, exc.code, exc.message)
+            else:
+                log.exception("model %s could not be loaded", name)
+        else:
+            flight.model = model
+            with self._lock:
+                self._entries[name] = _Entry(model, self._clock() + self._refresh_seconds)
+                del self._flights[name]
+                self._evict(keep=name)
+        finally:
+            flight.done.set()
+
+    def _load(self, name: str) -> LoadedModel:
+        candidates = blob_candidates(name)
+        for path in candidates:
+            try:
+                content = self.source.fetch(path)
+            except ModelNotFound:
+                continue
+            self.stats.downloads += 1
+            return self._parse(content.data, name=name, path=path, version=content.etag,
+                               last_modified=content.last_modified)
+        raise ModelNotFound(f"no model {name!r} (looked for {', '.join(candidates)})")
+
+    def _refresh(self, name: str, entry: _Entry) -> bool:
+        current = entry.model.info
+        swapped = False
+        try:
+            content = self.source.fetch(current.path, etag=current.version)
+            if content is None:
+                self.stats.not_modified += 1
+            else:
+                self.stats.downloads += 1
+                model = self._parse(content.data, name=name, path=current.path,
+                                    version=content.etag, last_modified=content.last_modified)
+                with self._lock:
+                    if self._entries.get(name) is entry:
+                        entry.model = model  # atomic swap: readers see old or new, never half
+                        swapped = True
+                        self.stats.swaps += 1
+                        self._evict(keep=name)
+                log.info("model %s updated to version %s", name, content.etag)
+        except ScoreError as exc:
+            self.stats.failed_refreshes += 1
+            log.warning("refresh of model %s failed: %s (%s); keeping version %s",
+                        name, exc.code, exc.message, current.version)
+        except Exception:
+            self.stats.failed_refreshes += 1
+            log.exception("refresh of model %s failed; keeping version %s", name, current.version)
+        finally:
+            with self._lock:
+                entry.refreshing = False
+                entry.next_check = self._clock() + self._refresh_seconds
+        return swapped
+
+    def _evict(self, keep: str) -> None:
+        # Caller holds self._lock.
+        total = sum(e.model.info.size_bytes for e in self._entries.values())
+        for victim in list(self._entries):
+            if total <= self._max_cache_bytes:
+                break
+            if victim == keep:
+                continue
+            total -= self._entries.pop(victim).model.info.size_bytes
+            self.stats.evictions += 1
+            log.info("model %s evicted from the cache (memory bound)", victim)
+
+    def _refresh_pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="scorefn-refresh")
+        return self._executor

@@ -1,0 +1,146 @@
+"""Pieces every payload format shares: JSON decoding, options, and the row matrix check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any, Sequence
+
+import numpy as np
+import orjson
+
+from ..errors import InvalidJson, InvalidPayload, PayloadTooLarge
+
+_NUMBER_TYPES = frozenset((float, int, type(None)))
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to predict: ``raw_score`` (margins, no sigmoid/softmax) or ``pred_contrib``
+    (per-feature SHAP contributions plus the expected value, per class)."""
+
+    raw_score: bool = False
+    pred_contrib: bool = False
+
+
+@dataclass
+class ScoringInput:
+    """A parsed request: the matrix to score and how."""
+
+    X: np.ndarray
+    options: Options = field(default_factory=Options)
+    format: str = "rows"
+    request_id: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+def decode_json(body: bytes) -> dict[str, Any]:
+    """Decode a JSON object strictly (no NaN/Infinity literals, UTF-8 only)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJson(f"body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidPayload("body must be a JSON object", code="invalid_payload")
+    return doc
+
+
+def dumps(doc: Any) -> bytes:
+    """Encode a response; numpy arrays are written directly, shortest round-trip floats."""
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def parse_options(raw: Any, *, where: str = "options", strict: bool = True) -> Options:
+    if raw is None:
+        return Options()
+    if not isinstance(raw, dict):
+        raise InvalidPayload(f"'{where}' must be an object", code="invalid_options")
+    known = {"raw_score", "pred_contrib"}
+    unknown = set(raw) - known
+    if strict and unknown:
+        raise InvalidPayload(f"unknown option(s) {sorted(unknown)} in '{where}'; known: {sorted(known)}",
+                             code="invalid_options")
+    values = {}
+    for name in known & set(raw):
+        if not isinstance(raw[name], bool):
+            raise InvalidPayload(f"option '{name}' must be true or false", code="invalid_options")
+        values[name] = raw[name]
+    options = Options(**values)
+    if options.raw_score and options.pred_contrib:
+        raise InvalidPayload("raw_score and pred_contrib cannot be combined", code="invalid_options")
+    return options
+
+
+def check_count(n: int, max_rows: int, what: str) -> None:
+    if n == 0:
+        raise InvalidPayload(f"'{what}' is empty: send at least one row", code="empty_input")
+    if n > max_rows:
+        raise PayloadTooLarge(f"{n} rows is more than the limit of {max_rows} per request",
+                              code="too_many_rows")
+
+
+def rows_to_matrix(rows: Any, feature_names: Sequence[str], max_rows: int,
+                   what: str = "rows") -> np.ndarray:
+    """Validate a list of equal-width numeric rows and convert it to float64 (null -> NaN).
+
+    The checks run as C-level passes (``map``/``set``); only on an error do we walk the
+    rows in Python, to name the first bad one.
+    """
+    if not isinstance(rows, list):
+        raise InvalidPayload(f"'{what}' must be a list of rows", code="invalid_rows")
+    check_count(len(rows), max_rows, what)
+    width = len(feature_names)
+    if set(map(type, rows)) != {list}:
+        i = next(i for i, row in enumerate(rows) if type(row) is not list)
+        raise InvalidPayload(f"{what}[{i}] is not a list of values", code="invalid_rows")
+    if set(map(len, rows)) != {width}:
+        i = next(i for i, row in enumerate(rows) if len(row) != width)
+        raise InvalidPayload(f"{what}[{i}] has {len(rows[i])} values; the model expects {width}",
+                             code="wrong_row_width")
+    if not set(map(type, chain.from_iterable(rows))) <= _NUMBER_TYPES:
+        for i, row in enumerate(rows):
+            for j, value in enumerate(row):
+                if type(value) not in _NUMBER_TYPES:
+                    raise InvalidPayload(
+                        f"{what}[{i}][{j}] ({feature_names[j]}) is {_kind(value)}, not a number or null",
+                        code="non_numeric_value")
+    return np.array(rows, dtype=np.float64)
+
+
+def _kind(value: Any) -> str:
+    return {bool: "a boolean", str: "a string", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__)
+
+
+def parse_score_body(doc: dict[str, Any], feature_names: Sequence[str], max_rows: int,
+                     extra_fields: frozenset[str] = frozenset()) -> ScoringInput:
+    """Parse the ``/api/score`` body: ``rows`` or ``records``, plus ``options``."""
+    from .records import parse_records
+    from .rows import parse_rows
+
+    allowed = {"rows", "records", "options"} | extra_fields
+    unknown = set(doc) - allowed
+    if unknown:
+        raise InvalidPayload(f"unknown field(s) {sorted(unknown)[:5]}; expected 'rows' or 'records' "
+                             f"and optionally 'options'", code="invalid_payload")
+    if ("rows" in doc) == ("records" in doc):
+        raise InvalidPayload("send exactly one of 'rows' (lists in feature order) or 'records' "
+                             "(objects by feature name)", code="invalid_payload")
+    options = parse_options(doc.get("options"))
+    if "rows" in doc:
+        X = parse_rows(doc["rows"], feature_names, max_rows)
+        fmt = "rows"
+    else:
+        X = parse_records(doc["records"], feature_names, max_rows)
+        fmt = "records"
+    return ScoringInput(X=X, options=options, format=fmt,
+                        fields={k: doc[k] for k in extra_fields if k in doc})
+
+
+def encode_score_response(predictions: np.ndarray, model: dict[str, Any], request_id: str,
+                          extra: dict[str, Any] | None = None) -> bytes:
+    """The ``/api/score`` response body."""
+    doc: dict[str, Any] = {"predictions": predictions, "model": model, "request_id": request_id}
+    if extra:
+        doc.update(extra)
+    return dumps(doc)

@@ -1,0 +1,150 @@
+"""The one scoring entry point every transport calls: resolve -> load -> parse -> predict.
+
+HTTP routes and queue jobs differ only in how they parse their trigger and shape the
+result; everything between is here. Built lazily from the app settings on first use.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from .errors import PayloadTooLarge, ScoreError, UnsupportedMediaType
+from .model import LoadedModel, ModelInfo
+from .model_store import ModelStore
+from .payloads import ScoringInput, decode_json, parse_score_body, parse_v2
+from .scorer import predict
+from .settings import Settings, resolve_connection
+
+Format = Literal["score", "v2"]
+
+
+@dataclass
+class ScoreResult:
+    """What a scoring produced, for the transport to shape."""
+
+    predictions: np.ndarray
+    model: ModelInfo
+    request: ScoringInput
+    cold: bool
+    predict_seconds: float
+
+
+def check_content_type(content_type: str | None) -> None:
+    """Accept JSON bodies (or no declared type); anything else is a 415."""
+    if not content_type:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMediaType(f"content type {media[:64]!r} is not supported; send application/json")
+
+
+class ScoringService:
+    """Scores requests against models from a :class:`ModelStore`."""
+
+    def __init__(self, settings: Settings, store: ModelStore) -> None:
+        self.settings = settings
+        self.store = store
+        self._readiness: tuple[float, dict[str, Any]] | None = None
+
+    def model(self, endpoint: str) -> tuple[LoadedModel, bool]:
+        """The model serving ``endpoint`` (the router chooses it once configured)."""
+        return self.store.get(endpoint)
+
+    def score(self, endpoint: str, body: bytes, *, fmt: Format = "score",
+              content_type: str | None = None) -> ScoreResult:
+        """Score a JSON request body for ``endpoint``."""
+        self.check_body(body, content_type)
+        doc = decode_json(body)
+        model, cold = self.model(endpoint)
+        return self.score_document(model, doc, fmt=fmt, cold=cold)
+
+    def check_body(self, body: bytes, content_type: str | None) -> None:
+        check_content_type(content_type)
+        if len(body) > self.settings.max_request_bytes:
+            raise PayloadTooLarge(f"body of {len(body)} bytes is over the limit of "
+                                  f"{self.settings.max_request_bytes} bytes")
+
+    def score_document(self, model: LoadedModel, doc: dict[str, Any], *, fmt: Format,
+                       cold: bool = False) -> ScoreResult:
+        names = model.info.feature_names
+        limit = self.settings.max_rows_per_request
+        request = parse_v2(doc, names, limit) if fmt == "v2" else parse_score_body(doc, names, limit)
+        start = time.perf_counter()
+        predictions = predict(model, request, parallel_min_rows=self.settings.predict_parallel_min_rows,
+                              max_threads=self.settings.predict_max_threads)
+        return ScoreResult(predictions, model.info, request, cold, time.perf_counter() - start)
+
+    def readiness(self) -> dict[str, Any]:
+        """Ready when model storage answers, or when models are loaded to serve meanwhile."""
+        now = time.monotonic()
+        cached = self._readiness
+        if cached is not None and now - cached[0] < 5.0:
+            return cached[1]
+        try:
+            self.store.source.ping()
+            storage = "ok"
+        except ScoreError as exc:
+            storage = exc.code
+        loaded = [info.to_dict() for info in self.store.loaded()]
+        report = {"ready": storage == "ok" or bool(loaded), "storage": storage, "models": loaded}
+        self._readiness = (now, report)
+        return report
+
+    def metadata(self, endpoint: str) -> dict[str, Any]:
+        """V2 model metadata: inputs (both accepted shapes) and outputs."""
+        model, _ = self.model(endpoint)
+        info = model.info
+        outputs_shape = [-1] if info.num_outputs == 1 else [-1, info.num_outputs]
+        return {
+            "name": endpoint,
+            "versions": [info.version],
+            "platform": "lightgbm",
+            "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, info.num_features],
+                        "parameters": {"feature_names": list(info.feature_names)}}]
+                      + [{"name": f, "datatype": "FP64", "shape": [-1]} for f in info.feature_names],
+            "outputs": [{"name": "predict", "datatype": "FP64", "shape": outputs_shape}],
+            "parameters": {"objective": info.objective, "num_classes": info.num_classes,
+                           "blob": info.path},
+        }
+
+
+_service: ScoringService | None = None
+_service_lock = threading.Lock()
+
+
+def build_service(settings: Settings) -> ScoringService:
+    """A service reading models from the blob container the settings name."""
+    from .blob_source import BlobSource
+    from .storage import blob_service
+
+    conn = resolve_connection(settings.storage_connection)
+    container = blob_service(conn, settings.storage_timeout_seconds).get_container_client(
+        settings.model_container)
+    source = BlobSource(container, settings.max_model_mb * 1024 * 1024)
+    store = ModelStore(source, refresh_seconds=settings.model_refresh_seconds,
+                       max_cache_bytes=settings.model_cache_max_mb * 1024 * 1024)
+    return ScoringService(settings, store)
+
+
+def get_service() -> ScoringService:
+    """The process-wide service, built on first use (never at import: cold start)."""
+    global _service
+    if _service is None:
+        with _service_lock:
+            if _service is None:
+                _service = build_service(Settings.from_env())
+    return _service
+
+
+def reset_service() -> None:
+    """Forget the process-wide service (tests and the local host use this after changing settings)."""
+    global _service
+    with _service_lock:
+        if _service is not None:
+            _service.store.close()
+        _service = None

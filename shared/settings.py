@@ -1,0 +1,208 @@
+"""Every app setting scorefn reads, validated in one place.
+
+Settings come from environment variables (Azure app settings; locally the ``Values`` of
+``local.settings.json``). Each has a safe default; an invalid value raises
+:class:`~shared.errors.SettingsError` naming the setting, at first use rather than at
+import time, so that a bad setting shows as a clear error instead of a worker crash.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping
+
+from .errors import SettingsError
+
+_CONTAINER_RE = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
+_QUEUE_RE = _CONTAINER_RE
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One app setting: its variable, default and what it means (the README lists them)."""
+
+    env: str
+    default: Any
+    parse: Callable[[str], Any]
+    doc: str
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw.strip())
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return value
+    return parse
+
+
+def _float(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw.strip())
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return value
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _name(pattern: re.Pattern[str], what: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        if not pattern.match(value):
+            raise ValueError(f"is not a valid {what} name")
+        return value
+    return parse
+
+
+def _connection_name(raw: str) -> str:
+    value = raw.strip()
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", value):
+        raise ValueError("must be a setting name such as AzureWebJobsStorage")
+    return value
+
+
+MiB = 1024 * 1024
+
+SPEC: dict[str, Setting] = {
+    "storage_connection": Setting(
+        "MODEL_STORAGE_CONNECTION", "AzureWebJobsStorage", _connection_name,
+        "Name of the storage connection for models and config (a connection string, or "
+        "identity-based `<NAME>__blobServiceUri` / `<NAME>__accountName`)."),
+    "model_container": Setting(
+        "MODEL_CONTAINER", "models", _name(_CONTAINER_RE, "blob container"),
+        "Blob container holding the models."),
+    "model_refresh_seconds": Setting(
+        "MODEL_REFRESH_SECONDS", 30.0, _float(0.0, 86400.0),
+        "How often a cached model is revalidated against its blob's ETag (off the request path)."),
+    "model_cache_max_mb": Setting(
+        "MODEL_CACHE_MAX_MB", 1024, _int(1, 1024 * 1024),
+        "Memory bound of the model cache; least recently used models are evicted beyond it."),
+    "max_model_mb": Setting(
+        "MAX_MODEL_MB", 512, _int(1, 64 * 1024),
+        "Largest model blob (after decompression) that will be loaded."),
+    "max_request_bytes": Setting(
+        "MAX_REQUEST_BYTES", 4 * MiB, _int(1024, 100 * MiB),
+        "Largest HTTP request body accepted."),
+    "max_rows_per_request": Setting(
+        "MAX_ROWS_PER_REQUEST", 10_000, _int(1, 10_000_000),
+        "Most rows accepted in one HTTP request or inline queue message."),
+    "predict_parallel_min_rows": Setting(
+        "PREDICT_PARALLEL_MIN_ROWS", 2_000, _int(1, 100_000_000),
+        "Requests with fewer rows predict on one thread (OpenMP hurts small requests)."),
+    "predict_max_threads": Setting(
+        "PREDICT_MAX_THREADS", 0, _int(0, 1024),
+        "Threads for large predictions; 0 means one per core."),
+    "storage_timeout_seconds": Setting(
+        "STORAGE_TIMEOUT_SECONDS", 20.0, _float(0.5, 600.0),
+        "Connect/read timeout for storage calls, so an outage fails fast instead of hanging."),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings. Build with :meth:`from_env`; tests pass their own mapping."""
+
+    storage_connection: str
+    model_container: str
+    model_refresh_seconds: float
+    model_cache_max_mb: int
+    max_model_mb: int
+    max_request_bytes: int
+    max_rows_per_request: int
+    predict_parallel_min_rows: int
+    predict_max_threads: int
+    storage_timeout_seconds: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Read and validate every setting from ``env`` (default: the process environment)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            spec = SPEC[field.name]
+            if field.name in overrides:
+                values[field.name] = overrides[field.name]
+                continue
+            raw = env.get(spec.env)
+            if raw is None or raw.strip() == "":
+                values[field.name] = spec.default
+                continue
+            try:
+                values[field.name] = spec.parse(raw)
+            except ValueError as exc:
+                # The value itself is not echoed: a misplaced secret must not reach logs.
+                raise SettingsError(f"app setting {spec.env} {_reason(exc)}") from None
+        return cls(**values)
+
+
+def _reason(exc: ValueError) -> str:
+    text = str(exc)
+    return text if text.startswith(("must", "is ")) else "must be a number"
+
+
+@dataclass(frozen=True)
+class StorageConnection:
+    """A storage connection resolved from the Functions connection convention.
+
+    Either ``connection_string`` (local runs, Azurite) or service URIs used with an
+    Entra ID credential (managed identity in Azure); never an account key in code.
+    """
+
+    name: str
+    connection_string: str | None = None
+    blob_service_uri: str | None = None
+    queue_service_uri: str | None = None
+    client_id: str | None = None
+    credential: str | None = None
+
+    @property
+    def uses_identity(self) -> bool:
+        return self.connection_string is None
+
+
+def resolve_connection(name: str, env: Mapping[str, str] | None = None) -> StorageConnection:
+    """Resolve connection ``name`` as the Functions host does.
+
+    ``NAME`` holds a connection string, or ``NAME__blobServiceUri`` /
+    ``NAME__queueServiceUri`` / ``NAME__accountName`` select identity-based access, with
+    ``NAME__clientId`` naming a user-assigned identity and ``NAME__credential``
+    (``managedidentity``) forcing managed identity.
+    """
+    env = os.environ if env is None else env
+    raw = (env.get(name) or "").strip()
+    if raw:
+        return StorageConnection(name=name, connection_string=raw)
+    account = (env.get(f"{name}__accountName") or "").strip()
+    blob_uri = (env.get(f"{name}__blobServiceUri") or "").strip()
+    queue_uri = (env.get(f"{name}__queueServiceUri") or "").strip()
+    if account:
+        if not re.match(r"^[a-z0-9]{3,24}$", account):
+            raise SettingsError(f"app setting {name}__accountName is not a storage account name")
+        blob_uri = blob_uri or f"https://{account}.blob.core.windows.net"
+        queue_uri = queue_uri or f"https://{account}.queue.core.windows.net"
+    if not (blob_uri or queue_uri):
+        raise SettingsError(
+            f"storage connection {name} is not configured: set {name} (a connection string) "
+            f"or {name}__accountName / {name}__blobServiceUri for identity-based access")
+    for setting, uri in ((f"{name}__blobServiceUri", blob_uri), (f"{name}__queueServiceUri", queue_uri)):
+        if uri and not uri.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+            raise SettingsError(f"app setting {setting} must be an https:// URI")
+    credential = (env.get(f"{name}__credential") or "").strip().lower() or None
+    if credential not in (None, "managedidentity"):
+        raise SettingsError(f"app setting {name}__credential must be managedidentity when set")
+    return StorageConnection(
+        name=name, blob_service_uri=blob_uri or None, queue_service_uri=queue_uri or None,
+        client_id=(env.get(f"{name}__clientId") or "").strip() or None, credential=credential)

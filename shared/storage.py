@@ -1,0 +1,53 @@
+"""Storage clients built from a resolved connection (connection string or Entra ID).
+
+This is the only module of the core that imports the storage SDK, and it is imported
+lazily, on the first request that needs storage, to keep cold starts short.
+"""
+
+from __future__ import annotations
+
+from azure.storage.blob import BlobServiceClient
+from azure.storage.blob import LinearRetry as BlobLinearRetry
+from azure.storage.queue import LinearRetry as QueueLinearRetry
+from azure.storage.queue import QueueServiceClient
+
+from .settings import StorageConnection
+
+
+def _client_options(timeout: float, retry_class) -> dict:
+    # The SDK default retry waits 15 s before the first retry; a scoring request would
+    # hang through an outage. Two quick retries, then the caller sees 503.
+    return {
+        "connection_timeout": timeout,
+        "read_timeout": timeout,
+        "retry_policy": retry_class(backoff=0.3, random_jitter_range=0.2, retry_total=2),
+    }
+
+
+def credential_for(conn: StorageConnection):
+    """The Entra ID credential for an identity-based connection."""
+    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+
+    if conn.credential == "managedidentity":
+        return ManagedIdentityCredential(client_id=conn.client_id)
+    return DefaultAzureCredential(managed_identity_client_id=conn.client_id)
+
+
+def blob_service(conn: StorageConnection, timeout: float = 20.0) -> BlobServiceClient:
+    """A blob service client for ``conn``."""
+    options = _client_options(timeout, BlobLinearRetry)
+    if conn.connection_string:
+        return BlobServiceClient.from_connection_string(conn.connection_string, **options)
+    if not conn.blob_service_uri:
+        raise ValueError(f"connection {conn.name} has no blob service URI")
+    return BlobServiceClient(conn.blob_service_uri, credential=credential_for(conn), **options)
+
+
+def queue_service(conn: StorageConnection, timeout: float = 20.0) -> QueueServiceClient:
+    """A queue service client for ``conn``."""
+    options = _client_options(timeout, QueueLinearRetry)
+    if conn.connection_string:
+        return QueueServiceClient.from_connection_string(conn.connection_string, **options)
+    if not conn.queue_service_uri:
+        raise ValueError(f"connection {conn.name} has no queue service URI")
+    return QueueServiceClient(conn.queue_service_uri, credential=credential_for(conn), **options)

@@ -1,0 +1,46 @@
+"""Shared fixtures: one real Azurite and one set of trained demo models per test session."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from devhost.azurite import Azurite
+from scorefn.demo_models import DemoModel, train_demo_models
+
+
+@pytest.fixture(scope="session")
+def azurite():
+    """A real Azurite on free 127.0.0.1 ports, in-memory, stopped at the end of the session."""
+    server = Azurite().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_models(tmp_path_factory) -> dict[str, DemoModel]:
+    """The demo models, trained once per session on generated data."""
+    return train_demo_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def blob_service(azurite):
+    from azure.storage.blob import BlobServiceClient
+
+    return BlobServiceClient.from_connection_string(azurite.connection_string)
+
+
+@pytest.fixture
+def container(blob_service):
+    """A fresh, empty blob container for one test."""
+    client = blob_service.get_container_client(f"t{uuid.uuid4().hex[:20]}")
+    client.create_container()
+    yield client
+    client.delete_container()
+
+
+def upload(container, name: str, path_or_bytes) -> None:
+    data = path_or_bytes.read_bytes() if isinstance(path_or_bytes, Path) else path_or_bytes
+    container.upload_blob(name, data, overwrite=True)

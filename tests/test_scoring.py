@@ -1,0 +1,135 @@
+"""The scoring entry point: predictions equal lightgbm.Booster.predict for every format and
+model kind, through a real model store on Azurite and a JSON round trip."""
+
+from __future__ import annotations
+
+import lightgbm as lgb
+import numpy as np
+import orjson
+import pytest
+
+from shared.blob_source import BlobSource
+from shared.errors import PayloadTooLarge, UnsupportedMediaType
+from shared.model_store import ModelStore
+from shared.payloads import encode_score_response, encode_v2_response
+from shared.service import ScoringService
+from shared.settings import Settings
+from tests.conftest import upload
+
+KINDS = ["churn", "price", "segment"]
+
+
+@pytest.fixture
+def service(container, demo_models):
+    for name in KINDS:
+        upload(container, f"{name}.txt", demo_models[name].path)
+    store = ModelStore(BlobSource(container, 64 * 1024 * 1024), refresh_seconds=3600)
+    return ScoringService(Settings.from_env({}), store)
+
+
+def sample_rows(n_features: int, n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(40, 30, size=(n, n_features))
+    X[rng.random(X.shape) < 0.05] = np.nan
+    return X
+
+
+def as_json_rows(X: np.ndarray) -> list:
+    return [[None if np.isnan(v) else float(v) for v in row] for row in X]
+
+
+def reference(demo_models, name, X, **kwargs):
+    return lgb.Booster(model_file=str(demo_models[name].path)).predict(X, **kwargs)
+
+
+def round_trip(result) -> np.ndarray:
+    """Predictions as a client sees them: encoded to JSON and decoded again."""
+    body = encode_score_response(result.predictions, result.model.to_dict(), "r")
+    return np.array(orjson.loads(body)["predictions"])
+
+
+@pytest.mark.parametrize("name", KINDS)
+@pytest.mark.parametrize("n", [1, 7, 2500], ids=["one-row", "few-rows", "parallel-batch"])
+def test_rows_equal_booster_predict(service, demo_models, name, n):
+    X = sample_rows(len(demo_models[name].feature_names), n)
+    body = orjson.dumps({"rows": as_json_rows(X)})
+    result = service.score(name, body, content_type="application/json")
+    assert np.array_equal(round_trip(result), reference(demo_models, name, X))
+    assert result.model.name == name
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_records_equal_booster_predict(service, demo_models, name):
+    names = demo_models[name].feature_names
+    X = sample_rows(len(names), 50, seed=3)
+    records = [{f: float(v) for f, v in zip(names, row) if not np.isnan(v)} for row in X]
+    result = service.score(name, orjson.dumps({"records": records}))
+    assert np.array_equal(round_trip(result), reference(demo_models, name, X))
+
+
+@pytest.mark.parametrize("name", KINDS)
+@pytest.mark.parametrize("n", [1, 30])
+def test_v2_equals_booster_predict(service, demo_models, name, n):
+    X = sample_rows(len(demo_models[name].feature_names), n, seed=5)
+    doc = {"id": "abc", "inputs": [{"name": "input-0", "shape": list(X.shape), "datatype": "FP64",
+                                     "data": as_json_rows(X)}]}
+    result = service.score(name, orjson.dumps(doc), fmt="v2")
+    body = encode_v2_response(result.predictions, model_name=name, model_version=result.model.version,
+                              request_id=result.request.request_id)
+    out = orjson.loads(body)["outputs"][0]
+    expected = reference(demo_models, name, X)
+    assert out["shape"] == list(expected.shape)
+    assert np.array_equal(np.array(out["data"]).reshape(out["shape"]), expected)
+
+
+@pytest.mark.parametrize("n", [1, 20])
+@pytest.mark.parametrize("name", KINDS)
+def test_raw_scores_equal_booster_predict(service, demo_models, name, n):
+    X = sample_rows(len(demo_models[name].feature_names), n, seed=9)
+    body = orjson.dumps({"rows": as_json_rows(X), "options": {"raw_score": True}})
+    result = service.score(name, body)
+    assert np.array_equal(round_trip(result), reference(demo_models, name, X, raw_score=True))
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_contributions_equal_booster_predict(service, demo_models, name):
+    X = sample_rows(len(demo_models[name].feature_names), 3, seed=4)
+    body = orjson.dumps({"rows": as_json_rows(X), "options": {"pred_contrib": True}})
+    result = service.score(name, body)
+    expected = reference(demo_models, name, X, pred_contrib=True)
+    assert np.array_equal(round_trip(result), expected)
+    # contributions plus the expected value add up to the raw score
+    raw = reference(demo_models, name, X, raw_score=True)
+    if raw.ndim == 1:
+        assert np.allclose(expected.sum(axis=1), raw)
+
+
+def test_the_first_request_is_cold_and_the_next_is_not(service):
+    body = orjson.dumps({"rows": [[1, 2, 3, 4, 5, 6]]})
+    assert service.score("price", body).cold is True
+    assert service.score("price", body).cold is False
+
+
+def test_non_json_content_type_is_415(service):
+    with pytest.raises(UnsupportedMediaType) as err:
+        service.score("price", b"a,b", content_type="text/csv")
+    assert err.value.status == 415
+    service.score("price", orjson.dumps({"rows": [[1] * 6]}), content_type="application/json; charset=utf-8")
+
+
+def test_oversized_body_is_413_before_parsing(container, demo_models):
+    upload(container, "price.txt", demo_models["price"].path)
+    store = ModelStore(BlobSource(container, 64 * 1024 * 1024))
+    service = ScoringService(Settings.from_env({"MAX_REQUEST_BYTES": "2048"}), store)
+    body = orjson.dumps({"rows": [[1.5] * 6] * 200})
+    with pytest.raises(PayloadTooLarge):
+        service.score("price", body)
+    assert store.stats.downloads == 0  # rejected before touching storage
+
+
+def test_v2_metadata_describes_inputs_and_outputs(service, demo_models):
+    meta = service.metadata("segment")
+    assert meta["name"] == "segment" and meta["platform"] == "lightgbm"
+    assert meta["inputs"][0]["shape"] == [-1, 4]
+    assert [i["name"] for i in meta["inputs"][1:]] == list(demo_models["segment"].feature_names)
+    assert meta["outputs"] == [{"name": "predict", "datatype": "FP64", "shape": [-1, 3]}]
