@@ -1,0 +1,59 @@
+"""Helpers shared by the benchmarks: the bench model, Azurite, and robust timing."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "bench" / ".cache"
+
+
+def bench_model_path() -> Path:
+    """The reference model (500 trees, 63 leaves, 100 features), trained once and cached."""
+    from scorefn.demo_models import train_bench_model
+
+    path = CACHE / "bench_500x63x100.txt"
+    if not path.exists():
+        print("training the bench model (500 trees, 63 leaves, 100 features)...", flush=True)
+        train_bench_model(path)
+    return path
+
+
+def bench_rows(n: int = 4096, features: int = 100, seed: int = 17) -> np.ndarray:
+    """Distinct rows to rotate over, so the branch predictor cannot learn one path."""
+    return np.random.default_rng(seed).normal(size=(n, features))
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(samples), q))
+
+
+def interleaved(cases: dict[str, Callable[[int], None]], *, rounds: int, per_round: int
+                ) -> dict[str, list[float]]:
+    """Run each case ``per_round`` calls per round, cases interleaved round by round, and
+    return per-call latencies in seconds. ``fn(i)`` gets a rotating index."""
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    counter = 0
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            out = samples[name]
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                fn(counter)
+                out.append(time.perf_counter() - t0)
+                counter += 1
+    return samples
+
+
+def summary_us(samples: Sequence[float]) -> tuple[float, float, float]:
+    return (percentile(samples, 50) * 1e6, percentile(samples, 90) * 1e6,
+            percentile(samples, 99) * 1e6)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)

@@ -1,0 +1,45 @@
+"""``python -m scorefn``: the user-facing command line (see ``--help``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Each command lives in scorefn/commands/<module>.py and defines register(subparsers).
+COMMANDS = ("models", "demo_cmd", "jobs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m scorefn",
+        description="scorefn: LightGBM scoring on Azure Functions. Commands talk to the storage "
+                    "account named by --connection-string, or by --account-url with your Entra ID "
+                    "login (az login), or by the AzureWebJobsStorage setting.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"scorefn.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"scorefn.commands.{name}":
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of ``python -m scorefn``; each module defines ``register(subparsers)``."""

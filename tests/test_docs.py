@@ -1,0 +1,12 @@
+"""The README documents every app setting the settings module reads."""
+
+from pathlib import Path
+
+from shared.settings import SPEC
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def test_every_app_setting_is_documented_in_the_readme():
+    missing = [spec.env for spec in SPEC.values() if f"`{spec.env}`" not in README]
+    assert missing == []
