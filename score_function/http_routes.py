@@ -26,10 +26,11 @@ def score(req: func.HttpRequest) -> func.HttpResponse:
     try:
         from shared.payloads import encode_score_response
 
-        result = _service().score(req.route_params["name"], req.get_body(),
-                                  content_type=req.headers.get("content-type"))
-        body = encode_score_response(result.predictions, result.model.to_dict(), request_id)
-        return json_response(body, request_id)
+        result = _service().score(
+            req.route_params["name"], req.get_body(), content_type=req.headers.get("content-type"),
+            carrier=req.headers, encode=lambda r: encode_score_response(
+                r.predictions, r.model.to_dict(), request_id))
+        return json_response(result.body, request_id)
     except Exception as exc:
         return error_response(exc, request_id, "score")
 
@@ -42,12 +43,12 @@ def v2_infer(req: func.HttpRequest) -> func.HttpResponse:
         from shared.payloads import encode_v2_response
 
         name = req.route_params["name"]
-        result = _service().score(name, req.get_body(), fmt="v2",
-                                  content_type=req.headers.get("content-type"))
-        body = encode_v2_response(result.predictions, model_name=name,
-                                  model_version=result.model.version,
-                                  request_id=result.request.request_id or request_id)
-        return json_response(body, request_id)
+        result = _service().score(
+            name, req.get_body(), fmt="v2", content_type=req.headers.get("content-type"),
+            carrier=req.headers, encode=lambda r: encode_v2_response(
+                r.predictions, model_name=name, model_version=r.model.version,
+                request_id=r.request.request_id or request_id))
+        return json_response(result.body, request_id)
     except Exception as exc:
         return error_response(exc, request_id, "v2_infer")
 

@@ -39,11 +39,10 @@ def error_response(exc: BaseException, request_id: str, route: str) -> func.Http
     """
     headers: dict[str, str] = {}
     if isinstance(exc, ScoreError):
+        # Scoring failures were logged once, with their code, by the scoring service.
         status, doc = exc.status, exc.to_dict()
         if isinstance(exc, ModelUnavailable):
             headers["retry-after"] = str(exc.retry_after_seconds)
-        level = logging.WARNING if status >= 500 else logging.INFO
-        log.log(level, "%s %s -> %d %s", route, request_id, status, exc.code)
     elif isinstance(exc, SettingsError):
         status, doc = 500, {"error": "configuration_error", "message": str(exc)}
         log.error("%s %s -> 500 configuration_error: %s", route, request_id, exc)

@@ -6,10 +6,11 @@ result; everything between is here. Built lazily from the app settings on first 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from .model_store import ModelStore
 from .payloads import ScoringInput, decode_json, parse_score_body, parse_v2
 from .scorer import predict
 from .settings import Settings, resolve_connection
+from .telemetry import Telemetry, get_telemetry
+
+log = logging.getLogger("scorefn.scoring")
 
 Format = Literal["score", "v2"]
 
@@ -32,6 +36,7 @@ class ScoreResult:
     request: ScoringInput
     cold: bool
     predict_seconds: float
+    body: bytes | None = None
 
 
 def check_content_type(content_type: str | None) -> None:
@@ -46,9 +51,11 @@ def check_content_type(content_type: str | None) -> None:
 class ScoringService:
     """Scores requests against models from a :class:`ModelStore`."""
 
-    def __init__(self, settings: Settings, store: ModelStore) -> None:
+    def __init__(self, settings: Settings, store: ModelStore,
+                 telemetry: Telemetry | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.telemetry = telemetry or get_telemetry()
         self._readiness: tuple[float, dict[str, Any]] | None = None
 
     def model(self, endpoint: str) -> tuple[LoadedModel, bool]:
@@ -56,12 +63,67 @@ class ScoringService:
         return self.store.get(endpoint)
 
     def score(self, endpoint: str, body: bytes, *, fmt: Format = "score",
-              content_type: str | None = None) -> ScoreResult:
-        """Score a JSON request body for ``endpoint``."""
-        self.check_body(body, content_type)
-        doc = decode_json(body)
+              content_type: str | None = None, trigger: str = "http",
+              carrier: Mapping[str, str] | None = None,
+              encode: Callable[[ScoreResult], bytes] | None = None) -> ScoreResult:
+        """Score a JSON request body for ``endpoint``: check, load, parse, predict, encode
+        (with the transport's ``encode``), and record latency telemetry for all of it.
+
+        ``carrier`` holds the caller's trace headers (``traceparent``), so their trace
+        continues here. Raises a :class:`ScoreError` subclass for anything the caller got wrong
+        or storage could not do; the failure is recorded and logged once, with its code.
+        """
+        start = time.perf_counter()
+        tel = self.telemetry
+        attrs: dict[str, Any] = {"trigger": trigger, "endpoint": endpoint}
+        with tel.request_span("scorefn.score", carrier, attrs) as span:
+            try:
+                self.check_body(body, content_type)
+                with tel.span("parse"):
+                    doc = decode_json(body)
+                model, cold = self._get_model(endpoint, attrs)
+                result = self.score_document(model, doc, fmt=fmt, cold=cold)
+                if encode is not None:
+                    with tel.span("serialize"):
+                        result.body = encode(result)
+            except ScoreError as exc:
+                self._record_failure(exc, attrs, span, start, body)
+                raise
+            attrs["outcome"] = "ok"
+            span.set_attribute("scorefn.model.version", result.model.version)
+            tel.record(attrs, duration_ms=(time.perf_counter() - start) * 1000,
+                       predict_ms=result.predict_seconds * 1000, rows=result.request.X.shape[0])
+            return result
+
+    def _get_model(self, endpoint: str, attrs: dict[str, Any]) -> tuple[LoadedModel, bool]:
+        started_ns = time.time_ns()
+        start = time.perf_counter()
         model, cold = self.model(endpoint)
-        return self.score_document(model, doc, fmt=fmt, cold=cold)
+        attrs.update({"model.name": model.info.name, "model.version": model.info.version,
+                      "cold": cold})
+        if cold:
+            load_ms = (time.perf_counter() - start) * 1000
+            self.telemetry.record_load(load_ms, {"model.name": model.info.name,
+                                                 "model.version": model.info.version})
+            # The load span is made after the fact: warm requests should not pay for one.
+            self.telemetry.tracer.start_span("model.load", start_time=started_ns,
+                                             attributes={"model.name": model.info.name}).end()
+        return model, cold
+
+    def _record_failure(self, exc: ScoreError, attrs: dict[str, Any], span: Any, start: float,
+                        body: bytes) -> None:
+        if "model.name" not in attrs:
+            # Names of models that do not exist must not become metric dimensions.
+            attrs["endpoint"] = "(unresolved)"
+        attrs["outcome"] = exc.code
+        self.telemetry.mark_error(span, exc.code)
+        self.telemetry.record(attrs, duration_ms=(time.perf_counter() - start) * 1000)
+        extra = {"error_code": exc.code, "status": exc.status, "trigger": attrs["trigger"],
+                 "endpoint": attrs["endpoint"]}
+        if self.telemetry.log_payloads:
+            extra["payload"] = body[:2048].decode("utf-8", "replace")
+        log.log(logging.WARNING if exc.status >= 500 else logging.INFO,
+                "scoring failed: %s (%d) on %s", exc.code, exc.status, attrs["endpoint"], extra=extra)
 
     def check_body(self, body: bytes, content_type: str | None) -> None:
         check_content_type(content_type)
@@ -71,13 +133,18 @@ class ScoringService:
 
     def score_document(self, model: LoadedModel, doc: dict[str, Any], *, fmt: Format,
                        cold: bool = False) -> ScoreResult:
+        """Parse a decoded body for ``model`` and predict it."""
         names = model.info.feature_names
         limit = self.settings.max_rows_per_request
-        request = parse_v2(doc, names, limit) if fmt == "v2" else parse_score_body(doc, names, limit)
-        start = time.perf_counter()
-        predictions = predict(model, request, parallel_min_rows=self.settings.predict_parallel_min_rows,
-                              max_threads=self.settings.predict_max_threads)
-        return ScoreResult(predictions, model.info, request, cold, time.perf_counter() - start)
+        with self.telemetry.span("parse.rows"):
+            request = parse_v2(doc, names, limit) if fmt == "v2" else parse_score_body(doc, names, limit)
+        with self.telemetry.span("predict"):
+            start = time.perf_counter()
+            predictions = predict(model, request,
+                                  parallel_min_rows=self.settings.predict_parallel_min_rows,
+                                  max_threads=self.settings.predict_max_threads)
+            elapsed = time.perf_counter() - start
+        return ScoreResult(predictions, model.info, request, cold, elapsed)
 
     def readiness(self) -> dict[str, Any]:
         """Ready when model storage answers, or when models are loaded to serve meanwhile."""

@@ -206,3 +206,55 @@ def resolve_connection(name: str, env: Mapping[str, str] | None = None) -> Stora
     return StorageConnection(
         name=name, blob_service_uri=blob_uri or None, queue_service_uri=queue_uri or None,
         client_id=(env.get(f"{name}__clientId") or "").strip() or None, credential=credential)
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    """How telemetry is exported (see shared/telemetry.py)."""
+
+    connection_string: str | None
+    aad_client_id: str | None  # None: no Entra ID; "": system-assigned identity
+    worker_managed: bool
+    log_payloads: bool
+    export_interval_ms: int
+
+
+TELEMETRY_SPEC: dict[str, str] = {
+    "APPLICATIONINSIGHTS_CONNECTION_STRING":
+        "Application Insights connection string; telemetry is exported only when set.",
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING":
+        "`Authorization=AAD;ClientId=<id>`: send telemetry with the managed identity (Entra ID).",
+    "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY":
+        "`true` when the Python worker configures Azure Monitor itself; scorefn then adds its "
+        "meters and spans to that pipeline instead of configuring a second one.",
+    "TELEMETRY_LOG_PAYLOADS":
+        "`true` to include request features in failure logs (default false: never payloads).",
+    "TELEMETRY_EXPORT_INTERVAL_SECONDS": "How often metrics are exported (default 60).",
+}
+
+
+def telemetry_settings(env: Mapping[str, str] | None = None) -> TelemetrySettings:
+    """Read and validate the telemetry settings."""
+    env = os.environ if env is None else env
+    auth = (env.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING") or "").strip()
+    client_id: str | None = None
+    if auth:
+        parts = dict(p.split("=", 1) for p in auth.split(";") if "=" in p)
+        if parts.get("Authorization", "").upper() != "AAD":
+            raise SettingsError("app setting APPLICATIONINSIGHTS_AUTHENTICATION_STRING must be "
+                                "Authorization=AAD[;ClientId=<client id>]")
+        client_id = parts.get("ClientId", "")
+    try:
+        log_payloads = _bool(env.get("TELEMETRY_LOG_PAYLOADS", "false"))
+        worker = _bool(env.get("PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY", "false"))
+    except ValueError:
+        raise SettingsError("app settings TELEMETRY_LOG_PAYLOADS and "
+                            "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY must be true or false") from None
+    try:
+        interval = _float(1.0, 3600.0)(env.get("TELEMETRY_EXPORT_INTERVAL_SECONDS") or "60")
+    except ValueError as exc:
+        raise SettingsError(f"app setting TELEMETRY_EXPORT_INTERVAL_SECONDS {_reason(exc)}") from None
+    return TelemetrySettings(
+        connection_string=(env.get("APPLICATIONINSIGHTS_CONNECTION_STRING") or "").strip() or None,
+        aad_client_id=client_id, worker_managed=worker, log_payloads=log_payloads,
+        export_interval_ms=int(interval * 1000))

@@ -1,0 +1,181 @@
+"""Latency telemetry: metrics and spans through OpenTelemetry, read back in memory, and the
+real Azure Monitor exporter sending to a local capture server."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import orjson
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from shared.blob_source import BlobSource
+from shared.errors import ModelNotFound, ScoreError
+from shared.model_store import ModelStore
+from shared.service import ScoringService
+from shared.settings import Settings
+from shared.telemetry import Telemetry
+from tests.conftest import upload
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.fixture
+def readers():
+    metric_reader = InMemoryMetricReader()
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    telemetry = Telemetry(MeterProvider(metric_readers=[metric_reader]), tracer_provider)
+    return telemetry, metric_reader, spans
+
+
+@pytest.fixture
+def service(container, demo_models, readers):
+    upload(container, "price.txt", demo_models["price"].path)
+    store = ModelStore(BlobSource(container, 64 << 20), refresh_seconds=3600)
+    return ScoringService(Settings.from_env({}), store, telemetry=readers[0])
+
+
+def points(reader, name):
+    data = reader.get_metrics_data()
+    found = []
+    for rm in data.resource_metrics if data else []:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == name:
+                    found += [(metric.unit, p) for p in metric.data.data_points]
+    return found
+
+
+def body(n=1):
+    return orjson.dumps({"rows": [[1800, 3, 2, 10, 0.3, 12]] * n})
+
+
+def test_each_scoring_records_duration_model_time_and_rows(service, readers):
+    _, reader, _ = readers
+    service.score("price", body(3), trigger="http")
+    service.score("price", body(2), trigger="queue")
+    durations = points(reader, "scorefn.request.duration")
+    assert {unit for unit, _ in durations} == {"ms"}
+    by_trigger = {p.attributes["trigger"]: p for _, p in durations}
+    assert set(by_trigger) == {"http", "queue"}
+    attrs = dict(by_trigger["http"].attributes)
+    assert attrs["endpoint"] == "price" and attrs["model.name"] == "price"
+    assert attrs["model.version"] and attrs["outcome"] == "ok" and attrs["cold"] is True
+    assert by_trigger["http"].count == 1 and by_trigger["http"].sum > 0
+    predict = points(reader, "scorefn.predict.duration")
+    assert sum(p.count for _, p in predict) == 2
+    rows = points(reader, "scorefn.rows")
+    assert sum(p.value for _, p in rows) == 5
+    loads = points(reader, "scorefn.model.load.duration")
+    assert len(loads) == 1 and loads[0][1].count == 1  # only the cold request loaded
+
+
+def test_failures_are_counted_by_error_code(service, readers):
+    _, reader, _ = readers
+    for bad in (b"{", orjson.dumps({"rows": [[1, 2]]})):
+        with pytest.raises(ScoreError):
+            service.score("price", bad)
+    with pytest.raises(ModelNotFound):
+        service.score("no-such-model", body())
+    errors = {p.attributes["outcome"]: p.value for _, p in points(reader, "scorefn.errors")}
+    assert errors == {"invalid_json": 1, "wrong_row_width": 1, "model_not_found": 1}
+    endpoints = {p.attributes["endpoint"] for _, p in points(reader, "scorefn.errors")}
+    assert "no-such-model" not in endpoints  # unknown names never become dimensions
+
+
+def test_sub_millisecond_and_millisecond_scorings_land_in_different_buckets(readers):
+    telemetry, reader, _ = readers
+    attrs = {"trigger": "http", "endpoint": "e", "outcome": "ok"}
+    telemetry.record(attrs, duration_ms=0.2)
+    telemetry.record(attrs, duration_ms=5.0)
+    (_, point), = points(reader, "scorefn.request.duration")
+    assert point.explicit_bounds[0] <= 0.1  # resolves well below a millisecond
+    filled = [i for i, count in enumerate(point.bucket_counts) if count]
+    assert len(filled) == 2
+
+
+def test_one_span_per_request_with_children_continuing_the_callers_trace(service, readers):
+    _, _, spans = readers
+    service.score("price", body(), carrier={"traceparent": TRACEPARENT},
+                  encode=lambda r: b"{}")
+    finished = spans.get_finished_spans()
+    root = next(s for s in finished if s.name == "scorefn.score")
+    assert format(root.context.trace_id, "032x") == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert format(root.parent.span_id, "016x") == "00f067aa0ba902b7"
+    children = {s.name for s in finished if s.parent and s.parent.span_id == root.context.span_id}
+    assert {"model.load", "parse", "parse.rows", "predict", "serialize"} <= children
+
+
+def test_failure_logs_carry_the_code_and_never_the_payload(service, caplog):
+    secret_value = "123456.789"
+    with caplog.at_level(logging.INFO, logger="scorefn"):
+        with pytest.raises(ScoreError):
+            service.score("price", f'{{"rows": [[{secret_value}, "x", 1, 1, 1, 1]]}}'.encode())
+    lines = [r for r in caplog.records if r.name.startswith("scorefn")]
+    assert len(lines) == 1 and lines[0].error_code == "non_numeric_value"
+    assert secret_value not in caplog.text
+
+
+def test_payloads_are_logged_only_when_configured(container, demo_models, caplog):
+    upload(container, "price.txt", demo_models["price"].path)
+    store = ModelStore(BlobSource(container, 64 << 20))
+    service = ScoringService(Settings.from_env({}), store, telemetry=Telemetry(log_payloads=True))
+    with caplog.at_level(logging.INFO, logger="scorefn"):
+        with pytest.raises(ScoreError):
+            service.score("price", b'{"rows": [[4242.5, "x", 1, 1, 1, 1]]}')
+    assert "4242.5" in caplog.records[-1].payload
+
+
+class Capture(BaseHTTPRequestHandler):
+    received: list[bytes] = []
+
+    def do_POST(self):
+        data = self.rfile.read(int(self.headers["content-length"]))
+        if self.headers.get("content-encoding") == "gzip":
+            data = gzip.decompress(data)
+        Capture.received.append(data)
+        answer = json.dumps({"itemsReceived": 1, "itemsAccepted": 1, "errors": []}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_azure_monitor_exporter_sends_latency_and_no_payload(container, demo_models):
+    from azure.monitor.opentelemetry.exporter import AzureMonitorMetricExporter
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    server = HTTPServer(("127.0.0.1", 0), Capture)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        conn = (f"InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+                f"IngestionEndpoint=http://127.0.0.1:{server.server_port}/")
+        exporter = AzureMonitorMetricExporter(connection_string=conn, disable_offline_storage=True)
+        reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
+        provider = MeterProvider(metric_readers=[reader])
+        upload(container, "price.txt", demo_models["price"].path)
+        service = ScoringService(Settings.from_env({}),
+                                 ModelStore(BlobSource(container, 64 << 20)),
+                                 telemetry=Telemetry(provider, TracerProvider()))
+        service.score("price", orjson.dumps({"rows": [[987654.25, 3, 2, 10, 0.3, 12]]}))
+        provider.force_flush()
+        sent = b"".join(Capture.received)
+    finally:
+        provider.shutdown()
+        server.shutdown()
+    assert b"scorefn.request.duration" in sent
+    assert b"987654.25" not in sent
