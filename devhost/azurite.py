@@ -19,6 +19,17 @@ DEV_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/"
 _LISTENING = re.compile(r"Azurite (Blob|Queue|Table) service is successfully listening at http://[^:]+:(\d+)")
 
 
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM Azurite if the process that started it dies, so a
+    killed test run or demo never leaves an orphaned Azurite behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 @dataclass
 class Azurite:
     """A running Azurite process. ``blob_port=0`` picks a free port (the real one is read
@@ -39,7 +50,8 @@ class Azurite:
                "--inMemoryPersistence", "--extentMemoryLimit", "4096",
                "--disableTelemetry", "--skipApiVersionCheck", "--loose"]
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+                                        stdin=subprocess.DEVNULL, text=True, start_new_session=True,
+                                        preexec_fn=_die_with_parent)
         ports: dict[str, int] = {}
         deadline = time.monotonic() + timeout
         assert self.process.stdout is not None

@@ -78,3 +78,11 @@ class ModelUnavailable(ScoreError):
 
 class SettingsError(ValueError):
     """An app setting is missing or invalid; raised at first use, naming the setting."""
+
+
+class NotEnabled(ScoreError):
+    """A feature that is switched off by configuration."""
+
+    code = "not_enabled"
+    status = 404
+    permanent = True

@@ -230,6 +230,9 @@ TELEMETRY_SPEC: dict[str, str] = {
     "TELEMETRY_LOG_PAYLOADS":
         "`true` to include request features in failure logs (default false: never payloads).",
     "TELEMETRY_EXPORT_INTERVAL_SECONDS": "How often metrics are exported (default 60).",
+    "TELEMETRY_LOCAL_READER":
+        "`true` (local runs, the demo) keeps metrics in memory and serves a latency summary at "
+        "`GET /api/metrics/latency` (admin key); ignored when exporting.",
 }
 
 

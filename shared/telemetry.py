@@ -90,7 +90,47 @@ class Telemetry:
 
 
 _telemetry: Telemetry | None = None
+_local_reader: Any = None
 _lock = threading.Lock()
+
+
+def latency_summary() -> list[dict[str, Any]] | None:
+    """Server-side request latency per endpoint and model version (p50/p90/p99 estimated
+    from the histogram buckets), when ``TELEMETRY_LOCAL_READER`` is on; else ``None``."""
+    if _local_reader is None:
+        return None
+    data = _local_reader.get_metrics_data()
+    rows = []
+    for rm in data.resource_metrics if data else []:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name != "scorefn.request.duration":
+                    continue
+                for point in metric.data.data_points:
+                    attrs = dict(point.attributes)
+                    if attrs.get("outcome") != "ok" or not point.count:
+                        continue
+                    rows.append({
+                        "trigger": attrs.get("trigger"), "endpoint": attrs.get("endpoint"),
+                        "model": attrs.get("model.name"), "version": attrs.get("model.version"),
+                        "cold": attrs.get("cold"), "count": point.count,
+                        "mean_ms": point.sum / point.count,
+                        **{f"p{q}_ms": _bucket_quantile(point, q / 100) for q in (50, 90, 99)}})
+    return rows
+
+
+def _bucket_quantile(point: Any, q: float) -> float:
+    """Quantile by linear interpolation inside the histogram bucket that holds it."""
+    target = q * point.count
+    seen = 0
+    bounds = list(point.explicit_bounds)
+    for i, count in enumerate(point.bucket_counts):
+        if count and seen + count >= target:
+            low = bounds[i - 1] if i > 0 else min(point.min, bounds[0])
+            high = bounds[i] if i < len(bounds) else point.max
+            return low + (high - low) * (target - seen) / count
+        seen += count
+    return point.max
 
 
 def get_telemetry() -> Telemetry:
@@ -99,10 +139,21 @@ def get_telemetry() -> Telemetry:
     if _telemetry is None:
         with _lock:
             if _telemetry is None:
-                configure(os.environ)
+                mode = configure(os.environ)
+                if mode == "none" and os.environ.get("TELEMETRY_LOCAL_READER", "").lower() == "true":
+                    _use_local_reader()
                 log_payloads = os.environ.get("TELEMETRY_LOG_PAYLOADS", "").lower() == "true"
                 _telemetry = Telemetry(log_payloads=log_payloads)
     return _telemetry
+
+
+def _use_local_reader() -> None:
+    global _local_reader
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    _local_reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[_local_reader]))
 
 
 def set_telemetry(telemetry: Telemetry | None) -> None:

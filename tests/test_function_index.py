@@ -24,6 +24,7 @@ def test_http_functions_routes_methods_and_auth_levels():
         "v2_metadata": ("v2/models/{name}", ["GET"], F),
         "health_live": ("v2/health/live", ["GET"], A),
         "health_ready": ("v2/health/ready", ["GET"], A),
+        "metrics_latency": ("metrics/latency", ["GET"], func.AuthLevel.ADMIN),
     }
 
 

@@ -1,0 +1,169 @@
+"""``python -m devhost --app-dir DIR``: serve a v2-model function app locally.
+
+Prints ``DEVHOST READY http://127.0.0.1:PORT`` on stdout once HTTP listens and the queue
+pollers run; everything else goes to stderr. SIGTERM/SIGINT stop it gracefully.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import uvicorn
+
+from .app_index import AppIndex, AppIndexError, index_app, load_function_app
+from .http_server import AuthKeys, FunctionsHttpApp
+from .invocation import Invoker, default_thread_count
+from .local_settings import ConfigError, config_get, load_host_json, load_local_settings
+from .queue_runner import QueueOptions, QueueRunner
+from .routing import RouteTable, RouteTemplateError
+
+log = logging.getLogger("devhost")
+GRACE_SECONDS = 5.0
+_HOST_LOG_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG,
+                    "information": logging.INFO, "warning": logging.WARNING,
+                    "error": logging.ERROR, "critical": logging.CRITICAL,
+                    "none": logging.CRITICAL + 1}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m devhost", description=__doc__.split("\n")[0])
+    parser.add_argument("--app-dir", required=True, type=Path,
+                        help="directory holding function_app.py and host.json")
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
+    parser.add_argument("--settings", type=Path, default=None,
+                        help="settings file (default: APP_DIR/local.settings.json if present)")
+    parser.add_argument("--no-auth", action="store_true",
+                        help="do not check function/admin keys (Core Tools' behaviour)")
+    parser.add_argument("--no-queues", action="store_true", help="do not run queue triggers")
+    parser.add_argument("--queue-lease-seconds", type=int, default=600,
+                        help="visibility timeout while a message is processed (renewed at half)")
+    parser.add_argument("--verbose", action="store_true", help="log every invocation")
+    return parser.parse_args(argv)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: devhost stops HTTP and queues together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _configure_logging(host: dict, verbose: bool) -> None:
+    # Everything logged in this process is, to the real host, the "Function" category.
+    levels = config_get(host, "logging", "logLevel", default={}) or {}
+    level = str(config_get(levels, "Function", default=None)
+                or config_get(levels, "default", default="information"))
+    logging.basicConfig(stream=sys.stderr, level=_HOST_LOG_LEVELS.get(level.lower(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # The storage SDK logs every request at INFO: far too chatty for a dev console.
+    logging.getLogger("azure").setLevel(logging.WARNING)
+
+
+def _build_routes(index: AppIndex, prefix: str) -> RouteTable:
+    routes: RouteTable = RouteTable(prefix)
+    for function in index.http:
+        routes.add(function.route, function.methods, function)
+    return routes
+
+
+def _describe(index: AppIndex, url: str, prefix: str) -> None:
+    for f in index.http:
+        path = "/".join(p for p in (prefix.strip("/"), f.route.strip("/")) if p)
+        methods = ",".join(sorted(f.methods)) if f.methods else "any"
+        log.info("%s: [%s] %s/%s (auth: %s)", f.name, methods, url, path, f.auth_level)
+    for q in index.queues:
+        log.info("%s: queueTrigger on %s", q.name, q.queue_name)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    app_dir = args.app_dir.resolve()
+    settings = args.settings or app_dir / "local.settings.json"
+    load_local_settings(settings, os.environ, required=args.settings is not None)
+    host = load_host_json(app_dir)
+    _configure_logging(host, args.verbose)
+    index = index_app(load_function_app(app_dir), app_dir, os.environ, host_config=host,
+                      resolve_queues=not args.no_queues)
+    prefix = config_get(host, "extensions", "http", "routePrefix", default="api")
+    prefix = "api" if prefix is None else str(prefix)
+    auth = AuthKeys(enabled=not args.no_auth,
+                    function_key=os.environ.get("DEVHOST_FUNCTION_KEY") or None,
+                    master_key=os.environ.get("DEVHOST_MASTER_KEY") or None)
+    warning = auth.missing_keys_warning(f.auth_level for f in index.http)
+    if warning:
+        log.warning(warning)
+    invoker = Invoker(default_thread_count())
+    http_app = FunctionsHttpApp(_build_routes(index, prefix), invoker, auth, str(app_dir))
+
+    # proto=IPPROTO_TCP so that asyncio sets TCP_NODELAY on accepted connections; without it
+    # every response waits ~40 ms for a delayed ACK (uvicorn writes head and body separately).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", args.port))
+    port = sock.getsockname()[1]
+    server = _Server(uvicorn.Config(http_app, host="127.0.0.1", port=port, log_level="warning",
+                                    lifespan="off", access_log=False, server_header=False,
+                                    timeout_graceful_shutdown=int(GRACE_SECONDS)))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    runner = None
+    if index.queues and not args.no_queues:
+        runner = QueueRunner(index.queues, QueueOptions.from_host_json(host), invoker, os.environ,
+                             app_dir=str(app_dir), lease_seconds=args.queue_lease_seconds)
+        await runner.start()
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if serving.done():
+            log.error("the HTTP server failed to start")
+            return 1
+        await asyncio.sleep(0.01)
+    url = f"http://127.0.0.1:{port}"
+    _describe(index, url, prefix)
+    print(f"DEVHOST READY {url}", flush=True)
+
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    log.info("stopping")
+    server.should_exit = True
+    deadline = loop.time() + GRACE_SECONDS
+    queues_done = runner.stop(GRACE_SECONDS) if runner else asyncio.sleep(0, True)
+    finished, _ = await asyncio.gather(queues_done, serving)
+    finished = await invoker.wait_idle(max(0.0, deadline - loop.time())) and finished
+    invoker.shutdown()
+    if not finished:
+        log.warning("some invocations were still running at shutdown; abandoning them")
+        # Their pool threads would otherwise hold up interpreter exit until they end.
+        watchdog = threading.Timer(0.5, os._exit, args=(0,))
+        watchdog.daemon = True
+        watchdog.start()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        code = asyncio.run(serve(args))
+    except (AppIndexError, ConfigError, RouteTemplateError) as exc:
+        print(f"devhost: {exc}", file=sys.stderr)
+        code = 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""A plain ASGI app serving the HTTP functions the way the Functions host does."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Iterable, Mapping
+from urllib.parse import parse_qsl
+
+import azure.functions as func
+
+from .app_index import HttpFunction
+from .invocation import InvocationContext, Invoker, TraceContext, user_traceback
+from .routing import RouteTable
+
+log = logging.getLogger("devhost.http")
+MAX_BODY_BYTES = 100 * 1024 * 1024  # the host's request size limit
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class AuthKeys:
+    """Keys for ``function`` and ``admin`` auth levels; ``enabled=False`` lets everything in."""
+
+    enabled: bool = True
+    function_key: str | None = None
+    master_key: str | None = None
+
+    def allows(self, level: str, presented: Iterable[str]) -> bool:
+        if not self.enabled or level == "anonymous":
+            return True
+        accepted = [self.master_key] if level == "admin" else [self.master_key, self.function_key]
+        return any(_same(key, given) for key in accepted if key for given in presented if given)
+
+    def missing_keys_warning(self, levels: Iterable[str]) -> str | None:
+        """A warning when some routes can never be called because no key is configured."""
+        if not self.enabled:
+            return None
+        levels = set(levels)
+        if "function" in levels and not (self.function_key or self.master_key):
+            return ("auth is on but neither DEVHOST_FUNCTION_KEY nor DEVHOST_MASTER_KEY is set: "
+                    "function-level routes will answer 401 (set a key or use --no-auth)")
+        if "admin" in levels and not self.master_key:
+            return ("auth is on but DEVHOST_MASTER_KEY is not set: admin-level routes will "
+                    "answer 401 (set it or use --no-auth)")
+        return None
+
+
+class _Disconnected(Exception):
+    """The client went away before sending the whole body."""
+
+
+class FunctionsHttpApp:
+    """ASGI entry point: route, authorize, read the body, invoke, write the response."""
+
+    def __init__(self, routes: RouteTable[HttpFunction], invoker: Invoker, auth: AuthKeys,
+                 app_dir: str) -> None:
+        self.routes, self.invoker, self.auth, self.app_dir = routes, invoker, auth, app_dir
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return  # websockets are not served; uvicorn closes the connection
+        method = scope["method"]
+        found = self.routes.match(method, scope["path"])
+        if found is None:
+            await _respond(send, 404)
+            return
+        function, route_params = found
+        headers = _headers(scope)
+        params = _query(scope)
+        if not self.auth.allows(function.auth_level,
+                                (headers.get("x-functions-key"), params.get("code"))):
+            await _respond(send, 401)
+            return
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            await _respond(send, 413)
+            return
+        try:
+            body = await _read_body(receive)
+        except _Disconnected:
+            return
+        if body is None:
+            await _respond(send, 413)
+            return
+        request = func.HttpRequest(method=method, url=_url(scope, headers), headers=headers,
+                                   params=params, route_params=route_params, body=body)
+        context = InvocationContext(function.name, self.app_dir,
+                                    TraceContext.from_headers(headers, function.name))
+        started = time.perf_counter()
+        try:
+            result = await self.invoker.invoke(function, request, context)
+            status, response_headers, response_body = _response_parts(result)
+        except Exception as exc:
+            log.error("Executed 'Functions.%s' (Failed, Id=%s)\n%s", function.name,
+                      context.invocation_id, user_traceback(exc))
+            await _respond(send, 500)
+            return
+        log.debug("Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%.0fms)", function.name,
+                  context.invocation_id, (time.perf_counter() - started) * 1000)
+        await _respond(send, status, response_headers, response_body)
+
+
+def _response_parts(result: Any) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Status, headers and body of what the function returned (as the worker encodes it)."""
+    if isinstance(result, func.HttpResponse):
+        headers = [(k, v) for k, v in result.headers.items()
+                   if k.lower() not in ("content-length", "transfer-encoding")]
+        if not any(k.lower() == "content-type" for k, _ in headers):
+            mimetype = result.mimetype
+            content_type = (f"{mimetype}; charset={result.charset}"
+                            if mimetype.startswith("text/") else mimetype)
+            headers.append(("content-type", content_type))
+        return result.status_code, headers, result.get_body() or b""
+    if isinstance(result, (str, bytes)):
+        body = result.encode("utf-8") if isinstance(result, str) else result
+        return 200, [("content-type", "text/plain; charset=utf-8")], body
+    if result is None:
+        return 204, [], b""
+    raise TypeError(f"an HTTP function returned {type(result).__name__}, "
+                    "expected func.HttpResponse or str")
+
+
+async def _respond(send: Send, status: int, headers: list[tuple[str, str]] | None = None,
+                   body: bytes = b"") -> None:
+    raw = [(k.encode("latin-1"), str(v).encode("latin-1")) for k, v in headers or []]
+    raw.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None once it exceeds the host's limit."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    """Lower-cased request headers; repeated ones joined as HTTP allows."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope["headers"]:
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        if name in headers:
+            value = headers[name] + ("; " if name == "cookie" else ", ") + value
+        headers[name] = value
+    return headers
+
+
+def _query(scope: Scope) -> dict[str, str]:
+    """Query parameters; a repeated one is comma-joined (ASP.NET ``StringValues``)."""
+    params: dict[str, str] = {}
+    for name, value in parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True):
+        params[name] = f"{params[name]},{value}" if name in params else value
+    return params
+
+
+def _url(scope: Scope, headers: Mapping[str, str]) -> str:
+    host = headers.get("host") or "{}:{}".format(*(scope.get("server") or ("127.0.0.1", 80)))
+    path = scope.get("raw_path") or scope["path"].encode("utf-8")
+    query = scope["query_string"]
+    url = f"{scope.get('scheme', 'http')}://{host}{path.decode('latin-1')}"
+    return f"{url}?{query.decode('latin-1')}" if query else url
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))

@@ -1,0 +1,158 @@
+"""The local end-to-end demo: real Azurite, the local Functions host, real models and requests."""
+
+from __future__ import annotations
+
+import secrets
+import statistics
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def run_demo(requests: int = 2000) -> int:
+    """Run the demo; everything started is stopped on the way out, also on Ctrl-C."""
+    import httpx
+    import lightgbm as lgb
+    from azure.storage.blob import BlobServiceClient
+
+    from devhost.azurite import Azurite
+    from devhost.process import DevHost
+
+    from .demo_models import train_demo_models
+
+    key = secrets.token_urlsafe(24)
+    master_key = secrets.token_urlsafe(24)
+    with ExitStack() as stack:
+        say("scorefn demo")
+        t0 = time.perf_counter()
+        azurite = stack.enter_context(Azurite())
+        say(f"  azurite          blob :{azurite.blob_port}  queue :{azurite.queue_port}")
+        models = train_demo_models(ROOT / ".demo" / "models")
+        blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
+        container = blobs.get_container_client("models")
+        container.create_container()
+        for model in models.values():
+            container.upload_blob(f"{model.name}.txt", model.path.read_bytes(), overwrite=True)
+        say(f"  models           {', '.join(models)} trained and uploaded "
+            f"({time.perf_counter() - t0:.1f} s)")
+        env = {"AzureWebJobsStorage": azurite.connection_string, "MODEL_CONTAINER": "models",
+               "DEVHOST_FUNCTION_KEY": key, "DEVHOST_MASTER_KEY": master_key,
+               "TELEMETRY_LOCAL_READER": "true", "SCORE_QUEUE_NAME": "score-requests",
+               "RESULTS_QUEUE_NAME": "score-results", "BATCH_CONTAINER": "batch"}
+        host = stack.enter_context(DevHost(ROOT, env))
+        say(f"  local host       {host.url}  (function key auth on)")
+        client = stack.enter_context(httpx.Client(base_url=host.url, timeout=30,
+                                                  headers={"x-functions-key": key}))
+        boosters = {name: lgb.Booster(model_file=str(m.path)) for name, m in models.items()}
+        _http_examples(client, models, boosters)
+        _latency(client, models, requests)
+        _server_latency(client, master_key)
+        _queue_part(stack, azurite, models, boosters)
+    say("\nstopped the local host and Azurite")
+    return 0
+
+
+def _post(client, path: str, body: dict, **kwargs):
+    start = time.perf_counter()
+    response = client.post(path, json=body, **kwargs)
+    return response, (time.perf_counter() - start) * 1000
+
+
+def _http_examples(client, models, boosters) -> None:
+    rng = np.random.default_rng(5)
+    from .demo_models import churn_features, price_features, segment_features
+
+    X = {"churn": churn_features(3, rng), "price": price_features(3, rng),
+         "segment": segment_features(3, rng)}
+    say("\nHTTP scoring (first request per model is cold: download + parse)")
+    say(f"  {'request':34s} {'status':>6s} {'ms':>7s}  predictions  (equal to Booster.predict?)")
+    for name in ("churn", "price", "segment"):
+        rows = [[None if np.isnan(v) else float(v) for v in row] for row in X[name]]
+        response, ms = _post(client, f"/api/score/{name}", {"rows": rows})
+        preds = response.json()["predictions"]
+        equal = np.array_equal(np.array(preds), boosters[name].predict(X[name]))
+        say(f"  {'POST /api/score/' + name + ' rows':34s} {response.status_code:6d} {ms:7.1f}  "
+            f"{_short(preds)}  ({'yes' if equal else 'NO'})")
+    features = models["churn"].feature_names
+    records = [{f: float(v) for f, v in zip(features, X["churn"][0]) if not np.isnan(v)}]
+    response, ms = _post(client, "/api/score/churn", {"records": records})
+    equal = np.array_equal(np.array(response.json()["predictions"]), boosters["churn"].predict(X["churn"][:1]))
+    say(f"  {'POST /api/score/churn records':34s} {response.status_code:6d} {ms:7.1f}  "
+        f"{_short(response.json()['predictions'])}  ({'yes' if equal else 'NO'})")
+    v2 = {"inputs": [{"name": "input-0", "shape": [1, 6], "datatype": "FP64",
+                      "data": X["price"][0].tolist()}]}
+    response, ms = _post(client, "/api/v2/models/price/infer", v2)
+    data = response.json()["outputs"][0]["data"]
+    equal = np.array_equal(np.array(data), boosters["price"].predict(X["price"][:1]))
+    say(f"  {'POST /api/v2/models/price/infer':34s} {response.status_code:6d} {ms:7.1f}  "
+        f"{_short(data)}  ({'yes' if equal else 'NO'})")
+
+    say("\nBad requests get a clear error")
+    bad = [("unknown model", "/api/score/nope", {"rows": [[1]]}, {}),
+           ("wrong row width", "/api/score/price", {"rows": [[1, 2]]}, {}),
+           ("string value", "/api/score/price", {"rows": [[1, "2", 3, 4, 5, 6]]}, {}),
+           ("unknown feature", "/api/score/churn", {"records": [{"tenure": 3}]}, {}),
+           ("no function key", "/api/score/price", {"rows": [[1] * 6]}, {"headers": {"x-functions-key": "wrong"}})]
+    for label, path, body, kwargs in bad:
+        response, _ = _post(client, path, body, **kwargs)
+        detail = response.text[:90] if response.content else "(empty body, from the host)"
+        say(f"  {label:18s} {response.status_code}  {detail}")
+
+
+def _latency(client, models, requests: int) -> None:
+    from .demo_models import churn_features
+
+    rows = churn_features(1024, np.random.default_rng(9))
+    bodies = [{"rows": [[None if np.isnan(v) else float(v) for v in row]]} for row in rows]
+    for body in bodies[:50]:
+        client.post("/api/score/churn", json=body)
+    samples = []
+    for i in range(requests):
+        start = time.perf_counter()
+        response = client.post("/api/score/churn", json=bodies[i % len(bodies)])
+        samples.append((time.perf_counter() - start) * 1000)
+        if response.status_code != 200:
+            raise RuntimeError(f"request failed: {response.status_code} {response.text[:200]}")
+    q = np.percentile(samples, [50, 90, 99])
+    say(f"\nLatency, {requests} single-row requests to churn, concurrency 1 (client side, ms)")
+    say(f"  p50 {q[0]:6.2f}   p90 {q[1]:6.2f}   p99 {q[2]:6.2f}   mean {statistics.fmean(samples):6.2f}")
+
+
+def _server_latency(client, master_key: str) -> None:
+    response = client.get("/api/metrics/latency", headers={"x-functions-key": master_key})
+    rows = sorted(response.json()["latency"], key=lambda r: (r["trigger"], r["model"], r["cold"]))
+    say("\nServer side, from the OpenTelemetry histograms (whole scoring inside the function, ms)")
+    say(f"  {'trigger':7s} {'model':8s} {'cold':5s} {'count':>6s} {'p50':>7s} {'p90':>7s} {'p99':>7s}")
+    for r in rows:
+        say(f"  {r['trigger']:7s} {r['model']:8s} {str(r['cold']).lower():5s} {r['count']:6d} "
+            f"{r['p50_ms']:7.3f} {r['p90_ms']:7.3f} {r['p99_ms']:7.3f}")
+
+
+def _queue_part(stack, azurite, models, boosters) -> None:
+    try:
+        from .commands import jobs  # noqa: F401  (the queue part needs the batch feature)
+    except ImportError:
+        return
+    from .demo_queue import run_queue_demo
+
+    run_queue_demo(azurite, models, boosters, say)
+
+
+def _short(values) -> str:
+    flat = np.asarray(values, dtype=float).reshape(len(values), -1)
+    text = ", ".join("[" + " ".join(f"{v:.3f}" for v in row) + "]" if len(row) > 1 else f"{row[0]:.3f}"
+                     for row in flat)
+    return text if len(text) < 48 else text[:45] + "..."
+
+
+if __name__ == "__main__":
+    sys.exit(run_demo())

@@ -1,0 +1,69 @@
+"""Fixtures for the devhost tests: the sample app, its settings, and hosts serving it."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+import pytest
+
+from devhost.process import DevHost
+
+SAMPLE_APP = Path(__file__).parent / "sample_app"
+FUNCTION_KEY = "test-function-key"
+MASTER_KEY = "test-master-key"
+T = TypeVar("T")
+
+
+def unique(prefix: str) -> str:
+    """A fresh storage name (lowercase letters, digits and dashes)."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def wait_for(probe: Callable[[], T], timeout: float, interval: float = 0.2) -> T:
+    """Call ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def results_container(azurite):
+    """The blob container the sample queue function records deliveries in."""
+    from azure.storage.blob import BlobServiceClient
+
+    client = BlobServiceClient.from_connection_string(azurite.connection_string) \
+        .get_container_client(unique("results"))
+    client.create_container()
+    yield client
+    client.delete_container()
+
+
+@pytest.fixture(scope="module")
+def sample_env(azurite, results_container) -> dict[str, str]:
+    """Settings every sample host gets (tests add their own queue name)."""
+    return {"AzureWebJobsStorage": azurite.connection_string,
+            "SAMPLE_RESULTS_CONTAINER": results_container.container_name,
+            "DEVHOST_FUNCTION_KEY": FUNCTION_KEY, "DEVHOST_MASTER_KEY": MASTER_KEY}
+
+
+@pytest.fixture
+def start_host(tmp_path) -> Iterator[Callable[..., DevHost]]:
+    """Start sample-app hosts for one test; all are stopped at its end, logs shown on failure."""
+    hosts: list[DevHost] = []
+
+    def start(env: dict[str, str], **options) -> DevHost:
+        host = DevHost(SAMPLE_APP, env, log_path=tmp_path / f"devhost-{len(hosts)}.log", **options)
+        hosts.append(host)
+        return host.start(timeout=30)
+
+    yield start
+    for host in hosts:
+        host.stop()

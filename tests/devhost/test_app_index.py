@@ -1,0 +1,82 @@
+"""The app is indexed through azure.functions' own ``get_functions()``."""
+
+import sys
+
+import pytest
+
+from devhost.app_index import AppIndexError, index_app, load_function_app, resolve_expressions
+
+from .conftest import SAMPLE_APP
+
+
+@pytest.fixture
+def fresh_app():
+    """Import the sample FunctionApp anew (an app is indexed once, as by the worker); the
+    modules imported are forgotten afterwards."""
+    path, saved = list(sys.path), dict(sys.modules)
+
+    def forget():
+        for name in set(sys.modules) - set(saved):
+            del sys.modules[name]
+        # another app's (or a previous load's) function_app, imported under the same name
+        if sys.modules.get("function_app") is not saved.get("function_app"):
+            del sys.modules["function_app"]
+        if "function_app" in saved:
+            sys.modules["function_app"] = saved["function_app"]
+
+    def load():
+        forget()
+        sys.modules.pop("function_app", None)
+        return load_function_app(SAMPLE_APP)
+
+    yield load
+    sys.path[:] = path
+    forget()
+
+
+@pytest.fixture
+def sample_app(fresh_app):
+    return fresh_app()
+
+
+def test_http_functions_are_described_with_route_methods_and_auth_level(sample_app):
+    index = index_app(sample_app, SAMPLE_APP, {"SAMPLE_QUEUE": "q"})
+    http = {f.name: f for f in index.http}
+    assert http["echo"].route == "echo/{name}"
+    assert http["echo"].methods == {"GET", "POST"}
+    assert http["echo"].auth_level == "anonymous"
+    assert http["echo"].binding_name == "req"
+    assert http["secure"].auth_level == "function"  # the app's default level
+    assert http["ops"].auth_level == "admin"
+    assert http["item_by_slug"].methods is None
+    assert http["async_route"].is_async and http["async_route"].wants_context
+    assert not http["echo"].is_async and not http["echo"].wants_context
+
+
+def test_queue_names_are_resolved_from_app_settings(sample_app):
+    index = index_app(sample_app, SAMPLE_APP, {"SAMPLE_QUEUE": "orders"})
+    [queue] = index.queues
+    assert (queue.name, queue.queue_name, queue.connection, queue.binding_name) == (
+        "record_message", "orders", "AzureWebJobsStorage", "msg")
+
+
+def test_an_unset_setting_in_a_queue_name_is_a_clear_error(fresh_app):
+    with pytest.raises(AppIndexError, match="SAMPLE_QUEUE.*not set"):
+        index_app(fresh_app(), SAMPLE_APP, {})
+    assert index_app(fresh_app(), SAMPLE_APP, {}, resolve_queues=False).queues
+
+
+def test_functions_can_be_disabled_by_setting_or_host_json(fresh_app):
+    env = {"SAMPLE_QUEUE": "q", "AzureWebJobs.echo.Disabled": "true"}
+    assert "echo" not in {f.name for f in index_app(fresh_app(), SAMPLE_APP, env).http}
+    only = index_app(fresh_app(), SAMPLE_APP, env, host_config={"functions": ["secure"]})
+    assert [f.name for f in only.http] == ["secure"] and not only.queues
+
+
+def test_binding_expressions_may_sit_inside_text():
+    assert resolve_expressions("in-%ENV%-%N%", {"ENV": "dev", "N": "1"}, what="x") == "in-dev-1"
+
+
+def test_a_directory_without_function_app_is_refused(tmp_path):
+    with pytest.raises(AppIndexError, match="no function_app.py"):
+        load_function_app(tmp_path)

@@ -1,0 +1,180 @@
+"""HTTP functions are served as the Functions host serves them."""
+
+import json
+import re
+import socket
+import threading
+import time
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from devhost.process import DevHost
+
+from .conftest import FUNCTION_KEY, MASTER_KEY, SAMPLE_APP
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    """A host with auth on; its keys and two SAMPLE_* values come from a settings file."""
+    tmp = tmp_path_factory.mktemp("http")
+    settings = tmp / "local.settings.json"
+    settings.write_text(json.dumps({"IsEncrypted": False, "Values": {
+        "DEVHOST_FUNCTION_KEY": FUNCTION_KEY, "DEVHOST_MASTER_KEY": MASTER_KEY,
+        "SAMPLE_FROM_FILE": "file", "SAMPLE_OVERRIDDEN": "file"}}))
+    with DevHost(SAMPLE_APP, {"SAMPLE_OVERRIDDEN": "env"}, queues=False, settings_file=settings,
+                 log_path=tmp / "devhost.log") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(host):
+    with httpx.Client(base_url=host.url, timeout=10) as c:
+        yield c
+
+
+def test_it_listens_on_loopback_only(host):
+    assert urlsplit(host.url).hostname == "127.0.0.1"
+
+
+def test_routes_sit_under_the_prefix_and_pass_route_and_query_parameters(client, host):
+    r = client.get("/api/echo/Bob", params={"q": "1"})
+    assert r.status_code == 200
+    seen = r.json()
+    assert (seen["name"], seen["method"], seen["params"]) == ("Bob", "GET", {"q": "1"})
+    assert seen["url"] == f"{host.url}/api/echo/Bob?q=1"
+    assert client.get("/echo/Bob").status_code == 404
+
+
+def test_the_request_body_and_headers_reach_the_function(client):
+    r = client.post("/api/echo/x", content=b'{"a": 1}',
+                    headers={"content-type": "application/json", "X-Custom": "yes"})
+    seen = r.json()
+    assert (seen["method"], seen["body"], seen["content_type"], seen["x_custom"]) == (
+        "POST", '{"a": 1}', "application/json", "yes")
+
+
+def test_methods_not_listed_by_the_function_are_not_found(client):
+    assert client.put("/api/echo/x").status_code == 404
+    assert client.delete("/api/items/latest").text == "latest"  # no methods: any method
+
+
+def test_unmatched_paths_answer_404_with_an_empty_body(client):
+    r = client.get("/api/no/such/route")
+    assert (r.status_code, r.content) == (404, b"")
+
+
+def test_literal_routes_win_and_constraints_choose_between_parameter_routes(client):
+    assert client.get("/api/items/latest").text == "latest"
+    assert client.get("/api/items/42").text == "id:42"
+    assert client.get("/api/items/abc").text == "slug:abc"
+    assert client.get("/API/ITEMS/LATEST").text == "latest"
+
+
+def test_status_headers_and_body_are_passed_through(client):
+    r = client.get("/api/echo/bob", params={"status": "201"})
+    assert r.status_code == 201
+    assert r.headers["x-echo"] == "bob"
+    assert r.headers.get_list("set-cookie") == ["a=1", "b=2"]
+    assert r.headers["content-type"] == "application/json"
+    assert r.headers["content-length"] == str(len(r.content))
+
+
+def test_a_text_mimetype_gets_its_charset(client):
+    r = client.get("/api/text")
+    assert (r.text, r.headers["content-type"]) == ("plain", "text/plain; charset=utf-8")
+
+
+def test_async_functions_are_awaited_and_get_the_context(client):
+    assert client.get("/api/async").text == "async:async_route"
+
+
+def test_an_exception_is_a_500_with_an_empty_body_and_a_logged_traceback(client, host):
+    r = client.post("/api/boom", content=b"private-payload-123")
+    assert (r.status_code, r.content) == (500, b"")
+    log = host.log_path.read_text()
+    assert "RuntimeError: boom" in log
+    assert "private-payload-123" not in log
+
+
+def test_the_trace_context_comes_from_the_incoming_headers(client):
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    seen = client.get("/api/context", headers={"traceparent": parent,
+                                               "tracestate": "vendor=1"}).json()
+    assert (seen["trace_parent"], seen["trace_state"]) == (parent, "vendor=1")
+    assert seen["function_name"] == "show_context"
+    assert seen["function_directory"] == str(SAMPLE_APP.resolve())
+
+
+def test_without_a_traceparent_each_invocation_starts_a_trace(client):
+    first, second = client.get("/api/context").json(), client.get("/api/context").json()
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", first["trace_parent"])
+    assert first["trace_parent"] != second["trace_parent"]
+    assert first["invocation_id"] != second["invocation_id"]
+
+
+def test_settings_file_values_reach_the_app_without_overriding_the_environment(client):
+    assert client.get("/api/setting/SAMPLE_FROM_FILE").text == "file"
+    assert client.get("/api/setting/SAMPLE_OVERRIDDEN").text == "env"
+
+
+def test_bodies_over_100_mib_are_refused_with_413(host):
+    url = urlsplit(host.url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(b"POST /api/echo/x HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 104857601\r\n\r\n")
+        assert sock.recv(200).startswith(b"HTTP/1.1 413")
+
+
+class TestAuth:
+    def test_function_routes_need_a_key(self, client):
+        r = client.get("/api/secure")
+        assert (r.status_code, r.content) == (401, b"")
+        assert client.get("/api/secure", headers={"x-functions-key": "wrong"}).status_code == 401
+
+    def test_the_function_key_or_the_master_key_opens_function_routes(self, client):
+        assert client.get("/api/secure", headers={"x-functions-key": FUNCTION_KEY}).text == "secret"
+        assert client.get("/api/secure", headers={"x-functions-key": MASTER_KEY}).text == "secret"
+
+    def test_the_key_may_be_the_code_query_parameter(self, client):
+        assert client.get("/api/secure", params={"code": FUNCTION_KEY}).status_code == 200
+        assert client.get("/api/secure", params={"code": "wrong"}).status_code == 401
+
+    def test_admin_routes_need_the_master_key(self, client):
+        assert client.get("/api/ops", headers={"x-functions-key": FUNCTION_KEY}).status_code == 401
+        assert client.get("/api/ops", headers={"x-functions-key": MASTER_KEY}).text == "admin"
+
+    def test_anonymous_routes_need_no_key(self, client):
+        assert client.get("/api/echo/x").status_code == 200
+
+
+def test_no_auth_opens_every_route_and_sigterm_stops_the_host_cleanly(start_host):
+    host = start_host({}, auth=False, queues=False)
+    assert httpx.get(f"{host.url}/api/secure").text == "secret"
+    assert httpx.get(f"{host.url}/api/ops").text == "admin"
+    assert host.stop() == 0
+
+
+def test_with_auth_on_and_no_keys_configured_keyed_routes_answer_401(start_host):
+    host = start_host({"DEVHOST_FUNCTION_KEY": "", "DEVHOST_MASTER_KEY": ""}, queues=False)
+    assert httpx.get(f"{host.url}/api/secure", params={"code": ""}).status_code == 401
+    assert httpx.get(f"{host.url}/api/ops").status_code == 401
+    assert host.log_path.read_text().count("neither DEVHOST_FUNCTION_KEY nor") == 1
+
+
+def test_sigterm_lets_in_flight_requests_finish(start_host):
+    host = start_host({}, queues=False)
+    answers = []
+    caller = threading.Thread(target=lambda: answers.append(
+        httpx.get(f"{host.url}/api/sleep", params={"seconds": "1.5"}, timeout=10)))
+    caller.start()
+    time.sleep(0.5)
+    assert host.stop() == 0
+    caller.join()
+    assert [(a.status_code, a.text) for a in answers] == [(200, "slept")]
+
+
+def test_a_startup_error_is_reported_clearly(start_host):
+    with pytest.raises(RuntimeError, match="SAMPLE_QUEUE.*not set"):
+        start_host({})  # the queue trigger names %SAMPLE_QUEUE%, which is not set

@@ -1,0 +1,91 @@
+"""Route templates match the way the Functions host (ASP.NET routing) matches them."""
+
+import pytest
+
+from devhost.routing import RouteTable, RouteTemplateError
+
+
+def table(*routes: str, prefix: str = "api") -> RouteTable[str]:
+    t: RouteTable[str] = RouteTable(prefix)
+    for route in routes:
+        t.add(route, None, route)
+    return t
+
+
+def test_the_prefix_comes_first_and_may_be_empty():
+    assert table("hello").match("GET", "/api/hello") == ("hello", {})
+    assert table("hello").match("GET", "/hello") is None
+    assert table("hello", prefix="").match("GET", "/hello") == ("hello", {})
+    assert table("hello", prefix="v1/fn").match("GET", "/v1/fn/hello") == ("hello", {})
+
+
+def test_parameters_capture_one_segment():
+    assert table("score/{name}").match("POST", "/api/score/churn") == (
+        "score/{name}", {"name": "churn"})
+    assert table("score/{name}").match("POST", "/api/score/a/b") is None
+    assert table("score/{name}").match("POST", "/api/score") is None
+
+
+def test_matching_ignores_case_and_a_trailing_slash_but_keeps_the_values_case():
+    assert table("Score/{name}").match("GET", "/API/score/MyModel/") == (
+        "Score/{name}", {"name": "MyModel"})
+
+
+def test_int_alpha_and_guid_constraints_reject_other_values():
+    routes = table("n/{v:int}", "a/{v:alpha}", "g/{v:guid}")
+    assert routes.match("GET", "/api/n/-42")[1] == {"v": "-42"}
+    assert routes.match("GET", "/api/n/4x") is None
+    assert routes.match("GET", "/api/a/abc")[1] == {"v": "abc"}
+    assert routes.match("GET", "/api/a/ab1") is None
+    guid = "0af76519-16cd-43dd-8448-eb211c80319c"
+    assert routes.match("GET", f"/api/g/{guid}")[1] == {"v": guid}
+    assert routes.match("GET", f"/api/g/{guid.replace('-', '')}")[1] == {"v": guid.replace("-", "")}
+    assert routes.match("GET", "/api/g/not-a-guid") is None
+
+
+def test_other_constraints_accept_any_segment():
+    assert table("m/{v:min(3)}").match("GET", "/api/m/anything")[1] == {"v": "anything"}
+
+
+def test_optional_default_and_catch_all_parameters():
+    routes = table("opt/{v?}", "dflt/{v=first}", "files/{*path}")
+    assert routes.match("GET", "/api/opt") == ("opt/{v?}", {})
+    assert routes.match("GET", "/api/opt/3") == ("opt/{v?}", {"v": "3"})
+    assert routes.match("GET", "/api/dflt")[1] == {"v": "first"}
+    assert routes.match("GET", "/api/files/a/b/c.txt")[1] == {"path": "a/b/c.txt"}
+    assert routes.match("GET", "/api/files") == ("files/{*path}", {})
+
+
+def test_segments_mixing_literals_and_parameters():
+    assert table("f/{name}.{ext}").match("GET", "/api/f/model.json")[1] == {
+        "name": "model", "ext": "json"}
+
+
+def test_literal_segments_win_over_parameters_whatever_the_order():
+    routes = table("items/{slug}", "items/{id:int}", "items/latest", "items/{*rest}")
+    assert routes.match("GET", "/api/items/latest")[0] == "items/latest"
+    assert routes.match("GET", "/api/items/7")[0] == "items/{id:int}"
+    assert routes.match("GET", "/api/items/other")[0] == "items/{slug}"
+    assert routes.match("GET", "/api/items/a/b")[0] == "items/{*rest}"
+
+
+def test_methods_restrict_a_route_and_none_means_any_method():
+    routes: RouteTable[str] = RouteTable("api")
+    routes.add("thing", ["post"], "post-only")
+    routes.add("any", None, "any")
+    assert routes.match("POST", "/api/thing") == ("post-only", {})
+    assert routes.match("GET", "/api/thing") is None
+    assert routes.match("PATCH", "/api/any") == ("any", {})
+
+
+def test_a_route_that_matches_the_path_but_not_the_method_lets_the_next_one_answer():
+    routes: RouteTable[str] = RouteTable("api")
+    routes.add("items/latest", ["POST"], "post latest")
+    routes.add("items/{slug}", ["GET"], "get slug")
+    assert routes.match("GET", "/api/items/latest") == ("get slug", {"slug": "latest"})
+
+
+@pytest.mark.parametrize("template", ["{*rest}/tail", "a/{v?}/b", "a/{}", "a/{v"])
+def test_invalid_templates_are_rejected(template):
+    with pytest.raises(RouteTemplateError):
+        table(template)
