@@ -28,9 +28,10 @@ def score(req: func.HttpRequest) -> func.HttpResponse:
 
         result = _service().score(
             req.route_params["name"], req.get_body(), content_type=req.headers.get("content-type"),
-            carrier=req.headers, encode=lambda r: encode_score_response(
-                r.predictions, r.model.to_dict(), request_id))
-        return json_response(result.body, request_id)
+            carrier=req.headers, headers=req.headers, query=req.params,
+            encode=lambda r: encode_score_response(r.predictions, r.model.to_dict(), request_id,
+                                                   {"variant": r.variant}))
+        return json_response(result.body, request_id, headers={"x-scorefn-variant": result.variant})
     except Exception as exc:
         return error_response(exc, request_id, "score")
 
@@ -45,10 +46,12 @@ def v2_infer(req: func.HttpRequest) -> func.HttpResponse:
         name = req.route_params["name"]
         result = _service().score(
             name, req.get_body(), fmt="v2", content_type=req.headers.get("content-type"),
-            carrier=req.headers, encode=lambda r: encode_v2_response(
+            carrier=req.headers, headers=req.headers, query=req.params,
+            encode=lambda r: encode_v2_response(
                 r.predictions, model_name=name, model_version=r.model.version,
-                request_id=r.request.request_id or request_id))
-        return json_response(result.body, request_id)
+                request_id=r.request.request_id or request_id,
+                parameters={"variant": r.variant, "model": r.model.name}))
+        return json_response(result.body, request_id, headers={"x-scorefn-variant": result.variant})
     except Exception as exc:
         return error_response(exc, request_id, "v2_infer")
 
@@ -63,6 +66,18 @@ def v2_metadata(req: func.HttpRequest) -> func.HttpResponse:
         return json_response(dumps(_service().metadata(req.route_params["name"])), request_id)
     except Exception as exc:
         return error_response(exc, request_id, "v2_metadata")
+
+
+@bp.route(route="endpoints", methods=["GET"])
+def endpoints(req: func.HttpRequest) -> func.HttpResponse:
+    """Endpoints with their variants and weights, and the loaded model versions."""
+    request_id = request_id_of(req)
+    try:
+        from shared.payloads import dumps
+
+        return json_response(dumps(_service().endpoints()), request_id)
+    except Exception as exc:
+        return error_response(exc, request_id, "endpoints")
 
 
 @bp.route(route="v2/health/live", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

@@ -86,3 +86,24 @@ class NotEnabled(ScoreError):
     code = "not_enabled"
     status = 404
     permanent = True
+
+
+class InvalidRouterConfig(ScoreError):
+    """The router configuration is invalid; the message names the path of the bad field.
+
+    A server-side misconfiguration (like a bad app setting): a 500, and not permanent,
+    since a corrected config blob is picked up without a restart."""
+
+    code = "invalid_router_config"
+    status = 500
+
+
+class OverrideNotAllowed(BadRequest):
+    """A caller pinned a variant on an endpoint whose config does not allow it."""
+
+    code = "override_not_allowed"
+    status = 403
+
+
+class UnknownVariant(BadRequest):
+    code = "unknown_variant"

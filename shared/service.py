@@ -18,6 +18,7 @@ from .errors import PayloadTooLarge, ScoreError, UnsupportedMediaType
 from .model import LoadedModel, ModelInfo
 from .model_store import ModelStore
 from .payloads import ScoringInput, decode_json, parse_score_body, parse_v2
+from .router import OVERRIDE_HEADER, Route, RouterHolder, ShadowRunner, header, sticky_key
 from .scorer import predict
 from .settings import Settings, resolve_connection
 from .telemetry import Telemetry, get_telemetry
@@ -37,6 +38,11 @@ class ScoreResult:
     cold: bool
     predict_seconds: float
     body: bytes | None = None
+    route: Route | None = None
+
+    @property
+    def variant(self) -> str:
+        return self.route.variant if self.route is not None else "default"
 
 
 def check_content_type(content_type: str | None) -> None:
@@ -52,26 +58,49 @@ class ScoringService:
     """Scores requests against models from a :class:`ModelStore`."""
 
     def __init__(self, settings: Settings, store: ModelStore,
-                 telemetry: Telemetry | None = None) -> None:
+                 telemetry: Telemetry | None = None, routing: RouterHolder | None = None,
+                 shadows: ShadowRunner | None = None) -> None:
         self.settings = settings
         self.store = store
         self.telemetry = telemetry or get_telemetry()
+        self.routing = routing
+        self.shadows = shadows
         self._readiness: tuple[float, dict[str, Any]] | None = None
 
-    def model(self, endpoint: str) -> tuple[LoadedModel, bool]:
-        """The model serving ``endpoint`` (the router chooses it once configured)."""
-        return self.store.get(endpoint)
+    def route(self, endpoint: str, *, key: str | None = None,
+              override: str | None = None) -> Route:
+        """Which variant (and shadows) serve this request of ``endpoint``."""
+        if self.routing is None:
+            return Route(endpoint, "default", endpoint, (), key, "single")
+        return self.routing.current().route(endpoint, key=key, override=override)
+
+    def sticky_body_field(self, endpoint: str) -> str | None:
+        if self.routing is None:
+            return None
+        return self.routing.current().sticky_body_field(endpoint)
+
+    def model(self, endpoint: str, key: str | None = None) -> tuple[LoadedModel, bool]:
+        """The model serving ``endpoint`` for ``key`` (a queue job routes by its key or id)."""
+        return self.store.get(self.route(endpoint, key=key).model)
+
+    def resolve(self, endpoint: str, key: str | None = None) -> tuple[Route, LoadedModel, bool]:
+        """Route ``endpoint`` for ``key`` and load the chosen model: (route, model, cold)."""
+        route = self.route(endpoint, key=key)
+        model, cold = self.store.get(route.model)
+        return route, model, cold
 
     def score(self, endpoint: str, body: bytes, *, fmt: Format = "score",
               content_type: str | None = None, trigger: str = "http",
-              carrier: Mapping[str, str] | None = None,
+              carrier: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None,
+              query: Mapping[str, str] | None = None,
               encode: Callable[[ScoreResult], bytes] | None = None) -> ScoreResult:
-        """Score a JSON request body for ``endpoint``: check, load, parse, predict, encode
-        (with the transport's ``encode``), and record latency telemetry for all of it.
+        """Score a JSON request body for ``endpoint``: check, route, load, parse, predict,
+        encode (with the transport's ``encode``), record telemetry; then hand shadows a copy.
 
-        ``carrier`` holds the caller's trace headers (``traceparent``), so their trace
-        continues here. Raises a :class:`ScoreError` subclass for anything the caller got wrong
-        or storage could not do; the failure is recorded and logged once, with its code.
+        ``headers``/``query`` carry the sticky key and the variant override, ``carrier`` the
+        caller's trace context (``traceparent``). Raises a :class:`ScoreError` subclass for
+        anything the caller got wrong or storage could not do; the failure is recorded and
+        logged once, with its code.
         """
         start = time.perf_counter()
         tel = self.telemetry
@@ -81,8 +110,10 @@ class ScoringService:
                 self.check_body(body, content_type)
                 with tel.span("parse"):
                     doc = decode_json(body)
-                model, cold = self._get_model(endpoint, attrs)
-                result = self.score_document(model, doc, fmt=fmt, cold=cold)
+                route = self._route_request(endpoint, doc, headers, query)
+                attrs["variant"] = route.variant
+                model, cold = self._get_model(route.model, attrs)
+                result = self.score_document(model, doc, fmt=fmt, cold=cold, route=route)
                 if encode is not None:
                     with tel.span("serialize"):
                         result.body = encode(result)
@@ -91,14 +122,52 @@ class ScoringService:
                 raise
             attrs["outcome"] = "ok"
             span.set_attribute("scorefn.model.version", result.model.version)
-            tel.record(attrs, duration_ms=(time.perf_counter() - start) * 1000,
-                       predict_ms=result.predict_seconds * 1000, rows=result.request.X.shape[0])
-            return result
+            elapsed_ms = (time.perf_counter() - start) * 1000
+            tel.record(attrs, duration_ms=elapsed_ms, predict_ms=result.predict_seconds * 1000,
+                       rows=result.request.X.shape[0])
+        if route.shadows and self.shadows is not None:
+            for target in route.shadows:
+                self.shadows.submit(self._run_shadow, target, doc, fmt, result, trigger)
+        return result
 
-    def _get_model(self, endpoint: str, attrs: dict[str, Any]) -> tuple[LoadedModel, bool]:
+    def _route_request(self, endpoint: str, doc: dict[str, Any],
+                       headers: Mapping[str, str] | None, query: Mapping[str, str] | None) -> Route:
+        if self.routing is None:
+            return Route(endpoint, "default", endpoint, (), None, "single")
+        router = self.routing.current()
+        config = router.endpoint(endpoint)
+        key = sticky_key(config, headers or {}, query or {}, doc) if config is not None else None
+        override = header(headers, OVERRIDE_HEADER) if headers else None
+        return router.route(endpoint, key=key, override=override)
+
+    def _run_shadow(self, target: Any, doc: dict[str, Any], fmt: Format, primary: ScoreResult,
+                    trigger: str) -> None:
+        """Score a shadow variant on a copy of the request, off the request path; its
+        latency and its disagreement with the answer are recorded, its failure only counted."""
+        start = time.perf_counter()
+        attrs: dict[str, Any] = {"trigger": trigger, "endpoint": primary.route.endpoint,
+                                 "variant": target.name, "shadow": True}
+        try:
+            model, cold = self.store.get(target.model)
+            attrs.update({"model.name": model.info.name, "model.version": model.info.version,
+                          "cold": cold})
+            result = self.score_document(model, doc, fmt=fmt, cold=cold)
+        except ScoreError as exc:
+            attrs["outcome"] = exc.code
+            self.telemetry.record(attrs, duration_ms=(time.perf_counter() - start) * 1000)
+            raise
+        attrs["outcome"] = "ok"
+        self.telemetry.record(attrs, duration_ms=(time.perf_counter() - start) * 1000,
+                              predict_ms=result.predict_seconds * 1000,
+                              rows=result.request.X.shape[0])
+        if result.predictions.shape == primary.predictions.shape:
+            diff = float(np.mean(np.abs(result.predictions - primary.predictions)))
+            self.telemetry.record_shadow_difference(diff, attrs)
+
+    def _get_model(self, name: str, attrs: dict[str, Any]) -> tuple[LoadedModel, bool]:
         started_ns = time.time_ns()
         start = time.perf_counter()
-        model, cold = self.model(endpoint)
+        model, cold = self.store.get(name)
         attrs.update({"model.name": model.info.name, "model.version": model.info.version,
                       "cold": cold})
         if cold:
@@ -132,19 +201,41 @@ class ScoringService:
                                   f"{self.settings.max_request_bytes} bytes")
 
     def score_document(self, model: LoadedModel, doc: dict[str, Any], *, fmt: Format,
-                       cold: bool = False) -> ScoreResult:
+                       cold: bool = False, route: Route | None = None) -> ScoreResult:
         """Parse a decoded body for ``model`` and predict it."""
         names = model.info.feature_names
         limit = self.settings.max_rows_per_request
         with self.telemetry.span("parse.rows"):
-            request = parse_v2(doc, names, limit) if fmt == "v2" else parse_score_body(doc, names, limit)
+            if fmt == "v2":
+                request = parse_v2(doc, names, limit)
+            else:
+                sticky = self.sticky_body_field(route.endpoint) if route is not None else None
+                extra = frozenset((sticky,)) if sticky else frozenset()
+                request = parse_score_body(doc, names, limit, extra_fields=extra)
         with self.telemetry.span("predict"):
             start = time.perf_counter()
             predictions = predict(model, request,
                                   parallel_min_rows=self.settings.predict_parallel_min_rows,
                                   max_threads=self.settings.predict_max_threads)
             elapsed = time.perf_counter() - start
-        return ScoreResult(predictions, model.info, request, cold, elapsed)
+        return ScoreResult(predictions, model.info, request, cold, elapsed, route=route)
+
+    def endpoints(self) -> dict[str, Any]:
+        """Configured endpoints with their variants and weights, and the loaded model versions."""
+        routing = (self.routing.describe() if self.routing is not None
+                   else {"mode": "single-model", "endpoints": []})
+        return {**routing, "loaded_models": [
+            {"name": info.name, "version": info.version, "blob": info.path,
+             "last_modified": info.last_modified.isoformat() if info.last_modified else None}
+            for info in self.store.loaded()]}
+
+    def close(self) -> None:
+        """Stop background work: model refreshes, config refreshes, shadows."""
+        self.store.close()
+        if self.routing is not None:
+            self.routing.close()
+        if self.shadows is not None:
+            self.shadows.close()
 
     def readiness(self) -> dict[str, Any]:
         """Ready when model storage answers, or when models are loaded to serve meanwhile."""
@@ -164,7 +255,9 @@ class ScoringService:
 
     def metadata(self, endpoint: str) -> dict[str, Any]:
         """V2 model metadata: inputs (both accepted shapes) and outputs."""
-        model, _ = self.model(endpoint)
+        config = self.routing.current().endpoint(endpoint) if self.routing is not None else None
+        # The first variant's model: metadata must be stable, not a random pick.
+        model, _ = self.store.get(config.variants[0].model if config is not None else endpoint)
         info = model.info
         outputs_shape = [-1] if info.num_outputs == 1 else [-1, info.num_outputs]
         return {
@@ -192,10 +285,22 @@ def build_service(settings: Settings) -> ScoringService:
     conn = resolve_connection(settings.storage_connection)
     container = blob_service(conn, settings.storage_timeout_seconds).get_container_client(
         settings.model_container)
+    from .router import MAX_CONFIG_BYTES, RouterConfigSource, models_loadable
+
     source = BlobSource(container, settings.max_model_mb * 1024 * 1024)
     store = ModelStore(source, refresh_seconds=settings.model_refresh_seconds,
                        max_cache_bytes=settings.model_cache_max_mb * 1024 * 1024)
-    return ScoringService(settings, store)
+    routing = None
+    if settings.router_config or settings.router_config_blob:
+        config_source = RouterConfigSource(
+            inline=settings.router_config or None, blob_path=settings.router_config_blob or None,
+            blobs=BlobSource(container, MAX_CONFIG_BYTES))
+        routing = RouterHolder(config_source, refresh_seconds=settings.router_refresh_seconds,
+                               check_models=models_loadable(store) if settings.router_check_models
+                               else None)
+    shadows = (ShadowRunner(workers=settings.shadow_workers, max_pending=settings.shadow_max_pending)
+               if settings.shadow_workers else None)
+    return ScoringService(settings, store, routing=routing, shadows=shadows)
 
 
 def get_service() -> ScoringService:
@@ -213,5 +318,5 @@ def reset_service() -> None:
     global _service
     with _service_lock:
         if _service is not None:
-            _service.store.close()
+            _service.close()
         _service = None

@@ -67,6 +67,17 @@ def _name(pattern: re.Pattern[str], what: str) -> Callable[[str], str]:
     return parse
 
 
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _blob_path(raw: str) -> str:
+    value = raw.strip()
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,255}$", value) or ".." in value:
+        raise ValueError("is not a valid blob path")
+    return value
+
+
 def _connection_name(raw: str) -> str:
     value = raw.strip()
     if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", value):
@@ -108,6 +119,25 @@ SPEC: dict[str, Setting] = {
     "storage_timeout_seconds": Setting(
         "STORAGE_TIMEOUT_SECONDS", 20.0, _float(0.5, 600.0),
         "Connect/read timeout for storage calls, so an outage fails fast instead of hanging."),
+    "router_config": Setting(
+        "ROUTER_CONFIG", "", _text,
+        "Inline router config (JSON); see Routing. Mutually exclusive with ROUTER_CONFIG_BLOB."),
+    "router_config_blob": Setting(
+        "ROUTER_CONFIG_BLOB", "", _blob_path,
+        "Path of the router config blob in MODEL_CONTAINER, e.g. `config/router.json`."),
+    "router_refresh_seconds": Setting(
+        "ROUTER_REFRESH_SECONDS", 30.0, _float(0.0, 86400.0),
+        "How often the router config blob is revalidated by ETag (off the request path)."),
+    "router_check_models": Setting(
+        "ROUTER_CHECK_MODELS", True, _bool,
+        "A new router config must load all its models (with the same features per endpoint) "
+        "before it replaces the working one."),
+    "shadow_workers": Setting(
+        "SHADOW_WORKERS", 2, _int(0, 64),
+        "Threads scoring shadow variants off the request path; 0 disables shadows."),
+    "shadow_max_pending": Setting(
+        "SHADOW_MAX_PENDING", 64, _int(1, 100_000),
+        "Shadow scorings allowed to wait; beyond that they are dropped and counted."),
 }
 
 
@@ -125,6 +155,12 @@ class Settings:
     predict_parallel_min_rows: int
     predict_max_threads: int
     storage_timeout_seconds: float
+    router_config: str
+    router_config_blob: str
+    router_refresh_seconds: float
+    router_check_models: bool
+    shadow_workers: int
+    shadow_max_pending: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

@@ -52,6 +52,11 @@ class Telemetry:
         self.rows = meter.create_counter("scorefn.rows", unit="{row}", description="Rows scored")
         self.errors = meter.create_counter("scorefn.errors", unit="{error}",
                                            description="Failed scorings by error code")
+        self.shadow_difference = meter.create_histogram(
+            "scorefn.shadow.abs_difference", unit="1",
+            explicit_bucket_boundaries_advisory=(0.0001, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2,
+                                                 0.5, 1.0, 2.0, 5.0, 10.0, 100.0),
+            description="Mean absolute difference of a shadow's predictions to the answer's")
 
     @contextmanager
     def request_span(self, name: str, carrier: Mapping[str, str] | None,
@@ -79,6 +84,9 @@ class Telemetry:
             self.rows.add(rows, attributes)
         if attributes.get("outcome", "ok") != "ok":
             self.errors.add(1, attributes)
+
+    def record_shadow_difference(self, value: float, attributes: dict[str, Any]) -> None:
+        self.shadow_difference.record(value, attributes)
 
     def record_load(self, duration_ms: float, attributes: dict[str, Any]) -> None:
         self.load_duration.record(duration_ms, attributes)

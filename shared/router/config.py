@@ -1,0 +1,298 @@
+"""The router configuration: its schema, validated in one place.
+
+Every fault raises :class:`~shared.errors.InvalidRouterConfig` whose message starts with
+the path of the bad field (``endpoints.churn.variants[1].weight: must be a positive
+number``). Messages quote at most a short name, never the document.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, NoReturn
+
+from ..errors import InvalidName, InvalidRouterConfig
+from ..model_store import blob_candidates
+
+MAX_CONFIG_BYTES = 256 * 1024
+MAX_ENDPOINTS = 500
+MAX_VARIANTS = 16
+MAX_SHADOWS = 4
+MAX_SALT_CHARS = 128
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_HEADER_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")  # an HTTP token
+_FIELD_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+_PLAIN_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+# Body fields the request formats themselves use: a sticky key cannot be one of them.
+RESERVED_BODY_FIELDS = frozenset({"rows", "records", "options", "inputs", "outputs", "parameters"})
+
+DEFAULT_VARIANT = "default"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model an endpoint's traffic is split over; ``weight`` is relative."""
+
+    name: str
+    model: str
+    weight: float = 1  # an int or a float, as given
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """A model that also scores a ``fraction`` of requests, off the request path."""
+
+    name: str
+    model: str
+    fraction: float
+
+
+@dataclass(frozen=True)
+class Sticky:
+    """Where a request's sticky key is read: a header, a query parameter or a body field."""
+
+    source: Literal["header", "query", "body"]
+    name: str  # header names are kept lower-case
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Accepted and validated now, for the request log to come."""
+
+    sample: float = 1.0
+    features: bool = False
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """How one endpoint is routed."""
+
+    name: str
+    variants: tuple[Variant, ...]
+    salt: str
+    sticky: Sticky | None = None
+    allow_override: bool = False
+    shadow: tuple[Shadow, ...] = ()
+    log: LogConfig | None = None
+
+    @property
+    def sticky_body_field(self) -> str | None:
+        """The top-level body field holding the sticky key, which the payload parser must allow."""
+        return self.sticky.name if self.sticky is not None and self.sticky.source == "body" else None
+
+    def models(self) -> list[str]:
+        """Every model this endpoint may score with, variants first, without repeats."""
+        return list(dict.fromkeys([v.model for v in self.variants] + [s.model for s in self.shadow]))
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """A validated configuration: endpoints by name."""
+
+    endpoints: Mapping[str, EndpointConfig]
+
+    def models(self) -> list[str]:
+        """Every model any endpoint may score with (what ``check_models`` should verify)."""
+        return list(dict.fromkeys(m for ep in self.endpoints.values() for m in ep.models()))
+
+
+def parse_config(document: str | bytes) -> RouterConfig:
+    """Parse and validate a JSON router configuration."""
+    raw = document.encode("utf-8") if isinstance(document, str) else document
+    if len(raw) > MAX_CONFIG_BYTES:
+        _fail("config", f"the document is {len(raw)} bytes; the limit is {MAX_CONFIG_BYTES}")
+    try:
+        doc = json.loads(raw, object_pairs_hook=_Object, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        _fail("config", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    except UnicodeDecodeError:
+        _fail("config", "not valid JSON: the document is not UTF-8")
+    except _Constant as exc:
+        _fail("config", f"not valid JSON: {exc.args[0]} is not a number JSON allows")
+    except RecursionError:
+        _fail("config", "not valid JSON: nested too deeply")
+    return validate_config(doc)
+
+
+def validate_config(doc: Any) -> RouterConfig:
+    """Validate an already-decoded configuration document."""
+    top = _object(doc, "config", required={"endpoints"}, optional=set())
+    endpoints = _object(top["endpoints"], "endpoints")
+    if len(endpoints) > MAX_ENDPOINTS:
+        _fail("endpoints", f"{len(endpoints)} endpoints; the limit is {MAX_ENDPOINTS}")
+    parsed: dict[str, EndpointConfig] = {}
+    for name, value in endpoints.items():
+        if not NAME_RE.match(name):
+            _fail("endpoints", f"{name[:64]!r} is not a valid endpoint name: use up to 64 letters, "
+                               f"digits, '.', '_', '-', starting with a letter or digit")
+        parsed[name] = _endpoint(name, value, endpoint_path(name))
+    return RouterConfig(endpoints=parsed)
+
+
+def _endpoint(name: str, value: Any, path: str) -> EndpointConfig:
+    obj = _object(value, path, required={"variants"},
+                  optional={"sticky", "salt", "allow_override", "shadow", "log"})
+    variants = tuple(_list(obj["variants"], f"{path}.variants", _variant, MAX_VARIANTS, "variants"))
+    if not variants:
+        _fail(f"{path}.variants", "must list at least one variant")
+    _unique([v.name for v in variants], f"{path}.variants", "variant")
+    shadows = tuple(_list(obj.get("shadow", []), f"{path}.shadow", _shadow, MAX_SHADOWS, "shadows"))
+    _unique([s.name for s in shadows], f"{path}.shadow", "shadow")
+    variant_names = {v.name for v in variants}
+    for i, s in enumerate(shadows):
+        if s.name in variant_names:
+            _fail(f"{path}.shadow[{i}].name", f"{s.name!r} is also a variant name; use another name")
+    salt = obj.get("salt", name)
+    if not isinstance(salt, str) or not 1 <= len(salt) <= MAX_SALT_CHARS:
+        _fail(f"{path}.salt", f"must be a string of 1 to {MAX_SALT_CHARS} characters")
+    allow = obj.get("allow_override", False)
+    if not isinstance(allow, bool):
+        _fail(f"{path}.allow_override", "must be true or false")
+    sticky = _sticky(obj["sticky"], f"{path}.sticky") if "sticky" in obj else None
+    log = _log(obj["log"], f"{path}.log") if "log" in obj else None
+    return EndpointConfig(name=name, variants=variants, salt=salt, sticky=sticky,
+                          allow_override=allow, shadow=shadows, log=log)
+
+
+def _variant(value: Any, path: str) -> Variant:
+    obj = _object(value, path, required={"name", "model"}, optional={"weight"})
+    weight = obj.get("weight", 1)
+    if not _is_number(weight) or not weight > 0:
+        _fail(f"{path}.weight", "must be a positive number")
+    return Variant(name=_name(obj["name"], f"{path}.name"), model=_model(obj["model"], f"{path}.model"),
+                   weight=weight)
+
+
+def _shadow(value: Any, path: str) -> Shadow:
+    obj = _object(value, path, required={"name", "model", "fraction"}, optional=set())
+    fraction = obj["fraction"]
+    if not _is_number(fraction) or not 0 < fraction <= 1:
+        _fail(f"{path}.fraction", "must be a number greater than 0 and at most 1")
+    return Shadow(name=_name(obj["name"], f"{path}.name"), model=_model(obj["model"], f"{path}.model"),
+                  fraction=fraction)
+
+
+def _sticky(value: Any, path: str) -> Sticky:
+    obj = _object(value, path, required=set(), optional={"header", "query", "body"})
+    if len(obj) != 1:
+        _fail(path, "must have exactly one of 'header', 'query' or 'body'")
+    source, name = next(iter(obj.items()))
+    pattern = _HEADER_RE if source == "header" else _FIELD_RE
+    if not isinstance(name, str) or not pattern.match(name):
+        _fail(f"{path}.{source}", f"must be a {'header' if source == 'header' else 'field'} name "
+                                  f"(letters, digits, '.', '_', '-')")
+    if source == "body" and name in RESERVED_BODY_FIELDS:
+        _fail(f"{path}.body", f"{name!r} is a field of the request formats; use another field")
+    return Sticky(source=source, name=name.lower() if source == "header" else name)
+
+
+def _log(value: Any, path: str) -> LogConfig:
+    obj = _object(value, path, required=set(), optional={"sample", "features"})
+    sample = obj.get("sample", 1.0)
+    if not _is_number(sample) or not 0 <= sample <= 1:
+        _fail(f"{path}.sample", "must be a number from 0 to 1")
+    features = obj.get("features", False)
+    if not isinstance(features, bool):
+        _fail(f"{path}.features", "must be true or false")
+    return LogConfig(sample=sample, features=features)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+class _Object(dict):
+    """A decoded JSON object that remembers keys given more than once."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__(pairs)
+        self.duplicates = [k for k, n in _counts(pairs).items() if n > 1] if len(self) < len(pairs) else []
+
+
+def _counts(pairs: list[tuple[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for key, _ in pairs:
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+class _Constant(Exception):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    raise _Constant(name)
+
+
+def _fail(path: str, problem: str) -> NoReturn:
+    raise InvalidRouterConfig(f"{path}: {problem}")
+
+
+def endpoint_path(name: str) -> str:
+    """The path of an endpoint in messages: ``endpoints.churn``, ``endpoints["churn.eu"]``."""
+    return f"endpoints.{name}" if _PLAIN_KEY_RE.match(name) else f"endpoints[{json.dumps(name)}]"
+
+
+def _object(value: Any, path: str, *, required: set[str] | None = None,
+            optional: set[str] | None = None) -> dict[str, Any]:
+    """``value`` as an object; with ``required``/``optional``, no other field is allowed."""
+    if not isinstance(value, dict):
+        _fail(path, "must be an object")
+    duplicates = getattr(value, "duplicates", [])
+    if duplicates:
+        _fail(path, f"field {duplicates[0][:64]!r} is given more than once")
+    if required is None or optional is None:
+        return value
+    allowed = required | optional
+    unknown = [key for key in value if key not in allowed]
+    if unknown:
+        _fail(path, f"unknown field {unknown[0][:64]!r} (allowed: {', '.join(sorted(allowed))})")
+    missing = sorted(required - value.keys())
+    if missing:
+        _fail(f"{path}.{missing[0]}", "is required")
+    return value
+
+
+def _list(value: Any, path: str, item, limit: int, what: str) -> list:
+    if not isinstance(value, list):
+        _fail(path, "must be a list")
+    if len(value) > limit:
+        _fail(path, f"{len(value)} {what}; the limit is {limit}")
+    return [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
+
+
+def _unique(names: list[str], path: str, what: str) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            _fail(f"{path}[{i}].name", f"{what} name {name!r} is used more than once")
+        seen.add(name)
+
+
+def _name(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        _fail(path, "must be a name of up to 64 letters, digits, '.', '_', '-', "
+                    "starting with a letter or digit")
+    return value
+
+
+def _model(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        _fail(path, "must be a model name (a string)")
+    try:
+        blob_candidates(value)
+    except InvalidName as exc:
+        _fail(path, exc.message)
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float (never a bool) that is finite as a float."""
+    if type(value) not in (int, float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
