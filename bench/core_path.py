@@ -52,7 +52,7 @@ def main() -> None:
 
         # Same rows through the fast C API directly: LightGBM's own floor for one row.
         from lightgbm.basic import _LIB
-        config = model._new_fast_config(0)
+        config = model._new_fast_slot(0)[0]
         out = np.empty(1)
         out_len = ctypes.c_int64()
 

@@ -21,7 +21,7 @@ from .payloads import ScoringInput, decode_json, parse_score_body, parse_v2
 from .router import OVERRIDE_HEADER, Route, RouterHolder, ShadowRunner, header, sticky_key
 from .scorer import predict
 from .settings import Settings, resolve_connection
-from .telemetry import Telemetry, get_telemetry
+from .telemetry import NO_TRACE, RequestTrace, Telemetry, get_telemetry
 
 log = logging.getLogger("scorefn.scoring")
 
@@ -105,23 +105,24 @@ class ScoringService:
         start = time.perf_counter()
         tel = self.telemetry
         attrs: dict[str, Any] = {"trigger": trigger, "endpoint": endpoint}
-        with tel.request_span("scorefn.score", carrier, attrs) as span:
+        with tel.request_span("scorefn.score", carrier, attrs) as request_trace:
             try:
                 self.check_body(body, content_type)
-                with tel.span("parse"):
+                with request_trace.child("parse"):
                     doc = decode_json(body)
                 route = self._route_request(endpoint, doc, headers, query)
                 attrs["variant"] = route.variant
-                model, cold = self._get_model(route.model, attrs)
-                result = self.score_document(model, doc, fmt=fmt, cold=cold, route=route)
+                model, cold = self._get_model(route.model, attrs, request_trace)
+                result = self.score_document(model, doc, fmt=fmt, cold=cold, route=route,
+                                             request_trace=request_trace)
                 if encode is not None:
-                    with tel.span("serialize"):
+                    with request_trace.child("serialize"):
                         result.body = encode(result)
             except ScoreError as exc:
-                self._record_failure(exc, attrs, span, start, body)
+                self._record_failure(exc, attrs, request_trace, start, body)
                 raise
             attrs["outcome"] = "ok"
-            span.set_attribute("scorefn.model.version", result.model.version)
+            request_trace.set_attribute("scorefn.model.version", result.model.version)
             elapsed_ms = (time.perf_counter() - start) * 1000
             tel.record(attrs, duration_ms=elapsed_ms, predict_ms=result.predict_seconds * 1000,
                        rows=result.request.X.shape[0])
@@ -164,7 +165,8 @@ class ScoringService:
             diff = float(np.mean(np.abs(result.predictions - primary.predictions)))
             self.telemetry.record_shadow_difference(diff, attrs)
 
-    def _get_model(self, name: str, attrs: dict[str, Any]) -> tuple[LoadedModel, bool]:
+    def _get_model(self, name: str, attrs: dict[str, Any],
+                   request_trace: RequestTrace = NO_TRACE) -> tuple[LoadedModel, bool]:
         started_ns = time.time_ns()
         start = time.perf_counter()
         model, cold = self.store.get(name)
@@ -175,17 +177,17 @@ class ScoringService:
             self.telemetry.record_load(load_ms, {"model.name": model.info.name,
                                                  "model.version": model.info.version})
             # The load span is made after the fact: warm requests should not pay for one.
-            self.telemetry.tracer.start_span("model.load", start_time=started_ns,
-                                             attributes={"model.name": model.info.name}).end()
+            request_trace.child_after_the_fact("model.load", started_ns,
+                                               {"model.name": model.info.name})
         return model, cold
 
-    def _record_failure(self, exc: ScoreError, attrs: dict[str, Any], span: Any, start: float,
-                        body: bytes) -> None:
+    def _record_failure(self, exc: ScoreError, attrs: dict[str, Any], request_trace: RequestTrace,
+                        start: float, body: bytes) -> None:
         if "model.name" not in attrs:
             # Names of models that do not exist must not become metric dimensions.
             attrs["endpoint"] = "(unresolved)"
         attrs["outcome"] = exc.code
-        self.telemetry.mark_error(span, exc.code)
+        request_trace.mark_error(exc.code)
         self.telemetry.record(attrs, duration_ms=(time.perf_counter() - start) * 1000)
         extra = {"error_code": exc.code, "status": exc.status, "trigger": attrs["trigger"],
                  "endpoint": attrs["endpoint"]}
@@ -201,18 +203,19 @@ class ScoringService:
                                   f"{self.settings.max_request_bytes} bytes")
 
     def score_document(self, model: LoadedModel, doc: dict[str, Any], *, fmt: Format,
-                       cold: bool = False, route: Route | None = None) -> ScoreResult:
+                       cold: bool = False, route: Route | None = None,
+                       request_trace: RequestTrace = NO_TRACE) -> ScoreResult:
         """Parse a decoded body for ``model`` and predict it."""
         names = model.info.feature_names
         limit = self.settings.max_rows_per_request
-        with self.telemetry.span("parse.rows"):
+        with request_trace.child("parse.rows"):
             if fmt == "v2":
                 request = parse_v2(doc, names, limit)
             else:
                 sticky = self.sticky_body_field(route.endpoint) if route is not None else None
                 extra = frozenset((sticky,)) if sticky else frozenset()
                 request = parse_score_body(doc, names, limit, extra_fields=extra)
-        with self.telemetry.span("predict"):
+        with request_trace.child("predict"):
             start = time.perf_counter()
             predictions = predict(model, request,
                                   parallel_min_rows=self.settings.predict_parallel_min_rows,

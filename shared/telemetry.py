@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from typing import Any, ContextManager, Iterator, Mapping
 
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Status, StatusCode
@@ -30,6 +30,13 @@ BUCKETS_MS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5
               25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
               60000.0)
 _PROPAGATOR = TraceContextTextMapPropagator()
+_NO_SPAN: ContextManager[Any] = nullcontext()
+
+
+def _tracing_configured(provider: Any) -> bool:
+    # The API's default provider is a proxy to a no-op until an SDK provider is installed;
+    # even no-op spans cost ~8 us each (context attach/detach), so we skip them entirely.
+    return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
 
 
 class Telemetry:
@@ -38,7 +45,9 @@ class Telemetry:
     def __init__(self, meter_provider: Any = None, tracer_provider: Any = None,
                  log_payloads: bool = False) -> None:
         meter = (meter_provider or metrics.get_meter_provider()).get_meter("scorefn")
-        self.tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer("scorefn")
+        tracer_provider = tracer_provider or trace.get_tracer_provider()
+        self.tracer = tracer_provider.get_tracer("scorefn")
+        self.tracing = _tracing_configured(tracer_provider)
         self.log_payloads = log_payloads
         self.request_duration = meter.create_histogram(
             "scorefn.request.duration", unit="ms", explicit_bucket_boundaries_advisory=BUCKETS_MS,
@@ -60,19 +69,18 @@ class Telemetry:
 
     @contextmanager
     def request_span(self, name: str, carrier: Mapping[str, str] | None,
-                     attributes: dict[str, Any]) -> Iterator[Any]:
+                     attributes: dict[str, Any]) -> Iterator["RequestTrace"]:
         """A span for one scoring, continuing the caller's trace when ``carrier`` holds a
-        ``traceparent``."""
+        ``traceparent``. Yields a :class:`RequestTrace` for its children."""
+        if not self.tracing:
+            yield NO_TRACE
+            return
         context = _PROPAGATOR.extract(carrier) if carrier else None
         with self.tracer.start_as_current_span(name, context=context, attributes=attributes,
                                                kind=trace.SpanKind.SERVER,
                                                record_exception=False,
                                                set_status_on_exception=False) as span:
-            yield span
-
-    def span(self, name: str):
-        """A child span of the current one (load, parse, predict, serialize)."""
-        return self.tracer.start_as_current_span(name, record_exception=False)
+            yield RequestTrace(self.tracer, span) if span.is_recording() else NO_TRACE
 
     def record(self, attributes: dict[str, Any], *, duration_ms: float,
                predict_ms: float | None = None, rows: int = 0) -> None:
@@ -91,10 +99,51 @@ class Telemetry:
     def record_load(self, duration_ms: float, attributes: dict[str, Any]) -> None:
         self.load_duration.record(duration_ms, attributes)
 
-    @staticmethod
-    def mark_error(span: Any, code: str) -> None:
-        span.set_status(Status(StatusCode.ERROR, code))
-        span.set_attribute("scorefn.error", code)
+
+
+class RequestTrace:
+    """The span of one sampled request and a way to make its children."""
+
+    def __init__(self, tracer: Any, span: Any) -> None:
+        self.tracer = tracer
+        self.span = span
+
+    def child(self, name: str) -> ContextManager[Any]:
+        """A child span (load, parse, predict, serialize) of this request."""
+        return self.tracer.start_as_current_span(name, record_exception=False)
+
+    def child_after_the_fact(self, name: str, start_ns: int, attributes: dict[str, Any]) -> None:
+        """A child span for work already done (a model load found to be cold afterwards)."""
+        self.tracer.start_span(name, start_time=start_ns, attributes=attributes).end()
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.span.set_attribute(key, value)
+
+    def mark_error(self, code: str) -> None:
+        self.span.set_status(Status(StatusCode.ERROR, code))
+        self.span.set_attribute("scorefn.error", code)
+
+
+class _NoTrace(RequestTrace):
+    """Tracing off or this request not sampled: every method is (nearly) free."""
+
+    def __init__(self) -> None:
+        super().__init__(None, None)
+
+    def child(self, name: str) -> ContextManager[Any]:
+        return _NO_SPAN
+
+    def child_after_the_fact(self, name: str, start_ns: int, attributes: dict[str, Any]) -> None:
+        pass
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        pass
+
+    def mark_error(self, code: str) -> None:
+        pass
+
+
+NO_TRACE = _NoTrace()
 
 
 _telemetry: Telemetry | None = None
