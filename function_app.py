@@ -7,6 +7,8 @@ the health probes opt out explicitly in their blueprint.
 import azure.functions as func
 
 from score_function.http_routes import bp as http_routes
+from score_function.queue_jobs import bp as queue_jobs
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_blueprint(http_routes)
+app.register_blueprint(queue_jobs)

@@ -107,3 +107,17 @@ class OverrideNotAllowed(BadRequest):
 
 class UnknownVariant(BadRequest):
     code = "unknown_variant"
+
+
+class InputNotFound(BadRequest):
+    """A batch job names an input blob (or container) that does not exist."""
+
+    code = "input_not_found"
+    status = 404
+
+
+class JobBusy(ScoreError):
+    """Another worker holds the batch job's lease; the queue delivers the message again later."""
+
+    code = "job_busy"
+    status = 409

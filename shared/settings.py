@@ -119,6 +119,25 @@ SPEC: dict[str, Setting] = {
     "storage_timeout_seconds": Setting(
         "STORAGE_TIMEOUT_SECONDS", 20.0, _float(0.5, 600.0),
         "Connect/read timeout for storage calls, so an outage fails fast instead of hanging."),
+    "score_queue_name": Setting(
+        "SCORE_QUEUE_NAME", "score-requests", _name(_QUEUE_RE, "queue"),
+        "Queue of batch scoring jobs (in the `AzureWebJobsStorage` account). The queue trigger "
+        "binds to `%SCORE_QUEUE_NAME%`, so the app setting must be present (set it to "
+        "`score-requests`); the default here only serves the CLI and tools."),
+    "results_queue_name": Setting(
+        "RESULTS_QUEUE_NAME", "score-results", _name(_QUEUE_RE, "queue"),
+        "Queue receiving one completion message per batch job (`succeeded` or `failed`)."),
+    "batch_container": Setting(
+        "BATCH_CONTAINER", "batch", _name(_CONTAINER_RE, "blob container"),
+        "Blob container (in the `AzureWebJobsStorage` account) for batch inputs and outputs "
+        "by default, job records (`jobs/`) and large inline results (`results/`)."),
+    "batch_chunk_rows": Setting(
+        "BATCH_CHUNK_ROWS", 50_000, _int(1, 10_000_000),
+        "Rows a batch job reads, scores and writes (as one staged block) at a time; memory "
+        "stays flat whatever the input's size."),
+    "batch_max_input_mb": Setting(
+        "BATCH_MAX_INPUT_MB", 2048, _int(1, 1024 * 1024),
+        "Largest input blob a batch job accepts; a larger one fails the job (`input_too_large`)."),
     "router_config": Setting(
         "ROUTER_CONFIG", "", _text,
         "Inline router config (JSON); see Routing. Mutually exclusive with ROUTER_CONFIG_BLOB."),
@@ -155,6 +174,11 @@ class Settings:
     predict_parallel_min_rows: int
     predict_max_threads: int
     storage_timeout_seconds: float
+    score_queue_name: str
+    results_queue_name: str
+    batch_container: str
+    batch_chunk_rows: int
+    batch_max_input_mb: int
     router_config: str
     router_config_blob: str
     router_refresh_seconds: float

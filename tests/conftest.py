@@ -44,3 +44,12 @@ def container(blob_service):
 def upload(container, name: str, path_or_bytes) -> None:
     data = path_or_bytes.read_bytes() if isinstance(path_or_bytes, Path) else path_or_bytes
     container.upload_blob(name, data, overwrite=True)
+
+
+@pytest.fixture(scope="session")
+def app_functions():
+    """function_app.py indexed once, as the worker does (a second get_functions() on the same
+    app raises on 'duplicate' names)."""
+    import function_app
+
+    return function_app.app.get_functions()

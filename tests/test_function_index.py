@@ -7,16 +7,11 @@ import sys
 
 import azure.functions as func
 
-import function_app
 
-
-def triggers():
-    return {f.get_function_name(): f.get_trigger() for f in function_app.app.get_functions()}
-
-
-def test_http_functions_routes_methods_and_auth_levels():
+def test_http_functions_routes_methods_and_auth_levels(app_functions):
+    triggers = {f.get_function_name(): f.get_trigger() for f in app_functions}
     http = {name: (t.route, [m.value for m in t.methods or []], t.auth_level)
-            for name, t in triggers().items() if t.get_binding_name() == "httpTrigger"}
+            for name, t in triggers.items() if t.get_binding_name() == "httpTrigger"}
     F, A = func.AuthLevel.FUNCTION, func.AuthLevel.ANONYMOUS
     assert http == {
         "score": ("score/{name}", ["POST"], F),

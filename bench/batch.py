@@ -1,0 +1,235 @@
+"""Batch jobs: rows/s of a CSV blob job end to end against bare Booster.predict, and the memory
+a 1,000,000-row job takes against the file's size as Python objects.
+
+1. Throughput: a 100,000-row, 100-feature CSV blob (4 decimals, 2% empty cells) scored by
+   ``BatchJobs.handle`` in this process (download, parse, predict, stage, commit, result
+   message), against ``Booster.predict`` on the same rows as a numpy array with the same
+   thread count; the two interleaved over several repeats, medians compared. Optionally the
+   same job sent through the job queue to the local Functions host (send -> result message).
+2. Memory: a 1,000,000-row CSV job in a fresh child process, peak RSS sampled every 10 ms,
+   against the input's size as bytes, as a float64 array and as Python lists of floats.
+
+Run: ``.venv/bin/python bench/batch.py [--rows N] [--repeats R] [--memory-rows N] [--no-queue]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import bench_model_path  # noqa: E402
+
+FEATURES = 100
+
+
+def csv_blocks(n: int, seed: int, block_rows: int = 50_000):
+    """The CSV file (header, then rows of 4-decimal values, 2% empty), in blocks, and the
+    exact matrix it holds (NaN for empty cells) when ``collect``."""
+    rng = np.random.default_rng(seed)
+    yield (",".join(f"f{i}" for i in range(FEATURES)) + "\n").encode(), None
+    for start in range(0, n, block_rows):
+        X = np.round(rng.normal(size=(min(block_rows, n - start), FEATURES)), 4)
+        X[rng.random(X.shape) < 0.02] = np.nan
+        text = orjson.dumps(X, option=orjson.OPT_SERIALIZE_NUMPY)
+        body = text[2:-2].replace(b"],[", b"\n").replace(b"null", b"") + b"\n"
+        yield body, X
+
+
+def upload_csv(blob, n: int, seed: int, keep: bool) -> tuple[int, np.ndarray | None]:
+    """Stage the CSV in blocks (never whole in memory); returns its size and, if ``keep``,
+    the matrix."""
+    from azure.storage.blob import BlobBlock
+
+    ids, size, parts = [], 0, []
+    for i, (data, X) in enumerate(csv_blocks(n, seed)):
+        block_id = base64.b64encode(f"{i:08d}".encode()).decode()
+        blob.stage_block(block_id, data)
+        ids.append(BlobBlock(block_id=block_id))
+        size += len(data)
+        if keep and X is not None:
+            parts.append(X)
+    blob.commit_block_list(ids)
+    return size, (np.vstack(parts) if keep else None)
+
+
+def build_jobs(conn: str, settings_env: dict[str, str]):
+    from azure.storage.blob import BlobServiceClient
+    from azure.storage.queue import QueueServiceClient
+
+    from shared.batch import BatchJobs
+    from shared.blob_source import BlobSource
+    from shared.model_store import ModelStore
+    from shared.service import ScoringService
+    from shared.settings import Settings
+
+    settings = Settings.from_env(settings_env)
+    blobs = BlobServiceClient.from_connection_string(conn)
+    queues = QueueServiceClient.from_connection_string(conn)
+    store = ModelStore(BlobSource(blobs.get_container_client(settings.model_container), 1 << 30),
+                       refresh_seconds=3600)
+    return BatchJobs(settings, ScoringService(settings, store), blobs, queues), settings
+
+
+def job_message(job_id: str, blob: str) -> bytes:
+    return orjson.dumps({"id": job_id, "endpoint": "bench", "input": {"blob": blob}})
+
+
+def memory_child(conn: str, blob: str) -> None:
+    """Run one job here, print peak RSS above the warmed-up baseline (in the child process)."""
+    import psutil
+
+    jobs, _ = build_jobs(conn, {})
+    jobs.service.model("bench")  # load the model first: its memory is not the job's
+    proc = psutil.Process()
+    baseline = proc.memory_info().rss
+    peak = [baseline]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.01):
+            peak[0] = max(peak[0], proc.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    outcome = jobs.handle(job_message("bench-memory", blob), message_id="mem")
+    elapsed = time.perf_counter() - start
+    stop.set()
+    sampler.join()
+    print(orjson.dumps({"baseline": baseline, "peak": peak[0], "elapsed": elapsed,
+                        "rows": outcome.result["rows"], "status": outcome.status}).decode())
+
+
+def through_queue(conn: str, env: dict[str, str], settings, message: bytes,
+                  repeats: int) -> list[tuple[float, float]]:
+    """Seconds from sending the job message to its result message, via the local host, and
+    the job's own time inside the host (the result's ``elapsed_ms``)."""
+    from azure.storage.queue import QueueClient
+
+    from devhost.process import DevHost
+
+    jobs_q = QueueClient.from_connection_string(conn, settings.score_queue_name)
+    results_q = QueueClient.from_connection_string(conn, settings.results_queue_name)
+    times = []
+    with tempfile.TemporaryDirectory() as tmp, \
+            DevHost(ROOT, env, auth=False, log_path=Path(tmp) / "devhost.log") as host:
+        for r in range(repeats + 1):  # the first run loads the model in the host: not counted
+            job_id = f"bench-queue-{r}"
+            doc = orjson.loads(message)
+            doc.update(id=job_id, output={"blob": f"predictions/{job_id}.csv"})
+            start = time.perf_counter()
+            jobs_q.send_message(base64.b64encode(orjson.dumps(doc)).decode())
+            while True:
+                found = [doc for m in results_q.receive_messages(max_messages=32)
+                         if (doc := orjson.loads(base64.b64decode(m.content))).get("id") == job_id]
+                if found:
+                    break
+                if time.perf_counter() - start > 600:
+                    raise RuntimeError(f"no result through the queue; log:\n{host.log_tail()}")
+                time.sleep(0.02)
+            if r:
+                times.append((time.perf_counter() - start, found[0]["elapsed_ms"] / 1000))
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-rows", type=int, default=1_000_000, help="0 to skip")
+    parser.add_argument("--no-queue", action="store_true", help="skip the run through the host")
+    parser.add_argument("--memory-child", nargs=2, metavar=("CONN", "BLOB"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        return memory_child(*args.memory_child)
+
+    import lightgbm as lgb
+    from azure.storage.blob import BlobServiceClient
+
+    from devhost.azurite import Azurite
+    from shared.scorer import threads_for
+
+    model_path = bench_model_path()
+    booster = lgb.Booster(model_file=str(model_path))
+    with Azurite() as azurite:
+        conn = azurite.connection_string
+        env = {"AzureWebJobsStorage": conn, "SCORE_QUEUE_NAME": "score-requests",
+               "RESULTS_QUEUE_NAME": "score-results", "MODEL_CONTAINER": "models",
+               "BATCH_CONTAINER": "batch"}
+        blobs = BlobServiceClient.from_connection_string(conn)
+        blobs.create_container("models").upload_blob("bench.txt", model_path.read_bytes())
+        batch = blobs.create_container("batch")
+        size, X = upload_csv(batch.get_blob_client("inputs/bench.csv"), args.rows, 1, keep=True)
+        jobs, settings = build_jobs(conn, env)
+        threads = threads_for(settings.batch_chunk_rows, settings.predict_parallel_min_rows,
+                              settings.predict_max_threads)
+        print(f"input: {args.rows:,} rows x {FEATURES} features, CSV {size / 1e6:.1f} MB; "
+              f"chunks of {settings.batch_chunk_rows:,} rows; {threads} predict threads "
+              f"({os.cpu_count()} cores)")
+        jobs.handle(job_message("bench-warm", "inputs/bench.csv"), message_id="warm")  # loads
+        job_s, predict_s = [], []
+        for r in range(args.repeats):
+            start = time.perf_counter()
+            outcome = jobs.handle(job_message(f"bench-{r}", "inputs/bench.csv"), message_id=f"m{r}")
+            job_s.append(time.perf_counter() - start)
+            assert outcome.status == "succeeded", outcome.result
+            start = time.perf_counter()
+            expected = booster.predict(X, num_threads=threads)
+            predict_s.append(time.perf_counter() - start)
+        got = np.array([float(x) for x in blobs.get_blob_client("batch", "predictions/bench-0.csv")
+                        .download_blob().readall().split(b"\n")[1:-1]])
+        assert np.array_equal(got, expected), "batch output differs from Booster.predict"
+        job_med, pred_med = statistics.median(job_s), statistics.median(predict_s)
+        print(f"batch job (in process), end to end: {args.rows / job_med:>10,.0f} rows/s  "
+              f"(median {job_med:.2f} s of {args.repeats}: "
+              f"{', '.join(f'{t:.2f}' for t in job_s)})")
+        print(f"Booster.predict on a numpy array:  {args.rows / pred_med:>10,.0f} rows/s  "
+              f"(median {pred_med:.2f} s: {', '.join(f'{t:.2f}' for t in predict_s)})")
+        print(f"ratio batch job / Booster.predict: {pred_med / job_med:.2f}  "
+              f"(output identical to Booster.predict: yes)")
+        if not args.no_queue:
+            queue_s = through_queue(conn, env, settings, job_message("q", "inputs/bench.csv"),
+                                    max(1, args.repeats - 1))
+            q_med = statistics.median(t for t, _ in queue_s)
+            in_host = statistics.median(j for _, j in queue_s)
+            print(f"through the queue (local host, send -> result message): "
+                  f"{args.rows / q_med:,.0f} rows/s (median {q_med:.2f} s of {len(queue_s)}); "
+                  f"ratio to Booster.predict {pred_med / q_med:.2f}")
+            print(f"  of which the job inside the host: {in_host:.2f} s "
+                  f"({args.rows / in_host:,.0f} rows/s); the rest is the queue: the host polls "
+                  f"at most every maxPollingInterval (host.json: 2 s) once idle")
+        del X, expected, got
+
+        if args.memory_rows:
+            n = args.memory_rows
+            size, _ = upload_csv(batch.get_blob_client("inputs/memory.csv"), n, 2, keep=False)
+            out = subprocess.run([sys.executable, __file__, "--memory-child", conn,
+                                  "inputs/memory.csv"], capture_output=True, text=True, check=True)
+            report = orjson.loads(out.stdout.strip().splitlines()[-1])
+            grown = report["peak"] - report["baseline"]
+            as_array = n * FEATURES * 8
+            as_lists = n * (sys.getsizeof([0.0] * FEATURES) + FEATURES * sys.getsizeof(1.5))
+            print(f"memory, {n:,}-row CSV job ({size / 1e6:,.0f} MB file, {report['elapsed']:.1f} s, "
+                  f"{n / report['elapsed']:,.0f} rows/s): peak RSS {report['peak'] / 1e6:,.0f} MB, "
+                  f"{grown / 1e6:,.0f} MB above the process with the model loaded")
+            print(f"  the input as Python lists of floats: {as_lists / 1e6:,.0f} MB "
+                  f"({as_lists / grown:.0f}x the job's growth); as one float64 array "
+                  f"{as_array / 1e6:,.0f} MB; as bytes {size / 1e6:,.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

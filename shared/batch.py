@@ -1,0 +1,402 @@
+"""Queue-triggered batch scoring: one job per message, any input size, results exactly once.
+
+:func:`handle_message` is all the queue handler calls. For each delivery it
+
+1. decodes the message (``shared.job_messages``) and claims the job's record
+   (``shared.job_records``: a redelivered or duplicate job is acknowledged here, and a job
+   whose output was committed but whose result was not sent gets its result sent);
+2. resolves the endpoint to one model for the whole job (``ScoringService.model``);
+3. inline jobs: parses the rows with the HTTP payload parsers and predicts them; the
+   predictions go in the result message when it stays under ~47 KiB, else in
+   ``results/{id}.json``;
+   blob jobs: streams the input blob in chunks of ``BATCH_CHUNK_ROWS`` lines (parsing the
+   next chunk in a background thread while the current one is predicted), stages each
+   chunk's output rows as a block of the output blob, and commits the block list at the
+   end, atomically, with the job id and model version in the blob's metadata;
+4. records the result in the job record, sends it to the results queue, marks the job done.
+
+Permanent faults (a bad message, unknown model, bad rows, missing or too large input) end
+the job: one ``failed`` result, one log line with the code (never the payload), and the
+function returns normally so the message is deleted. Anything else (storage unreachable,
+the job's lease held elsewhere, an unexpected error) raises: the host retries the message
+and, after ``maxDequeueCount`` deliveries, moves it to ``<queue>-poison``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, TypeVar
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import BlobBlock, BlobClient, BlobServiceClient, ContentSettings
+from azure.storage.queue import QueueServiceClient
+
+from .batch_io import (csv_layout, line_chunks, parse_csv_chunk, parse_jsonl_chunk,
+                       split_first_line, writer_for)
+from .errors import InputNotFound, InvalidPayload, PayloadTooLarge, ScoreError
+from .job_messages import (BlobJob, InlineJob, JobIdentity, decode_message, job_identity,
+                           parse_job)
+from .job_records import LEASE_SECONDS, Claim, JobRecords
+from .model import LoadedModel
+from .payloads import ScoringInput, dumps
+from .scorer import predict
+from .service import ScoringService
+from .settings import Settings
+
+log = logging.getLogger("scorefn.batch")
+
+BATCH_CONNECTION = "AzureWebJobsStorage"  # the queue trigger's connection
+RESULT_MAX_BYTES = 47 * 1024  # base64 of this still fits a 64 KiB queue message
+MAX_BLOCKS = 50_000  # committed blocks per block blob
+_META = "scorefn_"
+T = TypeVar("T")
+
+
+@dataclass
+class JobOutcome:
+    """What one delivery did: ``succeeded``/``failed`` (a result was sent) or ``duplicate``
+    (acknowledged with nothing to do). ``scored``: this delivery ran the model."""
+
+    job_id: str
+    status: str
+    result: dict[str, Any] | None
+    scored: bool
+
+
+class BatchJobs:
+    """Runs job messages against a scoring service, with the batch container and results
+    queue of one storage account."""
+
+    def __init__(self, settings: Settings, service: ScoringService, blobs: BlobServiceClient,
+                 queues: QueueServiceClient, *, lease_seconds: int = LEASE_SECONDS) -> None:
+        self.settings = settings
+        self.service = service
+        self.blobs = blobs
+        self.batch = blobs.get_container_client(settings.batch_container)
+        self.records = JobRecords(self.batch, lease_seconds=lease_seconds)
+        self.results = queues.get_queue_client(settings.results_queue_name)
+
+    def handle(self, body: bytes, *, message_id: str | None = None,
+               dequeue_count: int = 1) -> JobOutcome:
+        """Process one delivery of a job message (see the module docstring)."""
+        doc: dict[str, Any] | None = None
+        bad_message: ScoreError | None = None
+        try:
+            doc = decode_message(body)
+        except ScoreError as exc:
+            bad_message = exc
+        identity = job_identity(doc, message_id)
+        job_id = identity.job_id
+        try:
+            claim = self.records.claim(job_id, message_id=message_id,
+                                       digest=hashlib.sha256(body).hexdigest())
+            with claim:
+                if claim.state in ("done", "duplicate"):
+                    log.info("job %s: delivery %d acknowledged, the job is %s", job_id,
+                             dequeue_count, "done" if claim.state == "done" else
+                             "running under another message")
+                    return JobOutcome(job_id, "duplicate", None, scored=False)
+                if claim.state == "committed" and claim.result is not None:
+                    log.info("job %s: output was committed earlier; sending its result", job_id)
+                    self._send(claim.result)
+                    claim.mark_done()
+                    return JobOutcome(job_id, claim.result["status"], claim.result, scored=False)
+                scored = False
+                started = time.perf_counter()  # the job's time, not the wait for its lease
+                try:
+                    if bad_message is not None:
+                        raise bad_message
+                    job = parse_job(doc or {}, identity, batch_container=self.settings.batch_container)
+                    result, scored = self._run(job, claim, started)
+                except ScoreError as exc:
+                    if not exc.permanent:
+                        raise
+                    result = self._result(identity, "failed", started,
+                                          error={"code": exc.code, "message": exc.message})
+                    log.warning("job %s failed: %s (delivery %d)", job_id, exc.code, dequeue_count)
+                    self._record(doc, "failed", exc.code, started)
+                claim.commit(result)
+                self._send(result)
+                claim.mark_done()
+        except Exception as exc:
+            code = exc.code if isinstance(exc, ScoreError) else type(exc).__name__
+            log.warning("job %s: delivery %d failed (%s); the queue will retry it", job_id,
+                        dequeue_count, code)
+            raise
+        if result["status"] == "succeeded":
+            log.info("job %s succeeded: %d rows in %.0f ms (%s rows/s)", job_id, result["rows"],
+                     result["elapsed_ms"], result["rows_per_second"])
+        return JobOutcome(job_id, result["status"], result, scored=scored)
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def _run(self, job: InlineJob | BlobJob, claim: Claim,
+             started: float) -> tuple[dict[str, Any], bool]:
+        # A whole job gets one variant: routed by its key, or else by its id.
+        route, model, _ = self.service.resolve(job.endpoint, key=job.key or job.identity.job_id)
+        if isinstance(job, InlineJob):
+            result, scored = self._run_inline(job, model, started, route.variant), True
+        else:
+            result, scored = self._run_blob(job, model, claim, started, route.variant)
+        result["variant"] = route.variant
+        return result, scored
+
+    def _run_inline(self, job: InlineJob, model: LoadedModel, started: float,
+                    variant: str) -> dict[str, Any]:
+        scored = self.service.score_document(model, job.document, fmt="score")
+        rows = int(scored.request.X.shape[0])
+        result = self._result(job.identity, "succeeded", started, rows=rows, model=model)
+        result["predictions"] = scored.predictions
+        if len(dumps(result)) > RESULT_MAX_BYTES:
+            del result["predictions"]
+            name = f"results/{job.identity.job_id}.json"
+            body = dumps({"id": job.identity.job_id, "model": model.info.to_dict(),
+                          "predictions": scored.predictions})
+            self.batch.get_blob_client(name).upload_blob(
+                body, overwrite=True, metadata=self._metadata(job.identity, model, rows, result),
+                content_settings=ContentSettings(content_type="application/json"))
+            result.update(output_blob=name, output_container=self.settings.batch_container)
+        self._record(job.document, "ok", None, started, model=model, rows=rows,
+                     endpoint=job.endpoint, variant=variant,
+                     predict_ms=scored.predict_seconds * 1000)
+        return result
+
+    def _run_blob(self, job: BlobJob, model: LoadedModel, claim: Claim,
+                  started: float, variant: str) -> tuple[dict[str, Any], bool]:
+        info = model.info
+        out = self.blobs.get_blob_client(job.output.container, job.output.blob)
+        done = self._committed_output(out, job, started)
+        if done is not None:
+            log.info("job %s: output %s already committed; not scoring again",
+                     job.identity.job_id, job.output.describe())
+            return done, False
+        source = self.blobs.get_blob_client(job.input.container, job.input.blob)
+        try:
+            download = source.download_blob(max_concurrency=1)
+        except ResourceNotFoundError:
+            raise InputNotFound(f"input blob {job.input.describe()!r} does not exist") from None
+        limit = self.settings.batch_max_input_mb * 1024 * 1024
+        if download.size > limit:
+            raise PayloadTooLarge(f"input blob is {download.size:,} bytes, over BATCH_MAX_INPUT_MB "
+                                  f"({self.settings.batch_max_input_mb} MiB)", code="input_too_large")
+        chunk_rows = self.settings.batch_chunk_rows
+        if job.input.format == "csv":
+            header, rest = split_first_line(download.chunks())
+            layout = csv_layout(header, info.feature_names, job.id_column)
+            parsed: Iterable[Any] = (parse_csv_chunk(c, layout)
+                                     for c in line_chunks(rest, chunk_rows, first_line=2))
+        else:
+            parsed = (parse_jsonl_chunk(c, info.feature_names, job.id_column)
+                      for c in line_chunks(download.chunks(), chunk_rows))
+        writer = writer_for(job.output.format, job.id_column, info.num_outputs)
+        token = uuid.uuid4().hex[:12]  # this attempt's block ids: never mixed with another's
+        blocks: list[BlobBlock] = []
+        pending, rows, predict_seconds = writer.header, 0, 0.0
+        for X, ids in prefetch(parsed):
+            start = time.perf_counter()
+            predictions = predict(model, ScoringInput(X=X, options=job.options),
+                                  parallel_min_rows=self.settings.predict_parallel_min_rows,
+                                  max_threads=self.settings.predict_max_threads)
+            predict_seconds += time.perf_counter() - start
+            data = pending + writer.rows(predictions, ids)
+            pending = b""
+            if data:
+                blocks.append(self._stage(out, job, token, len(blocks), data))
+            rows += X.shape[0]
+            claim.progress(rows)
+        if pending:  # no rows: the output is the header alone
+            blocks.append(self._stage(out, job, token, len(blocks), pending))
+        result = self._result(job.identity, "succeeded", started, rows=rows, model=model,
+                              output=(job.output.container, job.output.blob))
+        claim.check()  # only the lease holder commits
+        out.commit_block_list(blocks, metadata=self._metadata(job.identity, model, rows, result),
+                              content_settings=ContentSettings(content_type=writer.content_type))
+        self._record(None, "ok", None, started, model=model, rows=rows,
+                     endpoint=job.endpoint, variant=variant,
+                     predict_ms=predict_seconds * 1000)
+        return result, True
+
+    def _stage(self, out: BlobClient, job: BlobJob, token: str, index: int, data: bytes) -> BlobBlock:
+        if index >= MAX_BLOCKS:
+            raise PayloadTooLarge(f"the output would need more than {MAX_BLOCKS} blocks; raise "
+                                  f"BATCH_CHUNK_ROWS", code="input_too_large")
+        block_id = base64.b64encode(f"{token}-{index:08d}".encode()).decode()
+        for attempt in range(2):
+            try:
+                out.stage_block(block_id, data)
+                return BlobBlock(block_id=block_id)
+            except ResourceNotFoundError:
+                if attempt or job.output.container != self.settings.batch_container:
+                    raise InvalidPayload(f"output container {job.output.container!r} does not exist",
+                                         code="output_container_not_found") from None
+                try:
+                    self.batch.create_container()
+                except ResourceExistsError:
+                    pass
+        raise AssertionError("unreachable")
+
+    def _committed_output(self, out: BlobClient, job: BlobJob,
+                          started: float) -> dict[str, Any] | None:
+        """The result of an earlier delivery whose output is committed, from its metadata."""
+        try:
+            meta = out.get_blob_properties().metadata or {}
+        except ResourceNotFoundError:
+            return None
+        if meta.get(f"{_META}job_id") != job.identity.job_id:
+            return None
+        try:
+            rows = int(meta[f"{_META}rows"])
+            elapsed_ms = float(meta[f"{_META}elapsed_ms"])
+            model = {"name": meta[f"{_META}model"], "version": meta[f"{_META}model_version"]}
+        except (KeyError, ValueError):
+            return None
+        result = self._result(job.identity, "succeeded", started, rows=rows,
+                              output=(job.output.container, job.output.blob))
+        result.update(model=model, elapsed_ms=elapsed_ms,
+                      rows_per_second=_rate(rows, elapsed_ms / 1000))
+        return result
+
+    # -- results ---------------------------------------------------------------------------
+
+    def _result(self, identity: JobIdentity, status: str, started: float, *, rows: int = 0,
+                model: LoadedModel | None = None, output: tuple[str, str] | None = None,
+                error: dict[str, str] | None = None) -> dict[str, Any]:
+        elapsed = time.perf_counter() - started
+        result: dict[str, Any] = {
+            "id": identity.job_id, "status": status, "rows": rows,
+            "output_blob": output[1] if output else None,
+            "output_container": output[0] if output else None,
+            "model": model.info.to_dict() if model is not None else None,
+            "error": error, "elapsed_ms": round(elapsed * 1000, 1),
+            "rows_per_second": _rate(rows, elapsed),
+        }
+        if identity.generated:
+            result["id_generated"] = True
+        return result
+
+    @staticmethod
+    def _metadata(identity: JobIdentity, model: LoadedModel, rows: int,
+                  result: dict[str, Any]) -> dict[str, str]:
+        return {f"{_META}job_id": identity.job_id, f"{_META}model": model.info.name,
+                f"{_META}model_version": model.info.version, f"{_META}rows": str(rows),
+                f"{_META}elapsed_ms": str(result["elapsed_ms"])}
+
+    def _send(self, result: dict[str, Any]) -> None:
+        """Put the result on the results queue, base64-encoded as the Functions host expects."""
+        text = base64.b64encode(dumps(result)).decode("ascii")
+        try:
+            self.results.send_message(text)
+        except ResourceNotFoundError:
+            try:
+                self.results.create_queue()
+            except ResourceExistsError:
+                pass
+            self.results.send_message(text)
+
+    def _record(self, doc: dict[str, Any] | None, outcome: str, code: str | None, started: float,
+                *, model: LoadedModel | None = None, rows: int = 0,
+                predict_ms: float | None = None, endpoint: str | None = None,
+                variant: str | None = None) -> None:
+        """Latency/row/error metrics for the job (best effort; low-cardinality attributes)."""
+        telemetry = getattr(self.service, "telemetry", None)
+        if telemetry is None:
+            return
+        attrs: dict[str, Any] = {"trigger": "queue", "outcome": code or outcome}
+        if model is not None:
+            attrs.update({"endpoint": endpoint or model.info.name, "variant": variant or "default",
+                          "model.name": model.info.name, "model.version": model.info.version})
+        else:
+            attrs["endpoint"] = "(unresolved)"
+        try:
+            telemetry.record(attrs, duration_ms=(time.perf_counter() - started) * 1000,
+                             predict_ms=predict_ms, rows=rows)
+        except Exception:  # metrics never fail a job
+            log.debug("batch telemetry failed", exc_info=True)
+
+
+def _rate(rows: int, seconds: float) -> float | None:
+    return round(rows / seconds, 1) if seconds > 0 and rows else None
+
+
+def prefetch(items: Iterable[T], depth: int = 1) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, ``depth`` items ahead: the next chunk is
+    downloaded and parsed while this one is predicted (LightGBM releases the GIL). Errors
+    surface here, in order; closing the iterator stops the thread."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    _END = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((_END, None))
+        except BaseException as exc:  # handed to the consumer
+            put((None, exc))
+
+    thread = threading.Thread(target=run, name="scorefn-batch-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+_jobs: BatchJobs | None = None
+_jobs_lock = threading.Lock()
+
+
+def get_batch_jobs() -> BatchJobs:
+    """The process-wide job runner, built on first use from the app settings."""
+    global _jobs
+    if _jobs is None:
+        with _jobs_lock:
+            if _jobs is None:
+                from .service import get_service
+                from .settings import resolve_connection
+                from .storage import blob_service, queue_service
+
+                service = get_service()
+                settings = service.settings
+                conn = resolve_connection(BATCH_CONNECTION)
+                timeout = settings.storage_timeout_seconds
+                _jobs = BatchJobs(settings, service, blob_service(conn, timeout),
+                                  queue_service(conn, timeout))
+    return _jobs
+
+
+def reset_batch_jobs() -> None:
+    """Forget the process-wide runner (tests, and the local host after settings change)."""
+    global _jobs
+    with _jobs_lock:
+        _jobs = None
+
+
+def handle_message(body: bytes, *, message_id: str | None = None,
+                   dequeue_count: int = 1) -> JobOutcome:
+    """Process one delivery of a queue job message; raises only for transient faults."""
+    return get_batch_jobs().handle(body, message_id=message_id, dequeue_count=dequeue_count)

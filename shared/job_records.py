@@ -1,0 +1,273 @@
+"""Job records: what makes a batch job's output and result land once, whatever the deliveries.
+
+Each job has a small JSON record, ``jobs/{id}.json`` in the batch container, created with
+If-None-Match (the first delivery creates it) and changed only under a blob lease that the
+worker renews while it runs. Its ``state`` moves
+
+    running  ->  committed (output in place; the result message to send is in the record)
+             ->  done      (result message sent)
+
+A delivery that finds ``done`` acknowledges without doing anything. One that finds
+``committed`` sends the stored result and marks the job done (a crash between committing
+and sending is repaired). One that finds ``running`` with the lease free takes the job over
+(the previous worker died; its uncommitted output blocks are discarded). One that finds the
+lease held waits up to one lease period for it: a dead holder's lease runs out by then. If
+the holder is alive and processing another message with the same job id, this delivery is
+acknowledged as a duplicate (the holder's own message guarantees completion); if it is the
+same message (its visibility lapsed while it was processed), the delivery fails and the queue
+retries it later.
+
+The window left: a crash after the result message is sent and before the record says
+``done`` sends the result again on the next delivery. Consumers dedupe results by ``id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import orjson
+from azure.core.exceptions import (HttpResponseError, ResourceExistsError,
+                                   ResourceNotFoundError)
+from azure.storage.blob import BlobClient, BlobLeaseClient, ContainerClient, ContentSettings
+
+from .errors import JobBusy
+
+log = logging.getLogger("scorefn.batch")
+
+LEASE_SECONDS = 15  # Blob Storage's shortest lease: a dead worker's job is free soonest
+RECORDS_PREFIX = "jobs/"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _dumps(doc: Any) -> bytes:
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+@dataclass
+class Claim:
+    """This delivery's hold on a job. ``state`` is ``done`` or ``duplicate`` (nothing to do),
+    ``committed`` (send ``doc["result"]`` then :meth:`mark_done`) or ``running`` (do the job)."""
+
+    state: str
+    job_id: str
+    doc: dict[str, Any] = field(default_factory=dict)
+    blob: BlobClient | None = None
+    lease: BlobLeaseClient | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lost: str | None = None
+    _last_progress: float = 0.0
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        return self.doc.get("result")
+
+    def check(self) -> None:
+        """Renew the lease now; raise :class:`JobBusy` if it was lost. Called right before
+        the output is committed, so that only the lease holder commits."""
+        if self.lease is None:
+            raise JobBusy(f"job {self.job_id} is not leased by this delivery")
+        if self._lost:
+            raise JobBusy(f"job {self.job_id}: lease lost ({self._lost})")
+        try:
+            self.lease.renew()
+        except HttpResponseError as exc:
+            self._lost = f"renew failed: HTTP {exc.status_code}"
+            raise JobBusy(f"job {self.job_id}: lease lost ({self._lost})") from None
+
+    def progress(self, rows: int, *, every_seconds: float = 2.0) -> None:
+        """Record the rows done so far (for ``scorefn jobs wait``), at most every few seconds."""
+        now = time.monotonic()
+        if now - self._last_progress < every_seconds:
+            return
+        self._last_progress = now
+        self.doc["progress"] = {"rows": rows, "updated": _now()}
+        try:
+            self._write()
+        except Exception as exc:  # progress is best effort; the lease check guards commits
+            log.info("job %s: progress update failed (%s)", self.job_id, type(exc).__name__)
+
+    def commit(self, result: dict[str, Any]) -> None:
+        """The output is in place: store the result message to send."""
+        self.doc.update(state="committed", result=result)
+        self.doc.pop("progress", None)
+        self._write()
+
+    def mark_done(self) -> None:
+        self.doc["state"] = "done"
+        self._write()
+
+    def _write(self) -> None:
+        assert self.blob is not None and self.lease is not None
+        self.doc["updated"] = _now()
+        self.blob.upload_blob(_dumps(self.doc), overwrite=True, lease=self.lease,
+                              content_settings=ContentSettings(content_type="application/json"))
+
+    def _renew_forever(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                assert self.lease is not None
+                self.lease.renew()
+            except Exception as exc:
+                status = getattr(exc, "status_code", None)
+                if status in (409, 412):  # another worker has it now: stop
+                    self._lost = f"HTTP {status}"
+                    log.warning("job %s: lease lost while running", self.job_id)
+                    return
+                log.info("job %s: lease renewal failed (%s); retrying", self.job_id,
+                         type(exc).__name__)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self.lease is not None and not self._lost:
+            try:
+                self.lease.release()
+            except Exception:  # it expires by itself
+                pass
+        self.lease = None
+
+    def __enter__(self) -> "Claim":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class JobRecords:
+    """Claims jobs in ``container`` (see the module docstring)."""
+
+    def __init__(self, container: ContainerClient, *, lease_seconds: int = LEASE_SECONDS,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.container = container
+        self.lease_seconds = lease_seconds
+        self._sleep = sleep
+        self._clock = clock
+
+    def blob(self, job_id: str) -> BlobClient:
+        return self.container.get_blob_client(f"{RECORDS_PREFIX}{job_id}.json")
+
+    def read(self, job_id: str) -> dict[str, Any] | None:
+        """The job's record, or None when there is none."""
+        return self._read(self.blob(job_id))
+
+    def claim(self, job_id: str, *, message_id: str | None, digest: str) -> Claim:
+        blob = self.blob(job_id)
+        fresh = {"id": job_id, "state": "running", "message_id": message_id,
+                 "message_sha256": digest, "attempts": 0, "created": _now(), "updated": _now()}
+        if not self._create(blob, fresh):
+            doc = self._read(blob)
+            if doc is not None and doc.get("state") == "done":
+                self._note_reuse(job_id, doc, digest)
+                return Claim("done", job_id, doc)
+        lease, doc = self._acquire(blob, job_id, message_id)
+        if lease is None:
+            return Claim("duplicate" if doc.get("state") != "done" else "done", job_id, doc)
+        claim = Claim(doc.get("state", "running"), job_id, doc, blob, lease)
+        try:
+            if claim.state == "done":
+                self._note_reuse(job_id, doc, digest)
+                claim.release()
+                return claim
+            if claim.state not in ("running", "committed"):
+                log.warning("job %s: record has unknown state; running the job again", job_id)
+                claim.state = doc["state"] = "running"
+            if doc.get("message_sha256") not in (None, digest):
+                log.warning("job %s: another message with this id got here first; it wins", job_id)
+            doc["attempts"] = int(doc.get("attempts") or 0) + 1
+            doc["message_id"] = message_id
+            claim._write()
+        except BaseException:
+            claim.release()
+            raise
+        threading.Thread(target=claim._renew_forever, args=(self.lease_seconds / 3,),
+                         name=f"scorefn-lease-{job_id[:16]}", daemon=True).start()
+        return claim
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _create(self, blob: BlobClient, doc: dict[str, Any]) -> bool:
+        """Create the record unless it exists (If-None-Match: *); True when created here."""
+        for attempt in range(2):
+            try:
+                blob.upload_blob(_dumps(doc), overwrite=False,
+                                 content_settings=ContentSettings(content_type="application/json"))
+                return True
+            except ResourceExistsError:
+                return False
+            except HttpResponseError as exc:
+                if exc.status_code == 412:
+                    return False  # exists and is leased
+                if exc.status_code != 404 or attempt:
+                    raise
+                self._create_container()  # the batch container's first job
+        return False
+
+    def _create_container(self) -> None:
+        try:
+            self.container.create_container()
+        except ResourceExistsError:
+            pass
+
+    def _read(self, blob: BlobClient) -> dict[str, Any] | None:
+        try:
+            raw = blob.download_blob().readall()
+        except ResourceNotFoundError:
+            return None
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            doc = None
+        if not isinstance(doc, dict):
+            log.warning("job record %s is not a JSON object; treating the job as not done",
+                        blob.blob_name)
+            return {"state": "running"}
+        return doc
+
+    def _acquire(self, blob: BlobClient, job_id: str,
+                 message_id: str | None) -> tuple[BlobLeaseClient | None, dict[str, Any]]:
+        """Lease the record, waiting up to one lease period for a holder. Returns the lease
+        (None: a duplicate to acknowledge) and the record as read under it."""
+        deadline = self._clock() + self.lease_seconds + 2
+        waited = False
+        while True:
+            try:
+                lease = blob.acquire_lease(lease_duration=self.lease_seconds)
+            except HttpResponseError as exc:
+                if exc.status_code != 409:
+                    raise
+                doc = self._read(blob) or {}
+                if doc.get("state") == "done":
+                    return None, doc
+                if self._clock() >= deadline:
+                    # The holder renewed for a whole lease period: it is alive, and its
+                    # message id is in the record by now.
+                    if doc.get("message_id") != message_id:
+                        log.info("job %s: running under another message; this one is a "
+                                 "duplicate", job_id)
+                        return None, doc
+                    raise JobBusy(f"job {job_id} is being processed by another worker") from None
+                if not waited:
+                    log.info("job %s: waiting for the lease of another delivery", job_id)
+                    waited = True
+                self._sleep(1.0)
+                continue
+            try:
+                doc = self._read(blob) or {"id": job_id, "state": "running"}
+            except BaseException:
+                lease.release()
+                raise
+            return lease, doc
+
+    @staticmethod
+    def _note_reuse(job_id: str, doc: dict[str, Any], digest: str) -> None:
+        if doc.get("message_sha256") not in (None, digest):
+            log.warning("job %s: id reused by a different message after the job finished; "
+                        "acknowledged without scoring (use a new id for a new job)", job_id)

@@ -1,0 +1,136 @@
+"""Batch input parsing and output formatting, without storage: chunking at any block and chunk
+size, CSV columns by name with the id anywhere, the slow path's cases, exact float output."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from shared.batch_io import (Chunk, CsvWriter, JsonlWriter, csv_layout, line_chunks,
+                             parse_csv_chunk, parse_jsonl_chunk, prediction_texts,
+                             split_first_line)
+from shared.errors import InvalidPayload
+from tests.batch_support import sample, to_csv, to_jsonl
+
+NAMES = ("a", "b", "c")
+
+
+def parse_csv(data: bytes, names=NAMES, id_column=None, chunk_rows=1000, block=1 << 20):
+    blocks = [data[i:i + block] for i in range(0, len(data), block)]
+    header, rest = split_first_line(blocks)
+    layout = csv_layout(header, names, id_column)
+    parts = [parse_csv_chunk(c, layout) for c in line_chunks(rest, chunk_rows, first_line=2)]
+    X = np.vstack([p[0] for p in parts]) if parts else np.empty((0, len(names)))
+    ids = [i for p in parts if p[1] is not None for i in p[1].values]
+    return X, ids
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, 1000])
+@pytest.mark.parametrize("block", [1, 7, 1 << 20])
+def test_chunks_regroup_lines_whatever_the_block_size(chunk_rows, block):
+    data = b"".join(b"%d,%d\n" % (i, i * 7) for i in range(10))
+    blocks = [data[i:i + block] for i in range(0, len(data), block)]
+    chunks = list(line_chunks(blocks, chunk_rows))
+    assert b"".join(c.data for c in chunks) == data
+    assert all(c.data.count(b"\n") == chunk_rows for c in chunks[:-1])
+    assert [c.first_line for c in chunks] == list(range(1, 11, chunk_rows))
+
+
+def test_a_last_line_without_newline_is_kept():
+    assert [c.data for c in line_chunks([b"1,2\n3,4"], 10)] == [b"1,2\n3,4\n"]
+
+
+@pytest.mark.parametrize("position", [0, 1, 3])
+def test_csv_values_are_exact_and_the_id_column_may_be_anywhere(position):
+    X = sample(3, 50, seed=1)
+    ids = [f"id-{i}" for i in range(50)]
+    data = to_csv(X, NAMES, ids, "key", id_position=position)
+    got, got_ids = parse_csv(data, id_column="key")
+    assert np.array_equal(got, X, equal_nan=True)
+    assert got_ids == [i.encode() for i in ids]
+
+
+def test_csv_columns_are_matched_by_name_and_missing_features_are_nan():
+    X = sample(3, 20, seed=2)
+    data = to_csv(X[:, [2, 0]], ["c", "a"])
+    got, _ = parse_csv(data)
+    assert np.array_equal(got[:, [2, 0]], X[:, [2, 0]], equal_nan=True)
+    assert np.isnan(got[:, 1]).all()
+
+
+def test_an_only_id_column_gives_all_nan_rows():
+    got, ids = parse_csv(b"key\nx\ny\n", id_column="key")
+    assert got.shape == (2, 3) and np.isnan(got).all() and ids == [b"x", b"y"]
+
+
+def test_the_slow_path_handles_quotes_crlf_blank_lines_nan_and_plus_signs():
+    data = (b'\xef\xbb\xbfkey,a,b,c\r\n"x,1",+1,.5,nan\r\n\r\n"y""2", 2 ,1e3,\r\n')
+    got, ids = parse_csv(data, id_column="key")
+    assert np.array_equal(got, [[1, 0.5, np.nan], [2, 1000, np.nan]], equal_nan=True)
+    assert ids == [b'"x,1"', b'"y""2"']
+
+
+@pytest.mark.parametrize("data,code,where", [
+    (b"a,b,c\n1,2,3\n1,2\n", "wrong_row_width", "line 3"),
+    (b"a,b,c\n1,2,3\n1,x,3\n", "non_numeric_value", "line 3, column 'b'"),
+    (b"a,b,c\n1,true,3\n", "non_numeric_value", "line 2"),
+    (b"a,b,zz\n1,2,3\n", "unknown_column", "'zz'"),
+    (b"a,b,a\n1,2,3\n", "invalid_csv", "twice"),
+    (b"", "invalid_csv", "header"),
+])
+def test_bad_csv_names_the_fault(data, code, where):
+    with pytest.raises(InvalidPayload) as err:
+        parse_csv(data)
+    assert err.value.code == code and where in err.value.message
+
+
+def test_a_missing_id_column_is_an_error():
+    with pytest.raises(InvalidPayload) as err:
+        parse_csv(b"a,b,c\n1,2,3\n", id_column="customer_id")
+    assert err.value.code == "missing_id_column"
+
+
+def test_jsonl_records_with_ids_of_any_json_type():
+    X = sample(3, 30, seed=4)
+    ids = [i if i % 2 else f"s{i}" for i in range(30)]
+    data = to_jsonl(X, NAMES, ids, "key")
+    X2, ids2 = parse_jsonl_chunk(Chunk(data, 1), NAMES, "key")
+    assert np.array_equal(X2, X, equal_nan=True) and ids2.values == ids
+
+
+@pytest.mark.parametrize("data,code,line", [
+    (b'{"a": 1}\n{"a": "x"}\n', "non_numeric_value", "line 2"),
+    (b'{"a": 1}\n{"zz": 1}\n', "unknown_feature", "line 2"),
+    (b'{"a": 1}\n[1, 2]\n', "invalid_records", "line 2"),
+    (b'{"a": 1}\n\n{"a": 1\n', "invalid_json", "line 3"),
+    (b'{"a": true}\n', "non_numeric_value", "line 1"),
+])
+def test_bad_jsonl_names_the_line(data, code, line):
+    with pytest.raises(InvalidPayload) as err:
+        parse_jsonl_chunk(Chunk(data, 1), NAMES, None)
+    assert err.value.code == code and line in err.value.message
+
+
+def test_prediction_text_round_trips_exactly():
+    values = np.random.default_rng(3).random(1000) ** 9
+    assert np.array_equal(np.array([float(t) for t in prediction_texts(values)]), values)
+    multi = np.random.default_rng(4).random((5, 3))
+    assert [list(map(float, t.split(b","))) for t in prediction_texts(multi)] == multi.tolist()
+
+
+def test_writers_keep_ids_and_write_one_column_per_class():
+    from shared.batch_io import Ids
+
+    ids = Ids("json", ["a,b", 7, None])
+    csv_out = CsvWriter("key", 2)
+    assert csv_out.header == b"key,p0,p1\n"
+    assert csv_out.rows(np.array([[0.25, 0.75]] * 3), ids) == \
+        b'"a,b",0.25,0.75\n7,0.25,0.75\n,0.25,0.75\n'
+    jsonl = JsonlWriter("key", 2).rows(np.array([[0.25, 0.75]] * 3), ids)
+    assert [orjson.loads(line) for line in jsonl.splitlines()] == [
+        {"key": "a,b", "prediction": [0.25, 0.75]}, {"key": 7, "prediction": [0.25, 0.75]},
+        {"key": None, "prediction": [0.25, 0.75]}]
+    csv_ids = Ids("csv", [b'"q""x"', b"plain"])
+    assert JsonlWriter("key", 1).rows(np.array([0.5, 1.0]), csv_ids) == \
+        b'{"key":"q\\"x","prediction":0.5}\n{"key":"plain","prediction":1.0}\n'
