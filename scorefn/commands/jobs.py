@@ -158,8 +158,7 @@ def submit_job(args: argparse.Namespace) -> int:
         raise SystemExit(f"the job message is {len(encoded):,} bytes; a queue message holds "
                          f"{MAX_MESSAGE_BYTES:,}: put the rows in a file and use --input")
     client = queue_service(args).get_queue_client(queue_name)
-    _ensure_queue(client)
-    client.send_message(base64.b64encode(encoded).decode("ascii"))
+    _send(client, base64.b64encode(encoded).decode("ascii"))
     print(f"submitted {job_id} to queue {queue_name}")
     if args.wait:
         args.job_id = job_id
@@ -179,13 +178,19 @@ def _upload(args: argparse.Namespace, path: Path, container: str, blob_name: str
           f"{time.monotonic() - started:.1f} s")
 
 
-def _ensure_queue(client) -> None:
-    from azure.core.exceptions import ResourceExistsError
+def _send(client, text: str) -> None:
+    """Send, creating the queue only when it does not exist yet (local runs): in Azure the
+    queue exists and the user needs no more than Storage Queue Data Message Sender."""
+    from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
     try:
-        client.create_queue()
-    except ResourceExistsError:
-        pass
+        client.send_message(text)
+    except ResourceNotFoundError:
+        try:
+            client.create_queue()
+        except ResourceExistsError:
+            pass
+        client.send_message(text)
 
 
 # -- wait ----------------------------------------------------------------------------------
