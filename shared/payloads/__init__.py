@@ -10,9 +10,8 @@ from __future__ import annotations
 from .common import Options, ScoringInput, decode_json, dumps
 from .records import parse_records
 from .rows import parse_rows
+from .score_body import encode_score_response, parse_score_body
 from .v2 import encode_v2_response, parse_v2
 
 __all__ = ["Options", "ScoringInput", "decode_json", "dumps", "parse_rows", "parse_records",
            "parse_v2", "encode_v2_response", "parse_score_body", "encode_score_response"]
-
-from .common import parse_score_body, encode_score_response  # noqa: E402
