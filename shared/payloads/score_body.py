@@ -1,0 +1,43 @@
+"""The ``/api/score`` body (``rows`` or ``records``, plus ``options``) and its response."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import InvalidPayload
+from .common import ScoringInput, dumps, parse_options
+from .records import parse_records
+from .rows import parse_rows
+
+
+def parse_score_body(doc: dict[str, Any], feature_names: Sequence[str], max_rows: int,
+                     extra_fields: frozenset[str] = frozenset()) -> ScoringInput:
+    """Parse the ``/api/score`` body: ``rows`` or ``records``, plus ``options``."""
+    allowed = {"rows", "records", "options"} | extra_fields
+    unknown = set(doc) - allowed
+    if unknown:
+        raise InvalidPayload(f"unknown field(s) {sorted(unknown)[:5]}; expected 'rows' or 'records' "
+                             f"and optionally 'options'", code="invalid_payload")
+    if ("rows" in doc) == ("records" in doc):
+        raise InvalidPayload("send exactly one of 'rows' (lists in feature order) or 'records' "
+                             "(objects by feature name)", code="invalid_payload")
+    options = parse_options(doc.get("options"))
+    if "rows" in doc:
+        X = parse_rows(doc["rows"], feature_names, max_rows)
+        fmt = "rows"
+    else:
+        X = parse_records(doc["records"], feature_names, max_rows)
+        fmt = "records"
+    return ScoringInput(X=X, options=options, format=fmt,
+                        fields={k: doc[k] for k in extra_fields if k in doc})
+
+
+def encode_score_response(predictions: np.ndarray, model: dict[str, Any], request_id: str,
+                          extra: dict[str, Any] | None = None) -> bytes:
+    """The ``/api/score`` response body."""
+    doc: dict[str, Any] = {"predictions": predictions, "model": model, "request_id": request_id}
+    if extra:
+        doc.update(extra)
+    return dumps(doc)
