@@ -12,7 +12,7 @@ install: $(PIP_STAMP) $(NPM_STAMP)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(PIP_STAMP): requirements.txt requirements-dev.txt | $(PY)
+$(PIP_STAMP): requirements.txt requirements-dev.txt requirements-report.txt | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@

@@ -28,7 +28,7 @@ def score(req: func.HttpRequest) -> func.HttpResponse:
 
         result = _service().score(
             req.route_params["name"], req.get_body(), content_type=req.headers.get("content-type"),
-            carrier=req.headers, headers=req.headers, query=req.params,
+            carrier=req.headers, headers=req.headers, query=req.params, request_id=request_id,
             encode=lambda r: encode_score_response(r.predictions, r.model.to_dict(), request_id,
                                                    {"variant": r.variant}))
         return json_response(result.body, request_id, headers={"x-scorefn-variant": result.variant})
@@ -46,7 +46,7 @@ def v2_infer(req: func.HttpRequest) -> func.HttpResponse:
         name = req.route_params["name"]
         result = _service().score(
             name, req.get_body(), fmt="v2", content_type=req.headers.get("content-type"),
-            carrier=req.headers, headers=req.headers, query=req.params,
+            carrier=req.headers, headers=req.headers, query=req.params, request_id=request_id,
             encode=lambda r: encode_v2_response(
                 r.predictions, model_name=name, model_version=r.model.version,
                 request_id=r.request.request_id or request_id,
@@ -54,6 +54,20 @@ def v2_infer(req: func.HttpRequest) -> func.HttpResponse:
         return json_response(result.body, request_id, headers={"x-scorefn-variant": result.variant})
     except Exception as exc:
         return error_response(exc, request_id, "v2_infer")
+
+
+@bp.route(route="outcomes/{endpoint}", methods=["POST"])
+def outcomes(req: func.HttpRequest) -> func.HttpResponse:
+    """Outcomes (labels) of earlier predictions, by request id or sticky key: 202 once stored."""
+    request_id = request_id_of(req)
+    try:
+        from shared.payloads import dumps
+
+        accepted = _service().record_outcomes(req.route_params["endpoint"], req.get_body(),
+                                              content_type=req.headers.get("content-type"))
+        return json_response(dumps({"accepted": accepted}), request_id, 202)
+    except Exception as exc:
+        return error_response(exc, request_id, "outcomes")
 
 
 @bp.route(route="v2/models/{name}", methods=["GET"])

@@ -47,6 +47,8 @@ def run_demo(requests: int = 2000) -> int:
         env = {"AzureWebJobsStorage": azurite.connection_string, "MODEL_CONTAINER": "models",
                "DEVHOST_FUNCTION_KEY": key, "DEVHOST_MASTER_KEY": master_key,
                "TELEMETRY_LOCAL_READER": "true", "SCORE_QUEUE_NAME": "score-requests",
+               "ROUTER_CONFIG_BLOB": "config/router.json", "ROUTER_REFRESH_SECONDS": "1",
+               "PREDICTION_LOG_FLUSH_SECONDS": "1",
                "RESULTS_QUEUE_NAME": "score-results", "BATCH_CONTAINER": "batch"}
         host = stack.enter_context(DevHost(ROOT, env))
         say(f"  local host       {host.url}  (function key auth on)")
@@ -57,6 +59,9 @@ def run_demo(requests: int = 2000) -> int:
         _latency(client, models, requests)
         _server_latency(client, master_key)
         _queue_part(stack, azurite, models, boosters)
+        from .demo_ab import run_ab_demo
+
+        run_ab_demo(client, azurite.connection_string, "models", say)
     say("\nstopped the local host and Azurite")
     return 0
 

@@ -76,18 +76,6 @@ class ModelUnavailable(ScoreError):
     retry_after_seconds = 5
 
 
-class SettingsError(ValueError):
-    """An app setting is missing or invalid; raised at first use, naming the setting."""
-
-
-class NotEnabled(ScoreError):
-    """A feature that is switched off by configuration."""
-
-    code = "not_enabled"
-    status = 404
-    permanent = True
-
-
 class InvalidRouterConfig(ScoreError):
     """The router configuration is invalid; the message names the path of the bad field.
 
@@ -121,3 +109,29 @@ class JobBusy(ScoreError):
 
     code = "job_busy"
     status = 409
+
+
+class SettingsError(ValueError):
+    """An app setting is missing or invalid; raised at first use, naming the setting."""
+
+
+class NotEnabled(ScoreError):
+    """A feature that is switched off by configuration."""
+
+    code = "not_enabled"
+    status = 404
+    permanent = True
+
+
+class InvalidOutcome(BadRequest):
+    """An outcomes payload that does not follow the format; the message names the entry."""
+
+    code = "invalid_outcome"
+
+
+class OutcomeLogUnavailable(ModelUnavailable):
+    """The outcome log could not be written (storage unreachable); retrying later may work.
+
+    A 503 with ``Retry-After``, like :class:`ModelUnavailable`."""
+
+    code = "outcome_log_unavailable"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping
 
@@ -18,7 +19,9 @@ from .errors import PayloadTooLarge, ScoreError, UnsupportedMediaType
 from .model import LoadedModel, ModelInfo
 from .model_store import ModelStore
 from .payloads import ScoringInput, decode_json, parse_score_body, parse_v2
-from .router import OVERRIDE_HEADER, Route, RouterHolder, ShadowRunner, header, sticky_key
+from .prediction_log import PredictionLog, build_logs, output_kind
+from .router import (OVERRIDE_HEADER, EndpointConfig, Route, RouterHolder, ShadowRunner, header,
+                     sticky_key)
 from .scorer import predict
 from .settings import Settings, resolve_connection
 from .telemetry import NO_TRACE, RequestTrace, Telemetry, get_telemetry
@@ -39,6 +42,9 @@ class ScoreResult:
     predict_seconds: float
     body: bytes | None = None
     route: Route | None = None
+    request_id: str | None = None
+    logged: bool = False  # in the prediction log (its shadows are logged too)
+    log_features: bool = False  # ... with the request's features
 
     @property
     def variant(self) -> str:
@@ -59,12 +65,15 @@ class ScoringService:
 
     def __init__(self, settings: Settings, store: ModelStore,
                  telemetry: Telemetry | None = None, routing: RouterHolder | None = None,
-                 shadows: ShadowRunner | None = None) -> None:
+                 shadows: ShadowRunner | None = None,
+                 prediction_log: PredictionLog | None = None, outcome_log: Any = None) -> None:
         self.settings = settings
         self.store = store
         self.telemetry = telemetry or get_telemetry()
         self.routing = routing
         self.shadows = shadows
+        self.prediction_log = prediction_log
+        self.outcome_log = outcome_log
         self._readiness: tuple[float, dict[str, Any]] | None = None
 
     def route(self, endpoint: str, *, key: str | None = None,
@@ -93,12 +102,14 @@ class ScoringService:
               content_type: str | None = None, trigger: str = "http",
               carrier: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None,
               query: Mapping[str, str] | None = None,
-              encode: Callable[[ScoreResult], bytes] | None = None) -> ScoreResult:
+              encode: Callable[[ScoreResult], bytes] | None = None,
+              request_id: str | None = None) -> ScoreResult:
         """Score a JSON request body for ``endpoint``: check, route, load, parse, predict,
         encode (with the transport's ``encode``), record telemetry; then hand shadows a copy.
 
         ``headers``/``query`` carry the sticky key and the variant override, ``carrier`` the
-        caller's trace context (``traceparent``). Raises a :class:`ScoreError` subclass for
+        caller's trace context (``traceparent``), ``request_id`` the id the prediction log
+        records (the transport's ``x-request-id``). Raises a :class:`ScoreError` subclass for
         anything the caller got wrong or storage could not do; the failure is recorded and
         logged once, with its code.
         """
@@ -110,7 +121,7 @@ class ScoringService:
                 self.check_body(body, content_type)
                 with request_trace.child("parse"):
                     doc = decode_json(body)
-                route = self._route_request(endpoint, doc, headers, query)
+                route, config = self._route_request(endpoint, doc, headers, query)
                 attrs["variant"] = route.variant
                 model, cold = self._get_model(route.model, attrs, request_trace)
                 result = self.score_document(model, doc, fmt=fmt, cold=cold, route=route,
@@ -126,20 +137,50 @@ class ScoringService:
             elapsed_ms = (time.perf_counter() - start) * 1000
             tel.record(attrs, duration_ms=elapsed_ms, predict_ms=result.predict_seconds * 1000,
                        rows=result.request.X.shape[0])
+        result.request_id = request_id
+        if config is not None and config.log is not None and self.prediction_log is not None:
+            self._log_prediction(result, config, trigger, elapsed_ms)
         if route.shadows and self.shadows is not None:
             for target in route.shadows:
                 self.shadows.submit(self._run_shadow, target, doc, fmt, result, trigger)
         return result
 
-    def _route_request(self, endpoint: str, doc: dict[str, Any],
-                       headers: Mapping[str, str] | None, query: Mapping[str, str] | None) -> Route:
+    def _route_request(self, endpoint: str, doc: dict[str, Any], headers: Mapping[str, str] | None,
+                       query: Mapping[str, str] | None) -> tuple[Route, EndpointConfig | None]:
+        """The route of a request, and the endpoint's config (``None``: not configured)."""
         if self.routing is None:
-            return Route(endpoint, "default", endpoint, (), None, "single")
+            return Route(endpoint, "default", endpoint, (), None, "single"), None
         router = self.routing.current()
         config = router.endpoint(endpoint)
         key = sticky_key(config, headers or {}, query or {}, doc) if config is not None else None
         override = header(headers, OVERRIDE_HEADER) if headers else None
-        return router.route(endpoint, key=key, override=override)
+        return router.route(endpoint, key=key, override=override), config
+
+    def _log_prediction(self, result: ScoreResult, config: EndpointConfig, trigger: str,
+                        latency_ms: float) -> None:
+        """Hand the prediction log a record (the endpoint's config has a ``log`` block; the
+        request may be sampled out); never raises, never waits on storage."""
+        try:
+            route = result.route
+            log_config = config.log
+            if not self.prediction_log.wants(log_config, route.endpoint, route.key):
+                return
+            if result.request_id is None:
+                result.request_id = uuid.uuid4().hex
+            index = None
+            for i, v in enumerate(config.variants):
+                if v.name == route.variant:
+                    index = i
+                    break
+            result.logged = self.prediction_log.record(
+                endpoint=route.endpoint, request_id=result.request_id, key=route.key,
+                trigger=trigger, variant=route.variant, variant_index=index, model=result.model,
+                predictions=result.predictions, latency_ms=latency_ms,
+                output=output_kind(result.request.options), rows=result.request.X.shape[0],
+                features=result.request.X if log_config.features else None)
+            result.log_features = log_config.features
+        except Exception:  # the log must never fail a request
+            log.exception("prediction log: could not record a prediction")
 
     def _run_shadow(self, target: Any, doc: dict[str, Any], fmt: Format, primary: ScoreResult,
                     trigger: str) -> None:
@@ -164,6 +205,13 @@ class ScoringService:
         if result.predictions.shape == primary.predictions.shape:
             diff = float(np.mean(np.abs(result.predictions - primary.predictions)))
             self.telemetry.record_shadow_difference(diff, attrs)
+        if primary.logged and self.prediction_log is not None:
+            self.prediction_log.record(
+                endpoint=primary.route.endpoint, request_id=primary.request_id,
+                key=primary.route.key, trigger=trigger, variant=target.name, model=result.model,
+                predictions=result.predictions, latency_ms=(time.perf_counter() - start) * 1000,
+                output=output_kind(result.request.options), rows=result.request.X.shape[0],
+                features=result.request.X if primary.log_features else None, shadow=True)
 
     def _get_model(self, name: str, attrs: dict[str, Any],
                    request_trace: RequestTrace = NO_TRACE) -> tuple[LoadedModel, bool]:
@@ -195,6 +243,27 @@ class ScoringService:
             extra["payload"] = body[:2048].decode("utf-8", "replace")
         log.log(logging.WARNING if exc.status >= 500 else logging.INFO,
                 "scoring failed: %s (%d) on %s", exc.code, exc.status, attrs["endpoint"], extra=extra)
+
+    def record_outcomes(self, endpoint: str, body: bytes, *, content_type: str | None = None) -> int:
+        """Validate an outcomes body (see :mod:`shared.outcomes`) for ``endpoint`` and append
+        it to the outcome log; returns how many were stored. Raises typed errors: 4xx for a
+        bad payload, 503 ``outcome_log_unavailable`` when storage cannot be written."""
+        from .errors import NotEnabled
+        from .outcomes import check_endpoint, parse_outcomes
+
+        try:
+            self.check_body(body, content_type)
+            check_endpoint(endpoint)
+            now = time.time()
+            outcomes = parse_outcomes(body, now=now)
+            if self.outcome_log is None:
+                raise NotEnabled("the outcome log is not configured in this process")
+            return self.outcome_log.append(endpoint, outcomes, received=now)
+        except ScoreError as exc:
+            log.log(logging.WARNING if exc.status >= 500 else logging.INFO,
+                    "outcomes failed: %s (%d)", exc.code, exc.status,
+                    extra={"error_code": exc.code, "status": exc.status, "route": "outcomes"})
+            raise
 
     def check_body(self, body: bytes, content_type: str | None) -> None:
         check_content_type(content_type)
@@ -233,12 +302,15 @@ class ScoringService:
             for info in self.store.loaded()]}
 
     def close(self) -> None:
-        """Stop background work: model refreshes, config refreshes, shadows."""
+        """Stop background work: model refreshes, config refreshes, shadows; then write
+        what the prediction log still buffers."""
         self.store.close()
         if self.routing is not None:
             self.routing.close()
         if self.shadows is not None:
             self.shadows.close()
+        if self.prediction_log is not None:
+            self.prediction_log.close()
 
     def readiness(self) -> dict[str, Any]:
         """Ready when model storage answers, or when models are loaded to serve meanwhile."""
@@ -303,7 +375,10 @@ def build_service(settings: Settings) -> ScoringService:
                                else None)
     shadows = (ShadowRunner(workers=settings.shadow_workers, max_pending=settings.shadow_max_pending)
                if settings.shadow_workers else None)
-    return ScoringService(settings, store, routing=routing, shadows=shadows)
+    telemetry = get_telemetry()
+    prediction_log, outcome_log = build_logs(settings, telemetry)
+    return ScoringService(settings, store, telemetry, routing=routing, shadows=shadows,
+                          prediction_log=prediction_log, outcome_log=outcome_log)
 
 
 def get_service() -> ScoringService:

@@ -157,6 +157,31 @@ SPEC: dict[str, Setting] = {
     "shadow_max_pending": Setting(
         "SHADOW_MAX_PENDING", 64, _int(1, 100_000),
         "Shadow scorings allowed to wait; beyond that they are dropped and counted."),
+    "prediction_log_connection": Setting(
+        "PREDICTION_LOG_CONNECTION", "AzureWebJobsStorage", _connection_name,
+        "Name of the storage connection the prediction and outcome logs are written to (same "
+        "convention as MODEL_STORAGE_CONNECTION; the identity needs Storage Blob Data "
+        "Contributor on the two log containers)."),
+    "prediction_log_container": Setting(
+        "PREDICTION_LOG_CONTAINER", "predictions", _name(_CONTAINER_RE, "blob container"),
+        "Blob container of the prediction log (JSON Lines append blobs, "
+        "`{endpoint}/{yyyy}/{mm}/{dd}/{hh}/{instance}.jsonl`); created when missing."),
+    "outcome_log_container": Setting(
+        "OUTCOME_LOG_CONTAINER", "outcomes", _name(_CONTAINER_RE, "blob container"),
+        "Blob container of the outcomes posted to `POST /api/outcomes/{endpoint}`, partitioned "
+        "like the prediction log; created when missing."),
+    "prediction_log_flush_seconds": Setting(
+        "PREDICTION_LOG_FLUSH_SECONDS", 5.0, _float(0.05, 3600.0),
+        "Longest time a prediction log record waits in memory before it is written (a full "
+        "buffer is written sooner)."),
+    "prediction_log_max_buffer": Setting(
+        "PREDICTION_LOG_MAX_BUFFER", 10_000, _int(10, 10_000_000),
+        "Most prediction log records held in memory; beyond it new records are dropped and "
+        "counted (`scorefn.log.dropped`), never waited for."),
+    "prediction_log_max_buffer_mb": Setting(
+        "PREDICTION_LOG_MAX_BUFFER_MB", 64, _int(1, 16 * 1024),
+        "Memory bound of the prediction log buffer (estimated from the numbers it holds); "
+        "beyond it new records are dropped and counted."),
 }
 
 
@@ -185,6 +210,12 @@ class Settings:
     router_check_models: bool
     shadow_workers: int
     shadow_max_pending: int
+    prediction_log_connection: str
+    prediction_log_container: str
+    outcome_log_container: str
+    prediction_log_flush_seconds: float
+    prediction_log_max_buffer: int
+    prediction_log_max_buffer_mb: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

@@ -66,6 +66,10 @@ class Telemetry:
             explicit_bucket_boundaries_advisory=(0.0001, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2,
                                                  0.5, 1.0, 2.0, 5.0, 10.0, 100.0),
             description="Mean absolute difference of a shadow's predictions to the answer's")
+        self.log_dropped = meter.create_counter(
+            "scorefn.log.dropped", unit="{record}",
+            description="Prediction log records dropped (buffer full, storage failing, too "
+                        "large, after shutdown), by endpoint and reason")
 
     @contextmanager
     def request_span(self, name: str, carrier: Mapping[str, str] | None,
@@ -98,6 +102,11 @@ class Telemetry:
 
     def record_load(self, duration_ms: float, attributes: dict[str, Any]) -> None:
         self.load_duration.record(duration_ms, attributes)
+
+    def record_log_dropped(self, count: int, endpoint: str, reason: str) -> None:
+        """``count`` prediction log records of ``endpoint`` were dropped for ``reason``."""
+        if count:
+            self.log_dropped.add(count, {"endpoint": endpoint, "reason": reason})
 
 
 

@@ -18,6 +18,7 @@ def test_http_functions_routes_methods_and_auth_levels(app_functions):
         "v2_infer": ("v2/models/{name}/infer", ["POST"], F),
         "v2_metadata": ("v2/models/{name}", ["GET"], F),
         "endpoints": ("endpoints", ["GET"], F),
+        "outcomes": ("outcomes/{endpoint}", ["POST"], F),
         "health_live": ("v2/health/live", ["GET"], A),
         "health_ready": ("v2/health/ready", ["GET"], A),
         "metrics_latency": ("metrics/latency", ["GET"], func.AuthLevel.ADMIN),

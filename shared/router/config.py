@@ -60,7 +60,7 @@ class Sticky:
 
 @dataclass(frozen=True)
 class LogConfig:
-    """Accepted and validated now, for the request log to come."""
+    """The prediction log of an endpoint: which share of requests, and whether with features."""
 
     sample: float = 1.0
     features: bool = False

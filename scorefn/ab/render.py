@@ -1,0 +1,388 @@
+"""Writing the A/B report: self-contained HTML (plots as base64 PNG) or Markdown (plots as
+PNG files in ``<name>-plots/`` next to it). Plots need matplotlib
+(``pip install -r requirements-report.txt``); without it the report is written without them.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .data import Dataset
+from .stats import METRICS
+
+METHOD = (
+    "AUC is the rank (Mann-Whitney) statistic with DeLong's variance; log loss, Brier score, "
+    "MAE and accuracy are means with normal (CLT) intervals; RMSE uses the delta method. "
+    "Variants of an A/B split are independent samples: their difference is tested with a "
+    "two-sided z test on the sum of variances. Shadows score the same requests as the "
+    "answer, so they are compared paired (paired DeLong, or per-row differences). 'More "
+    "outcomes needed' is the total that would give 80% power at the test's level if the "
+    "true difference were the one seen so far (standard errors shrink as 1/sqrt(n)).")
+
+
+def write_report(path: Path, analysis: dict[str, Any], dataset: Dataset, *, title: str | None = None) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plots, plot_note = make_plots(analysis, dataset)
+    if path.suffix.lower() in (".md", ".markdown"):
+        plot_dir = path.with_name(path.stem + "-plots")
+        links = {}
+        if plots:
+            plot_dir.mkdir(exist_ok=True)
+            for name, png in plots.items():
+                (plot_dir / f"{name}.png").write_bytes(png)
+                links[name] = f"{plot_dir.name}/{name}.png"
+        path.write_text(markdown(analysis, links, plot_note, title), encoding="utf-8")
+    else:
+        path.write_text(html_page(analysis, plots, plot_note, title), encoding="utf-8")
+
+
+# -- formatting helpers ---------------------------------------------------------------------
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.{digits}f}"
+
+
+def _est(e: dict[str, Any]) -> str:
+    if e.get("value") is None:
+        return "n/a"
+    return f"{_num(e['value'])} [{_num(e['low'])}, {_num(e['high'])}]"
+
+
+def _delta(c: dict[str, Any]) -> str:
+    if c.get("delta") is None:
+        return "n/a"
+    p = c.get("p_value")
+    ptext = "n/a" if p is None else ("< 0.0001" if p < 1e-4 else f"{p:.4f}")
+    return f"{c['delta']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}], p {ptext}"
+
+
+def _ms(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _tables(analysis: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The report's tables as (title, header, rows) of plain strings."""
+    metrics = analysis["metrics"]
+    labels = [METRICS[m].label for m in metrics]
+    tables = []
+    rows = []
+    for v in analysis["variants"]:
+        models = ", ".join(f"{m['name']} ({m['version']})" for m in v["models"][:3])
+        outcomes = _num(v["outcomes"]) + (f" ({_num(v['positives'])} positive)"
+                                          if v.get("positives") is not None else "")
+        name = v["name"] + (" (control)" if v["control"] and v["name"] != "control" else "")
+        rows.append([name, _num(v["requests"]),
+                     _num(v["rows"]), outcomes] + [_est(v["metrics"][m]) for m in metrics] + [models])
+    tables.append(("Variants (95% confidence intervals)",
+                   ["variant", "requests", "rows", "joined outcomes"] + labels + ["models"], rows))
+    if analysis["comparisons"]:
+        rows = [[f"{c['candidate']} - {c['control']}"] + [_delta(c["all_metrics"][m]) for m in metrics]
+                + [c["verdict"]] for c in analysis["comparisons"]]
+        tables.append(("Differences to the control (candidate minus control, 95% CI, two-sided p)",
+                       ["comparison"] + labels + ["verdict"], rows))
+    rows = []
+    for v in analysis["variants"]:
+        lat = v["latency_ms"]
+        rows.append([v["name"], _num(lat["n"]), _ms(lat["p50"]), _ms(lat["p95"]), _ms(lat["p99"])])
+    for s in analysis["shadows"]:
+        lat = s.get("latency_ms") or {}
+        if lat and not any(r[0] == f"{s['name']} (shadow)" for r in rows):
+            rows.append([f"{s['name']} (shadow)", _num(lat["n"]), _ms(lat["p50"]), _ms(lat["p95"]),
+                         _ms(lat["p99"])])
+    tables.append(("Latency inside the function (ms, from the log)",
+                   ["variant", "requests", "p50", "p95", "p99"], rows))
+    if analysis["shadows"]:
+        rows = []
+        for s in analysis["shadows"]:
+            ag = s["agreement"]
+            flipped = "n/a" if ag["flipped"] is None else f"{100 * ag['flipped']:.2f}%"
+            metric = analysis["primary_metric"]
+            own = _est(s["metrics"][metric]) if s.get("metrics") else "no outcomes"
+            answer = _est(s["answer_metrics"][metric]) if s.get("answer_metrics") else ""
+            rows.append([s["name"], s["answer_variant"], _num(ag["n"]), _num(ag["correlation"]),
+                         _num(ag["mean_abs_diff"]), flipped, _num(s["outcomes"]), own, answer,
+                         s["comparison"]["text"] if s.get("comparison") else ""])
+        tables.append((f"Shadows against the answer on the same rows (flips at threshold "
+                       f"{analysis['threshold']})",
+                       ["shadow", "answered by", "rows", "correlation", "mean abs diff", "flipped",
+                        "outcomes", f"shadow {METRICS[analysis['primary_metric']].label}",
+                        f"answer {METRICS[analysis['primary_metric']].label}", "verdict"], rows))
+    j = analysis["join"]
+    rows = [["outcomes read", _num(j["outcomes"])], ["joined by request id", _num(j["by_request_id"])],
+            ["joined by key", _num(j["by_key"])],
+            ["no prediction (unknown id, or no prediction for the key before the outcome)", _num(j["unmatched"])],
+            ["ambiguous (multi-row request without a row)", _num(j["ambiguous"])],
+            ["row out of range", _num(j["bad_row"])],
+            ["superseded (several outcomes for one prediction: the last received counts)", _num(j["superseded"])],
+            ["labels that do not fit the objective", _num(j["bad_label"])],
+            ["damaged outcome records", _num(j["damaged"])]]
+    rows += [[f"prediction records left out: {reason}", _num(n)]
+             for reason, n in sorted(analysis.get("excluded_records", {}).items())]
+    tables.append(("Join", ["", "count"], rows))
+    return tables
+
+
+def _header_lines(analysis: dict[str, Any]) -> list[str]:
+    read = analysis.get("read", {})
+    metric = METRICS[analysis["primary_metric"]]
+    return [
+        f"Time range: {analysis.get('since', '?')} to {analysis.get('until', '?')} (prediction time, UTC)",
+        f"Objective: {analysis['objective']}; deciding metric: {metric.label} "
+        f"({'higher' if metric.higher_is_better else 'lower'} is better); control: {analysis['control']}",
+        f"Read {read.get('prediction_records', 0):,} prediction records from "
+        f"{read.get('prediction_blobs', 0):,} blobs and {read.get('outcomes', 0):,} outcomes "
+        f"in {read.get('seconds', 0)} s; generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+    ]
+
+
+# -- HTML -----------------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:72rem;
+color:#1b1f24;line-height:1.45;padding:0 1rem}
+h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem}
+th,td{border:1px solid #d0d7de;padding:.3rem .55rem;text-align:left;vertical-align:top}
+th{background:#f6f8fa}.meta{color:#57606a;font-size:.9rem;margin:.1rem 0}
+.verdict{padding:.6rem .9rem;border-radius:6px;margin:.4rem 0;border:1px solid}
+.better{background:#dafbe1;border-color:#4ac26b}.worse{background:#ffebe9;border-color:#ff8182}
+.undecided{background:#fff8c5;border-color:#d4a72c}img{max-width:100%;height:auto}
+.note{color:#57606a;font-size:.88rem}
+"""
+
+
+def html_page(analysis: dict[str, Any], plots: dict[str, bytes], plot_note: str | None,
+              title: str | None = None) -> str:
+    e = html.escape
+    title = title or f"A/B report: {analysis['endpoint']}"
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{e(title)}</title>"
+             f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1>"]
+    parts += [f"<p class=meta>{e(line)}</p>" for line in _header_lines(analysis)]
+    parts.append("<h2>Verdict</h2>")
+    if not analysis["comparisons"]:
+        parts.append("<p>Only one variant has predictions in this range: nothing to compare.</p>")
+    for c in analysis["comparisons"]:
+        parts.append(f"<div class='verdict {e(c['verdict'])}'>{e(c['text'])}</div>")
+    tables = _tables(analysis)
+
+    def table(t: tuple[str, list[str], list[list[str]]]) -> str:
+        name, header, rows = t
+        head = "".join(f"<th>{e(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
+        return f"<h2>{e(name)}</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def img(name: str, alt: str) -> str:
+        if name not in plots:
+            return ""
+        data = base64.b64encode(plots[name]).decode("ascii")
+        return f"<p><img alt='{e(alt)}' src='data:image/png;base64,{data}'></p>"
+
+    by_title = {t[0].split(" (")[0]: t for t in tables}
+    parts.append(table(tables[0]))
+    parts.append(img("metric", "metric per variant with 95% intervals"))
+    if analysis["comparisons"]:
+        parts.append(table(by_title["Differences to the control"]))
+    parts.append("<h2>Score distributions</h2>" + (img("scores", "score distributions") or "<p>No plot.</p>"))
+    parts.append("<h2>Daily metric</h2>" + (img("daily", "daily metric") or
+                 f"<p class=note>No day with at least 20 joined outcomes per variant.</p>"))
+    parts.append(table(by_title["Latency inside the function"]))
+    parts.append(img("latency", "latency distribution"))
+    if analysis["shadows"]:
+        parts.append(table(by_title["Shadows against the answer on the same rows"]))
+    parts.append(table(by_title["Join"]))
+    notes = list(analysis.get("notes", []))
+    if plot_note:
+        notes.append(plot_note)
+    parts.append("<h2>Method and notes</h2><p class=note>" + e(METHOD) + "</p>")
+    parts += [f"<p class=note>{e(n)}</p>" for n in notes]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# -- Markdown -------------------------------------------------------------------------------
+
+
+def markdown(analysis: dict[str, Any], links: dict[str, str], plot_note: str | None,
+             title: str | None = None) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    def table(t: tuple[str, list[str], list[list[str]]]) -> list[str]:
+        name, header, rows = t
+        return (["", f"## {name}", "", "| " + " | ".join(cell(h) or " " for h in header) + " |",
+                 "|" + "---|" * len(header)] + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows])
+
+    def img(name: str, alt: str) -> list[str]:
+        return ["", f"![{alt}]({links[name]})"] if name in links else []
+
+    lines = [f"# {title or 'A/B report: ' + analysis['endpoint']}", ""]
+    lines += [f"{line}  " for line in _header_lines(analysis)]
+    lines += ["", "## Verdict", ""]
+    if not analysis["comparisons"]:
+        lines.append("Only one variant has predictions in this range: nothing to compare.")
+    for c in analysis["comparisons"]:
+        lines.append(f"- **{c['verdict']}**: {c['text']}")
+    tables = _tables(analysis)
+    by_title = {t[0].split(" (")[0]: t for t in tables}
+    lines += table(tables[0]) + img("metric", "metric per variant with 95% intervals")
+    if analysis["comparisons"]:
+        lines += table(by_title["Differences to the control"])
+    lines += ["", "## Score distributions"] + img("scores", "score distributions")
+    lines += ["", "## Daily metric"] + (img("daily", "daily metric")
+                                        or ["", "No day with at least 20 joined outcomes per variant."])
+    lines += table(by_title["Latency inside the function"]) + img("latency", "latency distribution")
+    if analysis["shadows"]:
+        lines += table(by_title["Shadows against the answer on the same rows"])
+    lines += table(by_title["Join"])
+    lines += ["", "## Method and notes", "", METHOD, ""]
+    lines += [f"- {n}" for n in analysis.get("notes", []) + ([plot_note] if plot_note else [])]
+    return "\n".join(lines) + "\n"
+
+
+# -- plots ------------------------------------------------------------------------------------
+
+
+def make_plots(analysis: dict[str, Any], dataset: Dataset) -> tuple[dict[str, bytes], str | None]:
+    """PNG plots by name, and a note when they could not be drawn."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return {}, ("Plots need matplotlib: pip install -r requirements-report.txt "
+                    "(the report is otherwise complete).")
+    plots: dict[str, bytes] = {}
+    for name, draw in (("metric", _plot_metric), ("scores", _plot_scores), ("daily", _plot_daily),
+                       ("latency", _plot_latency)):
+        fig = draw(plt, analysis, dataset)
+        if fig is None:
+            continue
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        plots[name] = buffer.getvalue()
+    return plots, None
+
+
+def _colors(names: list[str]) -> dict[str, Any]:
+    palette = ["#0969da", "#cf222e", "#1a7f37", "#8250df", "#bf8700", "#57606a", "#e16f24", "#0a3069"]
+    return {n: palette[i % len(palette)] for i, n in enumerate(names)}
+
+
+def _plot_metric(plt, analysis, dataset):
+    metric = analysis["primary_metric"]
+    items = [(v["name"], v["metrics"][metric]) for v in analysis["variants"]]
+    items += [(f"{s['name']} (shadow, on {s['answer_variant']}'s rows)", s["metrics"][metric])
+              for s in analysis["shadows"] if s.get("metrics")]
+    items = [(n, m) for n, m in items if m.get("value") is not None]
+    if not items:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(items)))
+    colors = _colors([n for n, _ in items])
+    for i, (name, m) in enumerate(items):
+        low = m["low"] if m["low"] is not None else m["value"]
+        high = m["high"] if m["high"] is not None else m["value"]
+        ax.errorbar(m["value"], i, xerr=[[m["value"] - low], [high - m["value"]]], fmt="o",
+                    color=colors[name], capsize=4)
+    ax.set_yticks(range(len(items)), [n for n, _ in items])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{METRICS[metric].label} with 95% interval")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def _plot_scores(plt, analysis, dataset):
+    series = {n: v.scores() for n, v in dataset.variants.items()}
+    series.update({f"{n} (shadow)": v.scores() for n, v in dataset.shadows.items()})
+    series = {n: s for n, s in series.items() if s.size}
+    if not series:
+        return None
+    objective = analysis["objective"]
+    if objective == "multiclass":
+        series = {n: (s.max(axis=1) if s.ndim == 2 else s) for n, s in series.items()}
+        xlabel = "probability of the predicted class"
+    else:
+        xlabel = "predicted probability" if objective == "binary" else "prediction"
+    allv = np.concatenate(list(series.values()))
+    allv = allv[np.isfinite(allv)]
+    if objective in ("binary", "multiclass"):
+        bins = np.linspace(0, 1, 41)
+    else:
+        lo, hi = np.percentile(allv, [0.5, 99.5]) if allv.size else (0, 1)
+        bins = np.linspace(lo, hi if hi > lo else lo + 1, 41)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    colors = _colors(list(series))
+    for name, s in series.items():
+        ax.hist(s, bins=bins, density=True, histtype="step", linewidth=1.6, label=f"{name} (n={s.size:,})",
+                color=colors[name])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _plot_daily(plt, analysis, dataset):
+    points = analysis["daily"]
+    if not points:
+        return None
+    days = sorted({p["day"] for p in points})
+    position = {day: i for i, day in enumerate(days)}
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    names = list(dict.fromkeys(p["variant"] for p in points))
+    colors = _colors(names)
+    for k, name in enumerate(names):
+        pts = [p for p in points if p["variant"] == name]
+        # days as categories (no gaps in time to draw), variants side by side
+        x = [position[p["day"]] + (k - (len(names) - 1) / 2) * 0.08 for p in pts]
+        values = [p["value"] for p in pts]
+        low = [p["value"] - (p["low"] if p["low"] is not None else p["value"]) for p in pts]
+        high = [(p["high"] if p["high"] is not None else p["value"]) - p["value"] for p in pts]
+        ax.errorbar(x, values, yerr=[low, high], marker="o", capsize=3, color=colors[name],
+                    label=name, linestyle="-" if len(pts) > 1 else "none")
+    step = max(1, len(days) // 12)
+    ax.set_xticks(range(0, len(days), step), days[::step], rotation=30, ha="right")
+    ax.set_xlim(-0.5, len(days) - 0.5)
+    ax.set_ylabel(f"daily {METRICS[analysis['primary_metric']].label} (95% interval)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _plot_latency(plt, analysis, dataset):
+    series = {n: v.latencies() for n, v in dataset.variants.items()}
+    series.update({f"{n} (shadow)": v.latencies() for n, v in dataset.shadows.items()})
+    series = {n: s[np.isfinite(s) & (s > 0)] for n, s in series.items()}
+    series = {n: s for n, s in series.items() if s.size}
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    colors = _colors(list(series))
+    for name, s in series.items():
+        x = np.sort(s)
+        ax.plot(x, np.arange(1, x.size + 1) / x.size, color=colors[name], label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency inside the function, ms (log scale)")
+    ax.set_ylabel("share of requests")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    return fig
+
+
+DRAWERS: dict[str, Callable] = {"metric": _plot_metric, "scores": _plot_scores,
+                                "daily": _plot_daily, "latency": _plot_latency}

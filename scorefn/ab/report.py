@@ -1,0 +1,203 @@
+"""The A/B report: reads the logs, joins, computes (``stats``) and writes (``render``).
+
+:func:`analyse` turns a :class:`~scorefn.ab.data.Dataset` into a plain dict (also written
+as JSON with ``--json``); :func:`make_report` does everything from storage to file.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import stats
+from .data import (Dataset, Progress, build_dataset, iter_days, outcome_from_log, read_log,
+                   read_outcomes_csv, time_prefixes)
+
+DAILY_MIN_OUTCOMES = 20
+
+
+@dataclass
+class ReportOptions:
+    endpoint: str
+    out: Path
+    since: datetime | None = None
+    until: datetime | None = None
+    outcomes_until: datetime | None = None
+    outcomes_csv: Path | None = None
+    use_outcome_log: bool = True
+    control: str | None = None
+    threshold: float = 0.5
+    objective: str | None = None
+    metric: str | None = None
+    alpha: float = stats.ALPHA
+    json_out: Path | None = None
+    title: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_range(options: ReportOptions, now: datetime | None = None) -> tuple[datetime, datetime]:
+    now = now or datetime.now(timezone.utc)
+    until = options.until or now
+    since = options.since or (until - timedelta(days=7))
+    if since >= until:
+        raise ValueError("--since must be before --until")
+    return since, until
+
+
+def make_report(predictions_container: Any, outcomes_container: Any, options: ReportOptions, *,
+                progress: Progress | None = None) -> dict[str, Any]:
+    """Read, join, analyse and write the report to ``options.out``; returns the analysis."""
+    progress = progress or Progress(sys.stderr)
+    since, until = resolve_range(options)
+    started = time.monotonic()
+    docs, pstats = read_log(predictions_container, time_prefixes(options.endpoint, since, until),
+                            what="predictions", progress=progress)
+    outcomes: list[dict[str, Any]] = []
+    damaged = 0
+    if options.use_outcome_log:
+        # Outcomes arrive after their predictions: read from `since` up to now (or the bound).
+        o_until = options.outcomes_until or max(until, datetime.now(timezone.utc) + timedelta(hours=1))
+        odocs, ostats = read_log(outcomes_container, time_prefixes(options.endpoint, since, o_until),
+                                 what="outcomes", progress=progress)
+        for doc in odocs:
+            o = outcome_from_log(doc) if doc.get("endpoint", options.endpoint) == options.endpoint else None
+            if o is None:
+                damaged += 1
+            else:
+                outcomes.append(o)
+    if options.outcomes_csv is not None:
+        outcomes.extend(read_outcomes_csv(options.outcomes_csv))
+    dataset = build_dataset(options.endpoint, docs, outcomes, since=since, until=until,
+                            objective=options.objective)
+    dataset.join.damaged = damaged
+    analysis = analyse(dataset, control=options.control, threshold=options.threshold,
+                       metric=options.metric, alpha=options.alpha)
+    analysis.update(since=since.isoformat(), until=until.isoformat(),
+                    read={"prediction_blobs": pstats.blobs, "prediction_records": pstats.records,
+                          "damaged_lines": pstats.bad_lines, "outcomes": len(outcomes),
+                          "seconds": round(time.monotonic() - started, 2)},
+                    notes=analysis["notes"] + list(options.notes))
+    from .render import write_report
+
+    write_report(options.out, analysis, dataset, title=options.title)
+    if options.json_out is not None:
+        import orjson
+
+        options.json_out.write_bytes(orjson.dumps(analysis, option=orjson.OPT_INDENT_2
+                                                  | orjson.OPT_SERIALIZE_NUMPY))
+    return analysis
+
+
+def analyse(dataset: Dataset, *, control: str | None = None, threshold: float = 0.5,
+            metric: str | None = None, alpha: float = stats.ALPHA) -> dict[str, Any]:
+    """Everything the report says, as plain data."""
+    objective = dataset.objective
+    metrics = stats.OBJECTIVE_METRICS[objective]
+    primary = metric or stats.PRIMARY[objective]
+    if primary not in metrics:
+        raise ValueError(f"metric {primary!r} does not fit a {objective} model "
+                         f"(choose from {', '.join(metrics)})")
+    names = list(dataset.variants)
+    notes: list[str] = []
+    if control is not None and control not in dataset.variants:
+        raise ValueError(f"--control {control!r} is not a variant in the log "
+                         f"(variants: {', '.join(names) or 'none'})")
+    control = control or dataset.first_variant or (names[0] if names else None)
+    candidates = [n for n in names if n != control]
+    # Several candidates against one control: Bonferroni keeps the chance of any false
+    # "better/worse" at alpha.
+    level = alpha / max(1, len(candidates))
+    if len(candidates) > 1:
+        notes.append(f"{len(candidates)} candidates are compared with {control}: each test is "
+                     f"at level {level:.4f} (Bonferroni), so that all verdicts together keep "
+                     f"{alpha:.0%}.")
+
+    variants = []
+    for name, v in dataset.variants.items():
+        variants.append({
+            "name": name, "shadow": False, "control": name == control,
+            "requests": v.requests, "rows": v.rows, "outcomes": int(v.y.size),
+            "positives": int((v.y == 1).sum()) if objective == "binary" else None,
+            "models": v.models(),
+            "metrics": {m: stats.estimate(m, v.y, v.p, threshold).to_dict() for m in metrics},
+            "latency_ms": stats.latency_summary(v.latencies()),
+        })
+
+    comparisons = []
+    if control is not None:
+        c = dataset.variants[control]
+        for name in candidates:
+            v = dataset.variants[name]
+            per_metric = {m: stats.compare_independent(m, c.y, c.p, v.y, v.p, threshold)
+                          for m in metrics}
+            main = per_metric[primary]
+            short_c, short_v = stats.enough_outcomes(primary, c.y), stats.enough_outcomes(primary, v.y)
+            too_few = (f"{control} has {short_c}" if short_c
+                       else f"{name} has {short_v}" if short_v else None)
+            decision = stats.verdict(main, control=control, candidate=name, alpha=level,
+                                     too_few=too_few)
+            comparisons.append({
+                "candidate": name, "control": control, "metric": primary,
+                "verdict": decision.kind, "text": decision.text, "more_needed": decision.more_needed,
+                "alpha": level, **{k: v2 for k, v2 in main.to_dict().items() if k != "metric"},
+                "all_metrics": {m: cmp.to_dict() for m, cmp in per_metric.items()},
+            })
+
+    shadows = []
+    for pair in dataset.pairs:
+        labelled = np.isfinite(pair.y)
+        y = pair.y[labelled]
+        entry: dict[str, Any] = {
+            "name": pair.shadow, "answer_variant": pair.answer_variant,
+            "agreement": stats.agreement(pair.answer, pair.shadow_p, objective=objective,
+                                         threshold=threshold),
+            "outcomes": int(y.size),
+            "latency_ms": stats.latency_summary(dataset.shadows[pair.shadow].latencies())
+            if pair.shadow in dataset.shadows else None,
+        }
+        if y.size:
+            s, a = pair.shadow_p[labelled], pair.answer[labelled]
+            entry["metrics"] = {m: stats.estimate(m, y, s, threshold).to_dict() for m in metrics}
+            entry["answer_metrics"] = {m: stats.estimate(m, y, a, threshold).to_dict() for m in metrics}
+            cmp = stats.compare_paired(primary, y, a, s, threshold)
+            too_few = stats.enough_outcomes(primary, y)
+            decision = stats.verdict(cmp, control=f"{pair.answer_variant} (same requests)",
+                                     candidate=f"shadow {pair.shadow}", alpha=alpha,
+                                     too_few=too_few)
+            entry["comparison"] = {**cmp.to_dict(), "verdict": decision.kind, "text": decision.text,
+                                   "more_needed": decision.more_needed}
+        shadows.append(entry)
+
+    daily = []
+    for name, v in dataset.variants.items():
+        for day, mask in iter_days(v.t):
+            n = int(mask.sum())
+            if n < DAILY_MIN_OUTCOMES:
+                continue
+            est = stats.estimate(primary, v.y[mask], v.p[mask], threshold)
+            if math.isfinite(est.value):
+                daily.append({"day": day, "variant": name, **est.to_dict()})
+
+    if objective == "binary" and dataset.join.bad_label:
+        notes.append(f"{dataset.join.bad_label} outcomes were not 0/1 labels and were left out "
+                     f"(binary model).")
+    if len(set(dataset.model_objectives)) > 1:
+        notes.append(f"the log holds models with different objectives "
+                     f"({', '.join(dataset.model_objectives)}); metrics are those of {objective}.")
+    notes.append("Repeatedly looking at a running test and stopping at the first significant "
+                 "result inflates false positives: decide the number of outcomes (see 'more "
+                 "needed') before stopping.")
+    return {
+        "endpoint": dataset.endpoint, "objective": objective, "primary_metric": primary,
+        "metrics": list(metrics), "threshold": threshold, "control": control,
+        "alpha": alpha, "variants": variants, "comparisons": comparisons, "shadows": shadows,
+        "daily": daily, "join": asdict(dataset.join), "excluded_records": dataset.excluded_records,
+        "notes": notes,
+    }

@@ -1,0 +1,153 @@
+"""The join of outcomes to predictions (pure: records in, arrays out, no storage), and the
+time prefixes the report lists."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import numpy as np
+
+from scorefn.ab.data import build_dataset, time_prefixes
+
+T0 = datetime(2026, 11, 24, 10, tzinfo=timezone.utc).timestamp()
+SINCE = datetime(2026, 11, 24, tzinfo=timezone.utc)
+UNTIL = datetime(2026, 11, 26, tzinfo=timezone.utc)
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def pred(rid, t, variant="a", key=None, p=(0.3,), shadow=False, index=None):
+    doc = {"time": iso(t), "endpoint": "churn", "request_id": rid, "trigger": "http",
+           "variant": variant, "shadow": shadow, "model": {"name": variant, "version": "1"},
+           "objective": "binary", "output": "predict", "rows": len(p), "predictions": list(p),
+           "latency_ms": 1.0}
+    if key is not None:
+        doc["key"] = key
+    if index is not None:
+        doc["variant_index"] = index
+    return doc
+
+
+def out(label, t, received=None, **ids):
+    return {"label": label, "time": t, "received": received if received is not None else t, **ids}
+
+
+def test_by_request_id_single_and_multi_row():
+    docs = [pred("r1", T0, p=(0.1,)), pred("r2", T0 + 1, p=(0.2, 0.7, 0.9))]
+    outcomes = [out(1, T0 + 100, request_id="r1"),
+                out(0, T0 + 100, request_id="r2"),            # ambiguous: 3 rows, no row
+                out(1, T0 + 100, request_id="r2", row=1),
+                out(1, T0 + 100, request_id="r2", row=3),     # no such row
+                out(1, T0 + 100, request_id="nope")]
+    ds = build_dataset("churn", docs, outcomes, since=SINCE, until=UNTIL)
+    a = ds.variants["a"]
+    assert a.y.tolist() == [1, 1] and a.p.tolist() == [0.1, 0.7]
+    j = ds.join
+    assert (j.by_request_id, j.ambiguous, j.bad_row, j.unmatched) == (2, 1, 1, 1)
+
+
+def test_by_key_the_latest_prediction_at_or_before_the_outcome():
+    docs = [pred("r1", T0, key="u", p=(0.1,)), pred("r2", T0 + 60, key="u", p=(0.2,)),
+            pred("r3", T0 + 120, key="u", p=(0.3,)), pred("r4", T0 + 10, key="v", p=(0.4,))]
+    outcomes = [out(1, T0 + 61, key="u"),   # after r2, before r3 -> r2
+                out(0, T0 + 60, key="u", received=T0 + 500),  # exactly at r2: r2, received later: wins
+                out(1, T0 + 5, key="v"),    # before v's only prediction: unmatched
+                out(1, T0 - 1, key="u"),    # before any of u's: unmatched
+                out(1, T0 + 999, key="w")]  # unknown key
+    ds = build_dataset("churn", docs, outcomes, since=SINCE, until=UNTIL)
+    a = ds.variants["a"]
+    assert a.p.tolist() == [0.2] and a.y.tolist() == [0]  # the later-received correction
+    j = ds.join
+    assert (j.by_key, j.superseded, j.unmatched) == (1, 1, 3)
+
+
+def test_a_reused_request_id_joins_the_latest_before_the_outcome():
+    docs = [pred("dup", T0, p=(0.1,)), pred("dup", T0 + 100, p=(0.9,))]
+    ds = build_dataset("churn", docs, [out(1, T0 + 50, request_id="dup"),
+                                       out(0, T0 - 50, request_id="dup")], since=SINCE, until=UNTIL)
+    # the first outcome joins the one at T0; the second (before both) the earliest, also T0:
+    # two outcomes for one prediction, the one received last counts
+    assert ds.variants["a"].p.tolist() == [0.1] and ds.variants["a"].y.tolist() == [1]
+    assert ds.join.superseded == 1
+
+
+def test_labels_that_do_not_fit_a_binary_model_are_left_out():
+    docs = [pred("r1", T0), pred("r2", T0)]
+    ds = build_dataset("churn", docs, [out(0.5, T0 + 1, request_id="r1"), out(1, T0 + 1, request_id="r2")],
+                       since=SINCE, until=UNTIL)
+    assert ds.variants["a"].y.tolist() == [1] and ds.join.bad_label == 1
+
+
+def test_shadows_pair_with_the_answer_and_inherit_its_labels():
+    docs = [pred("r1", T0, variant="a", p=(0.2,), index=0), pred("r2", T0, variant="b", p=(0.6,), index=1),
+            pred("r1", T0 + 0.01, variant="s", p=(0.4,), shadow=True),
+            pred("r2", T0 + 0.01, variant="s", p=(0.5,), shadow=True)]
+    ds = build_dataset("churn", docs, [out(1, T0 + 5, request_id="r1")], since=SINCE, until=UNTIL)
+    assert list(ds.variants) == ["a", "b"] and ds.first_variant == "a"
+    assert list(ds.shadows) == ["s"]
+    pairs = {(p.shadow, p.answer_variant): p for p in ds.pairs}
+    pa = pairs[("s", "a")]
+    assert pa.answer.tolist() == [0.2] and pa.shadow_p.tolist() == [0.4] and pa.y.tolist() == [1]
+    assert np.isnan(pairs[("s", "b")].y).all()
+
+
+def test_the_time_range_and_other_outputs_are_respected():
+    docs = [pred("old", SINCE.timestamp() - 1), pred("in", T0),
+            {**pred("raw", T0), "output": "raw_score"}, {**pred("other", T0), "endpoint": "x"},
+            {"time": "garbage"}]
+    ds = build_dataset("churn", docs, [], since=SINCE, until=UNTIL)
+    assert ds.variants["a"].requests == 1
+    assert ds.excluded_records == {"outside the time range": 1, "raw_score output (not predictions)": 1,
+                                   "another endpoint": 1, "damaged": 1}
+
+
+def test_time_prefixes_use_days_inside_and_hours_at_the_edges():
+    since = datetime(2026, 11, 23, 22, 30, tzinfo=timezone.utc)
+    until = datetime(2026, 11, 25, 1, 10, tzinfo=timezone.utc)
+    assert time_prefixes("churn", since, until) == [
+        "churn/2026/11/23/22/", "churn/2026/11/23/23/", "churn/2026/11/24/",
+        "churn/2026/11/25/00/", "churn/2026/11/25/01/"]
+    assert time_prefixes("churn", until, until) == []
+
+
+def test_analysis_and_rendering_for_every_objective_over_several_days(tmp_path):
+    from scorefn.ab.render import write_report
+    from scorefn.ab.report import analyse
+
+    rng = np.random.default_rng(3)
+    day = 86400.0
+    for objective in ("binary", "regression", "multiclass"):
+        docs, outcomes = [], []
+        for i in range(900):
+            variant = "a" if i % 2 else "b"
+            t = T0 + (i % 3) * day + i
+            truth = rng.random()
+            if objective == "binary":
+                label = int(rng.random() < truth)
+                p = [float(np.clip(truth + rng.normal(scale=0.2 if variant == "a" else 0.4), 0, 1))]
+            elif objective == "regression":
+                label = truth * 10
+                p = [label + float(rng.normal(scale=1 if variant == "a" else 2))]
+            else:
+                label = int(truth * 3)
+                q = np.full(3, 0.2)
+                q[label if rng.random() < (0.8 if variant == "a" else 0.5) else (label + 1) % 3] = 0.6
+                p = [q.tolist()]
+            doc = pred(f"r{i}", t, variant=variant, p=p, index=0 if variant == "a" else 1)
+            doc["objective"] = {"binary": "binary", "regression": "regression",
+                                "multiclass": "multiclass"}[objective]
+            docs.append(doc)
+            outcomes.append(out(label, t + 1, request_id=f"r{i}"))
+        ds = build_dataset("churn", docs, outcomes, since=SINCE, until=datetime(2026, 11, 28, tzinfo=timezone.utc))
+        assert ds.objective == objective
+        report = analyse(ds)
+        assert report["control"] == "a" and report["primary_metric"] == {
+            "binary": "auc", "regression": "rmse", "multiclass": "log_loss"}[objective]
+        assert sorted({d["day"] for d in report["daily"]}) == ["2026-11-24", "2026-11-25", "2026-11-26"]
+        (cmp,) = report["comparisons"]
+        assert cmp["verdict"] == "worse", (objective, cmp["text"])  # b is the noisier model
+        for name in ("r.html", "r.md"):
+            write_report(tmp_path / f"{objective}-{name}", report, ds)
+        assert "worse than a" in (tmp_path / f"{objective}-r.html").read_text()
