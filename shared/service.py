@@ -132,8 +132,13 @@ class ScoringService:
             except ScoreError as exc:
                 self._record_failure(exc, attrs, request_trace, start, body)
                 raise
+            except Exception:
+                # A bug, not the caller's fault: counted as internal_error so that it shows in
+                # scorefn's own metrics too; the transport logs the traceback.
+                self._record_failure(ScoreError("internal error"), attrs, request_trace, start, body)
+                raise
             attrs["outcome"] = "ok"
-            request_trace.set_attribute("scorefn.model.version", result.model.version)
+            request_trace.set_attributes(attrs)
             elapsed_ms = (time.perf_counter() - start) * 1000
             tel.record(attrs, duration_ms=elapsed_ms, predict_ms=result.predict_seconds * 1000,
                        rows=result.request.X.shape[0])

@@ -128,9 +128,15 @@ class RequestTrace:
     def set_attribute(self, key: str, value: Any) -> None:
         self.span.set_attribute(key, value)
 
+    def set_attributes(self, attributes: dict[str, Any]) -> None:
+        """Put the request's metric attributes (variant, model, outcome, cold) on its span too,
+        so traces can be split the same way (the workbook's percentiles come from spans)."""
+        self.span.set_attributes(attributes)
+
     def mark_error(self, code: str) -> None:
         self.span.set_status(Status(StatusCode.ERROR, code))
         self.span.set_attribute("scorefn.error", code)
+        self.span.set_attribute("outcome", code)
 
 
 class _NoTrace(RequestTrace):
@@ -146,6 +152,9 @@ class _NoTrace(RequestTrace):
         pass
 
     def set_attribute(self, key: str, value: Any) -> None:
+        pass
+
+    def set_attributes(self, attributes: dict[str, Any]) -> None:
         pass
 
     def mark_error(self, code: str) -> None:

@@ -179,3 +179,25 @@ def test_the_azure_monitor_exporter_sends_latency_and_no_payload(container, demo
         server.shutdown()
     assert b"scorefn.request.duration" in sent
     assert b"987654.25" not in sent
+
+
+def test_the_request_span_carries_the_metric_attributes(service, readers):
+    _, _, spans = readers
+    service.score("price", body())
+    root = next(s for s in spans.get_finished_spans() if s.name == "scorefn.score")
+    assert root.attributes["model.name"] == "price" and root.attributes["variant"] == "default"
+    assert root.attributes["outcome"] == "ok" and root.attributes["cold"] is True
+
+
+def test_an_unexpected_fault_is_counted_as_internal_error(service, readers):
+    _, reader, spans = readers
+
+    def broken_encoder(result):
+        raise RuntimeError("bug")
+
+    with pytest.raises(RuntimeError):
+        service.score("price", body(), encode=broken_encoder)
+    errors = {p.attributes["outcome"]: p.value for _, p in points(reader, "scorefn.errors")}
+    assert errors == {"internal_error": 1}
+    root = next(s for s in spans.get_finished_spans() if s.name == "scorefn.score")
+    assert not root.status.is_ok
