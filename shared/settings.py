@@ -308,6 +308,7 @@ class TelemetrySettings:
     worker_managed: bool
     log_payloads: bool
     export_interval_ms: int
+    trace_sample_ratio: float
 
 
 TELEMETRY_SPEC: dict[str, str] = {
@@ -321,6 +322,9 @@ TELEMETRY_SPEC: dict[str, str] = {
     "TELEMETRY_LOG_PAYLOADS":
         "`true` to include request features in failure logs (default false: never payloads).",
     "TELEMETRY_EXPORT_INTERVAL_SECONDS": "How often metrics are exported (default 60).",
+    "TELEMETRY_TRACE_SAMPLE_RATIO":
+        "Share of requests traced when the caller sent no sampled `traceparent` (default 0.05); "
+        "metrics are never sampled.",
     "TELEMETRY_LOCAL_READER":
         "`true` (local runs, the demo) keeps metrics in memory and serves a latency summary at "
         "`GET /api/metrics/latency` (admin key); ignored when exporting.",
@@ -348,7 +352,12 @@ def telemetry_settings(env: Mapping[str, str] | None = None) -> TelemetrySetting
         interval = _float(1.0, 3600.0)(env.get("TELEMETRY_EXPORT_INTERVAL_SECONDS") or "60")
     except ValueError as exc:
         raise SettingsError(f"app setting TELEMETRY_EXPORT_INTERVAL_SECONDS {_reason(exc)}") from None
+    try:
+        ratio = _float(0.0, 1.0)(env.get("TELEMETRY_TRACE_SAMPLE_RATIO") or "0.05")
+    except ValueError as exc:
+        raise SettingsError(f"app setting TELEMETRY_TRACE_SAMPLE_RATIO {_reason(exc)}") from None
     return TelemetrySettings(
+        trace_sample_ratio=ratio,
         connection_string=(env.get("APPLICATIONINSIGHTS_CONNECTION_STRING") or "").strip() or None,
         aad_client_id=client_id, worker_managed=worker, log_payloads=log_payloads,
         export_interval_ms=int(interval * 1000))

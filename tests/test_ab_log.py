@@ -81,6 +81,9 @@ def logged(container) -> list[dict]:
 
 
 def dropped_points(reader) -> dict[tuple[str, str], int]:
+    from shared.telemetry import flush_all
+
+    flush_all()  # measurements are recorded off the request thread
     data = reader.get_metrics_data()
     found = {}
     for rm in data.resource_metrics if data else []:

@@ -46,6 +46,9 @@ def service(container, demo_models, readers):
 
 
 def points(reader, name):
+    from shared.telemetry import flush_all
+
+    flush_all()  # measurements are recorded off the request thread
     data = reader.get_metrics_data()
     found = []
     for rm in data.resource_metrics if data else []:
@@ -175,6 +178,7 @@ def test_the_azure_monitor_exporter_sends_latency_and_no_payload(container, demo
                                  ModelStore(BlobSource(container, 64 << 20)),
                                  telemetry=Telemetry(provider, TracerProvider()))
         service.score("price", orjson.dumps({"rows": [[987654.25, 3, 2, 10, 0.3, 12]]}))
+        service.telemetry.flush()
         provider.force_flush()
         sent = b"".join(Capture.received)
     finally:
@@ -205,3 +209,26 @@ def test_an_unexpected_fault_is_counted_as_internal_error(service, readers):
     assert errors == {"internal_error": 1}
     root = next(s for s in spans.get_finished_spans() if s.name == "scorefn.score")
     assert not root.status.is_ok
+
+
+def test_unsampled_requests_make_no_span_and_a_sampled_caller_is_always_traced(service, readers):
+    telemetry, _, spans = readers
+    telemetry.trace_sample_ratio = 0.0
+    service.score("price", body())
+    assert [s for s in spans.get_finished_spans() if s.name == "scorefn.score"] == []
+    service.score("price", body(), carrier={"traceparent": TRACEPARENT})  # flag 01: sampled
+    assert len([s for s in spans.get_finished_spans() if s.name == "scorefn.score"]) == 1
+    unsampled_parent = TRACEPARENT[:-2] + "00"
+    service.score("price", body(), carrier={"traceparent": unsampled_parent})
+    assert len([s for s in spans.get_finished_spans() if s.name == "scorefn.score"]) == 1
+
+
+def test_metrics_are_recorded_off_the_request_thread_and_bounded(readers):
+    telemetry, reader, _ = readers
+    attrs = {"trigger": "http", "endpoint": "e", "outcome": "ok"}
+    telemetry._deferred._max_pending = 3
+    for _ in range(5):
+        telemetry.record(attrs, duration_ms=1.0)
+    assert telemetry._deferred.dropped >= 2  # bounded: never an unlimited queue
+    (_, point), = points(reader, "scorefn.request.duration")
+    assert 1 <= point.count <= 3
