@@ -198,7 +198,12 @@ class ScoringService:
             model, cold = self.store.get(target.model)
             attrs.update({"model.name": model.info.name, "model.version": model.info.version,
                           "cold": cold})
-            result = self.score_document(model, doc, fmt=fmt, cold=cold)
+            if model.info.feature_names == primary.model.feature_names:
+                # Same features: reuse the answer's matrix. Parsing again would hold the GIL
+                # and slow the request threads; predict releases it.
+                result = self._predict_parsed(model, primary.request, cold)
+            else:
+                result = self.score_document(model, doc, fmt=fmt, cold=cold)
         except ScoreError as exc:
             attrs["outcome"] = exc.code
             self.telemetry.record(attrs, duration_ms=(time.perf_counter() - start) * 1000)
@@ -217,6 +222,12 @@ class ScoringService:
                 predictions=result.predictions, latency_ms=(time.perf_counter() - start) * 1000,
                 output=output_kind(result.request.options), rows=result.request.X.shape[0],
                 features=result.request.X if primary.log_features else None, shadow=True)
+
+    def _predict_parsed(self, model: LoadedModel, request: ScoringInput, cold: bool) -> ScoreResult:
+        start = time.perf_counter()
+        predictions = predict(model, request, parallel_min_rows=self.settings.predict_parallel_min_rows,
+                              max_threads=self.settings.predict_max_threads)
+        return ScoreResult(predictions, model.info, request, cold, time.perf_counter() - start)
 
     def _get_model(self, name: str, attrs: dict[str, Any],
                    request_trace: RequestTrace = NO_TRACE) -> tuple[LoadedModel, bool]:
