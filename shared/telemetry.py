@@ -294,15 +294,17 @@ def latency_summary() -> list[dict[str, Any]] | None:
 
 
 def _bucket_quantile(point: Any, q: float) -> float:
-    """Quantile by linear interpolation inside the histogram bucket that holds it."""
+    """Quantile by linear interpolation inside the histogram bucket that holds it, clamped to
+    the observed min and max (a bucket is wide; one sample must read as itself)."""
     target = q * point.count
     seen = 0
     bounds = list(point.explicit_bounds)
     for i, count in enumerate(point.bucket_counts):
         if count and seen + count >= target:
-            low = bounds[i - 1] if i > 0 else min(point.min, bounds[0])
+            low = bounds[i - 1] if i > 0 else point.min
             high = bounds[i] if i < len(bounds) else point.max
-            return low + (high - low) * (target - seen) / count
+            value = low + (high - low) * (target - seen) / count
+            return min(max(value, point.min), point.max)
         seen += count
     return point.max
 

@@ -232,3 +232,18 @@ def test_metrics_are_recorded_off_the_request_thread_and_bounded(readers):
     assert telemetry._deferred.dropped >= 2  # bounded: never an unlimited queue
     (_, point), = points(reader, "scorefn.request.duration")
     assert 1 <= point.count <= 3
+
+
+def test_percentiles_from_buckets_stay_within_what_was_observed(readers):
+    from shared.telemetry import _bucket_quantile
+
+    telemetry, reader, _ = readers
+    attrs = {"trigger": "http", "endpoint": "e", "outcome": "ok"}
+    telemetry.record(attrs, duration_ms=180.0)
+    (_, single), = points(reader, "scorefn.request.duration")
+    assert _bucket_quantile(single, 0.5) == 180.0  # one sample reads as itself
+    for value in [0.12] * 90 + [0.4] * 9 + [3.0]:
+        telemetry.record(attrs, duration_ms=value)
+    (_, many), = points(reader, "scorefn.request.duration")
+    p50, p99 = _bucket_quantile(many, 0.5), _bucket_quantile(many, 0.99)
+    assert 0.1 <= p50 <= 0.15 and 0.3 <= p99 <= 180.0 and p50 < p99
