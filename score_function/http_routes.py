@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from .responses import error_response, json_response, request_id_of
+from .responses import error_response, json_response, request_id_of, trace_carrier
 
 bp = func.Blueprint()
 
@@ -20,7 +20,7 @@ def _service():
 
 
 @bp.route(route="score/{name}", methods=["POST"])
-def score(req: func.HttpRequest) -> func.HttpResponse:
+def score(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     """Score ``rows`` or ``records`` for an endpoint."""
     request_id = request_id_of(req)
     try:
@@ -28,7 +28,8 @@ def score(req: func.HttpRequest) -> func.HttpResponse:
 
         result = _service().score(
             req.route_params["name"], req.get_body(), content_type=req.headers.get("content-type"),
-            carrier=req.headers, headers=req.headers, query=req.params, request_id=request_id,
+            carrier=trace_carrier(req, context), headers=req.headers, query=req.params,
+            request_id=request_id,
             encode=lambda r: encode_score_response(r.predictions, r.model.to_dict(), request_id,
                                                    {"variant": r.variant}))
         return json_response(result.body, request_id, headers={"x-scorefn-variant": result.variant})
@@ -37,7 +38,7 @@ def score(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.route(route="v2/models/{name}/infer", methods=["POST"])
-def v2_infer(req: func.HttpRequest) -> func.HttpResponse:
+def v2_infer(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     """Open Inference Protocol inference."""
     request_id = request_id_of(req)
     try:
@@ -46,7 +47,8 @@ def v2_infer(req: func.HttpRequest) -> func.HttpResponse:
         name = req.route_params["name"]
         result = _service().score(
             name, req.get_body(), fmt="v2", content_type=req.headers.get("content-type"),
-            carrier=req.headers, headers=req.headers, query=req.params, request_id=request_id,
+            carrier=trace_carrier(req, context), headers=req.headers, query=req.params,
+            request_id=request_id,
             encode=lambda r: encode_v2_response(
                 r.predictions, model_name=name, model_version=r.model.version,
                 request_id=r.request.request_id or request_id,

@@ -22,6 +22,23 @@ def request_id_of(req: func.HttpRequest) -> str:
     return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
 
 
+def trace_carrier(req: func.HttpRequest, context: func.Context | None) -> dict[str, str]:
+    """Where this invocation's trace continues: the host's invocation span (with
+    ``telemetryMode: OpenTelemetry`` the host traces each invocation and hands the worker its
+    context), else the caller's ``traceparent`` header."""
+    trace = getattr(context, "trace_context", None) if context is not None else None
+    parent = getattr(trace, "trace_parent", None)
+    if parent:
+        state = getattr(trace, "trace_state", None)
+        return {"traceparent": parent, **({"tracestate": state} if state else {})}
+    carrier = {}
+    for name in ("traceparent", "tracestate"):
+        value = req.headers.get(name)
+        if value:
+            carrier[name] = value
+    return carrier
+
+
 def json_response(body: bytes, request_id: str, status: int = 200,
                   headers: dict[str, str] | None = None) -> func.HttpResponse:
     all_headers = {"x-request-id": request_id, "cache-control": "no-store"}
