@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ALL = ["core_path", "http_latency", "cold_start", "router", "batch", "prediction_log"]
+ALL = ["core_path", "http_latency", "cold_start", "telemetry", "router", "shadow", "batch",
+       "batch_fanout", "prediction_log", "compiled"]
 
 
 def main(argv: list[str]) -> int:

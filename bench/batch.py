@@ -169,7 +169,7 @@ def main() -> None:
         conn = azurite.connection_string
         env = {"AzureWebJobsStorage": conn, "SCORE_QUEUE_NAME": "score-requests",
                "RESULTS_QUEUE_NAME": "score-results", "MODEL_CONTAINER": "models",
-               "BATCH_CONTAINER": "batch"}
+               "BATCH_CONTAINER": "batch", "CHUNK_QUEUE_NAME": "score-chunks"}
         blobs = BlobServiceClient.from_connection_string(conn)
         blobs.create_container("models").upload_blob("bench.txt", model_path.read_bytes())
         batch = blobs.create_container("batch")

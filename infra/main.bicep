@@ -104,6 +104,10 @@ var deploymentContainerName = 'app-package-${resourceToken}' // the Flex deploym
 var scoreQueueName = 'score-requests' // SCORE_QUEUE_NAME
 var resultsQueueName = 'score-results' // RESULTS_QUEUE_NAME
 var poisonQueueName = '${scoreQueueName}-poison'
+// Chunks of batch jobs fanned out across instances: the chunk trigger binds %CHUNK_QUEUE_NAME%,
+// a second trigger %CHUNK_QUEUE_NAME%-poison (a chunk that exhausted its retries fails its job).
+var chunkQueueName = 'score-chunks' // CHUNK_QUEUE_NAME
+var chunkPoisonQueueName = '${chunkQueueName}-poison'
 
 // Built-in role definitions (ids are the same in every tenant).
 var roles = {
@@ -224,6 +228,16 @@ resource resultsQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@20
 resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
   parent: queueService
   name: poisonQueueName
+}
+
+resource chunkQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: queueService
+  name: chunkQueueName
+}
+
+resource chunkPoisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: queueService
+  name: chunkPoisonQueueName
 }
 
 // -- monitoring ----------------------------------------------------------------------------------
@@ -427,6 +441,7 @@ var storageSettings = {
   BATCH_CONTAINER: batchContainerName
   SCORE_QUEUE_NAME: scoreQueueName // the queue trigger binds %SCORE_QUEUE_NAME%: required
   RESULTS_QUEUE_NAME: resultsQueueName
+  CHUNK_QUEUE_NAME: chunkQueueName // the chunk triggers bind %CHUNK_QUEUE_NAME%: required
   ROUTER_CONFIG_BLOB: routerConfigBlob
   PREDICTION_LOG_CONNECTION: 'AzureWebJobsStorage'
   PREDICTION_LOG_CONTAINER: predictionsContainerName
@@ -457,6 +472,9 @@ var tuningSettings = {
   STORAGE_TIMEOUT_SECONDS: '20'
   BATCH_CHUNK_ROWS: '50000'
   BATCH_MAX_INPUT_MB: '2048'
+  BATCH_FANOUT_BYTES: '67108864' // larger inputs are split into chunks scored across instances
+  BATCH_FANOUT_CHUNK_BYTES: '33554432'
+  BATCH_FANOUT_CONCURRENCY: '2'
   ROUTER_REFRESH_SECONDS: '30'
   ROUTER_CHECK_MODELS: 'true'
   SHADOW_WORKERS: '2'
@@ -465,6 +483,7 @@ var tuningSettings = {
   PREDICTION_LOG_MAX_BUFFER: '10000'
   PREDICTION_LOG_MAX_BUFFER_MB: '64'
   TELEMETRY_EXPORT_INTERVAL_SECONDS: '60'
+  TELEMETRY_TRACE_SAMPLE_RATIO: '0.05' // metrics are never sampled; a caller's sampled trace is always kept
   TELEMETRY_LOG_PAYLOADS: 'false' // no request features in failure logs
 }
 
@@ -535,6 +554,8 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     telemetryPublisher
     deploymentContainer
     scoreQueue
+    chunkQueue
+    chunkPoisonQueue
   ]
 }
 
@@ -656,6 +677,7 @@ output ROUTER_CONFIG_BLOB string = routerConfigBlob
 output SCORE_QUEUE_NAME string = scoreQueueName
 output RESULTS_QUEUE_NAME string = resultsQueueName
 output POISON_QUEUE_NAME string = poisonQueueName
+output CHUNK_QUEUE_NAME string = chunkQueueName
 output APPLICATIONINSIGHTS_NAME string = appInsights.name
 output AZURE_WORKBOOK_ID string = workbook.id
 output AZURE_APP_IDENTITY_CLIENT_ID string = appIdentity.properties.clientId

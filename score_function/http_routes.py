@@ -115,6 +115,14 @@ def health_ready(req: func.HttpRequest) -> func.HttpResponse:
         return error_response(exc, request_id, "health_ready")
 
 
+@bp.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def openapi(req: func.HttpRequest) -> func.HttpResponse:
+    """The OpenAPI 3.1 document of this API (score_function/openapi.json)."""
+    from .openapi import document
+
+    return json_response(document(), request_id_of(req))
+
+
 @bp.route(route="metrics/latency", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
 def metrics_latency(req: func.HttpRequest) -> func.HttpResponse:
     """Server-side latency percentiles, when the local metrics reader is on (local runs)."""

@@ -1,9 +1,13 @@
-"""Queue trigger for batch scoring jobs: hand the message to ``shared.batch``, nothing else.
+"""Queue triggers for batch scoring jobs: hand the message to ``shared.batch``, nothing else.
 
 Returning normally deletes the message (the job succeeded, or failed permanently and its
 ``failed`` result was sent); raising makes the host retry it after ``visibilityTimeout``
 and, after ``maxDequeueCount`` deliveries, move it to ``<queue>-poison``. The scoring core
 is imported on the first message, not when the app is indexed.
+
+Jobs on ``%SCORE_QUEUE_NAME%``; the chunks of large jobs split across instances on
+``%CHUNK_QUEUE_NAME%``, and chunk messages that exhausted their retries on its poison queue
+(their job is failed, so that nobody waits for it forever).
 """
 
 from __future__ import annotations
@@ -19,3 +23,20 @@ def score_job(msg: func.QueueMessage) -> None:
     from shared.batch import handle_message
 
     handle_message(msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count or 1)
+
+
+@bp.queue_trigger(arg_name="msg", queue_name="%CHUNK_QUEUE_NAME%", connection="AzureWebJobsStorage")
+def score_chunk(msg: func.QueueMessage) -> None:
+    """Score one chunk of a fanned-out job (see shared/batch_fanout.py)."""
+    from shared.batch import handle_chunk_message
+
+    handle_chunk_message(msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count or 1)
+
+
+@bp.queue_trigger(arg_name="msg", queue_name="%CHUNK_QUEUE_NAME%-poison",
+                  connection="AzureWebJobsStorage")
+def chunk_poisoned(msg: func.QueueMessage) -> None:
+    """A chunk that failed on every delivery: fail its job with ``chunk_failed``."""
+    from shared.batch import handle_chunk_poison
+
+    handle_chunk_poison(msg.get_body(), message_id=msg.id)

@@ -49,7 +49,8 @@ def run_demo(requests: int = 2000) -> int:
                "TELEMETRY_LOCAL_READER": "true", "SCORE_QUEUE_NAME": "score-requests",
                "ROUTER_CONFIG_BLOB": "config/router.json", "ROUTER_REFRESH_SECONDS": "1",
                "PREDICTION_LOG_FLUSH_SECONDS": "1",
-               "RESULTS_QUEUE_NAME": "score-results", "BATCH_CONTAINER": "batch"}
+               "RESULTS_QUEUE_NAME": "score-results", "BATCH_CONTAINER": "batch",
+               "CHUNK_QUEUE_NAME": "score-chunks"}
         host = stack.enter_context(DevHost(ROOT, env))
         say(f"  local host       {host.url}  (function key auth on)")
         client = stack.enter_context(httpx.Client(base_url=host.url, timeout=30,

@@ -15,6 +15,10 @@
    end, atomically, with the job id and model version in the blob's metadata;
 4. records the result in the job record, sends it to the results queue, marks the job done.
 
+A blob input larger than ``BATCH_FANOUT_BYTES`` is not scored here: step 3 becomes planning,
+and chunk deliveries on ``CHUNK_QUEUE_NAME`` score it on any number of instances
+(``shared.batch_fanout``; :func:`handle_chunk_message`, :func:`handle_chunk_poison`).
+
 Permanent faults (a bad message, unknown model, bad rows, missing or too large input) end
 the job: one ``failed`` result, one log line with the code (never the payload), and the
 function returns normally so the message is deleted. Anything else (storage unreachable,
@@ -81,7 +85,18 @@ class BatchJobs:
         self.blobs = blobs
         self.batch = blobs.get_container_client(settings.batch_container)
         self.records = JobRecords(self.batch, lease_seconds=lease_seconds)
+        self.queues = queues
         self.results = queues.get_queue_client(settings.results_queue_name)
+        self._fanout: Any = None
+
+    @property
+    def fanout(self) -> Any:
+        """The fan-out of large jobs (``shared.batch_fanout.FanOut``), built on first use."""
+        if self._fanout is None:
+            from .batch_fanout import FanOut
+
+            self._fanout = FanOut(self)
+        return self._fanout
 
     def handle(self, body: bytes, *, message_id: str | None = None,
                dequeue_count: int = 1) -> JobOutcome:
@@ -108,6 +123,11 @@ class BatchJobs:
                     self._send(claim.result)
                     claim.mark_done()
                     return JobOutcome(job_id, claim.result["status"], claim.result, scored=False)
+                if claim.state == "fanned_out":
+                    log.info("job %s: delivery %d acknowledged, the job is fanned out to chunks",
+                             job_id, dequeue_count)
+                    self.fanout.resume(claim)
+                    return JobOutcome(job_id, "duplicate", None, scored=False)
                 scored = False
                 started = time.perf_counter()  # the job's time, not the wait for its lease
                 try:
@@ -115,6 +135,8 @@ class BatchJobs:
                         raise bad_message
                     job = parse_job(doc or {}, identity, batch_container=self.settings.batch_container)
                     result, scored = self._run(job, claim, started)
+                    if result is None:  # fanned out: chunk deliveries finish the job
+                        return JobOutcome(job_id, "fanned_out", None, scored=False)
                 except ScoreError as exc:
                     if not exc.permanent:
                         raise
@@ -138,14 +160,15 @@ class BatchJobs:
     # -- jobs ------------------------------------------------------------------------------
 
     def _run(self, job: InlineJob | BlobJob, claim: Claim,
-             started: float) -> tuple[dict[str, Any], bool]:
+             started: float) -> tuple[dict[str, Any] | None, bool]:
         # A whole job gets one variant: routed by its key, or else by its id.
         route, model, _ = self.service.resolve(job.endpoint, key=job.key or job.identity.job_id)
         if isinstance(job, InlineJob):
             result, scored = self._run_inline(job, model, started, route.variant), True
         else:
             result, scored = self._run_blob(job, model, claim, started, route.variant)
-        result["variant"] = route.variant
+        if result is not None:
+            result["variant"] = route.variant
         return result, scored
 
     def _run_inline(self, job: InlineJob, model: LoadedModel, started: float,
@@ -169,7 +192,8 @@ class BatchJobs:
         return result
 
     def _run_blob(self, job: BlobJob, model: LoadedModel, claim: Claim,
-                  started: float, variant: str) -> tuple[dict[str, Any], bool]:
+                  started: float, variant: str) -> tuple[dict[str, Any] | None, bool]:
+        """Score a blob job here, or fan it out (then the result is None)."""
         info = model.info
         out = self.blobs.get_blob_client(job.output.container, job.output.blob)
         done = self._committed_output(out, job, started)
@@ -178,14 +202,20 @@ class BatchJobs:
                      job.identity.job_id, job.output.describe())
             return done, False
         source = self.blobs.get_blob_client(job.input.container, job.input.blob)
+        if self.settings.batch_fanout_bytes:
+            try:
+                props = source.get_blob_properties()
+            except ResourceNotFoundError:
+                raise InputNotFound(f"input blob {job.input.describe()!r} does not exist") from None
+            if self.fanout.wants(props.size):
+                self._check_input_size(props.size)
+                self.fanout.plan(job, model, variant, claim, props)
+                return None, False
         try:
             download = source.download_blob(max_concurrency=1)
         except ResourceNotFoundError:
             raise InputNotFound(f"input blob {job.input.describe()!r} does not exist") from None
-        limit = self.settings.batch_max_input_mb * 1024 * 1024
-        if download.size > limit:
-            raise PayloadTooLarge(f"input blob is {download.size:,} bytes, over BATCH_MAX_INPUT_MB "
-                                  f"({self.settings.batch_max_input_mb} MiB)", code="input_too_large")
+        self._check_input_size(download.size)
         chunk_rows = self.settings.batch_chunk_rows
         if job.input.format == "csv":
             header, rest = split_first_line(download.chunks())
@@ -222,6 +252,12 @@ class BatchJobs:
                      endpoint=job.endpoint, variant=variant,
                      predict_ms=predict_seconds * 1000)
         return result, True
+
+    def _check_input_size(self, size: int) -> None:
+        limit = self.settings.batch_max_input_mb * 1024 * 1024
+        if size > limit:
+            raise PayloadTooLarge(f"input blob is {size:,} bytes, over BATCH_MAX_INPUT_MB "
+                                  f"({self.settings.batch_max_input_mb} MiB)", code="input_too_large")
 
     def _stage(self, out: BlobClient, job: BlobJob, token: str, index: int, data: bytes) -> BlobBlock:
         if index >= MAX_BLOCKS:
@@ -400,3 +436,15 @@ def handle_message(body: bytes, *, message_id: str | None = None,
                    dequeue_count: int = 1) -> JobOutcome:
     """Process one delivery of a queue job message; raises only for transient faults."""
     return get_batch_jobs().handle(body, message_id=message_id, dequeue_count=dequeue_count)
+
+
+def handle_chunk_message(body: bytes, *, message_id: str | None = None,
+                         dequeue_count: int = 1) -> Any:
+    """Process one delivery of a chunk of a fanned-out job; raises only for transient faults."""
+    return get_batch_jobs().fanout.handle_chunk(body, message_id=message_id,
+                                                dequeue_count=dequeue_count)
+
+
+def handle_chunk_poison(body: bytes, *, message_id: str | None = None) -> Any:
+    """A chunk message moved to the poison queue: fail its job."""
+    return get_batch_jobs().fanout.handle_poison(body, message_id=message_id)

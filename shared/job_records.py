@@ -6,6 +6,8 @@ worker renews while it runs. Its ``state`` moves
 
     running  ->  committed (output in place; the result message to send is in the record)
              ->  done      (result message sent)
+    running  ->  fanned_out (a large input split into chunks: ``shared.batch_fanout``)
+             ->  committed  ->  done   (by whichever chunk delivery completes the job)
 
 A delivery that finds ``done`` acknowledges without doing anything. One that finds
 ``committed`` sends the stored result and marks the job done (a crash between committing
@@ -16,6 +18,10 @@ the holder is alive and processing another message with the same job id, this de
 acknowledged as a duplicate (the holder's own message guarantees completion); if it is the
 same message (its visibility lapsed while it was processed), the delivery fails and the queue
 retries it later.
+
+A fanned-out job has no single delivery that runs it to the end: the chunk deliveries that
+complete it (or fail it) take the same lease with :meth:`JobRecords.hold`, which never creates
+a record, and move it to ``committed`` and ``done`` exactly as above.
 
 The window left: a crash after the result message is sent and before the record says
 ``done`` sends the result again on the next delivery. Consumers dedupe results by ``id``.
@@ -104,6 +110,13 @@ class Claim:
         self.doc["state"] = "done"
         self._write()
 
+    def fan_out(self, summary: dict[str, Any]) -> None:
+        """The job was split into chunks (``summary``: plan blob, chunk count); chunk
+        deliveries complete it."""
+        self.doc.update(state="fanned_out", fanout=summary)
+        self.doc.pop("progress", None)
+        self._write()
+
     def _write(self) -> None:
         assert self.blob is not None and self.lease is not None
         self.doc["updated"] = _now()
@@ -176,7 +189,7 @@ class JobRecords:
                 self._note_reuse(job_id, doc, digest)
                 claim.release()
                 return claim
-            if claim.state not in ("running", "committed"):
+            if claim.state not in ("running", "committed", "fanned_out"):
                 log.warning("job %s: record has unknown state; running the job again", job_id)
                 claim.state = doc["state"] = "running"
             if doc.get("message_sha256") not in (None, digest):
@@ -190,6 +203,26 @@ class JobRecords:
         threading.Thread(target=claim._renew_forever, args=(self.lease_seconds / 3,),
                          name=f"scorefn-lease-{job_id[:16]}", daemon=True).start()
         return claim
+
+    def hold(self, job_id: str, *, message_id: str | None) -> tuple[Claim | None, str]:
+        """Lease an existing record (a chunk delivery finishing or failing a fanned-out job).
+
+        Returns ``(claim, state)`` with the lease held, or ``(None, why)``: ``missing`` (no
+        record), ``done``, or ``busy`` (another delivery held the lease for a whole lease
+        period: it is alive and will finish what it is doing). Waits like :meth:`claim`."""
+        blob = self.blob(job_id)
+        if self._read(blob) is None:
+            return None, "missing"
+        lease, doc = self._acquire(blob, job_id, message_id)
+        if lease is None:
+            return None, "done" if doc.get("state") == "done" else "busy"
+        claim = Claim(doc.get("state", "running"), job_id, doc, blob, lease)
+        if claim.state == "done":
+            claim.release()
+            return None, "done"
+        threading.Thread(target=claim._renew_forever, args=(self.lease_seconds / 3,),
+                         name=f"scorefn-lease-{job_id[:16]}", daemon=True).start()
+        return claim, claim.state
 
     # -- internals -------------------------------------------------------------------------
 

@@ -65,7 +65,12 @@ def _header(text: str) -> dict[str, str]:
 
 
 class LoadedModel:
-    """A parsed LightGBM booster. Thread-safe: ``predict`` may be called concurrently."""
+    """A parsed LightGBM booster. Thread-safe: ``predict`` may be called concurrently.
+
+    When the model is opted in to compiled trees (``shared/compiled.py``), a checked compiled
+    forest may be attached later; it then serves predictions and raw scores, and LightGBM
+    keeps serving ``pred_contrib``.
+    """
 
     def __init__(self, booster: Any, info: ModelInfo) -> None:
         self.booster = booster
@@ -77,10 +82,51 @@ class LoadedModel:
         self._fast_pools: dict[int, queue.SimpleQueue] = {
             _PREDICT_NORMAL: queue.SimpleQueue(), _PREDICT_RAW: queue.SimpleQueue()}
         self._fast_all: list[ctypes.c_void_p] = []
+        self.compiled: Any = None  # a checked CompiledForest once it has taken over
+
+    @property
+    def num_iteration(self) -> int:
+        """The iterations prediction uses (-1: all), as ``Booster.predict`` would."""
+        return self._num_iteration
+
+    @property
+    def backend(self) -> str:
+        """What scores ``predict`` requests now: ``compiled`` or ``lightgbm``."""
+        return "lightgbm" if self.compiled is None else "compiled"
+
+    @property
+    def compiled_bytes(self) -> int:
+        compiled = self.compiled
+        return compiled.size_bytes if compiled is not None else 0
+
+    def attach_compiled(self, forest: Any) -> None:
+        """Let a checked compiled forest serve this model from now on (an atomic swap)."""
+        self.compiled = forest
+
+    def release_compiled(self) -> None:
+        """Back to LightGBM; the compiled code is freed once no request is using it."""
+        self.compiled = None
 
     def predict(self, X: np.ndarray, *, raw_score: bool = False, pred_contrib: bool = False,
                 num_threads: int = 1) -> np.ndarray:
-        """Predict ``X`` (float64, shape (n, num_features)); equal to ``Booster.predict``."""
+        """Predict ``X`` (float64, shape (n, num_features)); equal to ``Booster.predict``
+        (within 1e-12 when the compiled backend serves it)."""
+        return self.predict_with_backend(X, raw_score=raw_score, pred_contrib=pred_contrib,
+                                         num_threads=num_threads)[0]
+
+    def predict_with_backend(self, X: np.ndarray, *, raw_score: bool = False,
+                             pred_contrib: bool = False, num_threads: int = 1
+                             ) -> tuple[np.ndarray, str]:
+        """Predictions and the backend that made them (``compiled`` or ``lightgbm``)."""
+        compiled = self.compiled  # one read: a concurrent release never leaves us half-way
+        if compiled is not None and not pred_contrib:
+            return compiled.predict(X, raw_score=raw_score, num_threads=num_threads), "compiled"
+        return self.predict_lightgbm(X, raw_score=raw_score, pred_contrib=pred_contrib,
+                                     num_threads=num_threads), "lightgbm"
+
+    def predict_lightgbm(self, X: np.ndarray, *, raw_score: bool = False,
+                         pred_contrib: bool = False, num_threads: int = 1) -> np.ndarray:
+        """Predict with LightGBM, whatever else is attached; equal to ``Booster.predict``."""
         if X.shape[0] == 1 and not pred_contrib:
             return self._predict_one(X, _PREDICT_RAW if raw_score else _PREDICT_NORMAL)
         return self.booster.predict(

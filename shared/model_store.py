@@ -7,6 +7,9 @@
   only once it has parsed. A blob that fails to download or parse never replaces a model
   that works; the failure is logged and retried at the next interval.
 - Beyond ``max_cache_bytes`` the least recently used models are evicted.
+- With a ``compiler`` (``shared/compiled.py``, opt-in), opted-in models are queued for
+  compilation once loaded or swapped in; LightGBM serves them until a checked compiled forest
+  takes over. A swapped-out or evicted model lets go of its compiled code.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from .errors import InvalidName, ModelNotFound, ScoreError
 from .model import LoadedModel, ModelInfo, parse_model
@@ -75,8 +78,9 @@ class ModelStore:
     def __init__(self, source: Source, *, refresh_seconds: float = 30.0,
                  max_cache_bytes: int = 1024 * 1024 * 1024,
                  parse: Callable[..., LoadedModel] = parse_model,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, compiler: Any = None) -> None:
         self.source = source
+        self.compiler = compiler
         self._refresh_seconds = refresh_seconds
         self._max_cache_bytes = max_cache_bytes
         self._parse = parse
@@ -130,7 +134,9 @@ class ModelStore:
         return self._refresh(name, entry)
 
     def close(self) -> None:
-        """Stop background refreshes (waits for one in progress)."""
+        """Stop background refreshes (waits for one in progress) and compilations."""
+        if self.compiler is not None:
+            self.compiler.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -156,6 +162,8 @@ class ModelStore:
                 self._evict(keep=name)
         finally:
             flight.done.set()
+        if flight.model is not None:
+            self._compile_later(name, flight.model)
 
     def _load(self, name: str) -> LoadedModel:
         candidates = blob_candidates(name)
@@ -182,11 +190,15 @@ class ModelStore:
                                     version=content.etag, last_modified=content.last_modified)
                 with self._lock:
                     if self._entries.get(name) is entry:
+                        old = entry.model
                         entry.model = model  # atomic swap: readers see old or new, never half
                         swapped = True
                         self.stats.swaps += 1
                         self._evict(keep=name)
                 log.info("model %s updated to version %s", name, content.etag)
+                if swapped:
+                    old.release_compiled()  # LightGBM first, then the new version's own
+                    self._compile_later(name, model)
         except ScoreError as exc:
             self.stats.failed_refreshes += 1
             log.warning("refresh of model %s failed: %s (%s); keeping version %s",
@@ -200,15 +212,28 @@ class ModelStore:
                 entry.next_check = self._clock() + self._refresh_seconds
         return swapped
 
+    def _compile_later(self, name: str, model: LoadedModel) -> None:
+        """Queue an opted-in model for compilation (never blocks; see shared/compiled.py)."""
+        compiler = self.compiler
+        if compiler is not None and compiler.wants(name, model.info.path):
+            compiler.submit(name, model, lambda m: self._is_current(name, m))
+
+    def _is_current(self, name: str, model: LoadedModel) -> bool:
+        with self._lock:
+            entry = self._entries.get(name)
+            return entry is not None and entry.model is model
+
     def _evict(self, keep: str) -> None:
-        # Caller holds self._lock.
-        total = sum(e.model.info.size_bytes for e in self._entries.values())
+        # Caller holds self._lock. Compiled code counts towards the bound too.
+        total = sum(e.model.info.size_bytes + e.model.compiled_bytes for e in self._entries.values())
         for victim in list(self._entries):
             if total <= self._max_cache_bytes:
                 break
             if victim == keep:
                 continue
-            total -= self._entries.pop(victim).model.info.size_bytes
+            model = self._entries.pop(victim).model
+            total -= model.info.size_bytes + model.compiled_bytes
+            model.release_compiled()
             self.stats.evictions += 1
             log.info("model %s evicted from the cache (memory bound)", victim)
 

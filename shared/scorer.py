@@ -21,7 +21,16 @@ def threads_for(rows: int, parallel_min_rows: int, max_threads: int) -> int:
 
 def predict(model: LoadedModel, request: ScoringInput, *, parallel_min_rows: int,
             max_threads: int) -> np.ndarray:
-    """Predictions for ``request``, equal to ``Booster.predict`` on the same matrix."""
+    """Predictions for ``request``, equal to ``Booster.predict`` on the same matrix (within
+    1e-12 when the model's compiled trees serve it)."""
+    return predict_with_backend(model, request, parallel_min_rows=parallel_min_rows,
+                                max_threads=max_threads)[0]
+
+
+def predict_with_backend(model: LoadedModel, request: ScoringInput, *, parallel_min_rows: int,
+                         max_threads: int) -> tuple[np.ndarray, str]:
+    """Predictions for ``request`` and the backend that made them (``lightgbm``/``compiled``)."""
     options = request.options
-    return model.predict(request.X, raw_score=options.raw_score, pred_contrib=options.pred_contrib,
-                         num_threads=threads_for(request.X.shape[0], parallel_min_rows, max_threads))
+    return model.predict_with_backend(
+        request.X, raw_score=options.raw_score, pred_contrib=options.pred_contrib,
+        num_threads=threads_for(request.X.shape[0], parallel_min_rows, max_threads))

@@ -22,7 +22,7 @@ from .payloads import ScoringInput, decode_json, parse_score_body, parse_v2
 from .prediction_log import PredictionLog, build_logs, output_kind
 from .router import (OVERRIDE_HEADER, EndpointConfig, Route, RouterHolder, ShadowRunner, header,
                      sticky_key)
-from .scorer import predict
+from .scorer import predict_with_backend
 from .settings import Settings, resolve_connection
 from .telemetry import NO_TRACE, RequestTrace, Telemetry, get_telemetry
 
@@ -45,6 +45,7 @@ class ScoreResult:
     request_id: str | None = None
     logged: bool = False  # in the prediction log (its shadows are logged too)
     log_features: bool = False  # ... with the request's features
+    backend: str = "lightgbm"  # what predicted: "lightgbm" or "compiled" (compiled trees)
 
     @property
     def variant(self) -> str:
@@ -126,6 +127,7 @@ class ScoringService:
                 model, cold = self._get_model(route.model, attrs, request_trace)
                 result = self.score_document(model, doc, fmt=fmt, cold=cold, route=route,
                                              request_trace=request_trace)
+                attrs["backend"] = result.backend
                 if encode is not None:
                     with request_trace.child("serialize"):
                         result.body = encode(result)
@@ -225,9 +227,11 @@ class ScoringService:
 
     def _predict_parsed(self, model: LoadedModel, request: ScoringInput, cold: bool) -> ScoreResult:
         start = time.perf_counter()
-        predictions = predict(model, request, parallel_min_rows=self.settings.predict_parallel_min_rows,
-                              max_threads=self.settings.predict_max_threads)
-        return ScoreResult(predictions, model.info, request, cold, time.perf_counter() - start)
+        predictions, backend = predict_with_backend(
+            model, request, parallel_min_rows=self.settings.predict_parallel_min_rows,
+            max_threads=self.settings.predict_max_threads)
+        return ScoreResult(predictions, model.info, request, cold, time.perf_counter() - start,
+                           backend=backend)
 
     def _get_model(self, name: str, attrs: dict[str, Any],
                    request_trace: RequestTrace = NO_TRACE) -> tuple[LoadedModel, bool]:
@@ -302,11 +306,12 @@ class ScoringService:
                 request = parse_score_body(doc, names, limit, extra_fields=extra)
         with request_trace.child("predict"):
             start = time.perf_counter()
-            predictions = predict(model, request,
-                                  parallel_min_rows=self.settings.predict_parallel_min_rows,
-                                  max_threads=self.settings.predict_max_threads)
+            predictions, backend = predict_with_backend(
+                model, request, parallel_min_rows=self.settings.predict_parallel_min_rows,
+                max_threads=self.settings.predict_max_threads)
             elapsed = time.perf_counter() - start
-        return ScoreResult(predictions, model.info, request, cold, elapsed, route=route)
+        return ScoreResult(predictions, model.info, request, cold, elapsed, route=route,
+                           backend=backend)
 
     def endpoints(self) -> dict[str, Any]:
         """Configured endpoints with their variants and weights, and the loaded model versions."""
@@ -379,8 +384,14 @@ def build_service(settings: Settings) -> ScoringService:
     from .router import MAX_CONFIG_BYTES, RouterConfigSource, models_loadable
 
     source = BlobSource(container, settings.max_model_mb * 1024 * 1024)
+    compiler = None
+    if settings.compiled_models:  # opt-in compiled trees (lleaves); None when not installed
+        from .compiled import make_compiler
+
+        compiler = make_compiler(settings, container)
     store = ModelStore(source, refresh_seconds=settings.model_refresh_seconds,
-                       max_cache_bytes=settings.model_cache_max_mb * 1024 * 1024)
+                       max_cache_bytes=settings.model_cache_max_mb * 1024 * 1024,
+                       compiler=compiler)
     routing = None
     if settings.router_config or settings.router_config_blob:
         config_source = RouterConfigSource(

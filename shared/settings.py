@@ -78,6 +78,24 @@ def _blob_path(raw: str) -> str:
     return value
 
 
+_PATTERN_RE = re.compile(r"^[A-Za-z0-9._\-/*?\[\]]{1,256}$")
+
+
+def _model_patterns(raw: str) -> tuple[str, ...]:
+    patterns = tuple(p.strip() for p in raw.split(","))
+    if len(patterns) > 100 or not all(_PATTERN_RE.match(p) for p in patterns):
+        raise ValueError("must be comma-separated model names or glob patterns (letters, digits, "
+                         "'.', '_', '-', '/', '*', '?', '[', ']'; at most 100)")
+    return patterns
+
+
+def _absolute_dir(raw: str) -> str:
+    value = raw.strip()
+    if not os.path.isabs(value) or "\0" in value or len(value) > 1024:
+        raise ValueError("must be an absolute directory path")
+    return value
+
+
 def _connection_name(raw: str) -> str:
     value = raw.strip()
     if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", value):
@@ -138,6 +156,23 @@ SPEC: dict[str, Setting] = {
     "batch_max_input_mb": Setting(
         "BATCH_MAX_INPUT_MB", 2048, _int(1, 1024 * 1024),
         "Largest input blob a batch job accepts; a larger one fails the job (`input_too_large`)."),
+    "batch_fanout_bytes": Setting(
+        "BATCH_FANOUT_BYTES", 64 * MiB, _int(0, 1024 * 1024 * MiB),
+        "Blob jobs whose input is larger than this many bytes are split into chunks scored in "
+        "parallel, on any number of instances, through CHUNK_QUEUE_NAME; 0 scores every job in "
+        "one invocation."),
+    "batch_fanout_chunk_bytes": Setting(
+        "BATCH_FANOUT_CHUNK_BYTES", 32 * MiB, _int(1024, 4096 * MiB),
+        "Bytes of input per chunk of a fanned-out job (cut at the next line break)."),
+    "batch_fanout_concurrency": Setting(
+        "BATCH_FANOUT_CONCURRENCY", 2, _int(0, 256),
+        "Chunks one process scores at the same time (0: one per core); further chunk messages "
+        "delivered to the instance wait their turn, so memory stays bounded."),
+    "chunk_queue_name": Setting(
+        "CHUNK_QUEUE_NAME", "score-chunks", _name(_QUEUE_RE, "queue"),
+        "Work queue of the chunks of fanned-out batch jobs (in the `AzureWebJobsStorage` "
+        "account). The chunk trigger binds `%CHUNK_QUEUE_NAME%` (and `%CHUNK_QUEUE_NAME%-poison`), "
+        "so the app setting must be present."),
     "router_config": Setting(
         "ROUTER_CONFIG", "", _text,
         "Inline router config (JSON); see Routing. Mutually exclusive with ROUTER_CONFIG_BLOB."),
@@ -182,6 +217,19 @@ SPEC: dict[str, Setting] = {
         "PREDICTION_LOG_MAX_BUFFER_MB", 64, _int(1, 16 * 1024),
         "Memory bound of the prediction log buffer (estimated from the numbers it holds); "
         "beyond it new records are dropped and counted."),
+    "compiled_models": Setting(
+        "COMPILED_MODELS", (), _model_patterns,
+        "Comma-separated model names or glob patterns (`churn`, `churn/*`, `*`) whose trees are "
+        "compiled to native code with lleaves (needs `requirements-compiled.txt`); empty: off. "
+        "Matched against the model name and its blob path."),
+    "compiled_cache_dir": Setting(
+        "COMPILED_CACHE_DIR", "", _absolute_dir,
+        "Local directory caching compiled-tree artifacts (private to the app's user); empty: "
+        "`scorefn-compiled` in the temp directory."),
+    "compiled_timeout_seconds": Setting(
+        "COMPILED_TIMEOUT_SECONDS", 900.0, _float(10.0, 86400.0),
+        "Longest one model's compilation may take; it is stopped beyond, and the model stays "
+        "on LightGBM."),
 }
 
 
@@ -204,6 +252,10 @@ class Settings:
     batch_container: str
     batch_chunk_rows: int
     batch_max_input_mb: int
+    batch_fanout_bytes: int
+    batch_fanout_chunk_bytes: int
+    batch_fanout_concurrency: int
+    chunk_queue_name: str
     router_config: str
     router_config_blob: str
     router_refresh_seconds: float
@@ -216,6 +268,9 @@ class Settings:
     prediction_log_flush_seconds: float
     prediction_log_max_buffer: int
     prediction_log_max_buffer_mb: int
+    compiled_models: tuple[str, ...]
+    compiled_cache_dir: str
+    compiled_timeout_seconds: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

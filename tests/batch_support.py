@@ -104,6 +104,42 @@ class BatchRig:
         body = message if isinstance(message, bytes) else orjson.dumps(message)
         return self.jobs.handle(body, message_id=message_id, dequeue_count=dequeue_count)
 
+    @property
+    def chunk_queue(self):
+        return self.queues.get_queue_client(self.settings.chunk_queue_name)
+
+    def chunk_messages(self) -> list[Any]:
+        """Every chunk message now on the chunk queue, received (invisible for a minute)."""
+        client, found = self.chunk_queue, []
+        try:
+            while True:
+                batch = list(client.receive_messages(max_messages=32, visibility_timeout=60))
+                if not batch:
+                    return found
+                found += batch
+        except Exception as exc:  # no queue yet: nothing was sent
+            if getattr(exc, "status_code", None) == 404:
+                return found
+            raise
+
+    def run_chunk(self, message, jobs: BatchJobs | None = None, *, dequeue_count: int = 1,
+                  delete: bool = True):
+        """Deliver one received chunk message to the chunk handler (as the host would)."""
+        outcome = (jobs or self.jobs).fanout.handle_chunk(
+            base64.b64decode(message.content), message_id=message.id, dequeue_count=dequeue_count)
+        if delete:
+            self.chunk_queue.delete_message(message)
+        return outcome
+
+    def drain_chunks(self, jobs: BatchJobs | None = None) -> list[Any]:
+        """Run every chunk message on the queue (and any they lead to) until none is left."""
+        outcomes = []
+        while True:
+            messages = self.chunk_messages()
+            if not messages:
+                return outcomes
+            outcomes += [self.run_chunk(m, jobs) for m in messages]
+
     def upload(self, name: str, data: bytes, container: str | None = None) -> None:
         client = self.blobs.get_container_client(container or self.settings.batch_container)
         if not client.exists():
@@ -148,7 +184,8 @@ def make_rig(azurite, demo_models, env: dict[str, str] | None = None, *,
     blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
     queues = QueueServiceClient.from_connection_string(azurite.connection_string)
     names = {"MODEL_CONTAINER": unique("m"), "BATCH_CONTAINER": unique("b"),
-             "SCORE_QUEUE_NAME": unique("q"), "RESULTS_QUEUE_NAME": unique("r")}
+             "SCORE_QUEUE_NAME": unique("q"), "RESULTS_QUEUE_NAME": unique("r"),
+             "CHUNK_QUEUE_NAME": unique("c")}
     full_env = {"AzureWebJobsStorage": azurite.connection_string, **names, **(env or {})}
     settings = Settings.from_env(full_env)
     model_container = blobs.get_container_client(settings.model_container)
@@ -161,7 +198,9 @@ def make_rig(azurite, demo_models, env: dict[str, str] | None = None, *,
     rig = BatchRig(azurite, blobs, queues, full_env, settings, jobs)
     rig.created += [("container", settings.model_container), ("container", settings.batch_container),
                     ("queue", settings.results_queue_name), ("queue", settings.score_queue_name),
-                    ("queue", settings.score_queue_name + "-poison")]
+                    ("queue", settings.score_queue_name + "-poison"),
+                    ("queue", settings.chunk_queue_name),
+                    ("queue", settings.chunk_queue_name + "-poison")]
     return rig
 
 

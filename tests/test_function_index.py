@@ -21,6 +21,7 @@ def test_http_functions_routes_methods_and_auth_levels(app_functions):
         "outcomes": ("outcomes/{endpoint}", ["POST"], F),
         "health_live": ("v2/health/live", ["GET"], A),
         "health_ready": ("v2/health/ready", ["GET"], A),
+        "openapi": ("openapi.json", ["GET"], A),
         "metrics_latency": ("metrics/latency", ["GET"], func.AuthLevel.ADMIN),
     }
 

@@ -61,11 +61,14 @@ INTENTIONALLY_UNSET = {
     # Keeps metrics in memory for `GET /api/metrics/latency`: local runs and the demo only; the
     # code ignores it when exporting to Application Insights.
     "TELEMETRY_LOCAL_READER",
+    # The compiled-trees backend is opt-in and needs requirements-compiled.txt deployed too;
+    # off (empty) is the safe default, and its cache directory and timeout only matter when on.
+    "COMPILED_MODELS", "COMPILED_CACHE_DIR", "COMPILED_TIMEOUT_SECONDS",
 }
 # Never left to a default: the queue trigger binds %SCORE_QUEUE_NAME%, and the names must match
 # the containers and queues the template creates.
 MUST_BE_SET = {"MODEL_STORAGE_CONNECTION", "MODEL_CONTAINER", "BATCH_CONTAINER",
-               "SCORE_QUEUE_NAME", "RESULTS_QUEUE_NAME", "ROUTER_CONFIG_BLOB",
+               "SCORE_QUEUE_NAME", "RESULTS_QUEUE_NAME", "CHUNK_QUEUE_NAME", "ROUTER_CONFIG_BLOB",
                "PREDICTION_LOG_CONNECTION", "PREDICTION_LOG_CONTAINER", "OUTCOME_LOG_CONTAINER"}
 
 # The one app setting allowed to hold `InstrumentationKey=` at run time: the Application Insights
@@ -266,10 +269,14 @@ def test_containers_and_queues_match_the_app_settings(tree):
     assert settings["MODEL_CONTAINER"] == "models" and settings["BATCH_CONTAINER"] == "batch"
     # The host moves a message to <queue>-poison after maxDequeueCount deliveries.
     assert resolve("poisonQueueName", tree) == "${scoreQueueName}-poison"
-    queues = {q.replace("${scoreQueueName}", settings["SCORE_QUEUE_NAME"]) for q in queues}
+    assert resolve("chunkPoisonQueueName", tree) == "${chunkQueueName}-poison"
+    queues = {q.replace("${scoreQueueName}", settings["SCORE_QUEUE_NAME"])
+              .replace("${chunkQueueName}", settings["CHUNK_QUEUE_NAME"]) for q in queues}
     assert queues == {settings["SCORE_QUEUE_NAME"], settings["RESULTS_QUEUE_NAME"],
-                      f'{settings["SCORE_QUEUE_NAME"]}-poison'}
-    assert queues == {"score-requests", "score-results", "score-requests-poison"}
+                      f'{settings["SCORE_QUEUE_NAME"]}-poison', settings["CHUNK_QUEUE_NAME"],
+                      f'{settings["CHUNK_QUEUE_NAME"]}-poison'}
+    assert queues == {"score-requests", "score-results", "score-requests-poison", "score-chunks",
+                      "score-chunks-poison"}
     assert settings["PREDICTION_LOG_CONTAINER"] == "predictions"
     assert settings["OUTCOME_LOG_CONTAINER"] == "outcomes"
     # The router config blob lives in the models container, under config/.
@@ -524,10 +531,10 @@ def test_queries_use_the_names_the_app_exports():
     telemetry = (ROOT / "shared" / "telemetry.py").read_text() + (ROOT / "shared" / "service.py").read_text()
     text = "\n".join(p.read_text() for p in QUERIES.glob("*.kql"))
     for metric in set(re.findall(r'"(scorefn\.[a-z_.]+)"', text)):
-        if metric in ("scorefn.score", "scorefn.error", "scorefn.variant", "scorefn.model.version"):
+        if metric in ("scorefn.score", "scorefn.error"):
             continue
         assert f'"{metric}"' in telemetry, f"{metric} is not a metric the app records"
-    assert '"scorefn.score"' in telemetry and '"scorefn.model.version"' in telemetry
+    assert '"scorefn.score"' in telemetry and '"model.version"' in telemetry
     for attribute in set(re.findall(r'customDimensions\["([a-z_.]+)"\]', text)):
         assert f'"{attribute}"' in telemetry or attribute.startswith("scorefn."), attribute
     for path in QUERIES.glob("*.kql"):

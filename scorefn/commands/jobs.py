@@ -74,7 +74,9 @@ def register(subparsers) -> None:
     wait = commands.add_parser(
         "wait", help="wait for a job's result and print a summary",
         description="Wait for the result of job JOB_ID on the results queue, showing progress "
-                    "from the job's record (jobs/JOB_ID.json in the batch container). Other "
+                    "from the job's record (jobs/JOB_ID.json in the batch container; for a job "
+                    "fanned out across instances, a progress bar of its chunks from "
+                    "jobs/JOB_ID/plan.json and the chunk markers). Other "
                     "jobs' results are left alone: they are peeked at, not received, unless "
                     "--consume is given. Exit status: 0 succeeded, 1 failed (or poisoned), "
                     f"{TIMEOUT_EXIT} timed out.")
@@ -200,7 +202,8 @@ def wait_job(args: argparse.Namespace) -> int:
     queues = queue_service(args)
     results = queues.get_queue_client(results_name)
     poison = queues.get_queue_client(f"{queue_name}-poison")
-    record_blob = blob_service(args).get_blob_client(container, f"jobs/{args.job_id}.json")
+    batch = blob_service(args).get_container_client(container)
+    record_blob = batch.get_blob_client(f"jobs/{args.job_id}.json")
     progress = _Progress(sys.stderr)
     deadline = time.monotonic() + args.timeout
     polls = 0
@@ -225,14 +228,39 @@ def wait_job(args: argparse.Namespace) -> int:
             print(f"{args.job_id}: no result within {args.timeout:.0f} s "
                   f"({_describe(record)})", file=sys.stderr)
             return TIMEOUT_EXIT
-        progress.show(f"{args.job_id}: {_describe(record)}")
+        status = _fanout_status(batch, args.job_id, record)
+        progress.show(f"{args.job_id}: {_describe(record, status)}")
         polls += 1
         time.sleep(1.0)
 
 
-def _describe(record: dict[str, Any] | None) -> str:
+def _fanout_status(batch, job_id: str, record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Chunks done of a job fanned out across instances (None for other jobs)."""
+    if not record or not (record.get("fanout") or record.get("state") == "fanned_out"):
+        return None
+    from azure.core.exceptions import AzureError
+
+    from shared.job_chunks import read_status
+
+    try:
+        return read_status(batch, job_id)
+    except AzureError:
+        return None
+
+
+def progress_bar(done: int, total: int, width: int = 24) -> str:
+    filled = int(width * done / total) if total else 0
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def _describe(record: dict[str, Any] | None, status: dict[str, Any] | None = None) -> str:
     if record is None:
         return "queued (not picked up yet)"
+    if status is not None:
+        done, total = status["chunks_done"], status["chunks"]
+        rate = status.get("rows_per_second")
+        return (f"{progress_bar(done, total)} {done}/{total} chunks, {status['rows']:,} rows, "
+                f"{status['elapsed_s']:.0f} s" + (f", {rate:,.0f} rows/s" if rate else ""))
     rows = (record.get("progress") or {}).get("rows")
     attempt = record.get("attempts") or 1
     text = "running" if rows is None else f"running, {rows:,} rows scored"
@@ -310,7 +338,8 @@ def _report(result: dict[str, Any], as_json: bool) -> int:
     seconds = (result.get("elapsed_ms") or 0) / 1000
     rate = result.get("rows_per_second")
     print(f"{job_id} succeeded: {rows:,} rows in {seconds:.2f} s"
-          + (f" ({rate:,.0f} rows/s)" if rate else ""))
+          + (f" ({rate:,.0f} rows/s)" if rate else "")
+          + (f", {result['chunks']} chunks in parallel" if result.get("chunks") else ""))
     model = result.get("model") or {}
     print(f"  model:  {model.get('name')} (version {model.get('version')})")
     if result.get("output_blob"):

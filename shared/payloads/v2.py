@@ -58,12 +58,18 @@ def _tensor(raw: Any, i: int) -> tuple[str, list[int], str, np.ndarray]:
             or not all(type(d) is int and 0 <= d for d in shape)):
         raise InvalidPayload(f"inputs[{i}].shape must be a list of 1 or 2 non-negative integers",
                              code="invalid_v2_request")
-    if datatype not in _NUMERIC:
+    if not isinstance(datatype, str) or datatype not in _NUMERIC:
         raise InvalidPayload(f"inputs[{i}].datatype {str(datatype)[:16]!r} is not supported; use one "
                              f"of {sorted(_NUMERIC)}", code="unsupported_datatype")
     if not isinstance(data, list):
         raise InvalidPayload(f"inputs[{i}].data must be a list", code="invalid_v2_request")
-    flat = list(chain.from_iterable(data)) if data and type(data[0]) is list else data
+    if data and type(data[0]) is list:
+        if set(map(type, data)) != {list}:  # chaining a number or null would raise TypeError
+            raise InvalidPayload(f"inputs[{i}].data must be flat or a list of lists, not a mix",
+                                 code="non_numeric_value")
+        flat = list(chain.from_iterable(data))
+    else:
+        flat = data
     if not set(map(type, flat)) <= _VALUE_TYPES:
         raise InvalidPayload(f"inputs[{i}].data must hold numbers (or null); nesting deeper than the "
                              f"shape or non-numeric values are not accepted", code="non_numeric_value")

@@ -139,6 +139,8 @@ def _endpoint(name: str, value: Any, path: str) -> EndpointConfig:
     if not variants:
         _fail(f"{path}.variants", "must list at least one variant")
     _unique([v.name for v in variants], f"{path}.variants", "variant")
+    if not math.isfinite(sum(float(v.weight) for v in variants)):  # else every share reads 0
+        _fail(f"{path}.variants", "the weights add up to more than a number can hold; use smaller weights")
     shadows = tuple(_list(obj.get("shadow", []), f"{path}.shadow", _shadow, MAX_SHADOWS, "shadows"))
     _unique([s.name for s in shadows], f"{path}.shadow", "shadow")
     variant_names = {v.name for v in variants}
