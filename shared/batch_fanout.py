@@ -279,8 +279,8 @@ class FanOut:
                     log.warning("job %s: %s failed (%s, delivery %d); the queue will retry it",
                                 msg.job_id, msg.describe(), exc.code, dequeue_count)
                     raise
-                self._fail(msg, plan, exc.code, exc.message, message_id)
-                return ChunkOutcome(msg.job_id, msg.index, "failed")
+                failed = self._fail(msg, plan, exc.code, exc.message, message_id)
+                return ChunkOutcome(msg.job_id, msg.index, "failed" if failed else "duplicate")
             elapsed = time.perf_counter() - started
             self._write_marker(msg, rows, blocks, elapsed)
             self._record(plan, rows, started, predict_seconds)
@@ -304,11 +304,11 @@ class FanOut:
         if self.batch.get_blob_client(marker_name(msg.job_id, msg.index)).exists():
             finished = self._all_done(msg) and self._finish(msg.job_id, plan, message_id)
             return ChunkOutcome(msg.job_id, msg.index, "skipped", finished=finished)
-        self._fail(msg, plan, "chunk_failed",
-                   f"its message failed on every delivery (transient errors such as storage "
-                   f"unreachable, or a worker that died or timed out) and was moved to "
-                   f"{self.settings.chunk_queue_name}-poison", message_id)
-        return ChunkOutcome(msg.job_id, msg.index, "failed")
+        failed = self._fail(msg, plan, "chunk_failed",
+                            f"its message failed on every delivery (transient errors such as "
+                            f"storage unreachable, or a worker that died or timed out) and was "
+                            f"moved to {self.settings.chunk_queue_name}-poison", message_id)
+        return ChunkOutcome(msg.job_id, msg.index, "failed" if failed else "duplicate")
 
     def _plan(self, job_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -515,18 +515,19 @@ class FanOut:
         return meta.get(f"{_META}job_id") == plan["id"] and meta.get(f"{_META}plan") == plan["token"]
 
     def _fail(self, msg: ChunkMessage, plan: dict[str, Any], code: str, message: str,
-              message_id: str | None) -> None:
-        """Fail the job because of chunk ``msg``: one ``failed`` result, nothing committed."""
+              message_id: str | None) -> bool:
+        """Fail the job because of chunk ``msg``: one ``failed`` result, nothing committed.
+        False when the job had finished already (nothing to fail)."""
         claim, state = self.records.hold(msg.job_id, message_id=message_id)
         if claim is None:
             if state == "busy":  # someone else holds the job: try again later
                 raise JobBusy(f"job {msg.job_id} is held by another delivery")
-            return
+            return False
         with claim:
             if claim.state == "committed" and claim.result is not None:
                 self.jobs._send(claim.result)
                 claim.mark_done()
-                return
+                return False
             where = "" if msg.index == 0 else " (line numbers count from the chunk's first line)"
             error = {"code": code, "message": f"{msg.describe()}: {message}{where}",
                      "chunk": {"index": msg.index, "count": msg.count,
@@ -536,6 +537,7 @@ class FanOut:
             result["output_blob"] = result["output_container"] = None
             self._conclude(claim, plan, result)
         log.warning("job %s failed: %s in chunk %d of %d", msg.job_id, code, msg.index, msg.count)
+        return True
 
     def _conclude(self, claim: Claim, plan: dict[str, Any], result: dict[str, Any]) -> bool:
         claim.commit(result)

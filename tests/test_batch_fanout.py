@@ -316,7 +316,7 @@ def test_a_bad_row_fails_the_job_cleanly_without_output(rig, churn_csv):
     assert f"chunk {chunk['index']} of {chunk['count']}" in error["message"]
     assert jobs.records.read("fan-bad")["state"] == "done"
     # Chunks delivered after the failure are acknowledged without scoring.
-    later = [o for o in outcomes[outcomes.index(failed[0]) + 1:]]
+    later = outcomes[outcomes.index(failed[0]) + 1:]
     assert later and {o.status for o in later} == {"duplicate"}
 
 
@@ -332,6 +332,9 @@ def test_a_poisoned_chunk_fails_the_job(rig, churn_csv):
     assert result["status"] == "failed" and result["error"]["code"] == "chunk_failed"
     assert "chunk 0 of" in result["error"]["message"] and "-poison" in result["error"]["message"]
     assert not output(rig, "predictions/fan-poison.csv").exists()
+    # The poison message delivered again (its handler's ack was lost): nothing more happens.
+    again = jobs.fanout.handle_poison(base64.b64decode(messages[0].content), message_id="p")
+    assert again.status == "duplicate" and len(rig.sent_results()) == 1
 
 
 def test_a_poisoned_copy_of_a_scored_chunk_is_ignored(rig, churn_csv):
