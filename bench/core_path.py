@@ -1,13 +1,22 @@
-"""Whole core path (JSON bytes in -> JSON bytes out) against bare Booster.predict.
+"""Whole core path (JSON bytes in -> JSON bytes out) against bare Booster.predict and
+LightGBM's fast single-row C API.
 
 Single rows and 1,000-row batches on the reference model, rotating over 4,096 distinct
-rows; cases interleaved round by round; medians and tails per case; ratios to
-``Booster.predict(num_threads=1)`` on an already-built numpy array measured in the same run.
+rows; cases interleaved round by round; medians and tails per case; ratios to the bare
+calls measured in the same run. Two core-path cases:
+
+- ``bare``: one model, no router, telemetry off (the OpenTelemetry API's no-op);
+- ``as deployed``: a router config (two weighted variants, sticky by a header; both on the
+  same model, so that the floor is the same model's: two models would also share the CPU
+  caches, which the bare calls do not), metrics
+  recorded through the OpenTelemetry SDK (a meter provider with a reader, as in Azure),
+  5% of requests traced into a batch span processor: what the issue's target counts.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import sys
 
@@ -18,77 +27,112 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.par
 
 from bench.common import bench_model_path, bench_rows, interleaved, summary_us  # noqa: E402
 
+ROUTER = {"endpoints": {"bench": {
+    "variants": [{"name": "control", "model": "bench", "weight": 50},
+                 {"name": "candidate", "model": "bench", "weight": 50}],
+    "sticky": {"header": "x-user-id"}}}}
+
 
 def main() -> None:
     import lightgbm as lgb
-    from azure.storage.blob import BlobServiceClient
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-    from devhost.azurite import Azurite
-    from shared.blob_source import BlobSource
+    from shared.blob_source import BlobContent
     from shared.model_store import ModelStore
     from shared.payloads import encode_score_response
+    from shared.router import RouterConfigSource, RouterHolder
     from shared.service import ScoringService
     from shared.settings import Settings
+    from shared.telemetry import Telemetry
 
     path = bench_model_path()
+    text = path.read_bytes()
     booster = lgb.Booster(model_file=str(path))
     rows = bench_rows()
     bodies = [orjson.dumps({"rows": [row.tolist()]}) for row in rows]
+    headers = [{"x-user-id": f"user-{i}"} for i in range(4096)]
     batches = [rows[i:i + 1000] for i in range(0, 4096 - 1000, 1024)]
     batch_bodies = [orjson.dumps({"rows": b.tolist()}) for b in batches]
 
-    with Azurite() as azurite:
-        container = BlobServiceClient.from_connection_string(
-            azurite.connection_string).get_container_client("models")
-        container.create_container()
-        container.upload_blob("bench.txt", path.read_bytes())
-        store = ModelStore(BlobSource(container, 512 << 20), refresh_seconds=3600)
-        service = ScoringService(Settings.from_env({}), store)
-        model, _ = store.get("bench")
+    class Source:  # the model text is already in memory: this measures the request path
+        def fetch(self, p, etag=None):
+            return None if etag else BlobContent(text, "v1", None)
 
-        def core(body: bytes) -> bytes:
-            result = service.score("bench", body, content_type="application/json")
-            return encode_score_response(result.predictions, result.model.to_dict(), "bench")
+        def ping(self):
+            pass
 
-        # Same rows through the fast C API directly: LightGBM's own floor for one row.
-        from lightgbm.basic import _LIB
-        config = model._new_fast_slot(0)[0]
-        out = np.empty(1)
-        out_len = ctypes.c_int64()
+    class Discard(SpanExporter):
+        def export(self, spans):
+            return SpanExportResult.SUCCESS
 
-        def fast_c(i: int) -> None:
-            row = rows[i % 4096]
-            _LIB.LGBM_BoosterPredictForMatSingleRowFast(
-                config, ctypes.c_void_p(row.ctypes.data), ctypes.byref(out_len),
-                ctypes.c_void_p(out.ctypes.data))
+    settings = Settings.from_env({})
+    store = ModelStore(Source(), refresh_seconds=3600)
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(Discard()))
+    deployed_telemetry = Telemetry(MeterProvider(metric_readers=[InMemoryMetricReader()]),
+                                   tracer_provider, trace_sample_ratio=0.05)
+    routing = RouterHolder(RouterConfigSource(inline=json.dumps(ROUTER)), refresh_seconds=3600)
+    bare = ScoringService(settings, store, telemetry=Telemetry())
+    deployed = ScoringService(settings, store, telemetry=deployed_telemetry, routing=routing)
+    model, _ = store.get("bench")
 
-        for body in bodies[:200]:
-            core(body)
-        single = interleaved({
-            "Booster.predict (numpy, 1 thread)": lambda i: booster.predict(rows[i % 4096:i % 4096 + 1], num_threads=1),
-            "LightGBM fast C API (ctypes)": fast_c,
-            "scorefn core path (JSON in/out)": lambda i: core(bodies[i % 4096]),
-        }, rounds=15, per_round=400)
-        batch = interleaved({
-            "Booster.predict (numpy, 1 thread)": lambda i: booster.predict(batches[i % 3], num_threads=1),
-            "scorefn core path (JSON in/out)": lambda i: core(batch_bodies[i % 3]),
-        }, rounds=5, per_round=6)
+    def encode(result) -> bytes:
+        return encode_score_response(result.predictions, result.model.to_dict(), "bench",
+                                     {"variant": result.variant})
+
+    def core(service, i: int, body: bytes) -> bytes:
+        return service.score("bench", body, content_type="application/json",
+                             headers=headers[i % 4096], encode=encode).body
+
+    # Same rows through the fast C API directly: LightGBM's own floor for one row.
+    from lightgbm.basic import _LIB
+    config = model._new_fast_slot(0)[0]
+    out = np.empty(1)
+    out_len = ctypes.c_int64()
+
+    def fast_c(i: int) -> None:
+        row = rows[i % 4096]
+        _LIB.LGBM_BoosterPredictForMatSingleRowFast(
+            config, ctypes.c_void_p(row.ctypes.data), ctypes.byref(out_len),
+            ctypes.c_void_p(out.ctypes.data))
+
+    for i, body in enumerate(bodies[:500]):
+        core(bare, i, body)
+        core(deployed, i, body)
+    single = interleaved({
+        "Booster.predict (numpy, 1 thread)": lambda i: booster.predict(rows[i % 4096:i % 4096 + 1], num_threads=1),
+        "LightGBM fast C API (ctypes)": fast_c,
+        "scorefn core path, bare": lambda i: core(bare, i, bodies[i % 4096]),
+        "scorefn core path, as deployed": lambda i: core(deployed, i, bodies[i % 4096]),
+    }, rounds=15, per_round=400)
+    batch = interleaved({
+        "Booster.predict (numpy, 1 thread)": lambda i: booster.predict(batches[i % 3], num_threads=1),
+        "scorefn core path, as deployed": lambda i: core(deployed, i, batch_bodies[i % 3]),
+    }, rounds=5, per_round=6)
+    deployed_telemetry.flush()
 
     print(f"\nCore path, {os.cpu_count()} cores; model: 500 trees, 63 leaves, 100 features\n")
     base = summary_us(single["Booster.predict (numpy, 1 thread)"])[0]
-    print(f"{'single row':38s} {'p50 us':>9s} {'p90 us':>9s} {'p99 us':>9s} {'p50 ratio':>10s}")
+    fast = summary_us(single["LightGBM fast C API (ctypes)"])[0]
+    print(f"{'single row':34s} {'p50 us':>8s} {'p90 us':>8s} {'p99 us':>8s} "
+          f"{'/ predict':>10s} {'/ fast C':>9s}")
     for name, samples in single.items():
         p50, p90, p99 = summary_us(samples)
-        print(f"{name:38s} {p50:9.1f} {p90:9.1f} {p99:9.1f} {p50 / base:10.2f}")
+        print(f"{name:34s} {p50:8.1f} {p90:8.1f} {p99:8.1f} {p50 / base:10.2f} {p50 / fast:9.2f}")
     base = summary_us(batch["Booster.predict (numpy, 1 thread)"])[0]
-    print(f"\n{'1,000-row batch':38s} {'p50 ms':>9s} {'p90 ms':>9s} {'rows/s':>9s} {'p50 ratio':>10s}")
+    print(f"\n{'1,000-row batch':34s} {'p50 ms':>8s} {'p90 ms':>8s} {'rows/s':>8s} {'/ predict':>10s}")
     for name, samples in batch.items():
         p50, p90, _ = summary_us(samples)
-        print(f"{name:38s} {p50 / 1e3:9.2f} {p90 / 1e3:9.2f} {1000 / (p50 / 1e6):9.0f} {p50 / base:10.2f}")
-    fast = summary_us(single["LightGBM fast C API (ctypes)"])[0]
-    core_p50, _, core_p99 = summary_us(single["scorefn core path (JSON in/out)"])
-    print(f"\ncore single-row p50 / fast C API p50 = {core_p50 / fast:.2f}; "
-          f"core p99 / own p50 = {core_p99 / core_p50:.2f}")
+        print(f"{name:34s} {p50 / 1e3:8.2f} {p90 / 1e3:8.2f} {1000 / (p50 / 1e6):8.0f} {p50 / base:10.2f}")
+    for name in ("scorefn core path, bare", "scorefn core path, as deployed"):
+        p50, _, p99 = summary_us(single[name])
+        print(f"\n{name}: single-row p50 / fast C API p50 = {p50 / fast:.2f}; "
+              f"p99 / own p50 = {p99 / p50:.2f}", end="")
+    print()
+    routing.close()
 
 
 if __name__ == "__main__":

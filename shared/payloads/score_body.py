@@ -7,15 +7,20 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InvalidPayload
-from .common import ScoringInput, dumps, parse_options
+from .common import DEFAULT_OPTIONS, ScoringInput, dumps, parse_options
 from .records import parse_records
 from .rows import parse_rows
+
+_FIELDS = frozenset(("rows", "records", "options"))
 
 
 def parse_score_body(doc: dict[str, Any], feature_names: Sequence[str], max_rows: int,
                      extra_fields: frozenset[str] = frozenset()) -> ScoringInput:
     """Parse the ``/api/score`` body: ``rows`` or ``records``, plus ``options``."""
-    allowed = {"rows", "records", "options"} | extra_fields
+    if len(doc) == 1 and "rows" in doc:  # the common shape: no options, no extra fields
+        return ScoringInput(X=parse_rows(doc["rows"], feature_names, max_rows), options=DEFAULT_OPTIONS,
+                            format="rows", fields={})
+    allowed = _FIELDS | extra_fields
     unknown = set(doc) - allowed
     if unknown:
         raise InvalidPayload(f"unknown field(s) {sorted(unknown)[:5]}; expected 'rows' or 'records' "
