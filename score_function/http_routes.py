@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import azure.functions as func
 
+from .dispatch import run_scoring
 from .responses import error_response, json_response, request_id_of, trace_carrier
 
 bp = func.Blueprint()
@@ -20,39 +21,40 @@ def _service():
 
 
 @bp.route(route="score/{name}", methods=["POST"])
-def score(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+async def score(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     """Score ``rows`` or ``records`` for an endpoint."""
     request_id = request_id_of(req)
     try:
         from shared.payloads import encode_score_response
 
-        result = _service().score(
-            req.route_params["name"], req.get_body(), content_type=req.headers.get("content-type"),
+        name, body = req.route_params["name"], req.get_body()
+        result = await run_scoring(name, body, lambda service: service.score(
+            name, body, content_type=req.headers.get("content-type"),
             carrier=trace_carrier(req, context), headers=req.headers, query=req.params,
             request_id=request_id,
             encode=lambda r: encode_score_response(r.predictions, r.model.to_dict(), request_id,
-                                                   {"variant": r.variant}))
+                                                   {"variant": r.variant})))
         return json_response(result.body, request_id, headers={"x-scorefn-variant": result.variant})
     except Exception as exc:
         return error_response(exc, request_id, "score")
 
 
 @bp.route(route="v2/models/{name}/infer", methods=["POST"])
-def v2_infer(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+async def v2_infer(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     """Open Inference Protocol inference."""
     request_id = request_id_of(req)
     try:
         from shared.payloads import encode_v2_response
 
-        name = req.route_params["name"]
-        result = _service().score(
-            name, req.get_body(), fmt="v2", content_type=req.headers.get("content-type"),
+        name, body = req.route_params["name"], req.get_body()
+        result = await run_scoring(name, body, lambda service: service.score(
+            name, body, fmt="v2", content_type=req.headers.get("content-type"),
             carrier=trace_carrier(req, context), headers=req.headers, query=req.params,
             request_id=request_id,
             encode=lambda r: encode_v2_response(
                 r.predictions, model_name=name, model_version=r.model.version,
                 request_id=r.request.request_id or request_id,
-                parameters={"variant": r.variant, "model": r.model.name}))
+                parameters={"variant": r.variant, "model": r.model.name})))
         return json_response(result.body, request_id, headers={"x-scorefn-variant": result.variant})
     except Exception as exc:
         return error_response(exc, request_id, "v2_infer")

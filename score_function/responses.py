@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
 
 import azure.functions as func
 import orjson
@@ -18,8 +18,10 @@ JSON = "application/json"
 
 def request_id_of(req: func.HttpRequest) -> str:
     """The caller's ``x-request-id`` when it is a sane token, else a new one."""
-    given = req.headers.get("x-request-id") or ""
-    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    given = req.headers.get("x-request-id")
+    if given and _REQUEST_ID.match(given):
+        return given
+    return os.urandom(16).hex()  # 32 hex digits like uuid4().hex, at a third of its cost
 
 
 def trace_carrier(req: func.HttpRequest, context: func.Context | None) -> dict[str, str]:

@@ -119,6 +119,10 @@ class ModelStore:
         assert flight.model is not None
         return flight.model, True
 
+    def is_cached(self, name: str) -> bool:
+        """Whether ``get(name)`` would answer from the cache, without storage access."""
+        return name in self._entries
+
     def loaded(self) -> list[ModelInfo]:
         """Info of every cached model, least recently used first."""
         with self._lock:

@@ -384,7 +384,10 @@ def test_a_dead_telemetry_endpoint_does_not_affect_scoring(azurite, demo_models,
            **{f"{k}_{n}": v for n, f in figures.items() for k, v in f.items() if k != "log"})
 
 
-# -- 6. slow storage and the shared thread pool (known problems, strict xfail) -----------------
+# -- 6. slow storage and the shared thread pool ------------------------------------------------
+# Found by these drills (then strict xfails): readiness probes and queue jobs waiting on slow
+# storage held every function pool thread, and scorings of loaded models queued behind them.
+# Warm, small scorings now run on the worker's event loop (score_function/dispatch.py).
 
 @pytest.fixture(scope="module")
 def slow_host(azurite, demo_models, tmp_path_factory):
@@ -422,10 +425,6 @@ def scoring_latency_while(host, busy, seconds: float = 3.0) -> list[float]:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "GET /api/v2/health/ready pings storage on the function thread pool with no single flight "
-    "(ScoringService.readiness): with storage slow, concurrent anonymous probes each hold a pool "
-    "thread for up to STORAGE_TIMEOUT_SECONDS x 3 and requests for loaded models queue behind them"))
 def test_readiness_probes_during_slow_storage_do_not_starve_scoring(slow_host, request):
     import threading
 
@@ -450,10 +449,6 @@ def test_readiness_probes_during_slow_storage_do_not_starve_scoring(slow_host, r
     assert max(latencies) < 0.5, f"a scoring of a loaded model waited {max(latencies):.2f} s"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "queue jobs and HTTP requests share the function thread pool (as in the Python worker): with "
-    "storage slow, job invocations waiting on their job records hold every pool thread and "
-    "requests for loaded models queue behind them"))
 def test_queue_jobs_during_slow_storage_do_not_starve_scoring(slow_host, azurite, request):
     from azure.storage.queue import QueueClient
 

@@ -91,6 +91,12 @@ class RouterHolder:
         current = self._current
         return current[1] if current is not None else None
 
+    def loaded(self) -> Router | None:
+        """The router in use, or ``None`` while the first config is not loaded yet (never
+        reads storage; :meth:`current` may)."""
+        current = self._current
+        return current[0] if current is not None else None
+
     def current(self) -> Router:
         """The router to use for one request; starts a background revalidation when due."""
         current = self._current
