@@ -10,12 +10,15 @@ calls measured in the same run. Two core-path cases:
   same model, so that the floor is the same model's: two models would also share the CPU
   caches, which the bare calls do not), metrics
   recorded through the OpenTelemetry SDK (a meter provider with a reader, as in Azure),
-  5% of requests traced into a batch span processor: what the issue's target counts.
+  5% of requests traced into a batch span processor: what the issue's target counts;
+- ``as deployed, compiled trees``: the same with the model's compiled forest serving
+  (``COMPILED_MODELS``; only when lleaves is installed, from ``requirements-compiled.txt``).
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import json
 import os
 import sys
@@ -78,6 +81,17 @@ def main() -> None:
     bare = ScoringService(settings, store, telemetry=Telemetry())
     deployed = ScoringService(settings, store, telemetry=deployed_telemetry, routing=routing)
     model, _ = store.get("bench")
+    compiled_case = None
+    if importlib.util.find_spec("lleaves") is not None:  # requirements-compiled.txt
+        from bench.compiled import compiled_forest
+
+        # Its own store: the model there gets the checked compiled forest, as the background
+        # compiler would attach it (COMPILED_MODELS); the artifact is cached in bench/.cache.
+        compiled_store = ModelStore(Source(), refresh_seconds=3600)
+        compiled_model, _ = compiled_store.get("bench")
+        compiled_model.attach_compiled(compiled_forest(path, compiled_model)[0])
+        compiled_case = ScoringService(settings, compiled_store, telemetry=deployed_telemetry,
+                                       routing=routing)
 
     def encode(result) -> bytes:
         return encode_score_response(result.predictions, result.model.to_dict(), "bench",
@@ -99,15 +113,18 @@ def main() -> None:
             config, ctypes.c_void_p(row.ctypes.data), ctypes.byref(out_len),
             ctypes.c_void_p(out.ctypes.data))
 
-    for i, body in enumerate(bodies[:500]):
-        core(bare, i, body)
-        core(deployed, i, body)
-    single = interleaved({
+    cases = {
         "Booster.predict (numpy, 1 thread)": lambda i: booster.predict(rows[i % 4096:i % 4096 + 1], num_threads=1),
         "LightGBM fast C API (ctypes)": fast_c,
         "scorefn core path, bare": lambda i: core(bare, i, bodies[i % 4096]),
         "scorefn core path, as deployed": lambda i: core(deployed, i, bodies[i % 4096]),
-    }, rounds=15, per_round=400)
+    }
+    if compiled_case is not None:
+        cases["as deployed, compiled trees"] = lambda i: core(compiled_case, i, bodies[i % 4096])
+    for i in range(500):
+        for case in cases.values():
+            case(i)
+    single = interleaved(cases, rounds=15, per_round=400)
     batch = interleaved({
         "Booster.predict (numpy, 1 thread)": lambda i: booster.predict(batches[i % 3], num_threads=1),
         "scorefn core path, as deployed": lambda i: core(deployed, i, batch_bodies[i % 3]),
@@ -127,7 +144,7 @@ def main() -> None:
     for name, samples in batch.items():
         p50, p90, _ = summary_us(samples)
         print(f"{name:34s} {p50 / 1e3:8.2f} {p90 / 1e3:8.2f} {1000 / (p50 / 1e6):8.0f} {p50 / base:10.2f}")
-    for name in ("scorefn core path, bare", "scorefn core path, as deployed"):
+    for name in [n for n in single if n.startswith(("scorefn", "as deployed"))]:
         p50, _, p99 = summary_us(single[name])
         print(f"\n{name}: single-row p50 / fast C API p50 = {p50 / fast:.2f}; "
               f"p99 / own p50 = {p99 / p50:.2f}", end="")
