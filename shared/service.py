@@ -34,6 +34,7 @@ _NONE: frozenset[str] = frozenset()
 # Bodies up to this size may be scored on an event loop when warm: ~15 rows of 100 features,
 # ~1 ms of CPU at most; larger ones go to a thread so the loop keeps serving others.
 INLINE_MAX_BYTES = 32 * 1024
+READINESS_CACHE_SECONDS = 5.0
 
 
 @dataclass
@@ -87,6 +88,7 @@ class ScoringService:
         self.prediction_log = prediction_log
         self.outcome_log = outcome_log
         self._readiness: tuple[float, dict[str, Any]] | None = None
+        self._readiness_lock = threading.Lock()
 
     def can_score_inline(self, endpoint: str, body_bytes: int) -> bool:
         """Whether scoring this request needs neither storage nor much CPU: the body is at
@@ -374,19 +376,28 @@ class ScoringService:
 
     def readiness(self) -> dict[str, Any]:
         """Ready when model storage answers, or when models are loaded to serve meanwhile."""
-        now = time.monotonic()
         cached = self._readiness
-        if cached is not None and now - cached[0] < 5.0:
+        if cached is not None and time.monotonic() - cached[0] < READINESS_CACHE_SECONDS:
+            return cached[1]
+        # One probe asks storage at a time; the others answer with the last report meanwhile
+        # (or, before there is one, wait for it): probes must not hold every function thread.
+        if not self._readiness_lock.acquire(blocking=cached is None):
             return cached[1]
         try:
-            self.store.source.ping()
-            storage = "ok"
-        except ScoreError as exc:
-            storage = exc.code
-        loaded = [info.to_dict() for info in self.store.loaded()]
-        report = {"ready": storage == "ok" or bool(loaded), "storage": storage, "models": loaded}
-        self._readiness = (now, report)
-        return report
+            cached = self._readiness
+            if cached is not None and time.monotonic() - cached[0] < READINESS_CACHE_SECONDS:
+                return cached[1]  # made while this probe waited
+            try:
+                self.store.source.ping()
+                storage = "ok"
+            except ScoreError as exc:
+                storage = exc.code
+            loaded = [info.to_dict() for info in self.store.loaded()]
+            report = {"ready": storage == "ok" or bool(loaded), "storage": storage, "models": loaded}
+            self._readiness = (time.monotonic(), report)
+            return report
+        finally:
+            self._readiness_lock.release()
 
     def metadata(self, endpoint: str) -> dict[str, Any]:
         """V2 model metadata: inputs (both accepted shapes) and outputs."""

@@ -1,0 +1,53 @@
+"""Readiness: one probe at a time asks storage; the others answer from the last report."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from shared.blob_source import BlobSource
+from shared.model_store import ModelStore
+from shared.service import ScoringService
+from shared.settings import Settings
+
+
+class SlowPings(BlobSource):
+    """The real container, with a ping that takes a while and is counted."""
+
+    def __init__(self, container) -> None:
+        super().__init__(container, 1 << 20)
+        self.pings = 0
+        self.lock = threading.Lock()
+
+    def ping(self) -> None:
+        with self.lock:
+            self.pings += 1
+        time.sleep(0.3)
+        super().ping()
+
+
+def test_concurrent_probes_ask_storage_once(container):
+    source = SlowPings(container)
+    service = ScoringService(Settings.from_env({}), ModelStore(source, refresh_seconds=3600))
+    with ThreadPoolExecutor(8) as pool:
+        reports = list(pool.map(lambda _: service.readiness(), range(8)))
+    assert source.pings == 1
+    assert all(r == {"ready": True, "storage": "ok", "models": []} for r in reports)
+
+
+def test_a_stale_report_is_served_while_one_probe_refreshes_it(container, monkeypatch):
+    import shared.service as service_module
+
+    source = SlowPings(container)
+    service = ScoringService(Settings.from_env({}), ModelStore(source, refresh_seconds=3600))
+    assert service.readiness()["ready"]
+    monkeypatch.setattr(service_module, "READINESS_CACHE_SECONDS", 0.0)  # the report is stale now
+    refresher = threading.Thread(target=service.readiness)
+    refresher.start()
+    time.sleep(0.1)  # the refresher is pinging
+    start = time.perf_counter()
+    assert service.readiness()["storage"] == "ok"  # the last report, without waiting
+    assert time.perf_counter() - start < 0.15
+    refresher.join()
+    assert source.pings == 2
