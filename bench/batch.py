@@ -4,8 +4,11 @@ a 1,000,000-row job takes against the file's size as Python objects.
 1. Throughput: a 100,000-row, 100-feature CSV blob (4 decimals, 2% empty cells) scored by
    ``BatchJobs.handle`` in this process (download, parse, predict, stage, commit, result
    message), against ``Booster.predict`` on the same rows as a numpy array with the same
-   thread count; the two interleaved over several repeats, medians compared. Optionally the
-   same job sent through the job queue to the local Functions host (send -> result message).
+   thread count, for one predict thread (``PREDICT_MAX_THREADS=1``) and one per core (the
+   default); all four interleaved round by round, medians compared. Also the CPU seconds of
+   parsing, of predicting, of the whole job and of Azurite serving the input: on a machine
+   where every core predicts, they bound the ratio. Optionally the same job sent through the
+   job queue to the local Functions host (send -> result message).
 2. Memory: a 1,000,000-row CSV job in a fresh child process, peak RSS sampled every 10 ms,
    against the input's size as bytes, as a float64 array and as Python lists of floats.
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -92,7 +96,7 @@ def memory_child(conn: str, blob: str) -> None:
     """Run one job here, print peak RSS above the warmed-up baseline (in the child process)."""
     import psutil
 
-    jobs, _ = build_jobs(conn, {})
+    jobs, _ = build_jobs(conn, {"BATCH_FANOUT_BYTES": "0"})
     jobs.service.model("bench")  # load the model first: its memory is not the job's
     proc = psutil.Process()
     baseline = proc.memory_info().rss
@@ -146,10 +150,44 @@ def through_queue(conn: str, env: dict[str, str], settings, message: bytes,
     return times
 
 
+def parse_seconds(body: bytes, feature_names: list[str]) -> float:
+    """CPU seconds one thread takes to split and parse the whole CSV as a job does."""
+    from shared.batch import parse_units
+    from shared.batch_io import csv_layout, split_first_line
+
+    start = time.thread_time()
+    header, rest = split_first_line([body])
+    layout = csv_layout(header, feature_names, None)
+    for _ in parse_units(rest, 50_000, layout=layout, feature_names=tuple(feature_names),
+                         id_column=None, first_line=2):
+        pass
+    return time.thread_time() - start
+
+
+def process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def machine_busy() -> float | None:
+    """CPU seconds all processes on this (Linux) machine have used so far."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(proc) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory-rows", type=int, default=1_000_000, help="0 to skip")
     parser.add_argument("--no-queue", action="store_true", help="skip the run through the host")
     parser.add_argument("--memory-child", nargs=2, metavar=("CONN", "BLOB"), help=argparse.SUPPRESS)
@@ -158,9 +196,11 @@ def main() -> None:
         return memory_child(*args.memory_child)
 
     import lightgbm as lgb
+    import psutil
     from azure.storage.blob import BlobServiceClient
 
     from devhost.azurite import Azurite
+    from shared.batch import UNIT_ROWS
     from shared.scorer import threads_for
 
     model_path = bench_model_path()
@@ -169,50 +209,94 @@ def main() -> None:
         conn = azurite.connection_string
         env = {"AzureWebJobsStorage": conn, "SCORE_QUEUE_NAME": "score-requests",
                "RESULTS_QUEUE_NAME": "score-results", "MODEL_CONTAINER": "models",
-               "BATCH_CONTAINER": "batch", "CHUNK_QUEUE_NAME": "score-chunks"}
+               "BATCH_CONTAINER": "batch", "CHUNK_QUEUE_NAME": "score-chunks",
+               "BATCH_FANOUT_BYTES": "0"}  # one invocation, however large the input
         blobs = BlobServiceClient.from_connection_string(conn)
         blobs.create_container("models").upload_blob("bench.txt", model_path.read_bytes())
         batch = blobs.create_container("batch")
         size, X = upload_csv(batch.get_blob_client("inputs/bench.csv"), args.rows, 1, keep=True)
-        jobs, settings = build_jobs(conn, env)
-        threads = threads_for(settings.batch_chunk_rows, settings.predict_parallel_min_rows,
-                              settings.predict_max_threads)
-        print(f"input: {args.rows:,} rows x {FEATURES} features, CSV {size / 1e6:.1f} MB; "
-              f"chunks of {settings.batch_chunk_rows:,} rows; {threads} predict threads "
-              f"({os.cpu_count()} cores)")
-        jobs.handle(job_message("bench-warm", "inputs/bench.csv"), message_id="warm")  # loads
-        job_s, predict_s = [], []
+        cores = os.cpu_count() or 1
+        configs = {}  # predict threads -> job runner: PREDICT_MAX_THREADS=1, then 0 (all cores)
+        for max_threads in ("1", "0"):
+            jobs, settings = build_jobs(conn, {**env, "PREDICT_MAX_THREADS": max_threads})
+            threads = threads_for(UNIT_ROWS, settings.predict_parallel_min_rows,
+                                  settings.predict_max_threads)
+            jobs.handle(job_message(f"bench-warm-{threads}", "inputs/bench.csv"),
+                        message_id=f"warm-{threads}")  # loads the model
+            configs[threads] = jobs
+        print(f"input: {args.rows:,} rows x {FEATURES} features, CSV {size / 1e6:.1f} MB; parsed "
+              f"and predicted in units of <= {UNIT_ROWS:,} rows, output blocks of "
+              f"{settings.batch_chunk_rows:,} rows; {cores} cores; {args.repeats} rounds, "
+              f"cases interleaved")
+        body = blobs.get_blob_client("batch", "inputs/bench.csv").download_blob().readall()
+        azurite_proc = psutil.Process(azurite.process.pid)
+        runs: dict[int, dict[str, list[float]]] = {t: {} for t in configs}
+        parse_cpu: list[float] = []
+        before = machine_busy(), process_cpu(), _cpu(azurite_proc), time.time()
         for r in range(args.repeats):
-            start = time.perf_counter()
-            outcome = jobs.handle(job_message(f"bench-{r}", "inputs/bench.csv"), message_id=f"m{r}")
-            job_s.append(time.perf_counter() - start)
-            assert outcome.status == "succeeded", outcome.result
-            start = time.perf_counter()
-            expected = booster.predict(X, num_threads=threads)
-            predict_s.append(time.perf_counter() - start)
-        got = np.array([float(x) for x in blobs.get_blob_client("batch", "predictions/bench-0.csv")
-                        .download_blob().readall().split(b"\n")[1:-1]])
-        assert np.array_equal(got, expected), "batch output differs from Booster.predict"
-        job_med, pred_med = statistics.median(job_s), statistics.median(predict_s)
-        print(f"batch job (in process), end to end: {args.rows / job_med:>10,.0f} rows/s  "
-              f"(median {job_med:.2f} s of {args.repeats}: "
-              f"{', '.join(f'{t:.2f}' for t in job_s)})")
-        print(f"Booster.predict on a numpy array:  {args.rows / pred_med:>10,.0f} rows/s  "
-              f"(median {pred_med:.2f} s: {', '.join(f'{t:.2f}' for t in predict_s)})")
-        print(f"ratio batch job / Booster.predict: {pred_med / job_med:.2f}  "
-              f"(output identical to Booster.predict: yes)")
+            parse_cpu.append(parse_seconds(body, booster.feature_name()))
+            for threads, jobs in configs.items():
+                figures = runs[threads]
+                job_id = f"bench-{threads}-{r}"
+                cpu0, az0 = process_cpu(), _cpu(azurite_proc)
+                start = time.perf_counter()
+                outcome = jobs.handle(job_message(job_id, "inputs/bench.csv"), message_id=job_id)
+                figures.setdefault("job", []).append(time.perf_counter() - start)
+                figures.setdefault("job_cpu", []).append(process_cpu() - cpu0)
+                figures.setdefault("azurite_cpu", []).append(_cpu(azurite_proc) - az0)
+                assert outcome.status == "succeeded", outcome.result
+                cpu0, start = process_cpu(), time.perf_counter()
+                expected = booster.predict(X, num_threads=threads)
+                figures.setdefault("predict", []).append(time.perf_counter() - start)
+                figures.setdefault("predict_cpu", []).append(process_cpu() - cpu0)
+                if r == 0:
+                    got = np.array([float(x) for x in blobs.get_blob_client(
+                        "batch", f"predictions/{job_id}.csv").download_blob().readall()
+                        .split(b"\n")[1:-1]])
+                    assert np.array_equal(got, expected), "output differs from Booster.predict"
+        del body
+        after = machine_busy(), process_cpu(), _cpu(azurite_proc), time.time()
+        if before[0] is not None and after[0] is not None:
+            busy, ours, az, wall = (b - a for a, b in zip(before, after))
+            print(f"other work on the machine during the rounds: "
+                  f"{max(0.0, busy - ours - az) / wall:.2f} "
+                  f"of {cores} cores on average")
+        med = {t: {k: statistics.median(v) for k, v in f.items()} for t, f in runs.items()}
+        print(f"{'predict threads':<16}{'Booster.predict rows/s':>24}{'blob job rows/s':>17}"
+              f"{'ratio':>7}   job seconds (all rounds)")
+        for threads, m in med.items():
+            print(f"{threads:<16}{args.rows / m['predict']:>24,.0f}{args.rows / m['job']:>17,.0f}"
+                  f"{m['predict'] / m['job']:>7.2f}   "
+                  f"{', '.join(f'{t:.2f}' for t in runs[threads]['job'])}")
+        print("outputs identical to Booster.predict: yes (both cases)")
+        parse_med = statistics.median(parse_cpu)
+        one, full = med[1], med[max(med)]
+        print(f"CPU seconds per job (medians): parse {parse_med:.2f} (one thread, alone), "
+              f"Booster.predict {one['predict_cpu']:.2f} (1 thread) / {full['predict_cpu']:.2f} "
+              f"({max(med)} threads); the whole job in process {one['job_cpu']:.2f} / "
+              f"{full['job_cpu']:.2f}, plus Azurite serving the input {one['azurite_cpu']:.2f} / "
+              f"{full['azurite_cpu']:.2f}")
+        if cores > 1:
+            floor = (full["job_cpu"] + full["azurite_cpu"]) / cores
+            print(f"ceiling with all {cores} cores predicting: the job's CPU (its own and "
+                  f"Azurite's) needs >= {floor:.2f} s on {cores} cores, Booster.predict takes "
+                  f"{full['predict']:.2f} s, so at most {full['predict'] / floor:.2f}x; with 1 "
+                  f"predict thread the parser has a core of its own (parse {parse_med:.2f} s "
+                  f"< predict {one['predict']:.2f} s)")
+        threads, pred_med = max(configs), full["predict"]
         if not args.no_queue:
             queue_s = through_queue(conn, env, settings, job_message("q", "inputs/bench.csv"),
                                     max(1, args.repeats - 1))
             q_med = statistics.median(t for t, _ in queue_s)
             in_host = statistics.median(j for _, j in queue_s)
-            print(f"through the queue (local host, send -> result message): "
-                  f"{args.rows / q_med:,.0f} rows/s (median {q_med:.2f} s of {len(queue_s)}); "
+            print(f"through the queue (local host, {threads} predict threads, send -> result "
+                  f"message): {args.rows / q_med:,.0f} rows/s (median {q_med:.2f} s of "
+                  f"{len(queue_s)}); "
                   f"ratio to Booster.predict {pred_med / q_med:.2f}")
             print(f"  of which the job inside the host: {in_host:.2f} s "
                   f"({args.rows / in_host:,.0f} rows/s); the rest is the queue: the host polls "
                   f"at most every maxPollingInterval (host.json: 2 s) once idle")
-        del X, expected, got
+        del X, expected
 
         if args.memory_rows:
             n = args.memory_rows

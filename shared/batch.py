@@ -9,10 +9,11 @@
 3. inline jobs: parses the rows with the HTTP payload parsers and predicts them; the
    predictions go in the result message when it stays under ~47 KiB, else in
    ``results/{id}.json``;
-   blob jobs: streams the input blob in chunks of ``BATCH_CHUNK_ROWS`` lines (parsing the
-   next chunk in a background thread while the current one is predicted), stages each
-   chunk's output rows as a block of the output blob, and commits the block list at the
-   end, atomically, with the job id and model version in the blob's metadata;
+   blob jobs: streams the input blob in chunks of ``BATCH_CHUNK_ROWS`` lines, each parsed
+   and predicted in units of at most ``UNIT_ROWS`` (parsed in a background thread, ahead of
+   the unit being predicted: :func:`score_units`), stages each chunk's output rows as a
+   block of the output blob, and commits the block list at the end, atomically, with the job
+   id and model version in the blob's metadata;
 4. records the result in the job record, sends it to the results queue, marks the job done.
 
 A blob input larger than ``BATCH_FANOUT_BYTES`` is not scored here: step 3 becomes planning,
@@ -36,20 +37,24 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
+import numpy as np
+from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobBlock, BlobClient, BlobServiceClient, ContentSettings
 from azure.storage.queue import QueueServiceClient
 
-from .batch_io import (csv_layout, line_chunks, parse_csv_chunk, parse_jsonl_chunk,
-                       split_first_line, writer_for)
+from .batch_io import (CsvLayout, CsvWriter, Ids, JsonlWriter, csv_layout, line_chunks,
+                       parse_csv_chunk, parse_jsonl_chunk, range_blocks, split_first_line,
+                       writer_for)
 from .errors import InputNotFound, InvalidPayload, PayloadTooLarge, ScoreError
 from .job_messages import (BlobJob, InlineJob, JobIdentity, decode_message, job_identity,
                            parse_job)
 from .job_records import LEASE_SECONDS, Claim, JobRecords
 from .model import LoadedModel
 from .payloads import ScoringInput, dumps
+from .payloads.common import Options
 from .scorer import predict
 from .service import ScoringService
 from .settings import Settings
@@ -59,6 +64,13 @@ log = logging.getLogger("scorefn.batch")
 BATCH_CONNECTION = "AzureWebJobsStorage"  # the queue trigger's connection
 RESULT_MAX_BYTES = 47 * 1024  # base64 of this still fits a 64 KiB queue message
 MAX_BLOCKS = 50_000  # committed blocks per block blob
+# Rows parsed and predicted at a time: chunks of BATCH_CHUNK_ROWS lines are cut into units of at
+# most UNIT_ROWS (of near equal sizes), the very first one FIRST_UNIT_ROWS, so prediction starts
+# after a short parse that nothing overlaps (~15 ms for 100 features) and never waits long for
+# the parser; output is still staged a whole chunk per block.
+UNIT_ROWS = 8192
+FIRST_UNIT_ROWS = 2048
+PREFETCH_UNITS = 2  # parsed units queued ahead of the one being predicted
 _META = "scorefn_"
 T = TypeVar("T")
 
@@ -202,47 +214,36 @@ class BatchJobs:
                      job.identity.job_id, job.output.describe())
             return done, False
         source = self.blobs.get_blob_client(job.input.container, job.input.blob)
-        if self.settings.batch_fanout_bytes:
-            try:
-                props = source.get_blob_properties()
-            except ResourceNotFoundError:
-                raise InputNotFound(f"input blob {job.input.describe()!r} does not exist") from None
-            if self.fanout.wants(props.size):
-                self._check_input_size(props.size)
-                self.fanout.plan(job, model, variant, claim, props)
-                return None, False
         try:
-            download = source.download_blob(max_concurrency=1)
+            props = source.get_blob_properties()
         except ResourceNotFoundError:
             raise InputNotFound(f"input blob {job.input.describe()!r} does not exist") from None
-        self._check_input_size(download.size)
-        chunk_rows = self.settings.batch_chunk_rows
+        self._check_input_size(props.size)
+        if self.settings.batch_fanout_bytes and self.fanout.wants(props.size):
+            self.fanout.plan(job, model, variant, claim, props)
+            return None, False
+        # Ranges of READ_BYTES, each pinned to the version read first (a blob replaced mid-job
+        # fails the delivery, and the retry reads the new one): the first unit is parsed after
+        # one small GET, not the SDK's first 32 MiB.
+        stream: Iterable[bytes] = range_blocks(
+            lambda offset, length: source.download_blob(
+                offset=offset, length=length, etag=props.etag,
+                match_condition=MatchConditions.IfNotModified, max_concurrency=1).readall(),
+            0, props.size)
+        layout = None
         if job.input.format == "csv":
-            header, rest = split_first_line(download.chunks())
+            header, stream = split_first_line(stream)
             layout = csv_layout(header, info.feature_names, job.id_column)
-            parsed: Iterable[Any] = (parse_csv_chunk(c, layout)
-                                     for c in line_chunks(rest, chunk_rows, first_line=2))
-        else:
-            parsed = (parse_jsonl_chunk(c, info.feature_names, job.id_column)
-                      for c in line_chunks(download.chunks(), chunk_rows))
+        units = parse_units(stream, self.settings.batch_chunk_rows, layout=layout,
+                            feature_names=info.feature_names, id_column=job.id_column,
+                            first_line=2 if layout is not None else 1)
         writer = writer_for(job.output.format, job.id_column, info.num_outputs)
         token = uuid.uuid4().hex[:12]  # this attempt's block ids: never mixed with another's
         blocks: list[BlobBlock] = []
-        pending, rows, predict_seconds = writer.header, 0, 0.0
-        for X, ids in prefetch(parsed):
-            start = time.perf_counter()
-            predictions = predict(model, ScoringInput(X=X, options=job.options),
-                                  parallel_min_rows=self.settings.predict_parallel_min_rows,
-                                  max_threads=self.settings.predict_max_threads)
-            predict_seconds += time.perf_counter() - start
-            data = pending + writer.rows(predictions, ids)
-            pending = b""
-            if data:
-                blocks.append(self._stage(out, job, token, len(blocks), data))
-            rows += X.shape[0]
-            claim.progress(rows)
-        if pending:  # no rows: the output is the header alone
-            blocks.append(self._stage(out, job, token, len(blocks), pending))
+        rows, _, predict_seconds = score_units(
+            units, model, job.options, writer, self.settings, header=writer.header,
+            stage=lambda index, data: blocks.append(self._stage(out, job, token, index, data)),
+            progress=claim.progress)
         result = self._result(job.identity, "succeeded", started, rows=rows, model=model,
                               output=(job.output.container, job.output.blob))
         claim.check()  # only the lease holder commits
@@ -361,8 +362,54 @@ def _rate(rows: int, seconds: float) -> float | None:
     return round(rows / seconds, 1) if seconds > 0 and rows else None
 
 
+def parse_units(stream: Iterable[bytes], chunk_rows: int, *, layout: CsvLayout | None,
+                feature_names: tuple[str, ...], id_column: str | None,
+                first_line: int) -> Iterator[tuple[np.ndarray, Ids | None, bool]]:
+    """The rows of a CSV (``layout``; ``stream`` after the header) or JSON Lines stream, as
+    ``(X, ids, ends_block)`` per unit of at most ``UNIT_ROWS`` lines; ``ends_block`` marks
+    the last unit of each chunk of ``chunk_rows`` lines (one output block)."""
+    for unit in line_chunks(stream, chunk_rows, first_line=first_line, unit_rows=UNIT_ROWS,
+                            first_unit_rows=FIRST_UNIT_ROWS):
+        if layout is not None:
+            X, ids = parse_csv_chunk(unit, layout)
+        else:
+            X, ids = parse_jsonl_chunk(unit, feature_names, id_column)
+        yield X, ids, unit.ends_block
+
+
+def score_units(units: Iterable[tuple[np.ndarray, Ids | None, bool]], model: LoadedModel,
+                options: Options, writer: CsvWriter | JsonlWriter, settings: Settings, *,
+                header: bytes, stage: Callable[[int, bytes], Any],
+                progress: Callable[[int], Any] | None = None) -> tuple[int, int, float]:
+    """Predict each unit as soon as it is parsed (parsing runs ahead in a background thread:
+    :func:`prefetch`) and hand the output rows of each chunk, ``header`` first, to
+    ``stage(index, data)`` as one block (an input without rows gives the header alone).
+    Returns (rows, blocks staged, predict seconds)."""
+    parts, index, rows, predict_seconds = [header], 0, 0, 0.0
+    for X, ids, ends_block in prefetch(units, depth=PREFETCH_UNITS):
+        start = time.perf_counter()
+        predictions = predict(model, ScoringInput(X=X, options=options),
+                              parallel_min_rows=settings.predict_parallel_min_rows,
+                              max_threads=settings.predict_max_threads)
+        predict_seconds += time.perf_counter() - start
+        parts.append(writer.rows(predictions, ids))
+        rows += X.shape[0]
+        if progress is not None:
+            progress(rows)
+        if ends_block:
+            data, parts = b"".join(parts), []
+            if data:
+                stage(index, data)
+                index += 1
+    data = b"".join(parts)  # the input ended inside a chunk, or had no rows (the header alone)
+    if data:
+        stage(index, data)
+        index += 1
+    return rows, index, predict_seconds
+
+
 def prefetch(items: Iterable[T], depth: int = 1) -> Iterator[T]:
-    """Iterate ``items`` in a background thread, ``depth`` items ahead: the next chunk is
+    """Iterate ``items`` in a background thread, ``depth`` items ahead: the next units are
     downloaded and parsed while this one is predicted (LightGBM releases the GIL). Errors
     surface here, in order; closing the iterator stops the thread."""
     slots: queue.Queue = queue.Queue(maxsize=depth)

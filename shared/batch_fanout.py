@@ -16,9 +16,10 @@ of instances score in parallel, and exactly one delivery commits the output and 
    ``fanned_out``. The job message is then acknowledged.
 
 **Chunks** (:meth:`FanOut.handle_chunk`, the ``%CHUNK_QUEUE_NAME%`` trigger): stream the byte
-range, score it in sub-blocks of ``BATCH_CHUNK_ROWS`` rows with the pinned model, stage each
-as a block of the output blob under a deterministic id (``{token}-{chunk}-{sub}``: a redelivered
-chunk overwrites its own blocks), then write the chunk's marker ``jobs/{id}/chunks/{chunk}``.
+range and score it with the pinned model as a single-invocation job does
+(``shared.batch.score_units``), staging each sub-block of ``BATCH_CHUNK_ROWS`` rows as a block
+of the output blob under a deterministic id (``{token}-{chunk}-{sub}``: a redelivered chunk
+overwrites its own blocks), then write the chunk's marker ``jobs/{id}/chunks/{chunk}``.
 A chunk whose marker exists is not scored again.
 
 **Completion**: after its marker, a chunk checks whether every marker exists (two cheap probes
@@ -55,8 +56,7 @@ from azure.core.exceptions import (HttpResponseError, ResourceExistsError, Resou
                                    ResourceNotFoundError)
 from azure.storage.blob import BlobBlock, BlobClient, ContentSettings
 
-from .batch_io import (byte_ranges, csv_layout, line_chunks, parse_csv_chunk, parse_jsonl_chunk,
-                       read_first_line, writer_for)
+from .batch_io import byte_ranges, csv_layout, range_blocks, read_first_line, writer_for
 from .errors import InputNotFound, InvalidPayload, JobBusy, PayloadTooLarge, ScoreError
 from .job_chunks import (MAX_CHUNKS, PLAN_KIND, ChunkMessage, block_id, count_markers,
                          decode_chunk, job_prefix, list_markers, marker_name, model_copy_name,
@@ -64,9 +64,7 @@ from .job_chunks import (MAX_CHUNKS, PLAN_KIND, ChunkMessage, block_id, count_ma
 from .job_messages import BlobJob
 from .job_records import Claim
 from .model import LoadedModel, parse_model
-from .payloads import ScoringInput
 from .payloads.common import Options
-from .scorer import predict
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobProperties
@@ -341,44 +339,21 @@ class FanOut:
         source = self.blobs.get_blob_client(source_ref["container"], source_ref["blob"])
         out = self.blobs.get_blob_client(output_ref["container"], output_ref["blob"])
         where = f"{source_ref['container']}/{source_ref['blob']}"
-        stream: Any = iter(())
-        if msg.end > msg.start:
-            try:
-                stream = source.download_blob(
-                    offset=msg.start, length=msg.end - msg.start, etag=source_ref["etag"],
-                    match_condition=MatchConditions.IfNotModified, max_concurrency=1).chunks()
-            except (ResourceModifiedError, ResourceNotFoundError, HttpResponseError) as exc:
-                raise _input_error(exc, where) from None
-        first_line = 2 if msg.index == 0 and plan["header"] is not None else 1
-        chunks = line_chunks(_guarded(stream, where), plan["chunk_rows"], first_line=first_line)
+        stream = range_blocks(_range_reader(source, source_ref["etag"], where), msg.start, msg.end)
+        layout = None
         if plan["header"] is not None:
             layout = csv_layout(plan["header"].encode("utf-8"), names, plan["id_column"])
-            parsed: Any = (parse_csv_chunk(c, layout) for c in chunks)
-        else:
-            parsed = (parse_jsonl_chunk(c, names, plan["id_column"]) for c in chunks)
-        from .batch import prefetch
+        from .batch import parse_units, score_units
 
+        units = parse_units(stream, plan["chunk_rows"], layout=layout,
+                            feature_names=names, id_column=plan["id_column"],
+                            first_line=2 if msg.index == 0 and layout is not None else 1)
         writer = writer_for(output_ref["format"], plan["id_column"], model.info.num_outputs)
         options = Options(raw_score=bool(plan["options"].get("raw_score")))
-        pending = writer.header if msg.index == 0 else b""
-        blocks = rows = 0
-        predict_seconds = 0.0
-        for X, ids in prefetch(parsed):
-            start = time.perf_counter()
-            predictions = predict(model, ScoringInput(X=X, options=options),
-                                  parallel_min_rows=self.settings.predict_parallel_min_rows,
-                                  max_threads=self.settings.predict_max_threads)
-            predict_seconds += time.perf_counter() - start
-            data = pending + writer.rows(predictions, ids)
-            pending = b""
-            if data:
-                self._stage(out, msg, blocks, data, output_ref["container"])
-                blocks += 1
-            rows += X.shape[0]
-        if pending:  # chunk 0 without rows: the CSV header alone
-            self._stage(out, msg, blocks, pending, output_ref["container"])
-            blocks += 1
-        return rows, blocks, predict_seconds
+        return score_units(  # the CSV header goes in chunk 0's first block only
+            units, model, options, writer, self.settings,
+            header=writer.header if msg.index == 0 else b"",
+            stage=lambda sub, data: self._stage(out, msg, sub, data, output_ref["container"]))
 
     def _stage(self, out: BlobClient, msg: ChunkMessage, sub: int, data: bytes,
                container: str) -> None:
@@ -591,14 +566,6 @@ def _input_error(exc: Exception, where: str) -> Exception:
     if isinstance(exc, ResourceNotFoundError) or status == 404:
         return InputNotFound(f"input blob {where!r} no longer exists")
     return exc
-
-
-def _guarded(stream: Any, where: str) -> Any:
-    """The download's blocks, with a changed or deleted input mapped to permanent errors."""
-    try:
-        yield from stream
-    except (ResourceModifiedError, ResourceNotFoundError) as exc:
-        raise _input_error(exc, where) from None
 
 
 def _delete_quietly(blob: BlobClient) -> None:

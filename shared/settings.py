@@ -151,8 +151,9 @@ SPEC: dict[str, Setting] = {
         "by default, job records (`jobs/`) and large inline results (`results/`)."),
     "batch_chunk_rows": Setting(
         "BATCH_CHUNK_ROWS", 50_000, _int(1, 10_000_000),
-        "Rows a batch job reads, scores and writes (as one staged block) at a time; memory "
-        "stays flat whatever the input's size."),
+        "Rows a batch job writes as one staged block of its output (read, parsed and scored "
+        "in smaller units of at most 8,192 rows); memory stays flat whatever the input's "
+        "size."),
     "batch_max_input_mb": Setting(
         "BATCH_MAX_INPUT_MB", 2048, _int(1, 1024 * 1024),
         "Largest input blob a batch job accepts; a larger one fails the job (`input_too_large`)."),

@@ -1,15 +1,18 @@
 """Batch input parsing and output formatting, without storage: chunking at any block and chunk
-size, CSV columns by name with the id anywhere, the slow path's cases, exact float output."""
+size, units within chunks, CSV columns by name with the id anywhere, the slow path's cases,
+exact float input and output."""
 
 from __future__ import annotations
+
+from itertools import accumulate
 
 import numpy as np
 import orjson
 import pytest
 
 from shared.batch_io import (Chunk, CsvWriter, JsonlWriter, csv_layout, line_chunks,
-                             parse_csv_chunk, parse_jsonl_chunk, prediction_texts,
-                             split_first_line)
+                             parse_csv_chunk, parse_jsonl_chunk, prediction_texts, range_blocks,
+                             split_first_line, unit_sizes)
 from shared.errors import InvalidPayload
 from tests.batch_support import sample, to_csv, to_jsonl
 
@@ -39,6 +42,57 @@ def test_chunks_regroup_lines_whatever_the_block_size(chunk_rows, block):
 
 def test_a_last_line_without_newline_is_kept():
     assert [c.data for c in line_chunks([b"1,2\n3,4"], 10)] == [b"1,2\n3,4\n"]
+
+
+@pytest.mark.parametrize("block", [1, 5, 1 << 20])
+def test_units_are_small_and_mark_where_each_chunk_ends(block):
+    data = b"".join(b"%d\n" % i for i in range(93))
+    blocks = [data[i:i + block] for i in range(0, len(data), block)]
+    units = list(line_chunks(blocks, 20, first_line=2, unit_rows=6, first_unit_rows=3))
+    assert b"".join(u.data for u in units) == data
+    lines = [u.data.count(b"\n") for u in units]
+    ends = list(accumulate(lines))
+    assert lines[0] == 3 and max(lines) <= 6
+    assert [e for e, u in zip(ends, units) if u.ends_block] == [20, 40, 60, 80, 93]
+    assert [u.first_line for u in units] == [2 + e - n for e, n in zip(ends, lines)]
+    assert lines[1:4] == [6, 6, 5] and lines[4:8] == [5, 5, 5, 5]  # no small remainders
+
+
+@pytest.mark.parametrize("rows,unit", [(50_000, 8192), (7, 8192), (8193, 8192), (10, 3), (1, 1)])
+def test_unit_sizes_are_the_fewest_of_near_equal_size(rows, unit):
+    sizes = unit_sizes(rows, unit)
+    assert sum(sizes) == rows and max(sizes) <= unit and max(sizes) - min(sizes) <= 1
+    assert len(sizes) == -(-rows // unit)
+
+
+def test_range_blocks_read_a_byte_range_in_order_only_when_consumed():
+    data = bytes(range(256)) * 10
+    calls = []
+
+    def read(offset, length):
+        calls.append((offset, length))
+        return data[offset:offset + length]
+
+    stream = range_blocks(read, 3, 2000, block_bytes=512)
+    assert calls == []
+    assert b"".join(stream) == data[3:2000]
+    assert calls == [(3, 512), (515, 512), (1027, 512), (1539, 461)]
+    assert list(range_blocks(read, 5, 5)) == []
+
+
+def test_csv_values_equal_python_float_of_their_text(monkeypatch):
+    import shared.batch_io as batch_io
+
+    monkeypatch.setattr(batch_io, "_csv_piece_slow", None)  # all of these take the fast path
+    texts = ["0", "-1", "3.14159", "1e-7", "-2.5E+10", "123456789012345678", "0.1", "5e-324",
+             "1.7976931348623157e308", "", "2.2250738585072014e-308", "9007199254740993",
+             "0.30000000000000004", "-7.0e0"]
+    rows = [texts[i:] + texts[:i] for i in range(len(texts))]  # every text in every column
+    names = [f"f{j}" for j in range(len(texts))]
+    data = (",".join(names) + "\n" + "".join(",".join(r) + "\n" for r in rows)).encode()
+    got, _ = parse_csv(data, names=names)
+    expected = [[float(t) if t else np.nan for t in r] for r in rows]
+    assert np.array_equal(got, expected, equal_nan=True)
 
 
 @pytest.mark.parametrize("position", [0, 1, 3])

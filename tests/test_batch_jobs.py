@@ -151,6 +151,46 @@ def test_many_small_chunks_give_the_same_output_as_one(rig, demo_models, fmt):
     assert outputs[0] == outputs[1]
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_small_units_are_predicted_and_each_chunk_is_staged_as_one_block(rig, demo_models,
+                                                                        monkeypatch, fmt):
+    X = sample(8, 1010, seed=11)
+    ids = [f"r{i}" for i in range(1010)]
+    data = to_csv(X, CHURN, ids, "cid") if fmt == "csv" else to_jsonl(X, CHURN, ids, "cid")
+    rig.upload(f"inputs/units.{fmt}", data)
+    real_predict, calls = batch_module.predict, []
+
+    def counting_predict(model, request, **kwargs):
+        calls.append(request.X.shape[0])
+        return real_predict(model, request, **kwargs)
+
+    monkeypatch.setattr(batch_module, "predict", counting_predict)
+    jobs = with_settings(rig, batch_chunk_rows=100)
+    outputs = {}
+    for job_id, unit_rows, first_unit_rows in (("job-units", 16, 5), ("job-whole", 100, 100)):
+        monkeypatch.setattr(batch_module, "UNIT_ROWS", unit_rows)
+        monkeypatch.setattr(batch_module, "FIRST_UNIT_ROWS", first_unit_rows)
+        calls.clear()
+        jobs.handle(orjson.dumps(blob_job(job_id, f"inputs/units.{fmt}", id_column="cid")),
+                    message_id=job_id)
+        blob = rig.blobs.get_blob_client(rig.settings.batch_container,
+                                         f"predictions/{job_id}.{fmt}")
+        body = outputs[job_id] = blob.download_blob().readall()
+        committed, _ = blob.get_block_list("committed")
+        ends = [0, *np.cumsum([b.size for b in committed])]
+        lines = [body[a:b].count(b"\n") for a, b in zip(ends, ends[1:])]
+        header = 1 if fmt == "csv" else 0
+        assert lines == [100 + header] + [100] * 9 + [10]  # blocks of BATCH_CHUNK_ROWS rows
+        assert sum(calls) == 1010 and max(calls) <= unit_rows and calls[0] == first_unit_rows
+    assert len(calls) == 11  # one unit per block
+    assert outputs["job-units"] == outputs["job-whole"]
+    if fmt == "csv":
+        got = np.array([float(r[1]) for r in read_csv(outputs["job-units"])[1]])
+    else:
+        got = np.array([orjson.loads(x)["prediction"] for x in outputs["job-units"].splitlines()])
+    assert np.array_equal(got, reference(demo_models, "churn", X))
+
+
 def test_an_empty_input_gives_a_header_only_output(rig):
     rig.upload("inputs/in.csv", ("cid," + ",".join(CHURN) + "\n").encode())
     outcome = rig.run(blob_job("job-empty", id_column="cid"))
