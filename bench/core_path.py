@@ -12,7 +12,8 @@ calls measured in the same run. Two core-path cases:
   recorded through the OpenTelemetry SDK (a meter provider with a reader, as in Azure),
   5% of requests traced into a batch span processor: what the issue's target counts;
 - ``as deployed, compiled trees``: the same with the model's compiled forest serving
-  (``COMPILED_MODELS``; only when lleaves is installed, from ``requirements-compiled.txt``).
+  (``COMPILED_MODELS``; only when lleaves is installed, from ``requirements-compiled.txt``;
+  ``--no-compiled`` leaves it out).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def main() -> None:
     deployed = ScoringService(settings, store, telemetry=deployed_telemetry, routing=routing)
     model, _ = store.get("bench")
     compiled_case = None
-    if importlib.util.find_spec("lleaves") is not None:  # requirements-compiled.txt
+    if "--no-compiled" not in sys.argv and importlib.util.find_spec("lleaves") is not None:
         from bench.compiled import compiled_forest
 
         # Its own store: the model there gets the checked compiled forest, as the background
