@@ -16,7 +16,7 @@ from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 
-from .errors import PayloadTooLarge, ScoreError, UnsupportedMediaType
+from .errors import OverrideNotAllowed, PayloadTooLarge, ScoreError, UnsupportedMediaType
 from .model import LoadedModel, ModelInfo
 from .model_store import ModelStore
 from .payloads import ScoringInput, decode_json, parse_score_body, parse_v2
@@ -196,6 +196,11 @@ class ScoringService:
                        query: Mapping[str, str] | None) -> tuple[Route, EndpointConfig | None]:
         """The route of a request, and the endpoint's config (``None``: not configured)."""
         if self.routing is None:
+            if headers and header(headers, OVERRIDE_HEADER):
+                # As for an endpoint a router config does not list: pinning a variant that
+                # does not exist must not quietly get the default model.
+                raise OverrideNotAllowed(f"endpoint {endpoint[:64]!r} does not allow choosing a "
+                                         f"variant with {OVERRIDE_HEADER} (no router config)")
             return _single_route(endpoint), None
         router = self.routing.current()
         config = router.endpoint(endpoint)

@@ -133,3 +133,13 @@ def test_v2_metadata_describes_inputs_and_outputs(service, demo_models):
     assert meta["inputs"][0]["shape"] == [-1, 4]
     assert [i["name"] for i in meta["inputs"][1:]] == list(demo_models["segment"].feature_names)
     assert meta["outputs"] == [{"name": "predict", "datatype": "FP64", "shape": [-1, 3]}]
+
+
+def test_pinning_a_variant_without_a_router_config_is_refused_not_ignored(service):
+    from shared.errors import OverrideNotAllowed
+
+    body = orjson.dumps({"rows": as_json_rows(sample_rows(6, 1))})
+    with pytest.raises(OverrideNotAllowed) as raised:
+        service.score("price", body, headers={"x-scorefn-variant": "candidate"})
+    assert raised.value.status == 403 and raised.value.code == "override_not_allowed"
+    assert service.score("price", body, headers={"x-scorefn-variant": ""}).variant == "default"
