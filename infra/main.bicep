@@ -311,6 +311,12 @@ var workbookQueries = [
     visualization: 'table'
   }
   {
+    name: 'model-refresh-failures'
+    title: 'Failed background model refreshes (the cached version kept serving)'
+    query: loadTextContent('queries/model_refresh_failures.kql')
+    visualization: 'table'
+  }
+  {
     name: 'log-dropped'
     title: 'Prediction log records dropped, per endpoint and reason'
     query: loadTextContent('queries/log_dropped.kql')

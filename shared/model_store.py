@@ -78,9 +78,13 @@ class ModelStore:
     def __init__(self, source: Source, *, refresh_seconds: float = 30.0,
                  max_cache_bytes: int = 1024 * 1024 * 1024,
                  parse: Callable[..., LoadedModel] = parse_model,
-                 clock: Callable[[], float] = time.monotonic, compiler: Any = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, compiler: Any = None,
+                 on_refresh_failure: Callable[[str, str], Any] | None = None) -> None:
         self.source = source
         self.compiler = compiler
+        # Called with (model name, error code) when a background refresh fails (the cached
+        # version keeps serving): the service counts these in telemetry.
+        self._on_refresh_failure = on_refresh_failure
         self._refresh_seconds = refresh_seconds
         self._max_cache_bytes = max_cache_bytes
         self._parse = parse
@@ -204,17 +208,25 @@ class ModelStore:
                     old.release_compiled()  # LightGBM first, then the new version's own
                     self._compile_later(name, model)
         except ScoreError as exc:
-            self.stats.failed_refreshes += 1
+            self._refresh_failed(name, exc.code)
             log.warning("refresh of model %s failed: %s (%s); keeping version %s",
                         name, exc.code, exc.message, current.version)
         except Exception:
-            self.stats.failed_refreshes += 1
+            self._refresh_failed(name, "internal_error")
             log.exception("refresh of model %s failed; keeping version %s", name, current.version)
         finally:
             with self._lock:
                 entry.refreshing = False
                 entry.next_check = self._clock() + self._refresh_seconds
         return swapped
+
+    def _refresh_failed(self, name: str, code: str) -> None:
+        self.stats.failed_refreshes += 1
+        if self._on_refresh_failure is not None:
+            try:
+                self._on_refresh_failure(name, code)
+            except Exception:  # counting must never break the refresh loop
+                log.debug("refresh failure callback failed", exc_info=True)
 
     def _compile_later(self, name: str, model: LoadedModel) -> None:
         """Queue an opted-in model for compilation (never blocks; see shared/compiled.py)."""

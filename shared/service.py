@@ -444,9 +444,10 @@ def build_service(settings: Settings) -> ScoringService:
         from .compiled import make_compiler
 
         compiler = make_compiler(settings, container)
+    telemetry = get_telemetry()
     store = ModelStore(source, refresh_seconds=settings.model_refresh_seconds,
                        max_cache_bytes=settings.model_cache_max_mb * 1024 * 1024,
-                       compiler=compiler)
+                       compiler=compiler, on_refresh_failure=telemetry.record_refresh_failure)
     routing = None
     if settings.router_config or settings.router_config_blob:
         config_source = RouterConfigSource(
@@ -457,7 +458,6 @@ def build_service(settings: Settings) -> ScoringService:
                                else None)
     shadows = (ShadowRunner(workers=settings.shadow_workers, max_pending=settings.shadow_max_pending)
                if settings.shadow_workers else None)
-    telemetry = get_telemetry()
     prediction_log, outcome_log = build_logs(settings, telemetry)
     return ScoringService(settings, store, telemetry, routing=routing, shadows=shadows,
                           prediction_log=prediction_log, outcome_log=outcome_log)

@@ -172,6 +172,10 @@ class Telemetry:
             explicit_bucket_boundaries_advisory=(0.0001, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2,
                                                  0.5, 1.0, 2.0, 5.0, 10.0, 100.0),
             description="Mean absolute difference of a shadow's predictions to the answer's")
+        self.refresh_failures = meter.create_counter(
+            "scorefn.model.refresh_failures", unit="{refresh}",
+            description="Background model refreshes that failed (the cached version kept "
+                        "serving), by model and error code")
         self.log_dropped = meter.create_counter(
             "scorefn.log.dropped", unit="{record}",
             description="Prediction log records dropped (buffer full, storage failing, too "
@@ -228,6 +232,11 @@ class Telemetry:
     def record_load(self, duration_ms: float, attributes: dict[str, Any]) -> None:
         if self.metrics:
             self._deferred.put(self.load_duration.record, duration_ms, attributes)
+
+    def record_refresh_failure(self, model: str, code: str) -> None:
+        """A background refresh of ``model`` failed with ``code``; the cached version serves."""
+        if self.metrics:
+            self.refresh_failures.add(1, {"model.name": model, "error_code": code})
 
     def record_log_dropped(self, count: int, endpoint: str, reason: str) -> None:
         """``count`` prediction log records of ``endpoint`` were dropped for ``reason``."""

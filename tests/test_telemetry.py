@@ -250,3 +250,17 @@ def test_percentiles_from_buckets_stay_within_what_was_observed(readers):
     (_, many), = points(reader, "scorefn.request.duration")
     p50, p99 = _bucket_quantile(many, 0.5), _bucket_quantile(many, 0.99)
     assert 0.1 <= p50 <= 0.15 and 0.3 <= p99 <= 180.0 and p50 < p99
+
+
+def test_a_failed_background_refresh_is_counted_by_model_and_code(container, demo_models, readers):
+    telemetry, reader, _ = readers
+    upload(container, "price.txt", demo_models["price"].path)
+    store = ModelStore(BlobSource(container, 64 << 20), refresh_seconds=3600,
+                       on_refresh_failure=telemetry.record_refresh_failure)
+    served, _ = store.get("price")
+    upload(container, "price.txt", b"not a model")
+    assert store.refresh("price") is False
+    assert store.get("price")[0] is served  # the working version keeps serving
+    [(unit, point)] = points(reader, "scorefn.model.refresh_failures")
+    assert point.value == 1 and unit == "{refresh}"
+    assert dict(point.attributes) == {"model.name": "price", "error_code": "invalid_model"}
