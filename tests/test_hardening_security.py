@@ -22,9 +22,7 @@ import base64
 import gzip
 import json
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -35,6 +33,7 @@ from hypothesis import strategies as st
 
 from devhost.azurite import DEV_KEY
 from devhost.process import DevHost
+from tests.ingestion_support import Ingestion
 from tests.hardening_support import (FUNCTION_KEY, MASTER_KEY, ROOT, host_env, hypothesis_settings,
                                      make_models_container, report, unique)
 
@@ -45,34 +44,11 @@ SENTINEL_NUMBERS = [8675309.25, 31337.0625, 4815162342.5]
 SENTINEL_TEXT = "zq-SENTINEL-7f3a"
 
 
-class Capture(BaseHTTPRequestHandler):
-    """An Application Insights ingestion endpoint that keeps what it is sent."""
-
-    received: list[bytes] = []
-
-    def do_POST(self):  # noqa: N802
-        data = self.rfile.read(int(self.headers.get("content-length") or 0))
-        if self.headers.get("content-encoding") == "gzip":
-            data = gzip.decompress(data)
-        Capture.received.append(data)
-        answer = json.dumps({"itemsReceived": 1, "itemsAccepted": 1, "errors": []}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
 def ingestion():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Capture)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    Capture.received = []
+    server = Ingestion()
     yield server
-    server.shutdown()
+    server.close()
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +66,7 @@ def host(azurite, models, ingestion, tmp_path_factory):
     env = host_env(azurite.connection_string, models.container_name,
                    MAX_REQUEST_BYTES=str(MAX_BYTES), MAX_ROWS_PER_REQUEST=str(MAX_ROWS), MAX_MODEL_MB="1",
                    BATCH_CONTAINER=unique("b"),
-                   APPLICATIONINSIGHTS_CONNECTION_STRING=(
-                       f"InstrumentationKey=00000000-0000-0000-0000-000000000000;"
-                       f"IngestionEndpoint=http://127.0.0.1:{ingestion.server_port}/"),
+                   APPLICATIONINSIGHTS_CONNECTION_STRING=ingestion.connection_string,
                    TELEMETRY_EXPORT_INTERVAL_SECONDS="1")
     server = DevHost(ROOT, env, lease_seconds=30, log_path=tmp_path_factory.mktemp("security") / "devhost.log")
     server.start()
@@ -243,7 +217,7 @@ def test_no_payloads_or_secrets_in_logs_or_telemetry(host, azurite, ingestion, r
     time.sleep(2.5)  # two export intervals
     host.stop()  # shutting down flushes the exporters
     log = Path(host.log_path).read_text(errors="replace")
-    telemetry = b"\n".join(Capture.received).decode("utf-8", "replace")
+    telemetry = ingestion.text()
     assert "scorefn.request.duration" in telemetry, "telemetry was exported"
     assert "scoring failed" in log and "job sec-2 failed" in log, "failures were logged"
     secrets = {"function key": FUNCTION_KEY, "master key": MASTER_KEY, "account key": DEV_KEY,

@@ -3,11 +3,7 @@ real Azure Monitor exporter sending to a local capture server."""
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import orjson
 import pytest
@@ -24,6 +20,7 @@ from shared.service import ScoringService
 from shared.settings import Settings
 from shared.telemetry import Telemetry
 from tests.conftest import upload
+from tests.ingestion_support import Ingestion
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -142,25 +139,6 @@ def test_payloads_are_logged_only_when_configured(container, demo_models, caplog
     assert "4242.5" in caplog.records[-1].payload
 
 
-class Capture(BaseHTTPRequestHandler):
-    received: list[bytes] = []
-
-    def do_POST(self):
-        data = self.rfile.read(int(self.headers["content-length"]))
-        if self.headers.get("content-encoding") == "gzip":
-            data = gzip.decompress(data)
-        Capture.received.append(data)
-        answer = json.dumps({"itemsReceived": 1, "itemsAccepted": 1, "errors": []}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_the_azure_monitor_exporter_sends_latency_and_no_payload(container, demo_models, monkeypatch):
     from azure.monitor.opentelemetry.exporter import AzureMonitorMetricExporter
 
@@ -168,11 +146,9 @@ def test_the_azure_monitor_exporter_sends_latency_and_no_payload(container, demo
     monkeypatch.setenv("APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL", "true")
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-    server = HTTPServer(("127.0.0.1", 0), Capture)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ingestion = Ingestion()
     try:
-        conn = (f"InstrumentationKey=00000000-0000-0000-0000-000000000000;"
-                f"IngestionEndpoint=http://127.0.0.1:{server.server_port}/")
+        conn = ingestion.connection_string
         exporter = AzureMonitorMetricExporter(connection_string=conn, disable_offline_storage=True)
         reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
         provider = MeterProvider(metric_readers=[reader])
@@ -183,7 +159,7 @@ def test_the_azure_monitor_exporter_sends_latency_and_no_payload(container, demo
         service.score("price", orjson.dumps({"rows": [[987654.25, 3, 2, 10, 0.3, 12]]}))
         service.telemetry.flush()
         provider.force_flush()
-        sent = b"".join(Capture.received)
+        sent = b"".join(ingestion.received)
     finally:
         provider.shutdown()
         # The capture server stays up (a daemon thread) until the test process exits: the
