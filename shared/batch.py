@@ -56,6 +56,7 @@ from .model import LoadedModel
 from .payloads import ScoringInput, dumps
 from .payloads.common import Options
 from .scorer import predict
+from .router import Route
 from .service import ScoringService
 from .settings import Settings
 
@@ -176,7 +177,7 @@ class BatchJobs:
         # A whole job gets one variant: routed by its key, or else by its id.
         route, model, _ = self.service.resolve(job.endpoint, key=job.key or job.identity.job_id)
         if isinstance(job, InlineJob):
-            result, scored = self._run_inline(job, model, started, route.variant), True
+            result, scored = self._run_inline(job, model, started, route), True
         else:
             result, scored = self._run_blob(job, model, claim, started, route.variant)
         if result is not None:
@@ -184,8 +185,13 @@ class BatchJobs:
         return result, scored
 
     def _run_inline(self, job: InlineJob, model: LoadedModel, started: float,
-                    variant: str) -> dict[str, Any]:
-        scored = self.service.score_document(model, job.document, fmt="score")
+                    route: Route) -> dict[str, Any]:
+        scored = self.service.score_document(model, job.document, fmt="score", route=route,
+                                             extra_fields=frozenset())
+        # In the prediction log like an HTTP request (when the endpoint logs): the job id is
+        # its request id, its key the sticky key. Blob jobs are not logged (their output is).
+        self.service.log_prediction(scored, trigger="queue", request_id=job.identity.job_id,
+                                    latency_ms=(time.perf_counter() - started) * 1000)
         rows = int(scored.request.X.shape[0])
         result = self._result(job.identity, "succeeded", started, rows=rows, model=model)
         result["predictions"] = scored.predictions
@@ -199,7 +205,7 @@ class BatchJobs:
                 content_settings=ContentSettings(content_type="application/json"))
             result.update(output_blob=name, output_container=self.settings.batch_container)
         self._record(job.document, "ok", None, started, model=model, rows=rows,
-                     endpoint=job.endpoint, variant=variant,
+                     endpoint=job.endpoint, variant=route.variant,
                      predict_ms=scored.predict_seconds * 1000)
         return result
 

@@ -208,6 +208,17 @@ class ScoringService:
         override = header(headers, OVERRIDE_HEADER) if headers else None
         return router.route(endpoint, key=key, override=override), config
 
+    def log_prediction(self, result: ScoreResult, *, trigger: str, latency_ms: float,
+                       request_id: str | None) -> None:
+        """Offer a scoring made outside :meth:`score` (an inline queue job, routed as a whole)
+        to the prediction log, when its endpoint's config has a ``log`` block. Never raises."""
+        if self.routing is None or self.prediction_log is None or result.route is None:
+            return
+        config = self.routing.current().endpoint(result.route.endpoint)
+        if config is not None and config.log is not None:
+            result.request_id = request_id
+            self._log_prediction(result, config, trigger, latency_ms)
+
     def _log_prediction(self, result: ScoreResult, config: EndpointConfig, trigger: str,
                         latency_ms: float) -> None:
         """Hand the prediction log a record (the endpoint's config has a ``log`` block; the

@@ -430,3 +430,37 @@ def test_a_whole_job_gets_one_variant_routed_by_its_key_or_id(azurite, demo_mode
         assert variants == {"control", "candidate"}
     finally:
         rig.cleanup()
+
+
+def test_inline_jobs_are_in_the_prediction_log_like_requests(azurite, demo_models):
+    from shared.prediction_log import AppendTarget, BufferedLogWriter, PredictionLog
+    from shared.router import RouterConfigSource, RouterHolder
+
+    rig = make_rig(azurite, demo_models, models=("churn", "churn_v1"))
+    log_container = rig.blobs.get_container_client(rig.settings.batch_container + "log")
+    rig.created.append(("container", log_container.container_name))
+    try:
+        config = ('{"endpoints": {"churn": {"variants": [{"name": "control", "model": "churn_v1"},'
+                  ' {"name": "candidate", "model": "churn"}], "log": {"sample": 1.0}}}}')
+        service = rig.jobs.service
+        service.routing = RouterHolder(RouterConfigSource(inline=config))
+        service.prediction_log = PredictionLog(BufferedLogWriter(
+            lambda: AppendTarget(log_container, "test-instance"), flush_seconds=3600))
+        for i in range(3):
+            rig.run({"id": f"job-log{i}", "key": f"user-{i}", "endpoint": "churn",
+                     "rows": json_rows(sample(8, 2, seed=i))}, message_id=f"m-log{i}")
+        service.prediction_log.close()
+        records = {}
+        for blob in log_container.list_blobs():
+            for line in log_container.download_blob(blob.name).readall().splitlines():
+                record = orjson.loads(line)
+                records[record["request_id"]] = record
+        results = {r["id"]: r for r in rig.sent_results()}
+        assert sorted(records) == ["job-log0", "job-log1", "job-log2"]
+        for i in range(3):
+            record, result = records[f"job-log{i}"], results[f"job-log{i}"]
+            assert record["trigger"] == "queue" and record["key"] == f"user-{i}"
+            assert record["variant"] == result["variant"] and record["rows"] == 2
+            assert record["predictions"] == result["predictions"]
+    finally:
+        rig.cleanup()
