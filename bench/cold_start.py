@@ -3,7 +3,9 @@
 Each figure is measured in fresh Python processes (median of several), in one run:
 - import cost: `azure.functions` alone vs `function_app` (the app must add little);
 - first prediction through the app's service (imports, download, parse, predict) vs the
-  sum of the same parts done bare (import lightgbm + SDK, download, Booster(model_str), predict);
+  sum of the same parts done bare, two ways: with the lightgbm package (import lightgbm + SDK,
+  download, Booster(model_str), predict) and as the app does them, with LightGBM's C library
+  loaded directly (``shared/lgbm_native.py``: import numpy + SDK, download, parse, predict);
 - resident memory after loading the demo models, and per model.
 """
 
@@ -43,6 +45,21 @@ data = BlobServiceClient.from_connection_string(os.environ["AzureWebJobsStorage"
 download = time.perf_counter() - t
 t = time.perf_counter(); booster = lightgbm.Booster(model_str=data.decode()); parse = time.perf_counter() - t
 t = time.perf_counter(); booster.predict(numpy.full((1, 100), 0.1), num_threads=1); predict = time.perf_counter() - t
+print(json.dumps({"s": imports + download + parse + predict, "imports": imports,
+                  "download": download, "parse": parse, "predict": predict}))
+"""
+
+FIRST_PREDICTION_PARTS_NATIVE = """
+import json, os, time
+t = time.perf_counter(); import numpy; from azure.storage.blob import BlobServiceClient
+from shared.lgbm_native import NativeBooster, library; library()
+imports = time.perf_counter() - t
+t = time.perf_counter()
+data = BlobServiceClient.from_connection_string(os.environ["AzureWebJobsStorage"]) \\
+    .get_container_client("models").download_blob("bench.txt").readall()
+download = time.perf_counter() - t
+t = time.perf_counter(); booster = NativeBooster(data.decode()); parse = time.perf_counter() - t
+t = time.perf_counter(); booster.predict(numpy.full((1, 100), 0.1)); predict = time.perf_counter() - t
 print(json.dumps({"s": imports + download + parse + predict, "imports": imports,
                   "download": download, "parse": parse, "predict": predict}))
 """
@@ -92,7 +109,7 @@ def main() -> None:
         env = {**os.environ, "AzureWebJobsStorage": azurite.connection_string}
         rounds = 7
         imports = {m: [] for m in ("azure.functions", "function_app")}
-        first_app, first_parts, parts = [], [], []
+        first_app, first_parts, parts, first_native, native = [], [], [], [], []
         for _ in range(rounds):  # interleaved, so drift on the shared machine hits both alike
             for m in imports:
                 imports[m].append(run(IMPORT.format(module=m), env)["s"])
@@ -100,6 +117,9 @@ def main() -> None:
             detail = run(FIRST_PREDICTION_PARTS, env)
             first_parts.append(detail["s"])
             parts.append(detail)
+            detail = run(FIRST_PREDICTION_PARTS_NATIVE, env)
+            first_native.append(detail["s"])
+            native.append(detail)
         memory = run(MEMORY, env)
 
     med = {m: statistics.median(v) * 1000 for m, v in imports.items()}
@@ -110,9 +130,12 @@ def main() -> None:
     app = statistics.median(first_app) * 1000
     bare = statistics.median(first_parts) * 1000
     print(f"first prediction via the app  {app:7.1f} ms   (imports, download, parse, predict)")
-    print(f"sum of the parts, bare        {bare:7.1f} ms   ratio {app / bare:.2f}")
-    for key in ("imports", "download", "parse", "predict"):
-        print(f"  {key:10s} {statistics.median(p[key] for p in parts) * 1000:8.1f} ms")
+    bare_native = statistics.median(first_native) * 1000
+    for title, total, details in (("with the lightgbm package", bare, parts),
+                                  ("with LightGBM's C library", bare_native, native)):
+        print(f"sum of the parts, bare, {title}: {total:7.1f} ms   app / parts {app / total:.2f}")
+        for key in ("imports", "download", "parse", "predict"):
+            print(f"  {key:10s} {statistics.median(p[key] for p in details) * 1000:8.1f} ms")
     mb = 1024 * 1024
     print(f"\nResident memory: {memory['base'] / mb:.0f} MB at start, "
           f"{memory['after'] / mb:.0f} MB with the 4 demo models loaded")

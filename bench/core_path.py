@@ -103,7 +103,8 @@ def main() -> None:
                              headers=headers[i % 4096], encode=encode).body
 
     # Same rows through the fast C API directly: LightGBM's own floor for one row.
-    from lightgbm.basic import _LIB
+    from shared.lgbm_native import library
+    _LIB = library()
     config = model._new_fast_slot(0)[0]
     out = np.empty(1)
     out_len = ctypes.c_int64()

@@ -1,7 +1,8 @@
 """A loaded LightGBM model: metadata plus predict(), with LightGBM's fast single-row path.
 
-``lightgbm`` is imported when the first model is parsed, not when this module is
-imported, because its import (scipy) is a large part of a cold start.
+Models are parsed and scored by LightGBM's C library called directly
+(:mod:`shared.lgbm_native`): the ``lightgbm`` Python package, and the ``scipy`` it imports,
+are never imported to serve, which takes ~165 ms off a cold start.
 """
 
 from __future__ import annotations
@@ -16,23 +17,8 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidModel
-
-_LIB = None
-
-
-def _lib():
-    """LightGBM's C library, as loaded by the lightgbm package (imported on first use)."""
-    global _LIB
-    if _LIB is None:
-        from lightgbm.basic import _LIB as lib
-
-        _LIB = lib
-    return _LIB
-
-
-_PREDICT_NORMAL = 0
-_PREDICT_RAW = 1
-_DTYPE_FLOAT64 = 1  # C_API_DTYPE_FLOAT64
+from .lgbm_native import (DTYPE_FLOAT64, PREDICT_CONTRIB, PREDICT_NORMAL, PREDICT_RAW,
+                          NativeBooster, NativeError, check, library)
 
 
 @dataclass(frozen=True)
@@ -72,16 +58,17 @@ class LoadedModel:
     keeps serving ``pred_contrib``.
     """
 
-    def __init__(self, booster: Any, info: ModelInfo) -> None:
+    def __init__(self, booster: NativeBooster, info: ModelInfo) -> None:
         self.booster = booster
         self.info = info
-        best = int(getattr(booster, "best_iteration", 0) or 0)
-        # Booster.predict uses best_iteration when set; the fast path must use the same.
-        self._num_iteration = best if best > 0 else -1
+        # A booster loaded from text has no best_iteration: Booster.predict uses every
+        # iteration (-1), and so do both paths here.
+        self._num_iteration = -1
         # One FastConfig per concurrent caller, as LightGBM's own threaded tests use them.
         self._fast_pools: dict[int, queue.SimpleQueue] = {
-            _PREDICT_NORMAL: queue.SimpleQueue(), _PREDICT_RAW: queue.SimpleQueue()}
+            PREDICT_NORMAL: queue.SimpleQueue(), PREDICT_RAW: queue.SimpleQueue()}
         self._fast_all: list[ctypes.c_void_p] = []
+        self._single_row_fast = library().LGBM_BoosterPredictForMatSingleRowFast
         self.compiled: Any = None  # a checked CompiledForest once it has taken over
 
     @property
@@ -128,10 +115,13 @@ class LoadedModel:
                          pred_contrib: bool = False, num_threads: int = 1) -> np.ndarray:
         """Predict with LightGBM, whatever else is attached; equal to ``Booster.predict``."""
         if X.shape[0] == 1 and not pred_contrib:
-            return self._predict_one(X, _PREDICT_RAW if raw_score else _PREDICT_NORMAL)
-        return self.booster.predict(
-            X, raw_score=raw_score, pred_contrib=pred_contrib, num_iteration=self._num_iteration,
-            validate_features=False, num_threads=num_threads)
+            return self._predict_one(X, PREDICT_RAW if raw_score else PREDICT_NORMAL)
+        kind = PREDICT_CONTRIB if pred_contrib else PREDICT_RAW if raw_score else PREDICT_NORMAL
+        try:
+            return self.booster.predict(X, predict_type=kind, num_iteration=self._num_iteration,
+                                        num_threads=num_threads)
+        except NativeError as exc:
+            raise InvalidModel(f"prediction failed: {exc}") from None
 
     def _predict_one(self, X: np.ndarray, predict_type: int) -> np.ndarray:
         pool = self._fast_pools[predict_type]
@@ -142,10 +132,8 @@ class LoadedModel:
         try:
             config, in_buf, in_view, out_buf, out_view, out_len = slot
             in_view[:] = X[0]
-            if _lib().LGBM_BoosterPredictForMatSingleRowFast(config, in_buf, out_len, out_buf):
-                from lightgbm.basic import _LIB
-
-                raise InvalidModel(f"prediction failed: {_LIB.LGBM_GetLastError().decode()}")
+            if self._single_row_fast(config, in_buf, out_len, out_buf):
+                raise InvalidModel(f"prediction failed: {library().LGBM_GetLastError().decode()}")
             out = out_view.copy()
         finally:
             pool.put(slot)
@@ -155,13 +143,11 @@ class LoadedModel:
     def _new_fast_slot(self, predict_type: int) -> tuple:
         """A FastConfig with its own ctypes input/output buffers (and numpy views of them):
         passing ready ctypes arrays avoids ~2 us per numpy array and call."""
-        from lightgbm.basic import _LIB, _c_str, _safe_call
-
         config = ctypes.c_void_p()
-        _safe_call(_LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
-            self.booster._handle, ctypes.c_int(predict_type), ctypes.c_int(0),
-            ctypes.c_int(self._num_iteration), ctypes.c_int(_DTYPE_FLOAT64),
-            ctypes.c_int32(self.info.num_features), _c_str("num_threads=1"),
+        check(library().LGBM_BoosterPredictForMatSingleRowFastInit(
+            self.booster.handle, ctypes.c_int(predict_type), ctypes.c_int(0),
+            ctypes.c_int(self._num_iteration), ctypes.c_int(DTYPE_FLOAT64),
+            ctypes.c_int32(self.info.num_features), ctypes.c_char_p(b"num_threads=1"),
             ctypes.byref(config)))
         self._fast_all.append(config)
         in_buf = (ctypes.c_double * self.info.num_features)()
@@ -171,12 +157,13 @@ class LoadedModel:
 
     def __del__(self) -> None:
         try:
-            from lightgbm.basic import _LIB
+            free = library().LGBM_FastConfigFree
+            for config in getattr(self, "_fast_all", ()):
+                free(config)
         except Exception:  # interpreter shutting down
-            return
-        for config in getattr(self, "_fast_all", ()):
-            _LIB.LGBM_FastConfigFree(config)
+            pass
         self._fast_all = []
+
 
 
 _TREE_SIZES = re.compile(r"^tree_sizes=[^\n]*\n", re.M)
@@ -215,19 +202,16 @@ def parse_model(text_bytes: bytes, *, name: str, path: str, version: str,
     except UnicodeDecodeError:
         raise InvalidModel(f"model {name!r} is not a LightGBM text model (not UTF-8 text)") from None
     safe_text = check_structure(text, name)
-    import lightgbm
-
     try:
-        booster = lightgbm.Booster(model_str=safe_text)
-    except Exception as exc:  # LightGBMError, or a ValueError from its parser
+        booster = NativeBooster(safe_text)
+    except NativeError as exc:  # LightGBM's parser refused it
         raise InvalidModel(f"model {name!r} could not be parsed: {exc}") from None
     header = _header(text)
     objective = (header.get("objective") or "unknown").split()[0]
     num_classes = int(header.get("num_class", "1") or 1)
-    feature_names = tuple(booster.feature_name())
     info = ModelInfo(
         name=name, path=path, version=version, last_modified=last_modified,
-        feature_names=feature_names, num_features=booster.num_feature(), objective=objective,
-        num_classes=num_classes, num_outputs=booster.num_model_per_iteration(),
-        size_bytes=len(text_bytes))
+        feature_names=booster.feature_names, num_features=booster.num_features,
+        objective=objective, num_classes=num_classes,
+        num_outputs=booster.num_model_per_iteration, size_bytes=len(text_bytes))
     return LoadedModel(booster, info)
