@@ -18,6 +18,7 @@ Run: ``.venv/bin/python bench/batch.py [--rows N] [--repeats R] [--memory-rows N
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import base64
 import os
 import resource
@@ -190,6 +191,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory-rows", type=int, default=1_000_000, help="0 to skip")
     parser.add_argument("--no-queue", action="store_true", help="skip the run through the host")
+    parser.add_argument("--no-compiled", action="store_true",
+                        help="skip the compiled-trees case (run only when lleaves is installed)")
     parser.add_argument("--memory-child", nargs=2, metavar=("CONN", "BLOB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -224,6 +227,16 @@ def main() -> None:
             jobs.handle(job_message(f"bench-warm-{threads}", "inputs/bench.csv"),
                         message_id=f"warm-{threads}")  # loads the model
             configs[threads] = jobs
+        compiled_jobs = None
+        if not args.no_compiled and importlib.util.find_spec("lleaves") is not None:
+            from bench.compiled import compiled_forest
+
+            # All cores, with the model's checked compiled forest attached as the background
+            # compiler would (COMPILED_MODELS); the artifact is cached in bench/.cache.
+            compiled_jobs, _ = build_jobs(conn, {**env, "PREDICT_MAX_THREADS": "0"})
+            model, _ = compiled_jobs.service.store.get("bench")
+            model.attach_compiled(compiled_forest(model_path, model)[0])
+            compiled_jobs.handle(job_message("bench-warm-c", "inputs/bench.csv"), message_id="warm-c")
         print(f"input: {args.rows:,} rows x {FEATURES} features, CSV {size / 1e6:.1f} MB; parsed "
               f"and predicted in units of <= {UNIT_ROWS:,} rows, output blocks of "
               f"{settings.batch_chunk_rows:,} rows; {cores} cores; {args.repeats} rounds, "
@@ -232,6 +245,8 @@ def main() -> None:
         azurite_proc = psutil.Process(azurite.process.pid)
         runs: dict[int, dict[str, list[float]]] = {t: {} for t in configs}
         parse_cpu: list[float] = []
+        compiled_runs: list[float] = []
+        compiled_diff = 0.0
         before = machine_busy(), process_cpu(), _cpu(azurite_proc), time.time()
         for r in range(args.repeats):
             parse_cpu.append(parse_seconds(body, booster.feature_name()))
@@ -254,6 +269,19 @@ def main() -> None:
                         "batch", f"predictions/{job_id}.csv").download_blob().readall()
                         .split(b"\n")[1:-1]])
                     assert np.array_equal(got, expected), "output differs from Booster.predict"
+            if compiled_jobs is not None:
+                job_id = f"bench-c-{r}"
+                start = time.perf_counter()
+                outcome = compiled_jobs.handle(job_message(job_id, "inputs/bench.csv"),
+                                               message_id=job_id)
+                compiled_runs.append(time.perf_counter() - start)
+                assert outcome.status == "succeeded", outcome.result
+                if r == 0:
+                    got = np.array([float(x) for x in blobs.get_blob_client(
+                        "batch", f"predictions/{job_id}.csv").download_blob().readall()
+                        .split(b"\n")[1:-1]])
+                    compiled_diff = float(np.max(np.abs(got - expected)))
+                    assert compiled_diff <= 1e-12, compiled_diff
         del body
         after = machine_busy(), process_cpu(), _cpu(azurite_proc), time.time()
         if before[0] is not None and after[0] is not None:
@@ -269,6 +297,12 @@ def main() -> None:
                   f"{m['predict'] / m['job']:>7.2f}   "
                   f"{', '.join(f'{t:.2f}' for t in runs[threads]['job'])}")
         print("outputs identical to Booster.predict: yes (both cases)")
+        if compiled_runs:
+            c_med = statistics.median(compiled_runs)
+            print(f"{max(med)} threads, compiled trees: blob job {args.rows / c_med:,.0f} rows/s, "
+                  f"{med[max(med)]['predict'] / c_med:.2f}x Booster.predict with {max(med)} threads "
+                  f"(rounds: {', '.join(f'{t:.2f}' for t in compiled_runs)} s); largest difference "
+                  f"to Booster.predict {compiled_diff:.1e}")
         parse_med = statistics.median(parse_cpu)
         one, full = med[1], med[max(med)]
         print(f"CPU seconds per job (medians): parse {parse_med:.2f} (one thread, alone), "
