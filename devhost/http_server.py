@@ -103,8 +103,9 @@ class FunctionsHttpApp:
                       context.invocation_id, user_traceback(exc))
             await _respond(send, 500)
             return
-        log.debug("Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%.0fms)", function.name,
-                  context.invocation_id, (time.perf_counter() - started) * 1000)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%.0fms)", function.name,
+                      context.invocation_id, (time.perf_counter() - started) * 1000)
         await _respond(send, status, response_headers, response_body)
 
 

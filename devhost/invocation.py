@@ -70,14 +70,16 @@ class InvocationContext(func.Context):
 
     def __init__(self, function_name: str, function_directory: str,
                  trace_context: TraceContext) -> None:
-        self._invocation_id = str(uuid.uuid4())
+        self._invocation_id: str | None = None  # made when first asked for: most never are
         self._function_name = function_name
         self._function_directory = function_directory
         self._trace_context = trace_context
-        self._thread_local_storage = threading.local()
+        self._thread_local_storage: threading.local | None = None
 
     @property
     def invocation_id(self) -> str:
+        if self._invocation_id is None:
+            self._invocation_id = str(uuid.uuid4())
         return self._invocation_id
 
     @property
@@ -98,11 +100,14 @@ class InvocationContext(func.Context):
 
     @property
     def thread_local_storage(self) -> threading.local:
+        if self._thread_local_storage is None:
+            self._thread_local_storage = threading.local()
         return self._thread_local_storage
 
 
 def new_traceparent() -> str:
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"
+    ids = secrets.token_hex(24)  # one call for the trace id (16 bytes) and span id (8)
+    return f"00-{ids[:32]}-{ids[32:]}-00"
 
 
 def default_thread_count(environ: Mapping[str, str] = os.environ) -> int:

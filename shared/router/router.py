@@ -133,7 +133,9 @@ class Router:
 def header(headers: Mapping[str, str], name: str) -> str | None:
     """A header's value, whatever the case of its name in ``headers``; ``name`` is lower-case."""
     value = headers.get(name)
-    if value is not None:
+    if value is not None or not isinstance(headers, dict):
+        # Header mappings of the transports (func.HttpRequest's) match names case-insensitively
+        # already; only a plain dict needs the walk (each request without the header paid it).
         return value
     for k, v in headers.items():
         if k.lower() == name:
