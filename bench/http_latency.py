@@ -70,7 +70,8 @@ def main() -> None:
                         latency[name] += lat
                         round_p50[name].append(float(np.percentile(lat, 50)))
                         for c in (1, 4, 16):
-                            _, rps = asyncio.run(load(url, bodies, c, 2000, headers))
+                            # ~2 s per measurement: shorter ones swung 0.7-1.3x round to round
+                            _, rps = asyncio.run(load(url, bodies, c, 6000, headers))
                             throughput[name][c].append(rps)
         finally:
             baseline.terminate()
