@@ -172,10 +172,7 @@ def _splits(text: str, num_features: int) -> tuple[list[list[float]], set[int]]:
 def output_transform(traits: Traits) -> Callable[[np.ndarray], np.ndarray]:
     """LightGBM's conversion of raw scores (n, k) to predictions, in its own formulas."""
     objective, params = traits.objective, traits.params
-    if objective == "binary":
-        s = float(params.get("sigmoid", "1"))
-        return lambda raw: 1.0 / (1.0 + np.exp(-s * raw))
-    if objective in ("multiclassova", "multiclass_ova", "ova", "ovr"):
+    if objective in ("binary", "multiclassova", "multiclass_ova", "ova", "ovr"):
         s = float(params.get("sigmoid", "1"))
         return lambda raw: 1.0 / (1.0 + np.exp(-s * raw))
     if objective in ("cross_entropy", "xentropy"):
