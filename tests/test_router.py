@@ -108,6 +108,24 @@ def test_the_same_key_always_gets_the_same_variant():
             for k in KEYS[:2000]} == first
 
 
+def test_a_returning_key_gets_the_route_its_hash_gives_and_the_memo_stays_bounded(monkeypatch):
+    from shared.router import router as router_module
+
+    monkeypatch.setattr(router_module, "STICKY_MEMO_KEYS", 500)
+    r = router({"control": 70, "candidate": 30}, shadow={"next": 0.3})
+    first = [r.route("churn", key=k) for k in KEYS[:2000]]  # four times the memo's size
+    assert len(r._plans["churn"].sticky_routes) <= 500
+    again = [r.route("churn", key=k) for k in KEYS[:2000]]
+    assert again == first  # remembered or hashed again, the same route
+    fresh = router({"control": 70, "candidate": 30}, shadow={"next": 0.3}, seed=5)
+    assert [fresh.route("churn", key=k) for k in KEYS[:2000]] == first
+    # an override or no key is never answered from the memo
+    pinned = router({"control": 70, "candidate": 30}, allow_override=True)
+    key = next(k for k in KEYS if pinned.route("churn", key=k).variant == "control")
+    assert pinned.route("churn", key=key, override="candidate").variant == "candidate"
+    assert pinned.route("churn", key=key).variant == "control"
+
+
 CHILD = """
 import json, sys
 from shared.router import Router, parse_config

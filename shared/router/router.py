@@ -16,6 +16,10 @@ from .assignment import EndpointPlan
 from .config import DEFAULT_VARIANT, EndpointConfig, RouterConfig
 
 OVERRIDE_HEADER = "x-scorefn-variant"
+# Sticky keys whose routes each endpoint remembers (~250 bytes each): a returning key skips
+# ~3 us of hashing. Past this many the memo starts over; keys are callers' values, so it
+# must be bounded.
+STICKY_MEMO_KEYS = 8192
 
 
 class ShadowTarget(NamedTuple):
@@ -74,6 +78,11 @@ class Router:
         plan = self._plans.get(endpoint)
         if plan is None:
             return self._single(endpoint, key, override)
+        memo = plan.sticky_routes if key and not override else None
+        if memo is not None:
+            route = memo.get(key)
+            if route is not None:
+                return route
         hashed = bool(plan.config.shadow) or (len(plan.variants) > 1 and not override)
         state = plan.keyed(key) if key and hashed else None
         if override:
@@ -90,7 +99,12 @@ class Router:
         if plan.config.shadow:
             shadows = tuple(ShadowTarget(plan.config.shadow[j].name, plan.config.shadow[j].model)
                             for j in plan.shadow_indexes(state, self._random))
-        return Route(endpoint, variant.name, variant.model, shadows, key or None, how)
+        route = Route(endpoint, variant.name, variant.model, shadows, key or None, how)
+        if memo is not None and state is not None:  # a pure function of the key: remember it
+            if len(memo) >= STICKY_MEMO_KEYS:
+                memo.clear()
+            memo[key] = route
+        return route
 
     def describe(self) -> dict[str, Any]:
         """The routing table, for ``GET /api/endpoints``. Salts are left out."""
