@@ -113,6 +113,20 @@ def test_csv_columns_are_matched_by_name_and_missing_features_are_nan():
     assert np.isnan(got[:, 1]).all()
 
 
+@pytest.mark.parametrize("id_position", [None, 0, 2, 3])
+def test_empty_cells_anywhere_are_nan_with_or_without_an_id_column(id_position):
+    lines = [["", "", ""], ["1", "", ""], ["", "", "2"], ["", "3", ""], ["4", "5", "6"]]
+    expected = [[float(t) if t else np.nan for t in line] for line in lines]
+    header = ["a", "b", "c"]
+    if id_position is not None:
+        header.insert(id_position, "key")
+        lines = [line[:id_position] + [f"k{i}"] + line[id_position:] for i, line in enumerate(lines)]
+    data = "\n".join(",".join(r) for r in [header, *lines]).encode() + b"\n"
+    got, ids = parse_csv(data, id_column="key" if id_position is not None else None)
+    assert np.array_equal(got, expected, equal_nan=True)
+    assert ids == ([f"k{i}".encode() for i in range(5)] if id_position is not None else [])
+
+
 def test_an_only_id_column_gives_all_nan_rows():
     got, ids = parse_csv(b"key\nx\ny\n", id_column="key")
     assert got.shape == (2, 3) and np.isnan(got).all() and ids == [b"x", b"y"]
@@ -129,6 +143,9 @@ def test_the_slow_path_handles_quotes_crlf_blank_lines_nan_and_plus_signs():
     (b"a,b,c\n1,2,3\n1,2\n", "wrong_row_width", "line 3"),
     (b"a,b,c\n1,2,3\n1,x,3\n", "non_numeric_value", "line 3, column 'b'"),
     (b"a,b,c\n1,true,3\n", "non_numeric_value", "line 2"),
+    (b"a,b,c\n1,null,3\n", "non_numeric_value", "line 2"),
+    (b"a,b,c\n1,2,3\n[1,2,3]\n", "non_numeric_value", "line 3"),  # never read as a JSON list
+    (b"a,b,c\n{1,2,3}\n", "non_numeric_value", "line 2"),
     (b"a,b,zz\n1,2,3\n", "unknown_column", "'zz'"),
     (b"a,b,a\n1,2,3\n", "invalid_csv", "twice"),
     (b"", "invalid_csv", "header"),
