@@ -20,6 +20,8 @@ from .errors import OverrideNotAllowed, PayloadTooLarge, ScoreError, Unsupported
 from .model import LoadedModel, ModelInfo
 from .model_store import ModelStore
 from .payloads import ScoringInput, decode_json, parse_score_body, parse_v2
+from .payloads.common import DEFAULT_OPTIONS
+from .payloads.rows import read_rows_body
 from .prediction_log import PredictionLog, build_logs, output_kind
 from .router import (OVERRIDE_HEADER, EndpointConfig, Route, RouterHolder, ShadowRunner, header,
                      sticky_key)
@@ -151,14 +153,26 @@ class ScoringService:
         with tel.request_span("scorefn.score", carrier, attrs) as request_trace:
             try:
                 self.check_body(body, content_type)
-                doc = decode_json(body)
+                # The common body, {"rows": [[numbers]]}, is read straight into a matrix;
+                # anything else is decoded whole. Such a body holds no sticky key ("rows" is
+                # a reserved field), so it routes as an empty document would.
+                X = read_rows_body(body, self.settings.max_rows_per_request) \
+                    if fmt == "score" else None
+                doc = decode_json(body) if X is None else None
                 decoded = time.perf_counter()
-                route, config = self._route_request(endpoint, doc, headers, query)
+                route, config = self._route_request(endpoint, doc or {}, headers, query)
                 attrs["variant"] = route.variant
                 model, cold = self._get_model(route.model, attrs, request_trace)
-                sticky = config.sticky_body_field if config is not None else None
-                result = self.score_document(model, doc, fmt=fmt, cold=cold, route=route,
-                                             extra_fields=frozenset((sticky,)) if sticky else _NONE)
+                if X is not None and X.shape[1] == len(model.info.feature_names):
+                    result = self._predict_parsed(model, ScoringInput(X, DEFAULT_OPTIONS), cold)
+                    result.route = route
+                else:
+                    if doc is None:  # a row of the wrong width: the full parser says so
+                        doc = decode_json(body)
+                    sticky = config.sticky_body_field if config is not None else None
+                    result = self.score_document(
+                        model, doc, fmt=fmt, cold=cold, route=route,
+                        extra_fields=frozenset((sticky,)) if sticky else _NONE)
                 attrs["backend"] = result.backend
                 scored = time.perf_counter()
                 if encode is not None:
@@ -189,7 +203,7 @@ class ScoringService:
             self._log_prediction(result, config, trigger, elapsed_ms)
         if route.shadows and self.shadows is not None:
             for target in route.shadows:
-                self.shadows.submit(self._run_shadow, target, doc, fmt, result, trigger)
+                self.shadows.submit(self._run_shadow, target, doc, body, fmt, result, trigger)
         return result
 
     def _route_request(self, endpoint: str, doc: dict[str, Any], headers: Mapping[str, str] | None,
@@ -245,10 +259,11 @@ class ScoringService:
         except Exception:  # the log must never fail a request
             log.exception("prediction log: could not record a prediction")
 
-    def _run_shadow(self, target: Any, doc: dict[str, Any], fmt: Format, primary: ScoreResult,
-                    trigger: str) -> None:
+    def _run_shadow(self, target: Any, doc: dict[str, Any] | None, body: bytes, fmt: Format,
+                    primary: ScoreResult, trigger: str) -> None:
         """Score a shadow variant on a copy of the request, off the request path; its
-        latency and its disagreement with the answer are recorded, its failure only counted."""
+        latency and its disagreement with the answer are recorded, its failure only counted.
+        ``doc`` is the decoded body, or ``None`` when the request skipped decoding."""
         start = time.perf_counter()
         attrs: dict[str, Any] = {"trigger": trigger, "endpoint": primary.route.endpoint,
                                  "variant": target.name, "shadow": True}
@@ -261,7 +276,8 @@ class ScoringService:
                 # and slow the request threads; predict releases it.
                 result = self._predict_parsed(model, primary.request, cold)
             else:
-                result = self.score_document(model, doc, fmt=fmt, cold=cold)
+                result = self.score_document(model, doc if doc is not None else decode_json(body),
+                                             fmt=fmt, cold=cold)
         except ScoreError as exc:
             attrs["outcome"] = exc.code
             self.telemetry.record(attrs, duration_ms=(time.perf_counter() - start) * 1000)

@@ -154,3 +154,59 @@ class TestV2:
 def test_floats_survive_a_json_round_trip_exactly():
     values = np.random.default_rng(0).random(1000)
     assert decode_json(dumps({"v": values}))["v"] == values.tolist()
+
+
+# -- read_rows_body: the direct path takes a body only when it reads it as the full parser --
+
+
+def full_parser(body: bytes, width: int, max_rows: int = 100):
+    """What the full path makes of a body, or the error code it raises."""
+    try:
+        return parse_score_body(decode_json(body), [f"f{i}" for i in range(width)], max_rows).X
+    except (InvalidJson, InvalidPayload, PayloadTooLarge) as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize("body", [
+    b'{"rows": [[1.5, 2, -3e-5]]}',
+    b'{"rows":[[0.1,0.2,0.30000000000000004],[5e-324,1.7976931348623157e308,-0.0]]}',
+    b'{ "rows" : [ [ 1 , 2 , 3 ] ,\n [ 4 , 5 , 6 ] ] }',
+    b'{"rows": [[9007199254740993, 18446744073709551615, -9223372036854775808]]}',
+    b'{"rows": [[1e-400, 2.2250738585072014e-308, 123456789012345678901234567890.5]]}',
+])
+def test_plain_number_rows_are_read_exactly_as_the_full_parser_reads_them(body):
+    from shared.payloads.rows import read_rows_body
+
+    X = read_rows_body(body, 100)
+    assert X is not None and X.dtype == np.float64
+    expected = full_parser(body, X.shape[1])
+    assert np.array_equal(X, expected) and np.array_equal(np.signbit(X), np.signbit(expected))
+
+
+@pytest.mark.parametrize("body", [
+    b'{"rows": [[1, null, 3]]}', b'{"rows": [[1, true, 3]]}', b'{"rows": [[1, "2", 3]]}',
+    b'{"rows": [[1, [2], 3]]}', b'{"rows": [[[1]], [2]]}', b'{"rows": [[1, {"a": 2}, 3]]}',
+    b'{"rows": [[1, 2, 3], [4, 5]]}', b'{"rows": [[1, 2, 3], 4]}', b'{"rows": []}',
+    b'{"rows": [[]]}', b'{"rows": [1, 2, 3]}', b'{"rows": {"a": 1}}', b'{"rows": 5}',
+    b'{"rows": [[1, 2, 3]], "options": {"raw_score": true}}', b'{"records": [{"f0": 1}]}',
+    b'{"rows": [[1, 2, 3]], "rows": [[4, 5, 6]]}', b'{"rows": [[1, 2, 3]]', b'[[1, 2, 3]]',
+    b'{"rows": [[1, 2, NaN]]}', b'{"rows": [[1, 2, 1e400]]}', b'{"rows": [[01, 2, 3]]}',
+    b'{"rows": [[1, 2, 3]]} x', b"", b'{"rows": [[1, 2, 3]]}\xff',
+    b'{"rows": [[' + b",".join([b"1"] * 3) + b"]" + b", [1, 2, 3]" * 100 + b"]}",  # 101 rows
+])
+def test_anything_else_is_left_to_the_full_parser(body):
+    from shared.payloads.rows import read_rows_body
+
+    assert read_rows_body(body, 100) is None
+
+
+def test_directly_read_values_outlive_the_parser():
+    import gc
+
+    from shared.payloads.rows import read_rows_body
+
+    rows = np.random.default_rng(2).normal(size=(50, 20))
+    X = read_rows_body(dumps({"rows": rows}), 100)
+    gc.collect()
+    junk = [bytes(1000) for _ in range(10_000)]  # reuse whatever memory was freed
+    assert np.array_equal(X, rows) and len(junk) == 10_000

@@ -143,3 +143,50 @@ def test_pinning_a_variant_without_a_router_config_is_refused_not_ignored(servic
         service.score("price", body, headers={"x-scorefn-variant": "candidate"})
     assert raised.value.status == 403 and raised.value.code == "override_not_allowed"
     assert service.score("price", body, headers={"x-scorefn-variant": ""}).variant == "default"
+
+
+# -- the direct path for {"rows": [[numbers]]} ---------------------------------------------
+
+
+@pytest.mark.parametrize("name", KINDS)
+@pytest.mark.parametrize("n", [1, 7, 2500], ids=["one-row", "few-rows", "parallel-batch"])
+def test_rows_of_plain_numbers_skip_decoding_and_equal_booster_predict(service, demo_models, name,
+                                                                        n, monkeypatch):
+    def no_decoding(body):
+        raise AssertionError("this body should have been read directly")
+
+    monkeypatch.setattr("shared.service.decode_json", no_decoding)
+    X = np.random.default_rng(9).normal(40, 30, size=(n, len(demo_models[name].feature_names)))
+    X[:, 0] = np.round(X[:, 0])  # integers are numbers too
+    rows = [[int(row[0])] + row[1:].tolist() for row in X]
+    result = service.score(name, orjson.dumps({"rows": rows}))
+    assert np.array_equal(round_trip(result), reference(demo_models, name, X))
+
+
+def test_a_shadow_taking_other_features_reads_a_directly_read_body_again(container, demo_models,
+                                                                           tmp_path):
+    import json
+
+    from shared.router import RouterConfigSource, RouterHolder, ShadowRunner
+
+    names = demo_models["churn"].feature_names
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(300, len(names)))
+    renamed = lgb.train({"objective": "regression", "verbose": -1, "num_leaves": 4},
+                        lgb.Dataset(X, X[:, 0], feature_name=[f"other_{n}" for n in names]), 3)
+    renamed.save_model(str(tmp_path / "renamed.txt"))
+    upload(container, "churn.txt", demo_models["churn"].path)
+    upload(container, "renamed.txt", tmp_path / "renamed.txt")
+    config = {"endpoints": {"churn": {"variants": [{"name": "main", "model": "churn.txt"}],
+                                      "shadow": [{"name": "other", "model": "renamed.txt",
+                                                  "fraction": 1.0}]}}}
+    runner = ShadowRunner(workers=1)
+    service = ScoringService(Settings.from_env({}),
+                             ModelStore(BlobSource(container, 64 << 20), refresh_seconds=3600),
+                             routing=RouterHolder(RouterConfigSource(inline=json.dumps(config))),
+                             shadows=runner)
+    row = X[:1]
+    result = service.score("churn", orjson.dumps({"rows": row.tolist()}))
+    runner.close()
+    assert np.array_equal(round_trip(result), reference(demo_models, "churn", row))
+    assert (runner.stats.completed, runner.stats.failed) == (1, 0)

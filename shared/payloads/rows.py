@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+import simdjson
 
 from .common import rows_to_matrix
 
@@ -12,3 +13,35 @@ from .common import rows_to_matrix
 def parse_rows(rows: Any, feature_names: Sequence[str], max_rows: int) -> np.ndarray:
     """Rows of exactly ``len(feature_names)`` numbers or nulls each."""
     return rows_to_matrix(rows, feature_names, max_rows, "rows")
+
+
+def read_rows_body(body: bytes, max_rows: int) -> np.ndarray | None:
+    """A body that is exactly ``{"rows": [[numbers], ...]}`` (1 to ``max_rows`` rows of one
+    width, numbers only) as a read-only float64 matrix; ``None`` for any other body.
+
+    The common request read without a Python object per value: simdjson parses the body and
+    exports the rows as a buffer of doubles (correctly rounded, as orjson's floats are), ~4 us
+    less for a 100-feature row than decoding, checking and converting the values one by one.
+    Whatever this does not take (other fields, nulls, booleans, strings, nested or ragged
+    rows, invalid JSON) goes to the full parser, which names the fault. The caller checks the
+    width against the model.
+    """
+    try:
+        doc = simdjson.Parser().parse(body)  # a parser per call: ~0.2 us, never shared
+        if type(doc) is not simdjson.Object or len(doc) != 1:
+            return None
+        rows = doc["rows"]
+        n = len(rows) if type(rows) is simdjson.Array else 0
+        if not 0 < n <= max_rows or body.count(b"[") != n + 1:
+            return None  # one bracket per row and one around them: no list nested in a row
+        first = rows[0]
+        width = len(first) if type(first) is simdjson.Array else -1
+        if n > 1 and any(type(row) is not simdjson.Array or len(row) != width
+                         for row in rows):
+            return None
+        values = np.frombuffer(rows.as_buffer(of_type="d"), dtype=np.float64)
+    except (KeyError, ValueError, TypeError, RuntimeError):
+        return None  # not this shape, or not JSON at all
+    if width <= 0 or len(values) != n * width:
+        return None
+    return values.reshape(n, width)
