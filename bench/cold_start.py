@@ -6,12 +6,16 @@ Each figure is measured in fresh Python processes (median of several), in one ru
   sum of the same parts done bare, two ways: with the lightgbm package (import lightgbm + SDK,
   download, Booster(model_str), predict) and as the app does them, with LightGBM's C library
   loaded directly (``shared/lgbm_native.py``: import numpy + SDK, download, parse, predict);
+- the app runs from a copy laid out as deployed, with the bytecode ``azure.yaml``'s
+  prepackage hook compiles (the package is mounted read-only: Python cannot cache what it
+  compiles), and from a copy without it, which compiles the app on every cold start;
 - resident memory after loading the demo models, and per model.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -64,6 +68,22 @@ print(json.dumps({"s": imports + download + parse + predict, "imports": imports,
                   "download": download, "parse": parse, "predict": predict}))
 """
 
+COMPILE_COST = """
+import json, sys, time
+from shared.service import get_service
+import function_app
+here = __import__("os").getcwd()
+modules = [m for m in list(sys.modules.values()) if (getattr(m, "__file__", None) or "").startswith(here)]
+sources = [(m.__file__, open(m.__file__).read()) for m in modules]
+best = float("inf")
+for _ in range(5):
+    t = time.perf_counter()
+    for path, text in sources:
+        compile(text, path, "exec")
+    best = min(best, time.perf_counter() - t)
+print(json.dumps({"s": best, "modules": len(modules)}))
+"""
+
 MEMORY = """
 import json, os, psutil, orjson
 from shared.service import get_service
@@ -79,8 +99,28 @@ print(json.dumps({"base": base, "after": proc.memory_info().rss, "per_model": si
 """
 
 
-def run(code: str, env: dict[str, str]) -> dict:
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+# What azure.yaml's prepackage hook runs before packaging.
+COMPILE_APP = ["-m", "compileall", "-q", "--invalidation-mode", "checked-hash", "function_app.py",
+               "score_function", "shared"]
+
+
+def deployment(folder: Path, *, bytecode: bool) -> Path:
+    """The app's files as the deployment package holds them, compiled as the hook does or not."""
+    folder.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("function_app.py", "host.json"):
+        shutil.copy2(ROOT / name, folder / name)
+    for name in ("score_function", "shared"):
+        shutil.copytree(ROOT / name, folder / name, ignore=ignore)
+    if bytecode:
+        subprocess.run([sys.executable, *COMPILE_APP], cwd=folder, check=True)
+    return folder
+
+
+def run(code: str, env: dict[str, str], cwd: Path = ROOT) -> dict:
+    # A read-only package: nothing compiled on import can be written back.
+    env = {**env, "PYTHONDONTWRITEBYTECODE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
                          text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -107,20 +147,24 @@ def main() -> None:
         for demo in train_demo_models(Path(tmp)).values():
             container.upload_blob(f"{demo.name}.txt", demo.path.read_bytes())
         env = {**os.environ, "AzureWebJobsStorage": azurite.connection_string}
+        deployed = deployment(Path(tmp) / "deployed", bytecode=True)
+        source_only = deployment(Path(tmp) / "source-only", bytecode=False)
         rounds = 7
         imports = {m: [] for m in ("azure.functions", "function_app")}
-        first_app, first_parts, parts, first_native, native = [], [], [], [], []
+        first_app, first_source, first_parts, parts, first_native, native = [], [], [], [], [], []
         for _ in range(rounds):  # interleaved, so drift on the shared machine hits both alike
             for m in imports:
-                imports[m].append(run(IMPORT.format(module=m), env)["s"])
-            first_app.append(run(FIRST_PREDICTION_APP, env)["s"])
+                imports[m].append(run(IMPORT.format(module=m), env, deployed)["s"])
+            first_app.append(run(FIRST_PREDICTION_APP, env, deployed)["s"])
+            first_source.append(run(FIRST_PREDICTION_APP, env, source_only)["s"])
             detail = run(FIRST_PREDICTION_PARTS, env)
             first_parts.append(detail["s"])
             parts.append(detail)
-            detail = run(FIRST_PREDICTION_PARTS_NATIVE, env)
+            detail = run(FIRST_PREDICTION_PARTS_NATIVE, env, deployed)
             first_native.append(detail["s"])
             native.append(detail)
-        memory = run(MEMORY, env)
+        memory = run(MEMORY, env, deployed)
+        compile_cost = run(COMPILE_COST, env, source_only)
 
     med = {m: statistics.median(v) * 1000 for m, v in imports.items()}
     print(f"\nCold start ({rounds} fresh processes each, medians)\n")
@@ -129,7 +173,12 @@ def main() -> None:
           f"(+{med['function_app'] - med['azure.functions']:.1f} ms over azure.functions)")
     app = statistics.median(first_app) * 1000
     bare = statistics.median(first_parts) * 1000
-    print(f"first prediction via the app  {app:7.1f} ms   (imports, download, parse, predict)")
+    print(f"first prediction via the app  {app:7.1f} ms   (imports, download, parse, predict; "
+          f"as deployed, with the app's bytecode)")
+    source = statistics.median(first_source) * 1000
+    print(f"  without the app's bytecode  {source:7.1f} ms   ({source - app:+.1f} ms; compiling the "
+          f"{compile_cost['modules']} app modules it imports takes {compile_cost['s'] * 1000:.1f} ms, "
+          f"best of 5 in one process)")
     bare_native = statistics.median(first_native) * 1000
     for title, total, details in (("with the lightgbm package", bare, parts),
                                   ("with LightGBM's C library", bare_native, native)):

@@ -500,7 +500,13 @@ def test_azure_yaml_deploys_the_repository_root_as_a_python_function_app(tree):
     config = yaml.safe_load((ROOT / "azure.yaml").read_text())
     assert config["infra"] == {"provider": "bicep", "path": "infra", "module": "main"}
     ((service_name, service),) = config["services"].items()
+    hooks = service.pop("hooks")
     assert service == {"project": ".", "language": "python", "host": "function"}
+    for shell in hooks["prepackage"].values():  # the app's bytecode is compiled and shipped
+        assert "-m compileall" in shell["run"] and "--invalidation-mode checked-hash" in shell["run"]
+        assert shell["run"].split()[-3:] == ["function_app.py", "score_function", "shared"]
+    ignored = (ROOT / ".funcignore").read_text().split()
+    assert "__pycache__/" not in ignored and "*.pyc" not in ignored
     site = body(tree["resources"]["functionApp"])
     assert site["tags"]["function"]["parameters"]["arg_2"] == {"'azd-service-name'": service_name}
     assert (ROOT / "function_app.py").is_file() and (ROOT / "requirements.txt").is_file()
