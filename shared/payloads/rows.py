@@ -32,16 +32,25 @@ def read_rows_body(body: bytes, max_rows: int) -> np.ndarray | None:
             return None
         rows = doc["rows"]
         n = len(rows) if type(rows) is simdjson.Array else 0
-        if not 0 < n <= max_rows or body.count(b"[") != n + 1:
-            return None  # one bracket per row and one around them: no list nested in a row
+        if not 0 < n <= max_rows or _nested(body, n):
+            return None
         first = rows[0]
         width = len(first) if type(first) is simdjson.Array else -1
         if n > 1 and any(type(row) is not simdjson.Array or len(row) != width
                          for row in rows):
             return None
-        values = np.frombuffer(rows.as_buffer(of_type="d"), dtype=np.float64)
+        values = np.frombuffer(rows.as_buffer(of_type="d"))
     except (KeyError, ValueError, TypeError, RuntimeError):
         return None  # not this shape, or not JSON at all
     if width <= 0 or len(values) != n * width:
         return None
     return values.reshape(n, width)
+
+
+def _nested(body: bytes, n: int) -> bool:
+    """Whether the body holds more brackets than its list of ``n`` rows does (one around the
+    rows, one per row): a list nested in a row, which ``as_buffer`` would flatten."""
+    if n == 1:  # three searches for the next bracket cost less than counting them all
+        second = body.find(b"[", body.find(b"[") + 1)
+        return body.find(b"[", second + 1) != -1
+    return body.count(b"[") != n + 1
