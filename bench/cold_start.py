@@ -170,7 +170,7 @@ def main() -> None:
     print(f"\nCold start ({rounds} fresh processes each, medians)\n")
     print(f"import azure.functions        {med['azure.functions']:7.1f} ms")
     print(f"import function_app           {med['function_app']:7.1f} ms   "
-          f"(+{med['function_app'] - med['azure.functions']:.1f} ms over azure.functions)")
+          f"({med['function_app'] - med['azure.functions']:+.1f} ms over azure.functions)")
     app = statistics.median(first_app) * 1000
     bare = statistics.median(first_parts) * 1000
     print(f"first prediction via the app  {app:7.1f} ms   (imports, download, parse, predict; "
