@@ -114,7 +114,7 @@ def test_a_returning_key_gets_the_route_its_hash_gives_and_the_memo_stays_bounde
     monkeypatch.setattr(router_module, "STICKY_MEMO_KEYS", 500)
     r = router({"control": 70, "candidate": 30}, shadow={"next": 0.3})
     first = [r.route("churn", key=k) for k in KEYS[:2000]]  # four times the memo's size
-    assert len(r._plans["churn"].sticky_routes) <= 500
+    assert len(r._sticky_routes) <= 500
     again = [r.route("churn", key=k) for k in KEYS[:2000]]
     assert again == first  # remembered or hashed again, the same route
     fresh = router({"control": 70, "candidate": 30}, shadow={"next": 0.3}, seed=5)
@@ -124,6 +124,11 @@ def test_a_returning_key_gets_the_route_its_hash_gives_and_the_memo_stays_bounde
     key = next(k for k in KEYS if pinned.route("churn", key=k).variant == "control")
     assert pinned.route("churn", key=key, override="candidate").variant == "candidate"
     assert pinned.route("churn", key=key).variant == "control"
+    # a long key (a caller's value, up to a request's size) is hashed every time, never kept
+    long_key = "u" * (router_module.STICKY_MEMO_KEY_CHARS + 1)
+    before = len(r._sticky_routes)
+    assert r.route("churn", key=long_key) == fresh.route("churn", key=long_key)
+    assert len(r._sticky_routes) == before
 
 
 CHILD = """

@@ -30,7 +30,7 @@ import bisect
 import hashlib
 import math
 from itertools import accumulate
-from typing import Any, Callable
+from typing import Callable
 
 from .config import EndpointConfig
 
@@ -52,7 +52,7 @@ class EndpointPlan:
     """One endpoint's config compiled for fast assignment."""
 
     __slots__ = ("config", "variants", "weights", "cumulative", "total", "by_name",
-                 "sticky_routes", "_prefix", "_variant_tags", "_shadow_tags")
+                 "_prefix", "_variant_tags", "_shadow_tags")
 
     def __init__(self, config: EndpointConfig) -> None:
         self.config = config
@@ -61,9 +61,6 @@ class EndpointPlan:
         self.cumulative = list(accumulate(self.weights))
         self.total = self.cumulative[-1]
         self.by_name = {v.name: i for i, v in enumerate(config.variants)}
-        # The routes of recent sticky keys (see Router.route): an assignment is a pure
-        # function of the key and this plan, so a new config (a new plan) starts empty.
-        self.sticky_routes: dict[str, Any] = {}
         self._prefix = hashlib.blake2b(_part(config.name) + _part(config.salt), digest_size=8)
         self._variant_tags = [_part("variant") + _part(v.name) for v in config.variants]
         self._shadow_tags = [_part("shadow") + _part(s.name) for s in config.shadow]

@@ -16,10 +16,11 @@ from .assignment import EndpointPlan
 from .config import DEFAULT_VARIANT, EndpointConfig, RouterConfig
 
 OVERRIDE_HEADER = "x-scorefn-variant"
-# Sticky keys whose routes each endpoint remembers (~250 bytes each): a returning key skips
-# ~3 us of hashing. Past this many the memo starts over; keys are callers' values, so it
-# must be bounded.
+# Sticky keys whose routes a router remembers, over all its endpoints (~200 bytes each): a
+# returning key skips ~3 us of hashing. Keys are callers' values, so the memo is bounded in
+# count and keys longer than STICKY_MEMO_KEY_CHARS are never kept; past the count it starts over.
 STICKY_MEMO_KEYS = 8192
+STICKY_MEMO_KEY_CHARS = 128
 
 
 class ShadowTarget(NamedTuple):
@@ -54,6 +55,9 @@ class Router:
         self.config = config
         self._random = (rng or _random).random
         self._plans = {name: EndpointPlan(ep) for name, ep in (config.endpoints.items() if config else ())}
+        # (endpoint, sticky key) -> its route: a pure function of both and this config, so a
+        # new config (a new router) starts afresh.
+        self._sticky_routes: dict[tuple[str, str], Route] = {}
 
     def endpoint(self, endpoint: str) -> EndpointConfig | None:
         """The config of ``endpoint``, or ``None`` when it is served by its same-name model."""
@@ -78,9 +82,10 @@ class Router:
         plan = self._plans.get(endpoint)
         if plan is None:
             return self._single(endpoint, key, override)
-        memo = plan.sticky_routes if key and not override else None
-        if memo is not None:
-            route = memo.get(key)
+        memo_key = (endpoint, key) if key and not override and \
+            len(key) <= STICKY_MEMO_KEY_CHARS else None
+        if memo_key is not None:
+            route = self._sticky_routes.get(memo_key)
             if route is not None:
                 return route
         hashed = bool(plan.config.shadow) or (len(plan.variants) > 1 and not override)
@@ -100,10 +105,10 @@ class Router:
             shadows = tuple(ShadowTarget(plan.config.shadow[j].name, plan.config.shadow[j].model)
                             for j in plan.shadow_indexes(state, self._random))
         route = Route(endpoint, variant.name, variant.model, shadows, key or None, how)
-        if memo is not None and state is not None:  # a pure function of the key: remember it
-            if len(memo) >= STICKY_MEMO_KEYS:
-                memo.clear()
-            memo[key] = route
+        if memo_key is not None and state is not None:  # a pure function of the key: keep it
+            if len(self._sticky_routes) >= STICKY_MEMO_KEYS:
+                self._sticky_routes.clear()
+            self._sticky_routes[memo_key] = route
         return route
 
     def describe(self) -> dict[str, Any]:
