@@ -359,8 +359,7 @@ def _csv_piece_fast(piece: bytes,
         return None
     values = values.reshape(rows, columns)
     if len(empty):
-        values = values.copy()  # the buffer is read-only
-        values.flat[empty] = np.nan
+        values.flat[empty] = np.nan  # the buffer is this call's own
     return values, ids
 
 

@@ -192,6 +192,7 @@ def test_plain_number_rows_are_read_exactly_as_the_full_parser_reads_them(body):
     b'{"rows": [[1, 2, 3]], "rows": [[4, 5, 6]]}', b'{"rows": [[1, 2, 3]]', b'[[1, 2, 3]]',
     b'{"rows": [[1, 2, NaN]]}', b'{"rows": [[1, 2, 1e400]]}', b'{"rows": [[01, 2, 3]]}',
     b'{"rows": [[1, 2, 3]]} x', b"", b'{"rows": [[1, 2, 3]]}\xff',
+    b'\xef\xbb\xbf{"rows": [[1, 2, 3]]}',  # a BOM: orjson refuses it, so must this path
     b'{"rows": [[' + b",".join([b"1"] * 3) + b"]" + b", [1, 2, 3]" * 100 + b"]}",  # 101 rows
 ])
 def test_anything_else_is_left_to_the_full_parser(body):
