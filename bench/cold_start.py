@@ -100,8 +100,8 @@ print(json.dumps({"base": base, "after": proc.memory_info().rss, "per_model": si
 
 
 # What azure.yaml's prepackage hook runs before packaging.
-COMPILE_APP = ["-m", "compileall", "-q", "--invalidation-mode", "checked-hash", "function_app.py",
-               "score_function", "shared"]
+COMPILE_APP = ["-m", "compileall", "-q", "-f", "--invalidation-mode", "checked-hash",
+               "function_app.py", "score_function", "shared"]
 
 
 def deployment(folder: Path, *, bytecode: bool) -> Path:

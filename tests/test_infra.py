@@ -504,6 +504,7 @@ def test_azure_yaml_deploys_the_repository_root_as_a_python_function_app(tree):
     assert service == {"project": ".", "language": "python", "host": "function"}
     for shell in hooks["prepackage"].values():  # the app's bytecode is compiled and shipped
         assert "-m compileall" in shell["run"] and "--invalidation-mode checked-hash" in shell["run"]
+        assert " -f " in shell["run"]  # rewrites timestamp bytecode left by local runs
         assert shell["run"].split()[-3:] == ["function_app.py", "score_function", "shared"]
     ignored = (ROOT / ".funcignore").read_text().split()
     assert "__pycache__/" not in ignored and "*.pyc" not in ignored
