@@ -466,11 +466,12 @@ var telemetrySettings = {
 }
 
 // Tuning: the code's defaults, written out so the deployed configuration is visible in one
-// place; appSettingOverrides changes them. The model cache gets half the instance memory.
+// place; appSettingOverrides changes them. Memory: ~75 MB of process, the model cache (a
+// quarter of the instance), and a load in flight (~3x the largest model, an eighth of it).
 var tuningSettings = {
   MODEL_REFRESH_SECONDS: '30'
-  MODEL_CACHE_MAX_MB: string(instanceMemoryMB / 2)
-  MAX_MODEL_MB: string(min(512, instanceMemoryMB / 2))
+  MODEL_CACHE_MAX_MB: string(instanceMemoryMB / 4)
+  MAX_MODEL_MB: string(min(512, instanceMemoryMB / 8))
   MAX_REQUEST_BYTES: '4194304'
   MAX_ROWS_PER_REQUEST: '10000'
   PREDICT_PARALLEL_MIN_ROWS: '2000'

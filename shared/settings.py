@@ -117,11 +117,11 @@ SPEC: dict[str, Setting] = {
         "MODEL_REFRESH_SECONDS", 30.0, _float(0.0, 86400.0),
         "How often a cached model is revalidated against its blob's ETag (off the request path)."),
     "model_cache_max_mb": Setting(
-        "MODEL_CACHE_MAX_MB", 256, _int(1, 1024 * 1024),
+        "MODEL_CACHE_MAX_MB", 128, _int(1, 1024 * 1024),
         "Memory bound of the model cache; least recently used models are evicted beyond it. "
         "The default fits the smallest (512 MB) Flex Consumption instance."),
     "max_model_mb": Setting(
-        "MAX_MODEL_MB", 128, _int(1, 64 * 1024),
+        "MAX_MODEL_MB", 64, _int(1, 64 * 1024),
         "Largest model blob (after decompression) that will be loaded; parsing briefly "
         "needs about 3x its size."),
     "max_request_bytes": Setting(
