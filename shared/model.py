@@ -8,6 +8,7 @@ are never imported to serve, which takes ~165 ms off a cold start.
 from __future__ import annotations
 
 import ctypes
+import functools
 import queue
 import re
 from dataclasses import dataclass
@@ -38,6 +39,10 @@ class ModelInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version}
+
+    @functools.cached_property
+    def feature_set(self) -> frozenset[str]:
+        return frozenset(self.feature_names)
 
 
 def _header(text: str) -> dict[str, str]:

@@ -22,6 +22,7 @@ from .model_store import ModelStore
 from .payloads import ScoringInput, decode_json, parse_score_body, parse_v2
 from .payloads.common import DEFAULT_OPTIONS
 from .payloads.rows import read_rows_body
+from .payloads.v2 import read_v2_body
 from .prediction_log import PredictionLog, build_logs, output_kind
 from .router import (OVERRIDE_HEADER, EndpointConfig, Route, RouterHolder, ShadowRunner, header,
                      sticky_key)
@@ -68,6 +69,14 @@ def check_content_type(content_type: str | None) -> None:
     media = content_type.split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
         raise UnsupportedMediaType(f"content type {media[:64]!r} is not supported; send application/json")
+
+
+def _fits(direct: tuple[ScoringInput, str | None], info: ModelInfo) -> bool:
+    """Whether a directly read input is the model's matrix: its width, and for V2 a tensor not
+    named after a feature (that one tensor would be a column, see ``parse_v2``)."""
+    request, tensor = direct
+    return request.X.shape[1] == info.num_features and (
+        tensor is None or tensor not in info.feature_set)
 
 
 @functools.lru_cache(maxsize=256)
@@ -153,21 +162,20 @@ class ScoringService:
         with tel.request_span("scorefn.score", carrier, attrs) as request_trace:
             try:
                 self.check_body(body, content_type)
-                # The common body, {"rows": [[numbers]]}, is read straight into a matrix;
-                # anything else is decoded whole. Such a body holds no sticky key ("rows" is
-                # a reserved field), so it routes as an empty document would.
-                X = read_rows_body(body, self.settings.max_rows_per_request) \
-                    if fmt == "score" else None
-                doc = decode_json(body) if X is None else None
+                direct = self._read_direct(body, fmt)
+                doc = decode_json(body) if direct is None else None
                 decoded = time.perf_counter()
-                route, config = self._route_request(endpoint, doc or {}, headers, query)
+                # A directly read body's only field besides its format's own (reserved, never
+                # a sticky key) is V2's "id", which a sticky key may name.
+                route, config = self._route_request(
+                    endpoint, doc if doc is not None else direct[0].fields, headers, query)
                 attrs["variant"] = route.variant
                 model, cold = self._get_model(route.model, attrs, request_trace)
-                if X is not None and X.shape[1] == len(model.info.feature_names):
-                    result = self._predict_parsed(model, ScoringInput(X, DEFAULT_OPTIONS), cold)
+                if direct is not None and _fits(direct, model.info):
+                    result = self._predict_parsed(model, direct[0], cold)
                     result.route = route
                 else:
-                    if doc is None:  # a row of the wrong width: the full parser says so
+                    if doc is None:  # e.g. the wrong width: the full parser says what is wrong
                         doc = decode_json(body)
                     sticky = config.sticky_body_field if config is not None else None
                     result = self.score_document(
@@ -205,6 +213,16 @@ class ScoringService:
             for target in route.shadows:
                 self.shadows.submit(self._run_shadow, target, doc, body, fmt, result, trigger)
         return result
+
+    def _read_direct(self, body: bytes, fmt: Format) -> tuple[ScoringInput, str | None] | None:
+        """The common bodies read without a Python object per value: ``{"rows": [[numbers]]}``,
+        or a V2 request with one FP64 tensor (and the tensor's name); ``None`` for any other
+        body, which is decoded whole."""
+        limit = self.settings.max_rows_per_request
+        if fmt == "v2":
+            return read_v2_body(body, limit)
+        X = read_rows_body(body, limit)
+        return (ScoringInput(X, DEFAULT_OPTIONS), None) if X is not None else None
 
     def _route_request(self, endpoint: str, doc: dict[str, Any], headers: Mapping[str, str] | None,
                        query: Mapping[str, str] | None) -> tuple[Route, EndpointConfig | None]:

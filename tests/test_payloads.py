@@ -211,3 +211,54 @@ def test_directly_read_values_outlive_the_parser():
     gc.collect()
     junk = [bytes(1000) for _ in range(10_000)]  # reuse whatever memory was freed
     assert np.array_equal(X, rows) and len(junk) == 10_000
+
+
+# -- read_v2_body: one FP64 tensor of flat numbers, read directly; the rest to parse_v2 -----
+
+
+def v2_body(data, shape=(1, 3), **extra) -> bytes:
+    tensor = {"name": "input-0", "shape": list(shape), "datatype": "FP64", "data": data}
+    return dumps({**extra, "inputs": [tensor]})
+
+
+@pytest.mark.parametrize("body", [
+    v2_body([1.5, 2, -3e-5]),
+    v2_body([1.5, 2, -3e-5], id="req-7"),
+    v2_body([0.1, 0.2, 0.30000000000000004, 5e-324, 9007199254740993, -0.0], shape=(2, 3)),
+    b'{ "inputs" : [ { "datatype" : "FP64", "data" : [ 1 , 2 , 3 ], "shape" : [ 1 , 3 ],\n'
+    b' "name" : "x" } ] , "id" : "r" }',
+])
+def test_a_flat_fp64_v2_tensor_is_read_exactly_as_parse_v2_reads_it(body):
+    from shared.payloads.v2 import read_v2_body
+
+    direct = read_v2_body(body, 100)
+    assert direct is not None
+    request, name = direct
+    full = parse_v2(decode_json(body), NAMES, 100)
+    assert np.array_equal(request.X, full.X) and np.array_equal(np.signbit(request.X),
+                                                                np.signbit(full.X))
+    assert request.request_id == full.request_id and request.format == "v2"
+    assert request.fields == ({"id": full.request_id} if full.request_id else {})
+    assert name == decode_json(body)["inputs"][0]["name"]
+
+
+@pytest.mark.parametrize("body", [
+    v2_body([[1, 2, 3]]), v2_body([1, None, 3]), v2_body([1, True, 3]), v2_body([1, "2", 3]),
+    v2_body([1, 2, 3, 4]), v2_body([1, 2]), v2_body([1, 2, 3], shape=(3,)),
+    v2_body([1, 2, 3], shape=(0, 3)), v2_body([1, 2, 3], shape=(1.0, 3)),
+    v2_body([1, 2, 3], shape=(1, 3), parameters={"raw_score": True}),
+    v2_body([1, 2, 3], id=7), v2_body([1, 2, 3], outputs=[{"name": "p"}]),
+    dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}),
+    dumps({"inputs": [{"name": "", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}]}),
+    dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3],
+                       "parameters": {}}]}),
+    dumps({"inputs": [{"name": "a", "shape": [1], "datatype": "FP64", "data": [1]},
+                      {"name": "b", "shape": [1], "datatype": "FP64", "data": [2]}]}),
+    b'{"inputs": [{"name": "x", "name": "y", "shape": [1, 1], "datatype": "FP64", "data": [1]}]}',
+    b'\xef\xbb\xbf' + v2_body([1, 2, 3]), v2_body([1, 2, 3])[:-1], b"{}", b"[]",
+    v2_body([1.0] * 303, shape=(101, 3)),  # more rows than allowed
+])
+def test_any_other_v2_body_is_left_to_parse_v2(body):
+    from shared.payloads.v2 import read_v2_body
+
+    assert read_v2_body(body, 100) is None

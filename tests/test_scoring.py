@@ -190,3 +190,52 @@ def test_a_shadow_taking_other_features_reads_a_directly_read_body_again(contain
     runner.close()
     assert np.array_equal(round_trip(result), reference(demo_models, "churn", row))
     assert (runner.stats.completed, runner.stats.failed) == (1, 0)
+
+
+@pytest.mark.parametrize("name", KINDS)
+@pytest.mark.parametrize("n", [1, 7, 2500], ids=["one-row", "few-rows", "parallel-batch"])
+def test_one_fp64_v2_tensor_skips_decoding_and_equals_booster_predict(service, demo_models, name,
+                                                                      n, monkeypatch):
+    def no_decoding(body):
+        raise AssertionError("this body should have been read directly")
+
+    monkeypatch.setattr("shared.service.decode_json", no_decoding)
+    X = np.random.default_rng(11).normal(40, 30, size=(n, len(demo_models[name].feature_names)))
+    doc = {"id": "req-9", "inputs": [{"name": "input-0", "shape": list(X.shape),
+                                      "datatype": "FP64", "data": X.reshape(-1).tolist()}]}
+    result = service.score(name, orjson.dumps(doc), fmt="v2")
+    assert np.array_equal(result.predictions, reference(demo_models, name, X))
+    assert result.request.request_id == "req-9"
+
+
+def test_a_v2_tensor_named_after_a_feature_is_still_a_column(service, demo_models):
+    from shared.errors import InvalidPayload
+
+    names = demo_models["price"].feature_names
+    doc = {"inputs": [{"name": names[0], "shape": [1, len(names)], "datatype": "FP64",
+                       "data": [1.0] * len(names)}]}
+    with pytest.raises(InvalidPayload) as err:  # parse_v2's rule: one column of shape [n]
+        service.score("price", orjson.dumps(doc), fmt="v2")
+    assert err.value.code == "shape_mismatch"
+
+
+def test_a_sticky_key_in_the_v2_id_routes_a_directly_read_body(container, demo_models):
+    import json
+
+    from shared.router import RouterConfigSource, RouterHolder
+
+    upload(container, "churn.txt", demo_models["churn"].path)
+    upload(container, "churn_v1.txt", demo_models["churn_v1"].path)
+    config = {"endpoints": {"churn": {
+        "variants": [{"name": "a", "model": "churn.txt"}, {"name": "b", "model": "churn_v1.txt"}],
+        "sticky": {"body": "id"}}}}
+    service = ScoringService(Settings.from_env({}),
+                             ModelStore(BlobSource(container, 64 << 20), refresh_seconds=3600),
+                             routing=RouterHolder(RouterConfigSource(inline=json.dumps(config))))
+    width = len(demo_models["churn"].feature_names)
+    for user in ("user-1", "user-2", "user-3"):
+        doc = {"id": user, "inputs": [{"name": "x", "shape": [1, width], "datatype": "FP64",
+                                       "data": [1.0] * width}]}
+        result = service.score("churn", orjson.dumps(doc), fmt="v2")
+        assert (result.route.key, result.route.how) == (user, "sticky")
+        assert result.variant == service.route("churn", key=user).variant

@@ -17,9 +17,10 @@ from itertools import chain
 from typing import Any, Sequence
 
 import numpy as np
+import simdjson
 
 from ..errors import InvalidPayload
-from .common import ScoringInput, check_count, dumps, parse_options
+from .common import DEFAULT_OPTIONS, ScoringInput, check_count, dumps, parse_options
 
 _NUMERIC = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
             "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
@@ -46,6 +47,51 @@ def parse_v2(doc: dict[str, Any], feature_names: Sequence[str], max_rows: int) -
     else:
         X = _column_tensors(tensors, feature_names, max_rows)
     return ScoringInput(X=X, options=options, format="v2", request_id=request_id)
+
+
+_TENSOR_KEYS = frozenset(("name", "shape", "datatype", "data"))
+
+
+def read_v2_body(body: bytes, max_rows: int) -> tuple[ScoringInput, str] | None:
+    """The common V2 request, ``{"id"?, "inputs": [one FP64 tensor [n, w] with flat
+    numbers]}``, read without a Python object per value (as :func:`read_rows_body` reads
+    ``rows``): the input and its tensor's name; ``None`` for any other body.
+
+    The caller checks the width against the model, and that the name is not a feature's
+    (one tensor named after a feature is a column, see :func:`parse_v2`). Anything else
+    (parameters, other datatypes, nested data, nulls, several tensors, bad values) goes to
+    :func:`parse_v2`, which names the fault.
+    """
+    if body.count(b"[") != 3 or body.startswith(b"\xef\xbb\xbf"):
+        return None  # lists other than "inputs", "shape" and "data"; or a BOM (orjson refuses it)
+    try:
+        doc = simdjson.Parser().parse(body)
+        if type(doc) is not simdjson.Object or not 1 <= len(doc) <= 2:
+            return None
+        request_id = doc.get("id") if len(doc) == 2 else None
+        inputs = doc["inputs"]
+        if (len(doc) == 2 and type(request_id) is not str) or type(inputs) is not simdjson.Array \
+                or len(inputs) != 1:
+            return None
+        tensor = inputs[0]
+        if type(tensor) is not simdjson.Object or len(tensor) != 4 or \
+                set(tensor.keys()) != _TENSOR_KEYS or tensor["datatype"] != "FP64":
+            return None
+        name, shape, data = tensor["name"], tensor["shape"], tensor["data"]
+        if type(name) is not str or not name or type(shape) is not simdjson.Array or \
+                len(shape) != 2 or type(data) is not simdjson.Array:
+            return None
+        n, width = shape[0], shape[1]
+        if type(n) is not int or type(width) is not int or not 0 < n <= max_rows or width <= 0:
+            return None
+        values = np.frombuffer(data.as_buffer(of_type="d"))  # numbers only, else TypeError
+    except (KeyError, ValueError, TypeError, RuntimeError):
+        return None
+    if len(values) != n * width:
+        return None
+    return ScoringInput(X=values.reshape(n, width), options=DEFAULT_OPTIONS, format="v2",
+                        request_id=request_id,
+                        fields={"id": request_id} if request_id is not None else {}), name
 
 
 def _tensor(raw: Any, i: int) -> tuple[str, list[int], str, np.ndarray]:
