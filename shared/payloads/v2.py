@@ -62,8 +62,12 @@ def read_v2_body(body: bytes, max_rows: int) -> tuple[ScoringInput, str] | None:
     (parameters, other datatypes, nested data, nulls, several tensors, bad values) goes to
     :func:`parse_v2`, which names the fault.
     """
-    if body.count(b"[") != 3 or body.startswith(b"\xef\xbb\xbf"):
-        return None  # lists other than "inputs", "shape" and "data"; or a BOM (orjson refuses it)
+    if b'"FP64"' not in body or body.find(b"l") >= 0 or body.startswith(b"\xef\xbb\xbf"):
+        # Another datatype; an "l" (in null or false: no key of the shape has one); a BOM
+        # (orjson refuses it). Found without parsing a body the full parser must read anyway.
+        return None
+    if body.count(b"[") != 3:
+        return None  # lists other than "inputs", "shape" and "data": nested data, more tensors
     try:
         doc = simdjson.Parser().parse(body)
         if type(doc) is not simdjson.Object or not 1 <= len(doc) <= 2:
