@@ -148,14 +148,19 @@ def test_pinning_a_variant_without_a_router_config_is_refused_not_ignored(servic
 # -- the direct path for {"rows": [[numbers]]} ---------------------------------------------
 
 
-@pytest.mark.parametrize("name", KINDS)
-@pytest.mark.parametrize("n", [1, 7, 2500], ids=["one-row", "few-rows", "parallel-batch"])
-def test_rows_of_plain_numbers_skip_decoding_and_equal_booster_predict(service, demo_models, name,
-                                                                        n, monkeypatch):
+@pytest.fixture
+def read_directly(monkeypatch):
+    """Scoring must read the body straight into its matrix: decoding it whole fails the test."""
     def no_decoding(body):
         raise AssertionError("this body should have been read directly")
 
     monkeypatch.setattr("shared.service.decode_json", no_decoding)
+
+
+@pytest.mark.parametrize("name", KINDS)
+@pytest.mark.parametrize("n", [1, 7, 2500], ids=["one-row", "few-rows", "parallel-batch"])
+def test_rows_of_plain_numbers_skip_decoding_and_equal_booster_predict(service, demo_models, name,
+                                                                        n, read_directly):
     X = np.random.default_rng(9).normal(40, 30, size=(n, len(demo_models[name].feature_names)))
     X[:, 0] = np.round(X[:, 0])  # integers are numbers too
     rows = [[int(row[0])] + row[1:].tolist() for row in X]
@@ -195,11 +200,7 @@ def test_a_shadow_taking_other_features_reads_a_directly_read_body_again(contain
 @pytest.mark.parametrize("name", KINDS)
 @pytest.mark.parametrize("n", [1, 7, 2500], ids=["one-row", "few-rows", "parallel-batch"])
 def test_one_fp64_v2_tensor_skips_decoding_and_equals_booster_predict(service, demo_models, name,
-                                                                      n, monkeypatch):
-    def no_decoding(body):
-        raise AssertionError("this body should have been read directly")
-
-    monkeypatch.setattr("shared.service.decode_json", no_decoding)
+                                                                      n, read_directly):
     X = np.random.default_rng(11).normal(40, 30, size=(n, len(demo_models[name].feature_names)))
     doc = {"id": "req-9", "inputs": [{"name": "input-0", "shape": list(X.shape),
                                       "datatype": "FP64", "data": X.reshape(-1).tolist()}]}
