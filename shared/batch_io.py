@@ -7,8 +7,9 @@ in the CPU cache), without a Python loop per value:
 - CSV: numpy finds the delimiters, checks every line has the header's width, cuts the id
   column out and writes ``0`` into empty cells (remembering where); the remaining text is
   then numbers and commas, which simdjson parses as one flat JSON array (correctly rounded)
-  straight into a float64 buffer, no Python object per value (~4x faster than orjson's
-  list of floats, ~10x ``numpy.loadtxt``); the empty cells then become NaN. A piece that is
+  straight into a float64 buffer, no Python object per value (a 1 MiB piece's numbers in
+  ~1.9 ms against ~7.6 ms as orjson's list of floats; the whole parse 0.42 CPU-s per
+  100,000 rows against 0.93); the empty cells then become NaN. A piece that is
   anything else (quotes, ``nan``, ``+1``, blank lines, a bad value) takes a slower per-value
   path that also names the offending line.
 - JSON Lines: one orjson call per piece, then one C-level pass per feature.
