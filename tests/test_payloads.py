@@ -213,6 +213,70 @@ def test_directly_read_values_outlive_the_parser():
     assert np.array_equal(X, rows) and len(junk) == 10_000
 
 
+# -- the parser each thread keeps for direct reads ---------------------------------------------
+
+
+def test_a_matrix_read_earlier_is_untouched_when_the_threads_parser_reads_the_next_body():
+    from shared.payloads.rows import read_rows_body
+
+    first, second = np.random.default_rng(3).normal(size=(2, 4, 10))
+    X = read_rows_body(dumps({"rows": first}), 100)
+    Y = read_rows_body(dumps({"rows": second}), 100)
+    assert np.array_equal(X, first) and np.array_equal(Y, second)
+
+
+def test_a_document_someone_still_holds_does_not_stop_the_next_direct_read():
+    from shared.payloads import simd
+    from shared.payloads.rows import read_rows_body
+
+    held = simd.parse(b'{"rows": [[1, 2]]}')["rows"]  # keeps the thread's parser's document
+    assert read_rows_body(b'{"rows": [[3, 4]]}', 100).tolist() == [[3.0, 4.0]]
+    assert held.as_list() == [[1, 2]]  # ... which is still intact
+
+
+def test_invalid_json_leaves_the_threads_parser_usable():
+    from shared.payloads import simd
+    from shared.payloads.rows import read_rows_body
+
+    with pytest.raises(ValueError):
+        simd.parse(b'{"rows": [[1, 2]')
+    assert read_rows_body(b'{"rows": [[5, 6]]}', 100).tolist() == [[5.0, 6.0]]
+
+
+def test_every_thread_reads_with_a_parser_of_its_own():
+    import threading
+
+    from shared.payloads.rows import read_rows_body
+
+    barrier = threading.Barrier(4)
+    results: dict[int, list] = {}
+
+    def read(k: int) -> None:
+        body = dumps({"rows": [[float(k)] * 50] * 20})
+        barrier.wait()
+        results[k] = [read_rows_body(body, 100) for _ in range(300)]
+
+    threads = [threading.Thread(target=read, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(np.array_equal(X, np.full((20, 50), float(k))) for k in range(4)
+               for X in results[k])
+
+
+def test_a_large_body_gets_a_parser_of_its_own_so_the_kept_one_stays_small():
+    from shared.payloads import simd
+    from shared.payloads.rows import read_rows_body
+
+    read_rows_body(b'{"rows": [[1, 2]]}', 100)
+    kept = simd._local.parser
+    big = dumps({"rows": np.ones((2_000, 10))})
+    assert len(big) > simd.REUSE_MAX_BYTES
+    assert read_rows_body(big, 10_000).shape == (2_000, 10)
+    assert simd._local.parser is kept
+
+
 # -- read_v2_body: one FP64 tensor of flat numbers, read directly; the rest to parse_v2 -----
 
 

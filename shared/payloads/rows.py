@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 import simdjson
 
+from . import simd
 from .common import rows_to_matrix
 
 
@@ -37,7 +38,7 @@ def read_rows_body(body: bytes, max_rows: int) -> np.ndarray | None:
         # or another field. Found without parsing the body twice.
         return None
     try:
-        doc = simdjson.Parser().parse(body)  # a parser per call: ~0.2 us, never shared
+        doc = simd.parse(body)
         if type(doc) is not simdjson.Object or len(doc) != 1:
             return None
         rows = doc["rows"]

@@ -20,6 +20,7 @@ import numpy as np
 import simdjson
 
 from ..errors import InvalidPayload
+from . import simd
 from .common import DEFAULT_OPTIONS, ScoringInput, check_count, dumps, parse_options
 
 _NUMERIC = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
@@ -69,7 +70,7 @@ def read_v2_body(body: bytes, max_rows: int) -> tuple[ScoringInput, str] | None:
     if body.count(b"[") != 3:
         return None  # lists other than "inputs", "shape" and "data": nested data, more tensors
     try:
-        doc = simdjson.Parser().parse(body)
+        doc = simd.parse(body)
         if type(doc) is not simdjson.Object or not 1 <= len(doc) <= 2:
             return None
         request_id = doc.get("id") if len(doc) == 2 else None
