@@ -4,6 +4,8 @@ A warm single-row scoring takes ~60 us of CPU and no I/O; handing it to a thread
 back costs about as much again, and under load the hop (not the scoring) bounds throughput.
 A request that may read storage (first use, a model or router config not loaded yet) or
 carries a large body runs in the loop's default executor, so the loop never blocks on I/O.
+A model evicted between the check and the scoring is not loaded on the loop either: the
+store refuses (``cache_only``) and the request is scored again in a thread.
 """
 
 from __future__ import annotations
@@ -20,9 +22,14 @@ T = TypeVar("T")
 async def run_scoring(endpoint: str, body: bytes, score: Callable[["ScoringService"], T]) -> T:
     """``score(service)`` inline when the service can score ``endpoint`` without storage,
     else in a worker thread (which also builds the service on first use)."""
+    from shared.model_store import NotCached, cache_only
     from shared.service import built_service, get_service
 
     service = built_service()
     if service is not None and service.can_score_inline(endpoint, len(body)):
-        return score(service)
+        try:
+            with cache_only():
+                return score(service)
+        except NotCached:
+            pass  # a model left the cache (or a new router config names another) since the check
     return await asyncio.get_running_loop().run_in_executor(None, lambda: score(get_service()))

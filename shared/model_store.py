@@ -10,6 +10,9 @@
 - With a ``compiler`` (``shared/compiled.py``, opt-in), opted-in models are queued for
   compilation once loaded or swapped in; LightGBM serves them until a checked compiled forest
   takes over. A swapped-out or evicted model lets go of its compiled code.
+- Inside :func:`cache_only` a model that is not cached is never loaded: :class:`NotCached`
+  is raised instead (an event loop scoring a request it found warm must not download a
+  model that left the cache since).
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from .errors import InvalidName, ModelNotFound, ScoreError
 from .model import LoadedModel, ModelInfo, parse_model
@@ -30,6 +35,23 @@ log = logging.getLogger("scorefn.models")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,255}$")
 MODEL_SUFFIXES = (".txt", ".txt.gz")
+_CACHE_ONLY: ContextVar[bool] = ContextVar("scorefn_cache_only", default=False)
+
+
+class NotCached(Exception):
+    """A model asked for inside :func:`cache_only` is not cached (it would need storage).
+    Not a scoring error: the caller scores the request again where it may wait."""
+
+
+@contextmanager
+def cache_only() -> Iterator[None]:
+    """Within this block (this thread or task), :meth:`ModelStore.get` answers from the
+    cache or raises :class:`NotCached`; it never reads storage."""
+    token = _CACHE_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _CACHE_ONLY.reset(token)
 
 
 class Source(Protocol):
@@ -110,6 +132,8 @@ class ModelStore:
                     entry.refreshing = True
                     self._refresh_pool().submit(self._refresh, name, entry)
                 return entry.model, False
+            if _CACHE_ONLY.get():
+                raise NotCached(name)
             flight = self._flights.get(name)
             leader = flight is None
             if leader:

@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import OverrideNotAllowed, PayloadTooLarge, ScoreError, UnsupportedMediaType
 from .model import LoadedModel, ModelInfo
-from .model_store import ModelStore
+from .model_store import ModelStore, NotCached
 from .payloads import ScoringInput, decode_json, parse_score_body, parse_v2
 from .payloads.common import DEFAULT_OPTIONS
 from .payloads.rows import read_rows_body
@@ -187,6 +187,10 @@ class ScoringService:
                     result.body = encode(result)
             except ScoreError as exc:
                 self._record_failure(exc, attrs, request_trace, start, body)
+                raise
+            except NotCached:
+                # Not a failure: the transport scores this request again in a thread.
+                request_trace.set_attribute("scorefn.scored_again_in_thread", True)
                 raise
             except Exception:
                 # A bug, not the caller's fault: counted as internal_error so that it shows in

@@ -86,3 +86,43 @@ def test_the_first_request_builds_the_service_in_a_thread(monkeypatch, store):
     store.get("churn")
     monkeypatch.setattr(service_module, "get_service", lambda: built)
     assert where_it_ran(monkeypatch, None, "churn", b"{}") == "thread"
+
+
+def test_a_model_evicted_after_the_warm_check_is_loaded_in_a_thread_not_on_the_loop(
+        monkeypatch, container, demo_models):
+    import lightgbm as lgb
+    import numpy as np
+
+    for name in ("churn", "churn_v1"):
+        upload(container, f"{name}.txt", demo_models[name].path)
+    # Room for one model: loading churn_v1 evicts churn.
+    store = ModelStore(BlobSource(container, 64 * 1024 * 1024), refresh_seconds=3600,
+                       max_cache_bytes=1)
+    service = ScoringService(Settings.from_env({}), store)
+    store.get("churn")
+    monkeypatch.setattr(service_module, "_service", service)
+    monkeypatch.setattr(service_module, "get_service", lambda: service)
+    row = np.random.default_rng(4).normal(size=(1, len(demo_models["churn"].feature_names)))
+    body = json.dumps({"rows": row.tolist()}).encode()
+    attempts: list[tuple[str, bool]] = []
+
+    def score(s: ScoringService):
+        on_loop = threading.get_ident() == loop_thread[0]
+        if not attempts:  # another request evicts churn between the check and this scoring
+            other = threading.Thread(target=store.get, args=("churn_v1",))
+            other.start()
+            other.join()
+        attempts.append(("loop" if on_loop else "thread", store.is_cached("churn")))
+        return s.score("churn", body)
+
+    loop_thread: list[int] = []
+
+    async def main():
+        loop_thread.append(threading.get_ident())
+        return await run_scoring("churn", body, score)
+
+    result = asyncio.run(main())
+    assert attempts == [("loop", False), ("thread", False)]  # the loop never loaded it
+    assert result.cold and store.is_cached("churn")
+    expected = lgb.Booster(model_file=str(demo_models["churn"].path)).predict(row)
+    assert np.allclose(result.predictions, expected, rtol=0, atol=1e-12)

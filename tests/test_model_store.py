@@ -224,3 +224,17 @@ def test_a_model_larger_than_the_bound_still_serves_alone(container, demo_models
     store = make_store(container, max_cache_bytes=1000)
     model, _ = store.get("big")
     assert [info.name for info in store.loaded()] == ["big"]
+
+
+def test_inside_cache_only_a_model_not_cached_is_refused_not_loaded(container, demo_models):
+    from shared.model_store import NotCached, cache_only
+
+    upload(container, "churn.txt", demo_models["churn"].path)
+    store = ModelStore(BlobSource(container, 64 * 1024 * 1024), refresh_seconds=3600)
+    with cache_only():
+        with pytest.raises(NotCached):
+            store.get("churn")
+    assert not store.is_cached("churn") and store.stats.downloads == 0
+    model, cold = store.get("churn")  # outside the block, loaded as usual
+    with cache_only():
+        assert store.get("churn") == (model, False)
