@@ -45,7 +45,7 @@ param maximumInstanceCount int = 40
   2048
   4096
 ])
-@description('Memory of each instance in MB (Flex Consumption instanceMemoryMB). The model cache is bounded to half of it.')
+@description('Memory of each instance in MB (Flex Consumption instanceMemoryMB). The model cache is bounded to a quarter of it.')
 param instanceMemoryMB int = 2048
 
 @minValue(0)
@@ -445,6 +445,8 @@ var storageSettings = {
   MODEL_STORAGE_CONNECTION: 'AzureWebJobsStorage'
   MODEL_CONTAINER: modelContainerName
   BATCH_CONTAINER: batchContainerName
+  // No other container is open to batch jobs: job senders act with the app's identity (see README).
+  BATCH_ALLOWED_CONTAINERS: ''
   SCORE_QUEUE_NAME: scoreQueueName // the queue trigger binds %SCORE_QUEUE_NAME%: required
   RESULTS_QUEUE_NAME: resultsQueueName
   CHUNK_QUEUE_NAME: chunkQueueName // the chunk triggers bind %CHUNK_QUEUE_NAME%: required

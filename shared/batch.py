@@ -146,7 +146,8 @@ class BatchJobs:
                 try:
                     if bad_message is not None:
                         raise bad_message
-                    job = parse_job(doc or {}, identity, batch_container=self.settings.batch_container)
+                    job = parse_job(doc or {}, identity, batch_container=self.settings.batch_container,
+                                    allowed_containers=self.settings.batch_allowed_containers)
                     result, scored = self._run(job, claim, started)
                     if result is None:  # fanned out: chunk deliveries finish the job
                         return JobOutcome(job_id, "fanned_out", None, scored=False)

@@ -111,8 +111,13 @@ def job_identity(doc: dict[str, Any] | None, message_id: str | None) -> JobIdent
     return JobIdentity(f"gen-{uuid.uuid4().hex}", True)
 
 
-def parse_job(doc: dict[str, Any], identity: JobIdentity, *, batch_container: str) -> Job:
-    """Validate a decoded message into an :class:`InlineJob` or a :class:`BlobJob`."""
+def parse_job(doc: dict[str, Any], identity: JobIdentity, *, batch_container: str,
+              allowed_containers: frozenset[str] | tuple[str, ...] = ()) -> Job:
+    """Validate a decoded message into an :class:`InlineJob` or a :class:`BlobJob`.
+
+    A blob job's input and output are in ``batch_container`` unless they name one of
+    ``allowed_containers`` (``BATCH_ALLOWED_CONTAINERS``): the queue's senders act with the
+    app's identity, which may also write models and logs."""
     given = doc.get("id")
     if given is not None and (not isinstance(given, str) or not JOB_ID_RE.match(given)):
         raise InvalidPayload("'id' must be 1-128 letters, digits, '.', '_', ':' or '-', starting "
@@ -134,7 +139,8 @@ def parse_job(doc: dict[str, Any], identity: JobIdentity, *, batch_container: st
         raise InvalidPayload("a job needs 'rows', 'records' or 'input': {\"blob\": ...}",
                              code="invalid_message")
     _no_unknown(doc, _BLOB_FIELDS, "a blob job ('input')")
-    source = _blob_ref(doc["input"], "input", batch_container, default_format=None)
+    containers = {batch_container, *allowed_containers}
+    source = _blob_ref(doc["input"], "input", batch_container, containers, default_format=None)
     options = parse_options(doc.get("options"))
     if options.pred_contrib:
         raise InvalidPayload("pred_contrib is not supported for blob jobs; send the rows inline",
@@ -149,7 +155,8 @@ def parse_job(doc: dict[str, Any], identity: JobIdentity, *, batch_container: st
     if "blob" not in raw_output:
         fmt = _format(raw_output.get("format"), "output") or source.format
         raw_output = {**raw_output, "blob": f"predictions/{identity.job_id}.{fmt}"}
-    target = _blob_ref(raw_output, "output", batch_container, default_format=source.format)
+    target = _blob_ref(raw_output, "output", batch_container, containers,
+                       default_format=source.format)
     if target.container == batch_container and target.blob.startswith(RESERVED_PREFIXES):
         raise InvalidPayload(f"output blobs under {' or '.join(RESERVED_PREFIXES)} are reserved "
                              f"in the batch container", code="invalid_message")
@@ -173,7 +180,8 @@ def _format(raw: Any, where: str) -> str | None:
     return FORMATS[raw.lower()]
 
 
-def _blob_ref(raw: Any, where: str, batch_container: str, *, default_format: str | None) -> BlobRef:
+def _blob_ref(raw: Any, where: str, batch_container: str, containers: set[str], *,
+              default_format: str | None) -> BlobRef:
     if not isinstance(raw, dict):
         raise InvalidPayload(f"'{where}' must be an object like {{\"blob\": \"path/name.csv\"}}",
                              code="invalid_message")
@@ -189,6 +197,10 @@ def _blob_ref(raw: Any, where: str, batch_container: str, *, default_format: str
     if not isinstance(container, str) or not _CONTAINER_RE.match(container):
         raise InvalidPayload(f"'{where}.container' is not a valid container name",
                              code="invalid_message")
+    if container not in containers:
+        raise InvalidPayload(f"'{where}.container' {container!r} is not open to batch jobs: "
+                             f"leave it out (the batch container) or add it to "
+                             f"BATCH_ALLOWED_CONTAINERS", code="container_not_allowed")
     fmt = _format(raw.get("format"), where)
     if fmt is None:
         suffix = blob.rsplit(".", 1)[-1].lower() if "." in blob.rsplit("/", 1)[-1] else ""

@@ -96,6 +96,21 @@ def _absolute_dir(raw: str) -> str:
     return value
 
 
+# The Functions host's own containers (keys, leases, the Flex deployment package): never
+# a batch job's input or output.
+_HOST_CONTAINER_PREFIXES = ("azure-webjobs-", "app-package-")
+
+
+def _container_list(raw: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    if len(names) > 50 or not all(_CONTAINER_RE.match(n) for n in names):
+        raise ValueError("must be comma-separated blob container names (at most 50)")
+    if any(n.startswith(_HOST_CONTAINER_PREFIXES) for n in names):
+        raise ValueError("must not name the Functions host's own containers "
+                         "(azure-webjobs-*, app-package-*)")
+    return names
+
+
 def _connection_name(raw: str) -> str:
     value = raw.strip()
     if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", value):
@@ -114,8 +129,9 @@ SPEC: dict[str, Setting] = {
         "MODEL_CONTAINER", "models", _name(_CONTAINER_RE, "blob container"),
         "Blob container holding the models."),
     "model_refresh_seconds": Setting(
-        "MODEL_REFRESH_SECONDS", 30.0, _float(0.0, 86400.0),
-        "How often a cached model is revalidated against its blob's ETag (off the request path)."),
+        "MODEL_REFRESH_SECONDS", 30.0, _float(0.1, 86400.0),
+        "How often a cached model is revalidated against its blob's ETag (off the request "
+        "path); 0.1 to 86400 (each check is a storage call per model and instance)."),
     "model_cache_max_mb": Setting(
         "MODEL_CACHE_MAX_MB", 128, _int(1, 1024 * 1024),
         "Memory bound of the model cache; least recently used models are evicted beyond it. "
@@ -151,6 +167,12 @@ SPEC: dict[str, Setting] = {
         "BATCH_CONTAINER", "batch", _name(_CONTAINER_RE, "blob container"),
         "Blob container (in the `AzureWebJobsStorage` account) for batch inputs and outputs "
         "by default, job records (`jobs/`) and large inline results (`results/`)."),
+    "batch_allowed_containers": Setting(
+        "BATCH_ALLOWED_CONTAINERS", (), _container_list,
+        "Comma-separated containers (in the `AzureWebJobsStorage` account) that a blob job may "
+        "name as `input.container` or `output.container` besides `BATCH_CONTAINER`; empty: "
+        "jobs use `BATCH_CONTAINER` only. Whoever may send to the job queue may read and write "
+        "these with the app's identity, so never the model, log or host containers (refused)."),
     "batch_chunk_rows": Setting(
         "BATCH_CHUNK_ROWS", 50_000, _int(1, 10_000_000),
         "Rows a batch job writes as one staged block of its output (read, parsed and scored "
@@ -183,8 +205,9 @@ SPEC: dict[str, Setting] = {
         "ROUTER_CONFIG_BLOB", "", _blob_path,
         "Path of the router config blob in MODEL_CONTAINER, e.g. `config/router.json`."),
     "router_refresh_seconds": Setting(
-        "ROUTER_REFRESH_SECONDS", 30.0, _float(0.0, 86400.0),
-        "How often the router config blob is revalidated by ETag (off the request path)."),
+        "ROUTER_REFRESH_SECONDS", 30.0, _float(0.1, 86400.0),
+        "How often the router config blob is revalidated by ETag (off the request path); 0.1 "
+        "to 86400."),
     "router_check_models": Setting(
         "ROUTER_CHECK_MODELS", True, _bool,
         "A new router config must load all its models (with the same features per endpoint) "
@@ -253,6 +276,7 @@ class Settings:
     score_queue_name: str
     results_queue_name: str
     batch_container: str
+    batch_allowed_containers: tuple[str, ...]
     batch_chunk_rows: int
     batch_max_input_mb: int
     batch_fanout_bytes: int
@@ -294,7 +318,23 @@ class Settings:
             except ValueError as exc:
                 # The value itself is not echoed: a misplaced secret must not reach logs.
                 raise SettingsError(f"app setting {spec.env} {_reason(exc)}") from None
+        _check_together(values)
         return cls(**values)
+
+
+def _check_together(values: dict[str, Any]) -> None:
+    """Rules between settings, each of which is valid alone."""
+    if values["router_config"] and values["router_config_blob"]:
+        raise SettingsError("app settings ROUTER_CONFIG and ROUTER_CONFIG_BLOB are both set; "
+                            "set one (the Bicep sets ROUTER_CONFIG_BLOB unless its "
+                            "routerConfigBlob parameter is '')")
+    guarded = {values["model_container"]: "MODEL_CONTAINER",
+               values["prediction_log_container"]: "PREDICTION_LOG_CONTAINER",
+               values["outcome_log_container"]: "OUTCOME_LOG_CONTAINER"}
+    for name in values["batch_allowed_containers"]:
+        if name in guarded:
+            raise SettingsError(f"app setting BATCH_ALLOWED_CONTAINERS must not name "
+                                f"{guarded[name]}: batch jobs would read and write it")
 
 
 def _reason(exc: ValueError) -> str:
@@ -325,8 +365,9 @@ class StorageConnection:
 def resolve_connection(name: str, env: Mapping[str, str] | None = None) -> StorageConnection:
     """Resolve connection ``name`` as the Functions host does.
 
-    ``NAME`` holds a connection string, or ``NAME__blobServiceUri`` /
-    ``NAME__queueServiceUri`` / ``NAME__accountName`` select identity-based access, with
+    ``NAME`` holds a connection string, or ``NAME__blobServiceUri`` (or, as for a blob
+    binding, ``NAME__serviceUri``) / ``NAME__queueServiceUri`` / ``NAME__accountName``
+    select identity-based access, with
     ``NAME__clientId`` naming a user-assigned identity and ``NAME__credential``
     (``managedidentity``) forcing managed identity.
     """
@@ -335,7 +376,7 @@ def resolve_connection(name: str, env: Mapping[str, str] | None = None) -> Stora
     if raw:
         return StorageConnection(name=name, connection_string=raw)
     account = (env.get(f"{name}__accountName") or "").strip()
-    blob_uri = (env.get(f"{name}__blobServiceUri") or "").strip()
+    blob_uri = (env.get(f"{name}__blobServiceUri") or env.get(f"{name}__serviceUri") or "").strip()
     queue_uri = (env.get(f"{name}__queueServiceUri") or "").strip()
     if account:
         if not re.match(r"^[a-z0-9]{3,24}$", account):
@@ -367,6 +408,7 @@ class TelemetrySettings:
     log_payloads: bool
     export_interval_ms: int
     trace_sample_ratio: float
+    local_reader: bool = False
 
 
 TELEMETRY_SPEC: dict[str, str] = {
@@ -378,7 +420,8 @@ TELEMETRY_SPEC: dict[str, str] = {
         "`true` when the Python worker configures Azure Monitor itself; scorefn then adds its "
         "meters and spans to that pipeline instead of configuring a second one.",
     "TELEMETRY_LOG_PAYLOADS":
-        "`true` to include request features in failure logs (default false: never payloads).",
+        "`true` to include the request body (its first 2 KiB) in failure logs (default false: "
+        "never payloads).",
     "TELEMETRY_EXPORT_INTERVAL_SECONDS": "How often metrics are exported (default 60).",
     "TELEMETRY_TRACE_SAMPLE_RATIO":
         "Share of requests traced when the caller sent no sampled `traceparent` (default 0.05); "
@@ -400,12 +443,13 @@ def telemetry_settings(env: Mapping[str, str] | None = None) -> TelemetrySetting
             raise SettingsError("app setting APPLICATIONINSIGHTS_AUTHENTICATION_STRING must be "
                                 "Authorization=AAD[;ClientId=<client id>]")
         client_id = parts.get("ClientId", "")
-    try:
-        log_payloads = _bool(env.get("TELEMETRY_LOG_PAYLOADS", "false"))
-        worker = _bool(env.get("PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY", "false"))
-    except ValueError:
-        raise SettingsError("app settings TELEMETRY_LOG_PAYLOADS and "
-                            "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY must be true or false") from None
+    flags = {}
+    for name in ("TELEMETRY_LOG_PAYLOADS", "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY",
+                 "TELEMETRY_LOCAL_READER"):
+        try:
+            flags[name] = _bool(env.get(name) or "false")
+        except ValueError:
+            raise SettingsError(f"app setting {name} must be true or false") from None
     try:
         interval = _float(1.0, 3600.0)(env.get("TELEMETRY_EXPORT_INTERVAL_SECONDS") or "60")
     except ValueError as exc:
@@ -417,5 +461,6 @@ def telemetry_settings(env: Mapping[str, str] | None = None) -> TelemetrySetting
     return TelemetrySettings(
         trace_sample_ratio=ratio,
         connection_string=(env.get("APPLICATIONINSIGHTS_CONNECTION_STRING") or "").strip() or None,
-        aad_client_id=client_id, worker_managed=worker, log_payloads=log_payloads,
+        aad_client_id=client_id, worker_managed=flags["PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"],
+        log_payloads=flags["TELEMETRY_LOG_PAYLOADS"], local_reader=flags["TELEMETRY_LOCAL_READER"],
         export_interval_ms=int(interval * 1000))

@@ -346,12 +346,12 @@ def get_telemetry() -> Telemetry:
     if _telemetry is None:
         with _lock:
             if _telemetry is None:
-                mode = configure(os.environ)
-                if mode == "none" and os.environ.get("TELEMETRY_LOCAL_READER", "").lower() == "true":
-                    _use_local_reader()
                 from .settings import telemetry_settings
 
                 settings = telemetry_settings(os.environ)
+                mode = configure(os.environ)
+                if mode == "none" and settings.local_reader:
+                    _use_local_reader()
                 _telemetry = Telemetry(log_payloads=settings.log_payloads,
                                        trace_sample_ratio=settings.trace_sample_ratio)
                 # Registered after the provider's own exit hook, so it runs first (LIFO) and

@@ -329,9 +329,15 @@ BAD = {
     "bad_csv_value": (blob_job("bad", "inputs/bad.csv"), "non_numeric_value"),
     "unknown_column": (blob_job("bad", "inputs/extra.csv"), "unknown_column"),
     "input_too_large": (blob_job("bad", "inputs/big.csv"), "input_too_large"),
-    "no_output_container": (blob_job("bad", "inputs/ok.csv",
+    "no_output_container": (blob_job("bad", "inputs/ok.csv",  # allowed, but never created
                                      output={"blob": "x.csv", "container": "nowhere"}),
                             "output_container_not_found"),
+    "output_container_not_allowed": (blob_job("bad", "inputs/ok.csv",
+                                              output={"blob": "x.csv", "container": "elsewhere"}),
+                                     "container_not_allowed"),
+    "input_container_not_allowed": ({"id": "bad", "endpoint": "churn",
+                                      "input": {"blob": "ok.csv", "container": "elsewhere"}},
+                                     "container_not_allowed"),
 }
 
 
@@ -343,7 +349,7 @@ def test_a_bad_message_fails_once_with_its_code_and_no_output(rig, case, caplog)
     rig.upload("inputs/bad.csv", b"tenure_months,age\n1,2\n3,abc\n")
     rig.upload("inputs/extra.csv", b"tenure_months,shoe_size\n1,2\n")
     rig.upload("inputs/big.csv", to_csv(sample(8, 9000), CHURN))  # > 1 MiB
-    jobs = with_settings(rig, batch_max_input_mb=1)
+    jobs = with_settings(rig, batch_max_input_mb=1, batch_allowed_containers=("nowhere",))
     with caplog.at_level("INFO", logger="scorefn.batch"):
         body = message if isinstance(message, bytes) else orjson.dumps(message)
         outcome = jobs.handle(body, message_id="m-bad")  # returns: the message is deleted

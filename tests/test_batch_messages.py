@@ -9,8 +9,9 @@ from shared.errors import InvalidJson, InvalidPayload, PayloadTooLarge
 from shared.job_messages import BlobJob, InlineJob, decode_message, job_identity, parse_job
 
 
-def parse(doc, message_id="m-1"):
-    return parse_job(doc, job_identity(doc, message_id), batch_container="batch")
+def parse(doc, message_id="m-1", allowed=("inputs", "outputs")):
+    return parse_job(doc, job_identity(doc, message_id), batch_container="batch",
+                     allowed_containers=allowed)
 
 
 def test_inline_jobs_keep_the_http_body_shape():
@@ -37,6 +38,17 @@ def test_output_format_and_containers_can_be_given():
     no_blob = parse({"id": "j2", "endpoint": "c", "input": {"blob": "x.ndjson"},
                      "output": {"format": "csv"}})
     assert no_blob.output.blob == "predictions/j2.csv"
+
+
+@pytest.mark.parametrize("where", ["input", "output"])
+def test_a_container_not_opened_to_batch_jobs_is_refused(where):
+    # Senders act with the app's identity, which may also write models and logs.
+    doc = {"endpoint": "churn", "input": {"blob": "x.csv"}, "output": {"blob": "y.csv"}}
+    doc[where] = {**doc[where], "container": "models"}
+    with pytest.raises(InvalidPayload) as err:
+        parse(doc)
+    assert err.value.code == "container_not_allowed" and f"{where}.container" in str(err.value)
+    assert parse(doc, allowed=("models",)).input.blob == "x.csv"  # only when opened to jobs
 
 
 def test_a_missing_id_is_derived_from_the_message_id_so_redeliveries_share_it():

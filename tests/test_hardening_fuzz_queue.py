@@ -39,13 +39,15 @@ QUEUE_CODES = {"invalid_json", "invalid_payload", "invalid_rows", "invalid_recor
                "invalid_name", "model_not_found", "invalid_model", "input_not_found", "input_too_large",
                "invalid_blob_name", "invalid_csv", "invalid_format", "invalid_job_id", "invalid_message",
                "message_too_large", "missing_id_column", "output_container_not_found", "unknown_column",
-               "invalid_sticky_key", "payload_too_large", "input_changed", "pinned_model_missing"}
+               "invalid_sticky_key", "payload_too_large", "input_changed", "pinned_model_missing",
+               "container_not_allowed"}
 
 
 @pytest.fixture(scope="module")
 def rig(azurite, demo_models):
     rig = make_rig(azurite, demo_models, {"BATCH_MAX_INPUT_MB": "1", "MAX_ROWS_PER_REQUEST": str(MAX_ROWS),
-                                          "BATCH_CHUNK_ROWS": "64"})
+                                          "BATCH_CHUNK_ROWS": "64",
+                                          "BATCH_ALLOWED_CONTAINERS": "nosuchcontainer"})
     X = sample(8, 300, seed=21)
     rig.upload("inputs/good.csv", to_csv(X, CHURN, [f"c{i}" for i in range(300)], "cid"))
     rig.upload("inputs/good.jsonl", to_jsonl(X, CHURN))
@@ -93,7 +95,7 @@ blob_names = st.one_of(
     st.text(max_size=30))
 refs = st.one_of(
     st.fixed_dictionaries({"blob": blob_names},
-                          optional={"container": st.sampled_from(["nosuchcontainer", "UPPER", "a", "-x-", ""]),
+                          optional={"container": st.sampled_from(["nosuchcontainer", "models", "UPPER", "a", "-x-", ""]),
                                     "format": st.sampled_from(["csv", "jsonl", "ndjson", "CSV", "xml", 1, None]),
                                     "extra": anything}),
     anything)

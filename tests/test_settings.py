@@ -29,6 +29,8 @@ def test_values_are_read_from_the_environment():
     ({"MAX_ROWS_PER_REQUEST": "-7"}, "MAX_ROWS_PER_REQUEST"),
     ({"MODEL_CONTAINER": "Bad_Name"}, "MODEL_CONTAINER"),
     ({"MAX_REQUEST_BYTES": "-5"}, "MAX_REQUEST_BYTES"),
+    ({"MODEL_REFRESH_SECONDS": "0.05"}, "MODEL_REFRESH_SECONDS"),  # ~a storage call a request
+    ({"ROUTER_REFRESH_SECONDS": "0.05"}, "ROUTER_REFRESH_SECONDS"),
 ])
 def test_an_invalid_value_names_the_setting_but_not_the_value(env, name):
     with pytest.raises(SettingsError) as err:
@@ -69,3 +71,54 @@ def test_a_missing_or_invalid_connection_is_a_settings_error(env):
     with pytest.raises(SettingsError) as err:
         resolve_connection("S", env)
     assert "S" in str(err.value)
+
+
+def test_a_blob_connection_may_name_its_service_uri_as_a_blob_binding_does():
+    conn = resolve_connection("ModelStore", {"ModelStore__serviceUri": "https://m.blob.core.windows.net"})
+    assert conn.uses_identity and conn.blob_service_uri == "https://m.blob.core.windows.net"
+    both = resolve_connection("S", {"S__serviceUri": "https://a.blob.core.windows.net",
+                                    "S__blobServiceUri": "https://b.blob.core.windows.net"})
+    assert both.blob_service_uri == "https://b.blob.core.windows.net"
+
+
+def test_inline_and_blob_router_configs_are_not_both_accepted():
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"ROUTER_CONFIG": '{"endpoints": {}}', "ROUTER_CONFIG_BLOB": "config/r.json"})
+    assert "ROUTER_CONFIG" in str(err.value) and "routerConfigBlob" in str(err.value)
+
+
+def test_batch_jobs_use_the_batch_container_unless_others_are_opened_to_them():
+    assert Settings.from_env({}).batch_allowed_containers == ()
+    opened = Settings.from_env({"BATCH_ALLOWED_CONTAINERS": "inputs, exports"})
+    assert opened.batch_allowed_containers == ("inputs", "exports")
+
+
+@pytest.mark.parametrize("env", [
+    {"BATCH_ALLOWED_CONTAINERS": "models"},
+    {"BATCH_ALLOWED_CONTAINERS": "inputs,mlmodels", "MODEL_CONTAINER": "mlmodels"},
+    {"BATCH_ALLOWED_CONTAINERS": "predictions"},
+    {"BATCH_ALLOWED_CONTAINERS": "outcomes"},
+    {"BATCH_ALLOWED_CONTAINERS": "azure-webjobs-secrets"},
+    {"BATCH_ALLOWED_CONTAINERS": "app-package-scorefn-1a2b"},
+    {"BATCH_ALLOWED_CONTAINERS": "Bad_Name"},
+])
+def test_the_model_log_and_host_containers_are_never_opened_to_batch_jobs(env):
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env(env)
+    assert "BATCH_ALLOWED_CONTAINERS" in str(err.value)
+
+
+@pytest.mark.parametrize("raw,expected", [("true", True), ("1", True), ("on", True), ("false", False),
+                                          ("", False)])
+def test_the_local_latency_reader_is_a_setting_like_the_others(raw, expected):
+    from shared.settings import telemetry_settings
+
+    assert telemetry_settings({"TELEMETRY_LOCAL_READER": raw}).local_reader is expected
+
+
+def test_a_bad_telemetry_flag_names_the_setting():
+    from shared.settings import telemetry_settings
+
+    with pytest.raises(SettingsError) as err:
+        telemetry_settings({"TELEMETRY_LOCAL_READER": "sometimes"})
+    assert "TELEMETRY_LOCAL_READER" in str(err.value) and "sometimes" not in str(err.value)

@@ -50,7 +50,8 @@ def register(subparsers) -> None:
                         help="blob job on an existing blob (with --input: the name to upload as; "
                              "default inputs/JOB_ID/FILENAME)")
     submit.add_argument("--input-container", metavar="NAME",
-                        help="container of the input blob (default: the batch container)")
+                        help="container of the input blob (default: the batch container; another "
+                             "must be in the app's BATCH_ALLOWED_CONTAINERS)")
     submit.add_argument("--id", dest="job_id", metavar="JOB_ID",
                         help="idempotency key: a job with the same id runs once (default: a new "
                              "id, printed)")
@@ -60,7 +61,8 @@ def register(subparsers) -> None:
     submit.add_argument("--output-blob", metavar="NAME",
                         help="output blob (default predictions/JOB_ID.csv or .jsonl)")
     submit.add_argument("--output-container", metavar="NAME",
-                        help="container of the output blob (default: the batch container)")
+                        help="container of the output blob (default: the batch container; another "
+                             "must be in the app's BATCH_ALLOWED_CONTAINERS)")
     submit.add_argument("--output-format", choices=("csv", "jsonl"),
                         help="output format (default: the input's)")
     submit.add_argument("--raw-score", action="store_true",
