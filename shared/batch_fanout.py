@@ -57,7 +57,7 @@ from azure.core.exceptions import (HttpResponseError, ResourceExistsError, Resou
 from azure.storage.blob import BlobBlock, BlobClient, ContentSettings
 
 from .batch_io import byte_ranges, csv_layout, range_blocks, read_first_line, writer_for
-from .errors import InputNotFound, InvalidPayload, JobBusy, PayloadTooLarge, ScoreError
+from .errors import InputNotFound, InvalidModel, InvalidPayload, JobBusy, PayloadTooLarge, ScoreError
 from .job_chunks import (MAX_CHUNKS, PLAN_KIND, ChunkMessage, block_id, count_markers,
                          decode_chunk, job_prefix, list_markers, marker_name, model_copy_name,
                          peek_job_id, plan_name, read_json, read_status)
@@ -65,6 +65,7 @@ from .job_messages import BlobJob
 from .job_records import Claim
 from .model import LoadedModel, parse_model
 from .payloads.common import Options
+from .storage import BlobTooLarge, read_at_most
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobProperties
@@ -383,10 +384,13 @@ class FanOut:
             if model is not None:
                 return model
             try:
-                data = self.batch.get_blob_client(key).download_blob().readall()
+                data = read_at_most(self.batch.get_blob_client(key),
+                                    self.settings.max_model_mb * 1024 * 1024)
             except ResourceNotFoundError:
                 raise InvalidPayload(f"the job's pinned model copy {key!r} is missing",
                                      code="pinned_model_missing") from None
+            except BlobTooLarge as exc:
+                raise InvalidModel(f"the job's pinned model copy: {exc}") from None
             model = parse_model(data, name=ref["name"], path=ref["path"], version=ref["version"],
                                 last_modified=None)
             with self._lock:

@@ -44,8 +44,9 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
 from .errors import InvalidPayload
-from .job_messages import JOB_ID_RE
+from .job_messages import JOB_ID_RE, MAX_MESSAGE_BYTES
 from .job_records import RECORDS_PREFIX
+from .storage import MAX_RECORD_BYTES, BlobTooLarge, read_at_most
 
 CHUNK_KIND = "scorefn.chunk"
 PLAN_KIND = "scorefn.plan"
@@ -98,6 +99,9 @@ class ChunkMessage:
 
 def decode_chunk(body: bytes) -> ChunkMessage:
     """A chunk message; anything else raises :class:`InvalidPayload` (``invalid_chunk``)."""
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise InvalidPayload("chunk message is larger than a queue message holds",
+                             code="invalid_chunk")
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -117,6 +121,8 @@ def decode_chunk(body: bytes) -> ChunkMessage:
 
 def peek_job_id(body: bytes) -> str | None:
     """The job id of a (possibly invalid) chunk message, when it has a valid one."""
+    if len(body) > MAX_MESSAGE_BYTES:
+        return None
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -127,8 +133,8 @@ def peek_job_id(body: bytes) -> str | None:
 
 def read_json(container: ContainerClient, name: str) -> dict[str, Any] | None:
     try:
-        raw = container.get_blob_client(name).download_blob().readall()
-    except ResourceNotFoundError:
+        raw = read_at_most(container.get_blob_client(name), MAX_RECORD_BYTES)
+    except (ResourceNotFoundError, BlobTooLarge):
         return None
     try:
         doc = orjson.loads(raw)

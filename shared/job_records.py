@@ -42,6 +42,7 @@ from azure.core.exceptions import (HttpResponseError, ResourceExistsError,
 from azure.storage.blob import BlobClient, BlobLeaseClient, ContainerClient, ContentSettings
 
 from .errors import JobBusy
+from .storage import MAX_RECORD_BYTES, BlobTooLarge, read_at_most
 
 log = logging.getLogger("scorefn.batch")
 
@@ -251,15 +252,18 @@ class JobRecords:
 
     def _read(self, blob: BlobClient) -> dict[str, Any] | None:
         try:
-            raw = blob.download_blob().readall()
+            raw = read_at_most(blob, MAX_RECORD_BYTES)
         except ResourceNotFoundError:
             return None
+        except BlobTooLarge:
+            raw = b""  # not one of ours: treated as any other damaged record
         try:
             doc = orjson.loads(raw)
         except orjson.JSONDecodeError:
             doc = None
         if not isinstance(doc, dict):
-            log.warning("job record %s is not a JSON object; treating the job as not done",
+            log.warning("job record %s is not a JSON object (or over 1 MiB); treating the job "
+                        "as not done",
                         blob.blob_name)
             return {"state": "running"}
         return doc

@@ -233,8 +233,8 @@ SPEC: dict[str, Setting] = {
         "like the prediction log; created when missing."),
     "prediction_log_flush_seconds": Setting(
         "PREDICTION_LOG_FLUSH_SECONDS", 5.0, _float(0.05, 3600.0),
-        "Longest time a prediction log record waits in memory before it is written (a full "
-        "buffer is written sooner)."),
+        "Longest time a prediction log record waits in memory before it is written (a buffer a "
+        "quarter full is written sooner)."),
     "prediction_log_max_buffer": Setting(
         "PREDICTION_LOG_MAX_BUFFER", 10_000, _int(10, 10_000_000),
         "Most prediction log records held in memory; beyond it new records are dropped and "
@@ -328,6 +328,9 @@ def _check_together(values: dict[str, Any]) -> None:
         raise SettingsError("app settings ROUTER_CONFIG and ROUTER_CONFIG_BLOB are both set; "
                             "set one (the Bicep sets ROUTER_CONFIG_BLOB unless its "
                             "routerConfigBlob parameter is '')")
+    if values["max_model_mb"] > values["model_cache_max_mb"]:
+        raise SettingsError("app setting MAX_MODEL_MB must not exceed MODEL_CACHE_MAX_MB: a "
+                            "model that size could never stay in the cache")
     guarded = {values["model_container"]: "MODEL_CONTAINER",
                values["prediction_log_container"]: "PREDICTION_LOG_CONTAINER",
                values["outcome_log_container"]: "OUTCOME_LOG_CONTAINER"}

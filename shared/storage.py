@@ -6,15 +6,34 @@ lazily, on the first request that needs storage, to keep cold starts short.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from azure.storage.blob import BlobServiceClient
 from azure.storage.blob import LinearRetry as BlobLinearRetry
 
+from .errors import SettingsError
 from .settings import StorageConnection
 
 if TYPE_CHECKING:
     from azure.storage.queue import QueueServiceClient
+
+
+# Job records and plans are a few hundred bytes; anything near this is not one of ours.
+MAX_RECORD_BYTES = 1024 * 1024
+
+
+class BlobTooLarge(Exception):
+    """A blob is larger than the bound its reader set (see :func:`read_at_most`)."""
+
+
+def read_at_most(blob: Any, max_bytes: int) -> bytes:
+    """A whole blob of at most ``max_bytes``. A larger one raises :class:`BlobTooLarge` after
+    the first GET (the client's single-get size at most), never read whole."""
+    downloader = blob.download_blob()
+    if downloader.size > max_bytes:
+        raise BlobTooLarge(f"blob {blob.blob_name!r} is {downloader.size} bytes, over the "
+                           f"limit of {max_bytes}")
+    return downloader.readall()
 
 
 def _client_options(timeout: float, retry_class) -> dict:
@@ -56,5 +75,6 @@ def queue_service(conn: StorageConnection, timeout: float = 20.0) -> "QueueServi
     if conn.connection_string:
         return QueueServiceClient.from_connection_string(conn.connection_string, **options)
     if not conn.queue_service_uri:
-        raise ValueError(f"connection {conn.name} has no queue service URI")
+        raise SettingsError(f"storage connection {conn.name} has no queue service: set "
+                            f"{conn.name}__queueServiceUri or {conn.name}__accountName")
     return QueueServiceClient(conn.queue_service_uri, credential=credential_for(conn), **options)

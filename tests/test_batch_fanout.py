@@ -361,6 +361,28 @@ def test_an_input_changed_mid_job_fails_it(rig, churn_csv):
     assert not output(rig, "predictions/fan-changed.csv").exists()
 
 
+def test_a_pinned_model_copy_over_the_model_size_limit_fails_the_job_without_being_read(
+        rig, churn_csv):
+    jobs = fanout_jobs(rig)
+    jobs.handle(blob_job("fan-big-copy", "inputs/big.csv", id_column="customer_id"), message_id="m")
+    copy = orjson.loads(rig.download(plan_name("fan-big-copy")))["model"]["copy"]
+    rig.upload(copy, b"x" * (2 * 1024 * 1024))  # the copy replaced by something over 1 MiB
+    first = rig.chunk_messages()[0]
+    assert rig.run_chunk(first, fanout_jobs(rig, max_model_mb=1)).status == "failed"
+    [result] = rig.sent_results()
+    assert result["error"]["code"] == "invalid_model" and "over the limit" in result["error"]["message"]
+
+
+def test_job_records_and_plans_are_read_only_up_to_their_bound(rig):
+    from shared.job_chunks import read_json
+    from shared.storage import MAX_RECORD_BYTES
+
+    rig.upload("jobs/huge/plan.json", b'{"kind": "scorefn.plan"' + b" " * MAX_RECORD_BYTES + b"}")
+    assert read_json(rig.batch, "jobs/huge/plan.json") is None
+    rig.upload("jobs/small/plan.json", b'{"kind": "scorefn.plan"}')
+    assert read_json(rig.batch, "jobs/small/plan.json") == {"kind": "scorefn.plan"}
+
+
 def test_a_bad_header_fails_at_planning_without_chunks(rig):
     rig.upload("inputs/extra.csv", b"tenure_months,shoe_size\n" + b"1,2\n" * 10_000)
     outcome = fanout_jobs(rig).handle(blob_job("fan-head", "inputs/extra.csv"), message_id="m")

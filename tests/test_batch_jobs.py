@@ -67,12 +67,14 @@ def test_inline_records_and_options(rig, demo_models):
 
 
 def test_inline_predictions_too_large_for_a_message_go_to_a_blob(rig, demo_models):
-    X = np.random.default_rng(5).integers(0, 99, size=(4000, 4)).astype(float)
+    from shared.job_messages import MAX_MESSAGE_BYTES
+
+    X = np.random.default_rng(5).integers(0, 99, size=(3000, 4)).astype(float)
     message = orjson.dumps({"id": "job-big", "endpoint": "segment", "rows": X.astype(int).tolist()})
-    assert len(message) < 64 * 1024
+    assert len(message) < MAX_MESSAGE_BYTES
     rig.run(message)
     [result] = rig.sent_results()
-    assert "predictions" not in result and result["rows"] == 4000
+    assert "predictions" not in result and result["rows"] == 3000
     assert (result["output_container"], result["output_blob"]) == \
         (rig.settings.batch_container, "results/job-big.json")
     stored = orjson.loads(rig.download("results/job-big.json"))

@@ -93,3 +93,16 @@ def test_undecodable_messages_are_typed_errors():
     with pytest.raises(PayloadTooLarge) as err:
         decode_message(orjson.dumps({"rows": [[1.5] * 10] * 5000}))
     assert err.value.code == "message_too_large"
+
+
+def test_the_largest_message_accepted_still_fits_a_queue_message_once_base64_encoded():
+    import base64
+
+    from shared.job_messages import MAX_MESSAGE_BYTES
+
+    largest = orjson.dumps({"endpoint": "churn", "rows": [[1]] * 1})
+    largest += b" " * (MAX_MESSAGE_BYTES - len(largest))
+    assert decode_message(largest)["endpoint"] == "churn"
+    assert len(base64.b64encode(largest)) <= 64 * 1024  # the queue's limit on message text
+    with pytest.raises(PayloadTooLarge):
+        decode_message(largest + b" ")

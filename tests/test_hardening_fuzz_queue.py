@@ -223,7 +223,7 @@ def test_every_message_ends_as_one_result_direct(rig, oracle, request):
 
 
 def test_limits_of_messages_and_blobs(rig):
-    """The message limit (64 KiB), row limit of inline jobs and the input blob limit each give
+    """The message limit (48 KiB of JSON), row limit of inline jobs and the input blob limit each give
     one failed result with their code."""
     cases = [(orjson.dumps({"id": "big-msg", "endpoint": "churn", "rows": [[1.2345678901234567] * 8] * 600}), "message_too_large"),
              (orjson.dumps({"id": "many-rows", "endpoint": "churn", "rows": [[1] * 8] * (MAX_ROWS + 1)}),

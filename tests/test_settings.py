@@ -122,3 +122,19 @@ def test_a_bad_telemetry_flag_names_the_setting():
     with pytest.raises(SettingsError) as err:
         telemetry_settings({"TELEMETRY_LOCAL_READER": "sometimes"})
     assert "TELEMETRY_LOCAL_READER" in str(err.value) and "sometimes" not in str(err.value)
+
+
+def test_the_largest_model_must_fit_the_model_cache():
+    assert Settings.from_env({"MAX_MODEL_MB": "128", "MODEL_CACHE_MAX_MB": "128"}).max_model_mb == 128
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"MAX_MODEL_MB": "200", "MODEL_CACHE_MAX_MB": "128"})
+    assert "MAX_MODEL_MB" in str(err.value) and "MODEL_CACHE_MAX_MB" in str(err.value)
+
+
+def test_a_connection_without_a_queue_service_is_a_settings_error_when_queues_are_used():
+    from shared.storage import queue_service
+
+    conn = resolve_connection("S", {"S__blobServiceUri": "https://x.blob.core.windows.net"})
+    with pytest.raises(SettingsError) as err:
+        queue_service(conn)
+    assert "S__queueServiceUri" in str(err.value)
