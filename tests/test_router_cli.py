@@ -1,0 +1,122 @@
+"""``python -m scorefn router``: validate a config as the app does, set it only once its models
+load (and only over the version the user saw), and show what is in storage."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scorefn.__main__ import main as cli
+from tests.conftest import upload
+
+AB = {"endpoints": {"churn": {
+    "variants": [{"name": "control", "model": "churn_v1", "weight": 3},
+                 {"name": "candidate", "model": "churn", "weight": 1}],
+    "shadow": [{"name": "next", "model": "churn", "fraction": 0.1}],
+    "sticky": {"header": "x-user-id"}}}}
+
+
+@pytest.fixture
+def models(container, demo_models):
+    for name in ("churn", "churn_v1", "price"):
+        upload(container, f"{name}.txt", demo_models[name].path)
+    return container
+
+
+def router_cli(container, azurite, *args: str) -> int:
+    return cli(["router", *args, "--container", container.container_name,
+                "--connection-string", azurite.connection_string])
+
+
+def write(tmp_path, doc, name="router.json"):
+    path = tmp_path / name
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    return path
+
+
+def test_validate_prints_each_endpoints_variants_and_shares(tmp_path, capsys):
+    assert cli(["router", "validate", str(write(tmp_path, AB))]) == 0
+    out = capsys.readouterr().out
+    assert "endpoint churn: sticky by header x-user-id" in out
+    assert "variant control" in out and "share 75.0%" in out
+    assert "variant candidate" in out and "share 25.0%" in out
+    assert "shadow  next" in out and "fraction 0.1" in out
+
+
+@pytest.mark.parametrize("doc,where", [
+    ("{not json", "not valid JSON"),
+    ({"endpoints": {"churn": {"variants": []}}}, "endpoints.churn.variants"),
+    ({"endpoints": {"churn": {"variants": [{"name": "a", "model": "m", "weight": -1}]}}},
+     "endpoints.churn.variants[0].weight"),
+    ({"endpoints": {}, "extra": 1}, "unknown field 'extra'"),
+])
+def test_validate_names_the_bad_field_and_exits_1(tmp_path, capsys, doc, where):
+    assert cli(["router", "validate", str(write(tmp_path, doc))]) == 1
+    assert where in capsys.readouterr().err
+
+
+def test_validate_with_check_models_loads_each_model_with_progress(models, azurite, tmp_path, capsys):
+    assert router_cli(models, azurite, "validate", str(write(tmp_path, AB)), "--check-models") == 0
+    out = capsys.readouterr().out
+    assert "[1/2] model churn ... ok" in out and "[2/2] model churn_v1 ... ok" in out
+
+
+def test_check_models_refuses_a_missing_model_or_variants_with_other_features(
+        models, azurite, tmp_path, capsys):
+    missing = {"endpoints": {"churn": {"variants": [{"name": "a", "model": "churn_v9", "weight": 1}]}}}
+    assert router_cli(models, azurite, "validate", str(write(tmp_path, missing)),
+                      "--check-models") == 1
+    assert "churn_v9" in capsys.readouterr().err
+    mixed = {"endpoints": {"churn": {"variants": [{"name": "a", "model": "churn", "weight": 1},
+                                                  {"name": "b", "model": "price", "weight": 1}]}}}
+    assert router_cli(models, azurite, "validate", str(write(tmp_path, mixed)),
+                      "--check-models") == 1
+    assert "same features" in capsys.readouterr().err
+
+
+def test_set_uploads_a_checked_config_that_show_reads_back(models, azurite, tmp_path, capsys):
+    path = write(tmp_path, AB)
+    assert router_cli(models, azurite, "set", str(path)) == 0
+    assert "uploaded" in capsys.readouterr().out
+    stored = models.get_blob_client("config/router.json")
+    assert stored.download_blob().readall() == path.read_bytes()
+    assert stored.get_blob_properties().content_settings.content_type == "application/json"
+    etag = stored.get_blob_properties().etag.strip('"')
+    assert router_cli(models, azurite, "show") == 0
+    out = capsys.readouterr().out
+    assert f"version {etag}" in out and "share 75.0%" in out
+    assert router_cli(models, azurite, "show", "--json") == 0
+    assert json.loads(capsys.readouterr().out) == AB
+
+
+def test_set_refuses_a_config_whose_model_does_not_load_and_leaves_storage_alone(
+        models, azurite, tmp_path, capsys):
+    missing = {"endpoints": {"churn": {"variants": [{"name": "a", "model": "churn_v9", "weight": 1}]}}}
+    assert router_cli(models, azurite, "set", str(write(tmp_path, missing))) == 1
+    assert "not uploaded" in capsys.readouterr().err
+    assert not models.get_blob_client("config/router.json").exists()
+
+
+def test_set_with_if_match_never_overwrites_a_change_made_since(models, azurite, tmp_path, capsys):
+    assert router_cli(models, azurite, "set", str(write(tmp_path, AB))) == 0
+    seen = models.get_blob_client("config/router.json").get_blob_properties().etag.strip('"')
+    other = {"endpoints": {}}
+    upload(models, "config/router.json", json.dumps(other).encode())  # someone else's change
+    capsys.readouterr()
+    assert router_cli(models, azurite, "set", str(write(tmp_path, AB)), "--if-match", seen) == 1
+    assert "no longer version" in capsys.readouterr().err
+    assert json.loads(models.get_blob_client("config/router.json").download_blob().readall()) == other
+    current = models.get_blob_client("config/router.json").get_blob_properties().etag.strip('"')
+    assert router_cli(models, azurite, "set", str(write(tmp_path, AB)), "--if-match", current) == 0
+
+
+def test_show_without_a_config_says_endpoints_are_served_by_same_name_models(models, azurite, capsys):
+    assert router_cli(models, azurite, "show") == 0
+    assert "no router config" in capsys.readouterr().out
+
+
+def test_show_reports_an_invalid_stored_config(models, azurite, capsys):
+    upload(models, "config/router.json", b'{"endpoints": {"churn": {}}}')
+    assert router_cli(models, azurite, "show") == 1
+    assert "invalid router config" in capsys.readouterr().err
