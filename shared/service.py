@@ -446,8 +446,10 @@ class ScoringService:
                 storage = "ok"
             except ScoreError as exc:
                 storage = exc.code
-            loaded = [info.to_dict() for info in self.store.loaded()]
-            report = {"ready": storage == "ok" or bool(loaded), "storage": storage, "models": loaded}
+            # The probe is anonymous: a count, not the models' names and versions.
+            loaded = len(self.store.loaded())
+            report = {"ready": storage == "ok" or loaded > 0, "storage": storage,
+                      "models_loaded": loaded}
             self._readiness = (time.monotonic(), report)
             return report
         finally:

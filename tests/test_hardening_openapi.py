@@ -34,7 +34,8 @@ ROUTER_CONFIG = {"endpoints": {"churn": {
 QUEUE_ONLY_CODES = {"input_not_found", "input_too_large", "invalid_blob_name", "invalid_csv",
                     "invalid_format", "invalid_job_id", "invalid_message", "job_busy",
                     "message_too_large", "missing_id_column", "output_container_not_found",
-                    "unknown_column", "invalid_chunk", "input_changed", "pinned_model_missing"}
+                    "unknown_column", "invalid_chunk", "input_changed", "pinned_model_missing",
+                    "container_not_allowed"}
 
 
 def pointer(*parts: str) -> str:

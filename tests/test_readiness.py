@@ -33,7 +33,7 @@ def test_concurrent_probes_ask_storage_once(container):
     with ThreadPoolExecutor(8) as pool:
         reports = list(pool.map(lambda _: service.readiness(), range(8)))
     assert source.pings == 1
-    assert all(r == {"ready": True, "storage": "ok", "models": []} for r in reports)
+    assert all(r == {"ready": True, "storage": "ok", "models_loaded": 0} for r in reports)
 
 
 def test_a_stale_report_is_served_while_one_probe_refreshes_it(container, monkeypatch):
@@ -51,3 +51,14 @@ def test_a_stale_report_is_served_while_one_probe_refreshes_it(container, monkey
     assert time.perf_counter() - start < 0.15
     refresher.join()
     assert source.pings == 2
+
+
+def test_the_anonymous_probe_counts_loaded_models_without_naming_them(container, demo_models):
+    import orjson
+
+    container.upload_blob("churn.txt", demo_models["churn"].path.read_bytes())
+    service = ScoringService(Settings.from_env({}), ModelStore(BlobSource(container, 1 << 22)))
+    service.store.get("churn")
+    report = service.readiness()
+    assert report == {"ready": True, "storage": "ok", "models_loaded": 1}
+    assert b"churn" not in orjson.dumps(report)
