@@ -1,7 +1,9 @@
 """``python -m devhost --app-dir DIR``: serve a v2-model function app locally.
 
 Prints ``DEVHOST READY http://127.0.0.1:PORT`` on stdout once HTTP listens and the queue
-pollers run; everything else goes to stderr. SIGTERM/SIGINT stop it gracefully.
+pollers run; everything else goes to stderr. SIGTERM/SIGINT stop it gracefully: queue messages
+being processed are waited for (up to ``--shutdown-timeout``; a second signal stops waiting).
+The exit status is 1 when invocations had to be abandoned.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from .queue_runner import QueueOptions, QueueRunner
 from .routing import RouteTable, RouteTemplateError
 
 log = logging.getLogger("devhost")
-GRACE_SECONDS = 5.0
+GRACE_SECONDS = 5.0  # for HTTP requests in flight at shutdown
+SHUTDOWN_TIMEOUT_SECONDS = 600.0  # for queue messages in flight at shutdown
 _HOST_LOG_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG,
                     "information": logging.INFO, "warning": logging.WARNING,
                     "error": logging.ERROR, "critical": logging.CRITICAL,
@@ -47,6 +50,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-queues", action="store_true", help="do not run queue triggers")
     parser.add_argument("--queue-lease-seconds", type=int, default=600,
                         help="visibility timeout while a message is processed (renewed at half)")
+    parser.add_argument("--shutdown-timeout", type=float, default=SHUTDOWN_TIMEOUT_SECONDS,
+                        help="on SIGTERM/SIGINT, how long to wait for queue messages being "
+                             "processed before abandoning them (exit status 1)")
     parser.add_argument("--verbose", action="store_true", help="log every invocation")
     return parser.parse_args(argv)
 
@@ -117,10 +123,10 @@ async def serve(args: argparse.Namespace) -> int:
                                     lifespan="off", access_log=False, server_header=False,
                                     timeout_graceful_shutdown=int(GRACE_SECONDS)))
 
-    stop = asyncio.Event()
+    stop, abandon = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, _on_signal, stop, abandon)
 
     runner = None
     if index.queues and not args.no_queues:
@@ -142,17 +148,29 @@ async def serve(args: argparse.Namespace) -> int:
     log.info("stopping")
     server.should_exit = True
     deadline = loop.time() + GRACE_SECONDS
-    queues_done = runner.stop(GRACE_SECONDS) if runner else asyncio.sleep(0, True)
+    queues_done = (runner.stop(args.shutdown_timeout, abandon) if runner
+                   else asyncio.sleep(0, True))
     finished, _ = await asyncio.gather(queues_done, serving)
-    finished = await invoker.wait_idle(max(0.0, deadline - loop.time())) and finished
+    if finished and not await invoker.wait_idle(max(0.0, deadline - loop.time())):
+        log.error("SHUTDOWN INCOMPLETE: HTTP requests still running after %.0f s; abandoning "
+                  "them", GRACE_SECONDS)
+        finished = False
     invoker.shutdown()
-    if not finished:
-        log.warning("some invocations were still running at shutdown; abandoning them")
-        # Their pool threads would otherwise hold up interpreter exit until they end.
-        watchdog = threading.Timer(0.5, os._exit, args=(0,))
-        watchdog.daemon = True
-        watchdog.start()
-    return 0
+    if finished:
+        return 0
+    # Their pool threads would otherwise hold up interpreter exit until they end.
+    watchdog = threading.Timer(0.5, os._exit, args=(1,))
+    watchdog.daemon = True
+    watchdog.start()
+    return 1
+
+
+def _on_signal(stop: asyncio.Event, abandon: asyncio.Event) -> None:
+    """The first signal stops gracefully; a second one stops waiting for invocations."""
+    if stop.is_set():
+        log.warning("second stop signal: no longer waiting for invocations in flight")
+        abandon.set()
+    stop.set()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from azure.functions.decorators.queue import QueueTrigger
 
 log = logging.getLogger("devhost")
 _EXPRESSION = re.compile(r"%([^%]+)%")
+_QUEUE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]$")
 _AUTH_LEVELS = {"anonymous", "function", "admin"}
 
 
@@ -84,11 +85,12 @@ def index_app(app: func.FunctionRegister, app_dir: Path, env: Mapping[str, str],
     other trigger types are skipped with a warning. Queue names are resolved from ``env``
     only when ``resolve_queues``."""
     only = (host_config or {}).get("functions")
+    allowed = None if only is None else {str(n).casefold() for n in only}
     http: list[HttpFunction] = []
     queues: list[QueueFunction] = []
     for function in app.get_functions():
         name = function.get_function_name() or function.get_user_function().__name__
-        if _disabled(name, env) or (only is not None and name not in only):
+        if _disabled(name, env) or (allowed is not None and name.casefold() not in allowed):
             log.info("function %s is disabled", name)
             continue
         trigger = function.get_trigger()
@@ -100,7 +102,9 @@ def index_app(app: func.FunctionRegister, app_dir: Path, env: Mapping[str, str],
         elif isinstance(trigger, QueueTrigger):
             queue = trigger.queue_name
             if resolve_queues:
-                queue = resolve_expressions(queue, env, what=f"function {name} queue name")
+                queue = normalize_queue_name(
+                    resolve_expressions(queue, env, what=f"function {name} queue name"),
+                    what=f"function {name}")
             queues.append(QueueFunction(**common, queue_name=queue,
                                         connection=trigger.connection or "AzureWebJobsStorage"))
         else:
@@ -120,6 +124,21 @@ def resolve_expressions(text: str, env: Mapping[str, str], *, what: str) -> str:
                                 "which is not set (add it to local.settings.json Values)")
         return env[setting]
     return _EXPRESSION.sub(value, text)
+
+
+def normalize_queue_name(name: str, *, what: str) -> str:
+    """The trigger's queue name as the host uses it: lowercased, then checked against Azure's
+    rules (3-63 characters; lowercase letters, digits and single dashes; no dash first or last)."""
+    lowered = name.lower()
+    if not is_valid_queue_name(lowered):
+        raise AppIndexError(f"{what}: {name!r} is not a valid queue name (3-63 characters: "
+                            "lowercase letters, digits and single dashes, starting and ending "
+                            "with a letter or digit)")
+    return lowered
+
+
+def is_valid_queue_name(name: str) -> bool:
+    return 3 <= len(name) <= 63 and bool(_QUEUE_NAME.match(name))
 
 
 def _common(name: str, function: func.Function, trigger: Any) -> dict[str, Any]:
@@ -144,7 +163,12 @@ def _auth_level(name: str, level: Any) -> str:
 
 
 def _disabled(name: str, env: Mapping[str, str]) -> bool:
-    return env.get(f"AzureWebJobs.{name}.Disabled", "").strip().lower() in {"1", "true"}
+    """``AzureWebJobs.<name>.Disabled`` (or ``AzureWebJobs_<name>_Disabled``) is 1 or true;
+    setting names are case-insensitive, as .NET configuration keys are."""
+    wanted = {f"AzureWebJobs.{name}.Disabled".casefold(),
+              f"AzureWebJobs_{name}_Disabled".casefold()}
+    return any(key.casefold() in wanted and value.strip().lower() in {"1", "true"}
+               for key, value in env.items())
 
 
 def _warn_unsupported_bindings(name: str, function: func.Function, trigger: Any) -> None:

@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 from typing import Any, MutableMapping
 
-_TIMESPAN = re.compile(r"^(?:(\d+)\.)?(\d+):(\d+)(?::(\d+(?:\.\d+)?))?$")
+_TIMESPAN = re.compile(r"^(?:(\d+)\.)?(\d+):(\d+)(?::(\d+(?:\.\d{1,7})?))?$")
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 class ConfigError(ValueError):
@@ -63,21 +64,31 @@ def config_get(config: Any, *keys: str, default: Any = None) -> Any:
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds in a host.json duration: a TimeSpan string (``"hh:mm:ss"``, ``"d.hh:mm:ss.fff"``)
-    or a plain number of seconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    text = str(value).strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
+    """Seconds in a host.json duration, a .NET TimeSpan string: ``"hh:mm[:ss[.fffffff]]"``,
+    optionally ``"d."``-prefixed. A bare number is refused: .NET reads ``"2"`` as 2 days, which
+    is rarely what was meant."""
+    if _is_bare_number(value):
+        raise ConfigError(f"{value!r} is not a duration: the Functions host reads a bare number as "
+                          "days (.NET TimeSpan), not seconds; write hh:mm:ss, e.g. \"00:00:02\" "
+                          "for 2 seconds")
+    if not isinstance(value, str):
+        raise ConfigError(f"{value!r} is not a duration (expected hh:mm:ss)")
+    text = value.strip()
     match = _TIMESPAN.match(text)
     if not match:
-        raise ConfigError(f"{value!r} is not a duration (expected hh:mm:ss or seconds)")
+        raise ConfigError(f"{value!r} is not a duration (expected hh:mm:ss or d.hh:mm:ss)")
     days, hours, minutes, seconds = match.groups()
+    if int(hours) > 23 or int(minutes) > 59 or float(seconds or 0) >= 60:
+        raise ConfigError(f"{value!r} is not a duration: hours must be 0-23, minutes and "
+                          "seconds 0-59")
     return (int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60
             + float(seconds or 0))
+
+
+def _is_bare_number(value: Any) -> bool:
+    if isinstance(value, str):
+        return bool(_NUMBER.match(value.strip()))
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """Queue triggers against real storage with the Functions host's semantics (host.json
-``extensions.queues``): batched polling with exponential back-off, a renewed lease while the
-function runs, delete on success, release or poison on failure."""
+``extensions.queues``, Azure Storage Queues extension v5): batched polling with exponential
+back-off, a renewed lease while the function runs, delete on success, release or poison on
+failure. A queue whose name ends in ``-poison`` (or is too long for the suffix) has no poison
+queue: its failed messages are neither released nor moved."""
 
 from __future__ import annotations
 
@@ -9,22 +11,28 @@ import base64
 import binascii
 import functools
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, TypeVar
 
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError
 from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient
 from azure.storage.queue import QueueMessage as StorageMessage
 
-from .app_index import QueueFunction
+from .app_index import QueueFunction, is_valid_queue_name
 from .invocation import InvocationContext, Invoker, TraceContext, new_traceparent, user_traceback
 from .local_settings import ConfigError, config_get, parse_duration
 
 log = logging.getLogger("devhost.queues")
 T = TypeVar("T")
 MIN_POLLING_INTERVAL = 0.1  # the host's QueuePollingIntervals.Minimum
+MAX_BATCH_SIZE = 32  # Get Messages returns at most 32
+POISON_SUFFIX = "-poison"
+# (status, error code) pairs after which the host considers the message no longer its own.
+_OWNERSHIP_LOST = {(400, "PopReceiptMismatch"), (404, "MessageNotFound"),
+                   (404, "QueueNotFound"), (409, "QueueBeingDeleted"), (409, "QueueDisabled")}
 
 
 @dataclass(frozen=True)
@@ -39,36 +47,112 @@ class QueueOptions:
     message_encoding: str = "base64"
 
     @classmethod
-    def from_host_json(cls, host: Mapping[str, Any]) -> "QueueOptions":
+    def from_host_json(cls, host: Mapping[str, Any],
+                       processors: int | None = None) -> "QueueOptions":
+        """Read and check the options as the host's QueuesOptions does: a value it would reject
+        at startup is a ConfigError. ``processors`` defaults to :func:`processor_count`."""
         section = config_get(host, "extensions", "queues", default={}) or {}
-
-        def get(key: str, default: Any) -> Any:
-            return config_get(section, key, default=default)
-
-        batch_size = int(get("batchSize", 16))
-        if not 1 <= batch_size <= 32:
+        batch_size = _int_option(section, "batchSize", 16)
+        if not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise ConfigError("host.json extensions.queues.batchSize must be between 1 and 32")
-        encoding = str(get("messageEncoding", "base64")).lower()
+        threshold = _int_option(section, "newBatchThreshold", None)
+        if threshold is None:
+            threshold = (batch_size // 2) * (processors or processor_count(os.environ))
+        elif threshold < 0:
+            raise ConfigError("host.json extensions.queues.newBatchThreshold must not be negative")
+        max_polling = _duration_option(section, "maxPollingInterval", "00:01:00")
+        if max_polling < MIN_POLLING_INTERVAL:
+            raise ConfigError("host.json extensions.queues.maxPollingInterval must not be less "
+                              "than 00:00:00.1 (100 ms)")
+        max_dequeue = _int_option(section, "maxDequeueCount", 5)
+        if max_dequeue < 1:
+            raise ConfigError("host.json extensions.queues.maxDequeueCount must be at least 1")
+        encoding = str(config_get(section, "messageEncoding", default="base64")).lower()
         if encoding not in ("base64", "none"):
             raise ConfigError("host.json extensions.queues.messageEncoding must be base64 or none")
-        return cls(
-            batch_size=batch_size,
-            new_batch_threshold=int(get("newBatchThreshold", batch_size // 2)),
-            max_polling_interval=max(MIN_POLLING_INTERVAL,
-                                     parse_duration(get("maxPollingInterval", 60))),
-            visibility_timeout=parse_duration(get("visibilityTimeout", 0)),
-            max_dequeue_count=max(1, int(get("maxDequeueCount", 5))),
-            message_encoding=encoding,
-        )
+        return cls(batch_size=batch_size, new_batch_threshold=threshold,
+                   max_polling_interval=max_polling,
+                   visibility_timeout=_duration_option(section, "visibilityTimeout", "00:00:00"),
+                   max_dequeue_count=max_dequeue, message_encoding=encoding)
+
+
+def _int_option(section: Mapping[str, Any], key: str, default: int | None) -> int | None:
+    value = config_get(section, key, default=default)
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value)
+    raise ConfigError(f"host.json extensions.queues.{key} must be an integer (got {value!r})")
+
+
+def _duration_option(section: Mapping[str, Any], key: str, default: str) -> float:
+    try:
+        return parse_duration(config_get(section, key, default=default))
+    except ConfigError as exc:
+        raise ConfigError(f"host.json extensions.queues.{key}: {exc}") from None
+
+
+def processor_count(env: Mapping[str, str]) -> int:
+    """The host's processor count for the default newBatchThreshold: 1 on the Consumption plan
+    (``WEBSITE_SKU=Dynamic``), else the processors this process may run on."""
+    if env.get("WEBSITE_SKU", "").lower() == "dynamic":
+        return 1
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def poison_queue_name(queue: str) -> str | None:
+    """``<queue>-poison``, or None where the host has no poison queue: for a queue that is
+    itself a poison queue, and when the suffixed name would be invalid (too long)."""
+    if queue.endswith(POISON_SUFFIX):
+        return None
+    name = queue + POISON_SUFFIX
+    return name if is_valid_queue_name(name) else None
+
+
+def lost_ownership(exc: BaseException) -> bool:
+    """True for the storage errors meaning the message is gone or another receiver holds it:
+    pop receipt mismatch, message or queue not found, queue being deleted or disabled."""
+    if not isinstance(exc, HttpResponseError):
+        return False
+    code = getattr(exc.error_code, "value", exc.error_code)
+    return (exc.status_code, code) in _OWNERSHIP_LOST
+
+
+def receive_batch(client: QueueClient, count: int, visibility_timeout: int) -> list[StorageMessage]:
+    """One Get Messages request for up to ``count`` messages, as the host's ReceiveMessages.
+    (Iterating ``receive_messages`` instead keeps requesting pages while any come back, and a
+    failing later page would lose the messages already received.)"""
+    pages = client.receive_messages(messages_per_page=count,
+                                    visibility_timeout=visibility_timeout).by_page()
+    return list(next(pages, []))
 
 
 def connection_string(setting: str, env: Mapping[str, str]) -> str:
-    """The connection named by a trigger: the setting itself or ``AzureWebJobs<setting>``."""
-    for name in (setting, f"AzureWebJobs{setting}"):
-        if env.get(name):
-            return env[name]
-    raise ConfigError(f"queue connection {setting!r}: app setting {setting!r} is not set "
-                     "(devhost needs a connection string, e.g. Azurite's)")
+    """The connection named by a trigger, looked up as the host does: ``AzureWebJobs<name>``
+    before ``<name>``, each first in the ``ConnectionStrings`` section (environment variables
+    ``ConnectionStrings__X`` or ``ConnectionStrings:X``). Names are case-insensitive, as .NET
+    configuration keys are; the first one set wins, even if it is empty."""
+    for name in (f"AzureWebJobs{setting}", setting):
+        for key in (f"ConnectionStrings:{name}", f"ConnectionStrings__{name}", name):
+            value = _setting(env, key)
+            if value is None:
+                continue
+            if not value.strip():
+                raise ConfigError(f"queue connection {setting!r}: app setting {key!r} is empty")
+            return value
+    raise ConfigError(f"queue connection {setting!r}: neither app setting "
+                      f"'AzureWebJobs{setting}' nor {setting!r} is set (devhost needs a "
+                      "connection string, e.g. Azurite's)")
+
+
+def _setting(env: Mapping[str, str], key: str) -> str | None:
+    if key in env:
+        return env[key]
+    wanted = key.casefold()
+    return next((v for k, v in env.items() if k.casefold() == wanted), None)
 
 
 class QueueRunner:
@@ -96,21 +180,26 @@ class QueueRunner:
             log.warning("could not create the trigger queues yet; polling will keep trying")
         self._tasks = [asyncio.create_task(p.run()) for p in self._pollers]
 
-    async def stop(self, grace: float) -> bool:
-        """Stop polling and wait up to ``grace`` seconds for messages being processed; True
-        when all of them finished."""
+    async def stop(self, timeout: float, abandon: asyncio.Event | None = None) -> bool:
+        """Stop polling and wait for the messages being processed, as the host's StopAsync
+        does, but at most ``timeout`` seconds (or until ``abandon`` is set). True when all of
+        them finished; otherwise says loudly which were abandoned."""
         self.stopping.set()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=grace)
-            for task in self._tasks:
-                task.cancel()
+        deadline = asyncio.get_running_loop().time() + timeout
+        # Pollers return promptly once stopping (handing back any batch received meanwhile).
+        await _wait_all(self._tasks, deadline, abandon)
         in_flight = [t for p in self._pollers for t in p.in_flight]
-        if in_flight:
-            await asyncio.wait(in_flight, timeout=max(0.1, deadline - loop.time()))
+        finished = await _wait_all(in_flight, deadline, abandon)
+        for task in self._tasks:
+            task.cancel()
+        if not finished:
+            left = [p.describe_in_flight() for p in self._pollers if p.in_flight]
+            log.error("SHUTDOWN INCOMPLETE: %s still being processed after %.0f s; abandoning "
+                      "them (they will be delivered again when their leases run out)",
+                      "; ".join(left), timeout)
+        # Only now: a function finishing late still needs the pool to delete its message.
         self._io.shutdown(wait=False, cancel_futures=True)
-        return all(t.done() for t in in_flight)
+        return finished
 
     async def io(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(
@@ -121,7 +210,8 @@ class _Poller:
     def __init__(self, runner: QueueRunner, function: QueueFunction, conn: str) -> None:
         self.runner, self.function = runner, function
         self.queue = QueueClient.from_connection_string(conn, function.queue_name)
-        self.poison = QueueClient.from_connection_string(conn, f"{function.queue_name}-poison")
+        poison = poison_queue_name(function.queue_name)
+        self.poison = QueueClient.from_connection_string(conn, poison) if poison else None
         self.in_flight: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._queue_exists = False
@@ -141,9 +231,8 @@ class _Poller:
                 continue
             try:
                 await self.ensure_queue()
-                batch = await runner.io(lambda: list(self.queue.receive_messages(
-                    messages_per_page=options.batch_size, max_messages=options.batch_size,
-                    visibility_timeout=runner.lease_seconds)))
+                batch = await runner.io(receive_batch, self.queue, options.batch_size,
+                                        runner.lease_seconds)
             except Exception as exc:  # storage down or throttling: keep polling, never crash
                 log.warning("queue %s: receive failed (%s); retrying", self.function.queue_name,
                             type(exc).__name__)
@@ -171,6 +260,9 @@ class _Poller:
         waiter.cancel()
         stop.cancel()
 
+    def describe_in_flight(self) -> str:
+        return f"{len(self.in_flight)} message(s) of queue {self.function.queue_name}"
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)
         self._slot_freed.set()
@@ -179,20 +271,16 @@ class _Poller:
                       exc_info=task.exception())
 
     async def _process(self, message: StorageMessage) -> None:
-        name, queue, options = self.function.name, self.function.queue_name, self.runner.options
+        name, options = self.function.name, self.runner.options
         lease = _Lease(self, message)
-        if message.dequeue_count > options.max_dequeue_count:
-            log.warning("queue %s: message %s dequeued %d times; moving it to %s", queue,
-                        message.id, message.dequeue_count, self.poison.queue_name)
-            await lease.finish(self._move_to_poison)
-            return
         body = self._decode(message.content or "")
         if body is None:
-            log.error("queue %s: message %s is not valid base64 (host.json messageEncoding is "
-                      "base64); delivery %d failed", queue, message.id, message.dequeue_count)
-            await self._failed(message, lease)
+            await self._undecodable(message, lease)
             return
-        lease.renewer = asyncio.create_task(lease.renew_forever())
+        if message.dequeue_count > options.max_dequeue_count:
+            await self._exhausted(message, lease)
+            return
+        lease.start_renewing()
         context = InvocationContext(name, self.runner.app_dir,
                                     TraceContext(new_traceparent(), "", {"OperationName": name}))
         try:
@@ -210,13 +298,45 @@ class _Poller:
         log.debug("Executed 'Functions.%s' (Succeeded, Id=%s)", name, context.invocation_id)
         await lease.finish(self._delete)
 
+    async def _undecodable(self, message: StorageMessage, lease: "_Lease") -> None:
+        """Not base64 (and it must be): the host moves it to the poison queue on receipt,
+        without running the function; with no poison queue it is left hidden for the lease."""
+        queue = self.function.queue_name
+        if self.poison is None:
+            log.error("queue %s: message %s is not valid base64 (host.json messageEncoding is "
+                      "base64) and the queue has no poison queue; left until its lease runs "
+                      "out", queue, message.id)
+            await lease.finish(None)
+            return
+        log.error("queue %s: message %s is not valid base64 (host.json messageEncoding is "
+                  "base64); moving it to %s", queue, message.id, self.poison.queue_name)
+        await lease.finish(self._move_to_poison)
+
+    async def _exhausted(self, message: StorageMessage, lease: "_Lease") -> None:
+        """Dequeued more than maxDequeueCount times (earlier deliveries never completed)."""
+        queue, options = self.function.queue_name, self.runner.options
+        if self.poison is None:
+            log.warning("queue %s: message %s dequeued %d times (maxDequeueCount %d); the queue "
+                        "has no poison queue, so it is skipped and left in the queue", queue,
+                        message.id, message.dequeue_count, options.max_dequeue_count)
+            await lease.finish(None)
+            return
+        log.warning("queue %s: message %s dequeued %d times; moving it to %s", queue,
+                    message.id, message.dequeue_count, self.poison.queue_name)
+        await lease.finish(self._move_to_poison)
+
     async def _failed(self, message: StorageMessage, lease: "_Lease") -> None:
-        """Retry after visibilityTimeout, or poison once maxDequeueCount deliveries failed."""
-        options = self.runner.options
-        if message.dequeue_count >= options.max_dequeue_count:
+        """Retry after visibilityTimeout, or poison once maxDequeueCount deliveries failed.
+        Without a poison queue the message is not released: it stays hidden until its lease
+        runs out (so a failing message cannot loop fast)."""
+        options, queue = self.runner.options, self.function.queue_name
+        if self.poison is None:
+            log.warning("queue %s: message %s failed; the queue has no poison queue, so it is "
+                        "not released and is retried when its lease runs out", queue, message.id)
+            await lease.finish(None)
+        elif message.dequeue_count >= options.max_dequeue_count:
             log.warning("queue %s: message %s reached maxDequeueCount %d; moving it to %s",
-                        self.function.queue_name, message.id, options.max_dequeue_count,
-                        self.poison.queue_name)
+                        queue, message.id, options.max_dequeue_count, self.poison.queue_name)
             await lease.finish(self._move_to_poison)
         else:
             await lease.finish(self._release)
@@ -225,10 +345,7 @@ class _Poller:
         """The message body as bytes; None when it is not valid base64 (and must be)."""
         if self.runner.options.message_encoding == "none":
             return content.encode("utf-8")
-        try:
-            return base64.b64decode(content, validate=True)
-        except (binascii.Error, ValueError):
-            return None
+        return decode_base64(content)
 
     def _delete(self, message: StorageMessage, pop_receipt: str) -> None:
         self.queue.delete_message(message.id, pop_receipt)
@@ -241,6 +358,7 @@ class _Poller:
         self.queue.update_message(message.id, pop_receipt, visibility_timeout=0)
 
     def _move_to_poison(self, message: StorageMessage, pop_receipt: str) -> None:
+        assert self.poison is not None
         _create_if_missing(self.poison)
         # The raw stored text: the poison message keeps the original encoding.
         self.poison.send_message(message.content)
@@ -248,7 +366,8 @@ class _Poller:
 
 
 class _Lease:
-    """The message's current pop receipt, renewed every half lease until ``finish``."""
+    """The message's current pop receipt, renewed every half lease until ``finish``. Renewal
+    stops at the first failure, as the host's UpdateQueueMessageVisibilityCommand does."""
 
     def __init__(self, poller: _Poller, message: StorageMessage) -> None:
         self.poller, self.message = poller, message
@@ -256,7 +375,10 @@ class _Lease:
         self.lock = asyncio.Lock()
         self.renewer: asyncio.Task[None] | None = None
 
-    async def renew_forever(self) -> None:
+    def start_renewing(self) -> None:
+        self.renewer = asyncio.create_task(self._renew())
+
+    async def _renew(self) -> None:
         runner = self.poller.runner
         while True:
             await asyncio.sleep(runner.lease_seconds / 2)
@@ -265,23 +387,78 @@ class _Lease:
                     updated = await runner.io(self.poller.queue.update_message, self.message.id,
                                               self.pop_receipt,
                                               visibility_timeout=runner.lease_seconds)
-                    self.pop_receipt = updated.pop_receipt
                 except Exception as exc:
-                    log.warning("queue %s: renewing the lease of message %s failed (%s)",
-                                self.poller.function.queue_name, self.message.id,
-                                type(exc).__name__)
+                    self._renewal_failed(exc)
+                    return
+                self.pop_receipt = updated.pop_receipt
 
-    async def finish(self, action: Callable[[StorageMessage, str], None]) -> None:
+    def _renewal_failed(self, exc: Exception) -> None:
+        queue, message_id = self.poller.function.queue_name, self.message.id
+        if lost_ownership(exc):
+            log.warning("queue %s: message %s is gone or another receiver holds it (%s); no "
+                        "longer renewing its lease", queue, message_id, _error_name(exc))
+        else:
+            # The host's command rethrows such errors: the Functions host reports an unhandled
+            # exception and shuts down. Either way the renewal ends here.
+            log.error("queue %s: renewing the lease of message %s failed (%s); no longer "
+                      "renewing it, so it becomes visible again when its lease runs out (the "
+                      "Functions host would shut down on this error)", queue, message_id,
+                      _error_name(exc))
+
+    async def finish(self, action: Callable[[StorageMessage, str], None] | None) -> None:
+        """Stop renewing, then run ``action`` (None: leave the message as it is)."""
         # Holding the lock means no renewal is mid-flight, so the pop receipt is current.
         async with self.lock:
             if self.renewer is not None:
                 self.renewer.cancel()
+            if action is None:
+                return
             try:
                 await self.poller.runner.io(action, self.message, self.pop_receipt)
             except Exception as exc:
-                log.warning("queue %s: %s of message %s failed (%s); it will be delivered again",
-                            self.poller.function.queue_name, action.__name__.strip("_"),
-                            self.message.id, type(exc).__name__)
+                what = action.__name__.strip("_").replace("_", " ")
+                if lost_ownership(exc):
+                    log.info("queue %s: %s of message %s skipped: it is gone or another "
+                             "receiver holds it (%s)", self.poller.function.queue_name, what,
+                             self.message.id, _error_name(exc))
+                else:
+                    log.warning("queue %s: %s of message %s failed (%s); it will be delivered "
+                                "again", self.poller.function.queue_name, what,
+                                self.message.id, _error_name(exc))
+
+
+def decode_base64(content: str) -> bytes | None:
+    """Base64 as .NET's Convert.FromBase64String reads it (the host's decoder): tab, line feed,
+    carriage return and space anywhere are ignored. None when it is not valid."""
+    try:
+        return base64.b64decode(content.translate(_BASE64_WHITESPACE), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+_BASE64_WHITESPACE = str.maketrans("", "", "\t\n\r ")
+
+
+def _error_name(exc: BaseException) -> str:
+    code = getattr(exc, "error_code", None)
+    code = getattr(code, "value", code)
+    return f"{type(exc).__name__} {code}" if code else type(exc).__name__
+
+
+async def _wait_all(tasks: list[asyncio.Task[None]], deadline: float,
+                    abandon: asyncio.Event | None) -> bool:
+    """Wait until all ``tasks`` are done, the loop time reaches ``deadline`` or ``abandon`` is
+    set; True when all are done. The tasks themselves are never cancelled here."""
+    if not tasks:
+        return True
+    waiters = {asyncio.ensure_future(asyncio.wait(tasks))}
+    if abandon is not None:
+        waiters.add(asyncio.ensure_future(abandon.wait()))
+    timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+    await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in waiters:
+        waiter.cancel()
+    return all(task.done() for task in tasks)
 
 
 def _create_if_missing(client: QueueClient) -> None:

@@ -9,7 +9,8 @@ is lost. Inline successes equal Booster.predict.
 - through the local host's queue: a smaller sample, with a fast retry policy (a copy of
   host.json: visibilityTimeout 1 s, maxDequeueCount 3) so that a message the host retried
   would show within the test. A message that is not base64 never reaches the app (the host
-  cannot decode it): it is retried and moved to ``<queue>-poison``, with no result message.
+  cannot decode it): it is moved to ``<queue>-poison`` on its first receipt, with no result
+  message.
 """
 
 from __future__ import annotations

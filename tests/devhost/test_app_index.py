@@ -40,7 +40,7 @@ def sample_app(fresh_app):
 
 
 def test_http_functions_are_described_with_route_methods_and_auth_level(sample_app):
-    index = index_app(sample_app, SAMPLE_APP, {"SAMPLE_QUEUE": "q"})
+    index = index_app(sample_app, SAMPLE_APP, {"SAMPLE_QUEUE": "q-1"})
     http = {f.name: f for f in index.http}
     assert http["echo"].route == "echo/{name}"
     assert http["echo"].methods == {"GET", "POST"}
@@ -67,10 +67,31 @@ def test_an_unset_setting_in_a_queue_name_is_a_clear_error(fresh_app):
 
 
 def test_functions_can_be_disabled_by_setting_or_host_json(fresh_app):
-    env = {"SAMPLE_QUEUE": "q", "AzureWebJobs.echo.Disabled": "true"}
+    env = {"SAMPLE_QUEUE": "q-1", "AzureWebJobs.echo.Disabled": "true"}
     assert "echo" not in {f.name for f in index_app(fresh_app(), SAMPLE_APP, env).http}
     only = index_app(fresh_app(), SAMPLE_APP, env, host_config={"functions": ["secure"]})
     assert [f.name for f in only.http] == ["secure"] and not only.queues
+
+
+def test_function_names_in_settings_and_host_json_are_matched_case_insensitively(fresh_app):
+    env = {"SAMPLE_QUEUE": "q-1", "azurewebjobs.ECHO.disabled": "TRUE",
+           "AzureWebJobs_Text_Disabled": "1"}
+    names = {f.name for f in index_app(fresh_app(), SAMPLE_APP, env).http}
+    assert "echo" not in names and "text" not in names and "secure" in names
+    only = index_app(fresh_app(), SAMPLE_APP, env, host_config={"functions": ["SECURE"]})
+    assert [f.name for f in only.http] == ["secure"]
+
+
+def test_queue_names_are_lowercased_after_settings_are_substituted(sample_app):
+    [queue] = index_app(sample_app, SAMPLE_APP, {"SAMPLE_QUEUE": "Orders-EU"}).queues
+    assert queue.queue_name == "orders-eu"
+
+
+@pytest.mark.parametrize("name", ["ab", "a" * 64, "-orders", "orders-", "or--ders", "or_ders",
+                                  "orders.eu", "ordérs"])
+def test_an_invalid_queue_name_is_an_indexing_error(fresh_app, name):
+    with pytest.raises(AppIndexError, match="not a valid queue name"):
+        index_app(fresh_app(), SAMPLE_APP, {"SAMPLE_QUEUE": name})
 
 
 def test_binding_expressions_may_sit_inside_text():

@@ -106,7 +106,8 @@ def _record(token: str, name: str, doc: dict) -> None:
 def record_message(msg: QueueMessage, context: func.Context) -> None:
     """Messages are ``"<token> <command>"``; each delivery is recorded as blobs under <token>/.
 
-    ``fail`` raises; ``slow`` blocks for a minute on its first delivery; ``pause`` sleeps 1.5 s.
+    ``fail`` raises; ``slow`` blocks for a minute on its first delivery; ``pause`` sleeps 1.5 s;
+    ``linger`` sleeps 7 s (longer than devhost's 5 s HTTP shutdown grace).
     """
     body = msg.get_body().decode("utf-8")
     token, _, command = body.partition(" ")
@@ -122,4 +123,6 @@ def record_message(msg: QueueMessage, context: func.Context) -> None:
         time.sleep(60)
     if command == "pause":
         time.sleep(1.5)
+    if command == "linger":
+        time.sleep(7)
     _record(token, f"{attempt}-done", doc)
