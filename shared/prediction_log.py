@@ -434,15 +434,17 @@ class PredictionLog:
     def record(self, *, endpoint: str, request_id: str, key: str | None, trigger: str,
                variant: str, model: Any, predictions: np.ndarray, latency_ms: float,
                output: str, rows: int, features: np.ndarray | None = None,
-               variant_index: int | None = None, shadow: bool = False) -> bool:
+               variant_index: int | None = None, shadow: bool = False,
+               pinned: bool = False) -> bool:
         """Enqueue one record (``model`` is a :class:`~shared.model.ModelInfo`; the arrays
-        are kept by reference, never modified afterwards)."""
+        are kept by reference, never modified afterwards). ``pinned``: the caller chose the
+        variant (``x-scorefn-variant``), so the request was not randomised."""
         size = 320 + 24 * predictions.size
         if features is not None:
             size += 24 * features.size + 24 * len(model.feature_names)
         return self.writer.enqueue(endpoint, time.time(), (
-            endpoint, request_id, key, trigger, variant, variant_index, shadow, model, output,
-            rows, predictions, latency_ms, features), size)
+            endpoint, request_id, key, trigger, variant, variant_index, shadow, pinned, model,
+            output, rows, predictions, latency_ms, features), size)
 
     def close(self) -> None:
         self.writer.close()
@@ -450,14 +452,16 @@ class PredictionLog:
 
 def record_dict(payload: tuple) -> dict[str, Any]:
     """A prediction log record (without ``time``, which the writer puts first)."""
-    (endpoint, request_id, key, trigger, variant, variant_index, shadow, model, output, rows,
-     predictions, latency_ms, features) = payload
+    (endpoint, request_id, key, trigger, variant, variant_index, shadow, pinned, model, output,
+     rows, predictions, latency_ms, features) = payload
     record: dict[str, Any] = {"endpoint": endpoint, "request_id": request_id}
     if key is not None:
         record["key"] = key
     record.update(trigger=trigger, variant=variant, shadow=shadow)
     if variant_index is not None:
         record["variant_index"] = variant_index
+    if pinned:
+        record["pinned"] = True
     record.update(model={"name": model.name, "version": model.version},
                   objective=model.objective, output=output, rows=rows,
                   predictions=predictions if output != "pred_contrib" else None,

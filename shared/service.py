@@ -276,7 +276,8 @@ class ScoringService:
                 trigger=trigger, variant=route.variant, variant_index=index, model=result.model,
                 predictions=result.predictions, latency_ms=latency_ms,
                 output=output_kind(result.request.options), rows=result.request.X.shape[0],
-                features=result.request.X if log_config.features else None)
+                features=result.request.X if log_config.features else None,
+                pinned=route.how == "override")
             result.log_features = log_config.features
         except Exception:  # the log must never fail a request
             log.exception("prediction log: could not record a prediction")

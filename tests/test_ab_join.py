@@ -151,3 +151,77 @@ def test_analysis_and_rendering_for_every_objective_over_several_days(tmp_path):
         for name in ("r.html", "r.md"):
             write_report(tmp_path / f"{objective}-{name}", report, ds)
         assert "worse than a" in (tmp_path / f"{objective}-r.html").read_text()
+
+
+def test_an_outcome_by_key_after_the_range_never_joins_an_older_prediction():
+    day = 86400
+    docs = [pred("r1", T0, key="u", p=(0.1,)),               # inside [SINCE, UNTIL)
+            pred("r2", UNTIL.timestamp() + day, key="u", p=(0.9,))]  # after UNTIL
+    ds = build_dataset("churn", docs, [out(1, UNTIL.timestamp() + day + 3600, key="u")],
+                       since=SINCE, until=UNTIL)
+    assert ds.variants["a"].y.size == 0  # not given to r1
+    assert ds.join.outside_range == 1 and ds.join.unmatched == 0
+    assert ds.variants["a"].requests == 1  # r2 is not part of the arms either
+
+
+def test_requests_whose_caller_pinned_the_variant_stay_out_of_the_arms():
+    docs = [pred("r1", T0, variant="a", key="u1"), pred("r2", T0 + 1, variant="b", key="u2"),
+            {**pred("r3", T0 + 2, variant="b", key="qa"), "pinned": True}]
+    outcomes = [out(1, T0 + 10, request_id=r) for r in ("r1", "r2", "r3")]
+    ds = build_dataset("churn", docs, outcomes, since=SINCE, until=UNTIL)
+    assert ds.variants["b"].requests == 1 and ds.variants["b"].y.tolist() == [1.0]
+    assert ds.join.pinned == 1 and ds.join.by_request_id == 2
+    assert ds.excluded_records == {"variant pinned by the caller (not randomised)": 1}
+
+
+def test_outcomes_are_clustered_by_user_and_by_request_without_a_key():
+    docs = [pred("r1", T0, key="u", p=(0.1, 0.2)), pred("r2", T0 + 1, key="u", p=(0.3,)),
+            pred("r3", T0 + 2, p=(0.4, 0.5))]
+    outcomes = [out(1, T0 + 9, request_id="r1", row=0), out(0, T0 + 9, request_id="r1", row=1),
+                out(1, T0 + 9, request_id="r2"), out(0, T0 + 9, request_id="r3", row=0),
+                out(1, T0 + 9, request_id="r3", row=1)]
+    a = build_dataset("churn", docs, outcomes, since=SINCE, until=UNTIL).variants["a"]
+    assert a.y.size == 5 and a.units == 2  # user u (r1, r2) and the keyless request r3
+    assert len(set(a.g[:3].tolist())) == 1 and a.g[3] == a.g[4] != a.g[0]
+
+
+def test_the_report_reads_outcomes_received_before_outcomes_until_and_predictions_for_late_keys(
+        blob_service, tmp_path):
+    import uuid
+
+    import orjson
+
+    from scorefn.ab.data import Progress
+    from scorefn.ab.report import ReportOptions, make_report
+
+    since, until = datetime(2026, 11, 20, tzinfo=timezone.utc), datetime(2026, 11, 22, tzinfo=timezone.utc)
+    t0 = datetime(2026, 11, 20, 10, tzinfo=timezone.utc).timestamp()
+    late = until.timestamp() + 3 * 3600  # a prediction for key u0 after --until
+
+    def folder(t: float) -> str:
+        return f"churn/{datetime.fromtimestamp(t, timezone.utc):%Y/%m/%d/%H}/i.jsonl"
+
+    preds = blob_service.get_container_client(f"p{uuid.uuid4().hex[:12]}")
+    outs = blob_service.get_container_client(f"o{uuid.uuid4().hex[:12]}")
+    preds.create_container()
+    outs.create_container()
+    lines = [pred(f"r{i}", t0 + i, key=f"u{i % 40}", p=(0.1 + 0.01 * i,)) for i in range(60)]
+    preds.upload_blob(folder(t0), b"\n".join(orjson.dumps(d) for d in lines))
+    preds.upload_blob(folder(late), orjson.dumps(pred("late", late, key="u0", p=(0.99,))))
+    early, later = t0 + 3600, t0 + 3600 + 45 * 60  # received 11:00 and 11:45
+    outs.upload_blob(folder(early), b"\n".join(orjson.dumps(
+        {"time": iso(early), "received": iso(early if i % 2 else later), "request_id": f"r{i}",
+         "label": i % 2}) for i in range(1, 60)))
+    outs.upload_blob(folder(late), orjson.dumps(
+        {"time": iso(late + 60), "received": iso(late + 60), "key": "u0", "label": 1}))
+    quiet = Progress(open("/dev/null", "w"))
+    analysis = make_report(preds, outs, ReportOptions(endpoint="churn", out=tmp_path / "r.md",
+                                                      since=since, until=until), progress=quiet)
+    join = analysis["join"]
+    # The key outcome after --until belongs to the late prediction: outside the range, not r0.
+    assert join["outside_range"] == 1 and join["by_key"] == 0 and join["by_request_id"] == 59
+    bounded = ReportOptions(endpoint="churn", out=tmp_path / "r2.md", since=since, until=until,
+                            outcomes_until=datetime.fromtimestamp(t0 + 3600 + 30 * 60, timezone.utc))
+    assert make_report(preds, outs, bounded, progress=quiet)["join"]["by_request_id"] == 30
+    preds.delete_container()
+    outs.delete_container()

@@ -120,6 +120,23 @@ def test_records_are_written_on_close_with_the_documented_fields(models, contain
     log_container.delete_container()
 
 
+def test_a_request_whose_caller_pinned_the_variant_is_logged_as_pinned(models, container,
+                                                                       blob_service):
+    log_container = blob_service.get_container_client(container.container_name + "log")
+    config = json.loads(router_config({"sample": 1.0}))
+    config["endpoints"]["churn"]["allow_override"] = True
+    service = make_service(models, json.dumps(config), log_container)
+    body = orjson.dumps({"rows": [ROW]})
+    service.score("churn", body, headers={"x-user-id": "qa", "x-scorefn-variant": "candidate"},
+                  request_id="pinned-1")
+    service.score("churn", body, headers={"x-user-id": "u1"}, request_id="random-1")
+    service.close()
+    by_id = {r["request_id"]: r for r in logged(log_container)}
+    assert by_id["pinned-1"]["pinned"] is True and by_id["pinned-1"]["variant"] == "candidate"
+    assert "pinned" not in by_id["random-1"]
+    log_container.delete_container()
+
+
 def test_an_endpoint_without_a_log_block_logs_nothing(models, container, blob_service):
     log_container = blob_service.get_container_client(container.container_name + "log")
     service = make_service(models, router_config({"sample": 1.0}), log_container)

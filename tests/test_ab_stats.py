@@ -124,3 +124,67 @@ def test_undefined_metrics_give_no_verdict():
     assert math.isnan(c.delta) and math.isnan(c.p_value)
     v = stats.verdict(c, control="a", candidate="b")
     assert v.kind == "undecided" and "not defined" in v.text
+
+
+def clustered_arm(rng, users=120, per_user=12):
+    """Outcomes of users who each give many: labels share a per-user effect the model does
+    not see, so rows of one user are correlated."""
+    a, b = rng.normal(0, 1, users), rng.normal(0, 1.5, users)
+    x = np.repeat(a, per_user) + rng.normal(0, 0.7, users * per_user)
+    p = 1 / (1 + np.exp(-x))
+    y = (rng.random(x.size) < 1 / (1 + np.exp(-(x + np.repeat(b, per_user))))).astype(float)
+    return y, p, np.repeat(np.arange(users), per_user)
+
+
+@pytest.mark.parametrize("metric", ["auc", "log_loss"])
+def test_an_aa_test_with_sticky_users_keeps_its_false_positive_rate_with_clustered_errors(metric):
+    rng = np.random.default_rng(11)
+    clustered = naive = 0
+    runs = 150
+    for _ in range(runs):
+        (yc, pc, gc), (yv, pv, gv) = clustered_arm(rng), clustered_arm(rng)
+        clustered += stats.compare_independent(metric, yc, pc, yv, pv, groups_control=gc,
+                                               groups_candidate=gv).p_value < 0.05
+        naive += stats.compare_independent(metric, yc, pc, yv, pv).p_value < 0.05
+    assert clustered / runs <= 0.10  # nominal 0.05
+    assert naive / runs >= 0.2  # rows taken as independent: the same model "wins" often
+
+
+def test_one_row_per_cluster_gives_the_independent_rows_errors():
+    y, p, _ = sample(500, 0.8, 12)
+    own = np.arange(y.size)
+    for metric in ("auc", "log_loss", "brier"):
+        assert stats.estimate(metric, y, p, groups=own).se == stats.estimate(metric, y, p).se
+    a = stats.compare_paired("log_loss", y, p, np.clip(p * 1.1, 0, 1), groups=own)
+    assert a.se == stats.compare_paired("log_loss", y, p, np.clip(p * 1.1, 0, 1)).se
+
+
+def test_clustered_paired_errors_match_a_cluster_bootstrap():
+    rng = np.random.default_rng(13)
+    y, p1, g = clustered_arm(rng, users=300, per_user=6)
+    p2 = 1 / (1 + np.exp(-(np.log(p1 / (1 - p1)) + rng.normal(scale=0.8, size=y.size))))
+    users = np.unique(g)
+    rows_of = [np.flatnonzero(g == u) for u in users]
+    diffs = []
+    for _ in range(300):
+        pick = np.concatenate([rows_of[u] for u in rng.integers(0, users.size, users.size)])
+        diffs.append(stats.auc(y[pick], p2[pick]) - stats.auc(y[pick], p1[pick]))
+    assert stats.auc_paired(y, p1, p2, groups=g).se == pytest.approx(np.std(diffs), rel=0.25)
+
+
+def test_a_verdicts_interval_is_the_one_its_test_uses():
+    c = stats.Comparison("auc", 0.03, 0.016, 0.0, 0.0, 0.03 / 0.016, stats.two_sided_p(0.03 / 0.016),
+                         500, 500, False)
+    v = stats.verdict(c, control="old", candidate="new", alpha=0.10)
+    low, high = stats.interval(c, 0.10)
+    assert v.kind == "better" and "90% CI" in v.text and f"{low:+.4f} to {high:+.4f}" in v.text
+    assert low > 0  # a win at 10% has a 90% interval above 0
+    v = stats.verdict(c, control="old", candidate="new", alpha=0.05 / 3)
+    assert v.kind == "undecided" and "98.33% CI" in v.text and "1.67% level" in v.text
+
+
+def test_an_undecided_verdict_never_claims_equivalence():
+    tiny = stats.Comparison("auc", 0.0005, 0.05, 0.0, 0.0, 0.01, stats.two_sided_p(0.01), 80, 80, False)
+    v = stats.verdict(tiny, control="old", candidate="new")
+    assert v.kind == "undecided" and "not evidence that they are equivalent" in v.text
+    assert "may well be equivalent" not in v.text

@@ -282,6 +282,12 @@ class Prediction:
     objective: str
     predictions: np.ndarray  # (rows,) or (rows, classes)
     latency_ms: float
+    pinned: bool = False  # the caller chose the variant (x-scorefn-variant): not randomised
+
+    @property
+    def unit(self) -> str:
+        """The unit of randomisation: the sticky key (one user), else the request."""
+        return f"k:{self.key}" if self.key is not None else f"r:{self.request_id}"
 
     @property
     def rows(self) -> int:
@@ -299,6 +305,12 @@ class VariantData:
     y: np.ndarray = field(default_factory=lambda: np.empty(0))
     p: np.ndarray = field(default_factory=lambda: np.empty(0))
     t: np.ndarray = field(default_factory=lambda: np.empty(0))
+    g: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # unit of each row
+
+    @property
+    def units(self) -> int:
+        """Independent units (users, or requests without a key) behind the joined outcomes."""
+        return int(np.unique(self.g).size)
 
     @property
     def requests(self) -> int:
@@ -331,6 +343,7 @@ class ShadowPairs:
     shadow_p: np.ndarray
     y: np.ndarray  # the label of each row, NaN where no outcome joined
     t: np.ndarray
+    g: np.ndarray  # the unit (user, else request) of each row
 
 
 @dataclass
@@ -344,6 +357,8 @@ class JoinStats:
     superseded: int = 0
     bad_label: int = 0
     damaged: int = 0
+    outside_range: int = 0  # joined to a prediction outside [since, until)
+    pinned: int = 0  # joined to a request whose caller pinned the variant
 
 
 @dataclass
@@ -363,21 +378,29 @@ def build_dataset(endpoint: str, prediction_docs: list[dict[str, Any]],
                   outcomes: list[dict[str, Any]], *, since: datetime, until: datetime,
                   objective: str | None = None) -> Dataset:
     """Join ``outcomes`` (as :func:`outcome_from_log` / :func:`read_outcomes_csv` make them)
-    to the prediction records of ``endpoint`` made in [since, until)."""
+    to the prediction records of ``endpoint`` made in [since, until).
+
+    Outcomes are matched against every record given, also those outside the range (pass the
+    records up to the latest outcome's time): an outcome by key belongs to the latest
+    prediction at or before it, which may be after ``until``; it is then counted as outside
+    the range, never given to an older prediction. Requests whose caller pinned the variant
+    (``x-scorefn-variant``) were not randomised: they are left out of the arms."""
     lo, hi = since.timestamp(), until.timestamp()
     excluded: Counter[str] = Counter()
-    records: list[Prediction] = []
-    for doc in prediction_docs:
-        rec = _prediction(doc, endpoint, excluded)
-        if rec is not None and lo <= rec.t < hi:
-            records.append(rec)
-        elif rec is not None:
-            excluded["outside the time range"] += 1
+    records = [r for r in (_prediction(doc, endpoint, excluded) for doc in prediction_docs)
+               if r is not None]
     records.sort(key=lambda r: r.t)
-    model_objectives = sorted({r.objective for r in records})
-    family = objective or _majority_family(records)
-    answers = [r for r in records if not r.shadow]
-    shadows = [r for r in records if r.shadow]
+    every_answer = [r for r in records if not r.shadow]
+    in_range = [r for r in records if lo <= r.t < hi]
+    if len(records) > len(in_range):
+        excluded["outside the time range"] += len(records) - len(in_range)
+    pinned = sum(1 for r in in_range if r.pinned and not r.shadow)
+    if pinned:
+        excluded["variant pinned by the caller (not randomised)"] += pinned
+    model_objectives = sorted({r.objective for r in in_range})
+    family = objective or _majority_family(in_range)
+    answers = [r for r in in_range if not r.shadow and not r.pinned]
+    shadows = [r for r in in_range if r.shadow]
 
     # Variants in config order (variant_index), else by first appearance.
     order: dict[str, tuple[int, float]] = {}
@@ -394,7 +417,7 @@ def build_dataset(endpoint: str, prediction_docs: list[dict[str, Any]],
 
     by_id: dict[str, list[tuple[float, int]]] = defaultdict(list)
     by_key: dict[str, list[tuple[float, int]]] = defaultdict(list)
-    for i, r in enumerate(answers):  # answers are in time order: lists stay sorted
+    for i, r in enumerate(every_answer):  # in time order: the lists stay sorted
         by_id[r.request_id].append((r.t, i))
         if r.key is not None:
             by_key[r.key].append((r.t, i))
@@ -412,7 +435,7 @@ def build_dataset(endpoint: str, prediction_docs: list[dict[str, Any]],
         if i is None:
             join.unmatched += 1
             continue
-        rows = answers[i].rows
+        rows = every_answer[i].rows
         if "row" in o:
             if o["row"] >= rows:
                 join.bad_row += 1
@@ -430,11 +453,18 @@ def build_dataset(endpoint: str, prediction_docs: list[dict[str, Any]],
                 continue
         chosen[target] = (o["received"], o["time"], label, how)
 
-    labels_ok = _label_check(family, answers)
-    joined: dict[str, list[tuple[float, float, Any]]] = defaultdict(list)
+    labels_ok = _label_check(family, every_answer)
+    unit_ids: dict[str, int] = {}
+    joined: dict[str, list[tuple[float, float, Any, int]]] = defaultdict(list)
     row_labels: dict[tuple[int, int], float] = {}
     for (i, row), (_, _, label, how) in chosen.items():
-        r = answers[i]
+        r = every_answer[i]
+        if not lo <= r.t < hi:
+            join.outside_range += 1
+            continue
+        if r.pinned:
+            join.pinned += 1
+            continue
         if not labels_ok(label, r):
             join.bad_label += 1
             continue
@@ -442,7 +472,8 @@ def build_dataset(endpoint: str, prediction_docs: list[dict[str, Any]],
             join.by_request_id += 1
         else:
             join.by_key += 1
-        joined[r.variant].append((r.t, label, r.predictions[row]))
+        unit = unit_ids.setdefault(r.unit, len(unit_ids))
+        joined[r.variant].append((r.t, label, r.predictions[row], unit))
         row_labels[(i, row)] = label
     for name, items in joined.items():
         items.sort(key=lambda x: x[0])
@@ -450,8 +481,9 @@ def build_dataset(endpoint: str, prediction_docs: list[dict[str, Any]],
         v.t = np.array([x[0] for x in items])
         v.y = np.array([x[1] for x in items], dtype=np.float64)
         v.p = np.array([x[2] for x in items], dtype=np.float64)
+        v.g = np.array([x[3] for x in items], dtype=np.int64)
 
-    pairs = _shadow_pairs(shadows, answers, by_id, row_labels)
+    pairs = _shadow_pairs(shadows, every_answer, by_id, row_labels, unit_ids)
     return Dataset(endpoint, family, model_objectives, variants, shadow_data, pairs, join,
                    dict(excluded), latest_first)
 
@@ -474,7 +506,8 @@ def _prediction(doc: dict[str, Any], endpoint: str, excluded: Counter) -> Predic
             variant=str(doc["variant"]), variant_index=doc.get("variant_index"),
             shadow=bool(doc.get("shadow", False)), model=str(model.get("name", "?")),
             version=str(model.get("version", "?")), objective=str(doc.get("objective", "unknown")),
-            predictions=preds, latency_ms=float(doc.get("latency_ms", math.nan)))
+            predictions=preds, latency_ms=float(doc.get("latency_ms", math.nan)),
+            pinned=doc.get("pinned") is True)
     except (KeyError, TypeError, ValueError):
         excluded["damaged"] += 1
         return None
@@ -508,8 +541,10 @@ def _pick(entries: list[tuple[float, int]] | None, t: float, *, allow_after: boo
 
 def _shadow_pairs(shadows: list[Prediction], answers: list[Prediction],
                   by_id: dict[str, list[tuple[float, int]]],
-                  row_labels: dict[tuple[int, int], float]) -> list[ShadowPairs]:
-    grouped: dict[tuple[str, str], list[tuple[float, np.ndarray, np.ndarray, np.ndarray]]] = defaultdict(list)
+                  row_labels: dict[tuple[int, int], float],
+                  unit_ids: dict[str, int]) -> list[ShadowPairs]:
+    grouped: dict[tuple[str, str], list[tuple[float, np.ndarray, np.ndarray, np.ndarray, int]]] = \
+        defaultdict(list)
     for s in shadows:
         i = _pick(by_id.get(s.request_id), s.t, allow_after=True)
         if i is None:
@@ -518,13 +553,15 @@ def _shadow_pairs(shadows: list[Prediction], answers: list[Prediction],
         if a.predictions.shape != s.predictions.shape:
             continue
         y = np.array([row_labels.get((i, row), np.nan) for row in range(a.rows)])
-        grouped[(s.variant, a.variant)].append((a.t, a.predictions, s.predictions, y))
+        unit = unit_ids.setdefault(a.unit, len(unit_ids))
+        grouped[(s.variant, a.variant)].append((a.t, a.predictions, s.predictions, y, unit))
     pairs = []
     for (shadow, answer), items in sorted(grouped.items()):
         pairs.append(ShadowPairs(
             shadow, answer, np.concatenate([x[1] for x in items]), np.concatenate([x[2] for x in items]),
             np.concatenate([x[3] for x in items]),
-            np.concatenate([np.full(x[1].shape[0], x[0]) for x in items])))
+            np.concatenate([np.full(x[1].shape[0], x[0]) for x in items]),
+            np.concatenate([np.full(x[1].shape[0], x[4], dtype=np.int64) for x in items])))
     return pairs
 
 

@@ -85,10 +85,11 @@ def _tables(analysis: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
         outcomes = _num(v["outcomes"]) + (f" ({_num(v['positives'])} positive)"
                                           if v.get("positives") is not None else "")
         name = v["name"] + (" (control)" if v["control"] and v["name"] != "control" else "")
-        rows.append([name, _num(v["requests"]),
-                     _num(v["rows"]), outcomes] + [_est(v["metrics"][m]) for m in metrics] + [models])
-    tables.append(("Variants (95% confidence intervals)",
-                   ["variant", "requests", "rows", "joined outcomes"] + labels + ["models"], rows))
+        rows.append([name, _num(v["requests"]), _num(v["rows"]), outcomes, _num(v.get("units"))]
+                    + [_est(v["metrics"][m]) for m in metrics] + [models])
+    tables.append(("Variants (95% confidence intervals, cluster-robust by user)",
+                   ["variant", "requests", "rows", "joined outcomes", "users"] + labels
+                   + ["models"], rows))
     if analysis["comparisons"]:
         rows = [[f"{c['candidate']} - {c['control']}"] + [_delta(c["all_metrics"][m]) for m in metrics]
                 + [c["verdict"]] for c in analysis["comparisons"]]
@@ -129,6 +130,9 @@ def _tables(analysis: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
             ["row out of range", _num(j["bad_row"])],
             ["superseded (several outcomes for one prediction: the last received counts)", _num(j["superseded"])],
             ["labels that do not fit the objective", _num(j["bad_label"])],
+            ["joined to a prediction outside [since, until)", _num(j.get("outside_range", 0))],
+            ["joined to a request whose caller pinned the variant (not randomised)",
+             _num(j.get("pinned", 0))],
             ["damaged outcome records", _num(j["damaged"])]]
     rows += [[f"prediction records left out: {reason}", _num(n)]
              for reason, n in sorted(analysis.get("excluded_records", {}).items())]

@@ -57,8 +57,6 @@ def make_report(predictions_container: Any, outcomes_container: Any, options: Re
     progress = progress or Progress(sys.stderr)
     since, until = resolve_range(options)
     started = time.monotonic()
-    docs, pstats = read_log(predictions_container, time_prefixes(options.endpoint, since, until),
-                            what="predictions", progress=progress)
     outcomes: list[dict[str, Any]] = []
     damaged = 0
     if options.use_outcome_log:
@@ -66,14 +64,25 @@ def make_report(predictions_container: Any, outcomes_container: Any, options: Re
         o_until = options.outcomes_until or max(until, datetime.now(timezone.utc) + timedelta(hours=1))
         odocs, ostats = read_log(outcomes_container, time_prefixes(options.endpoint, since, o_until),
                                  what="outcomes", progress=progress)
+        bound = options.outcomes_until.timestamp() if options.outcomes_until else math.inf
         for doc in odocs:
             o = outcome_from_log(doc) if doc.get("endpoint", options.endpoint) == options.endpoint else None
             if o is None:
                 damaged += 1
-            else:
+            elif o["received"] < bound:  # the hourly folders are coarser than the bound
                 outcomes.append(o)
     if options.outcomes_csv is not None:
         outcomes.extend(read_outcomes_csv(options.outcomes_csv))
+    # Predictions up to the latest outcome by key too: such an outcome belongs to the latest
+    # prediction at or before it, which may be after `until` (then it is left out, not given
+    # to an older one).
+    key_times = [o["time"] for o in outcomes if "key" in o and math.isfinite(o["time"])]
+    read_until = until
+    if key_times and max(key_times) >= until.timestamp():
+        latest = datetime.fromtimestamp(max(key_times), timezone.utc) + timedelta(seconds=1)
+        read_until = min(max(until, latest), datetime.now(timezone.utc) + timedelta(hours=1))
+    docs, pstats = read_log(predictions_container, time_prefixes(options.endpoint, since, read_until),
+                            what="predictions", progress=progress)
     dataset = build_dataset(options.endpoint, docs, outcomes, since=since, until=until,
                             objective=options.objective)
     dataset.join.damaged = damaged
@@ -111,13 +120,20 @@ def analyse(dataset: Dataset, *, control: str | None = None, threshold: float = 
                          f"(variants: {', '.join(names) or 'none'})")
     control = control or dataset.first_variant or (names[0] if names else None)
     candidates = [n for n in names if n != control]
-    # Several candidates against one control: Bonferroni keeps the chance of any false
-    # "better/worse" at alpha.
-    level = alpha / max(1, len(candidates))
-    if len(candidates) > 1:
-        notes.append(f"{len(candidates)} candidates are compared with {control}: each test is "
-                     f"at level {level:.4f} (Bonferroni), so that all verdicts together keep "
-                     f"{alpha:.0%}.")
+    tested_pairs = [pair for pair in dataset.pairs if np.isfinite(pair.y).any()]
+    # Every verdict (candidates against the control, shadows against their answers) is one
+    # test: Bonferroni keeps the chance of any false "better/worse" at alpha.
+    tests = len(candidates) + len(tested_pairs)
+    level = alpha / max(1, tests)
+    if tests > 1:
+        notes.append(f"{tests} verdicts are given ({len(candidates)} candidate(s) against "
+                     f"{control}, {len(tested_pairs)} shadow(s) against their answers): each "
+                     f"test is at level {stats.percent(level)} (Bonferroni), so that all "
+                     f"together keep {stats.percent(alpha)}.")
+    if any(v.y.size and v.units < v.y.size for v in dataset.variants.values()):
+        notes.append("Outcomes of one user (sticky key) or of one multi-row request are not "
+                     "independent: errors and tests count users (cluster-robust), so many "
+                     "outcomes from few users decide less than as many from many users.")
 
     variants = []
     for name, v in dataset.variants.items():
@@ -126,7 +142,8 @@ def analyse(dataset: Dataset, *, control: str | None = None, threshold: float = 
             "requests": v.requests, "rows": v.rows, "outcomes": int(v.y.size),
             "positives": int((v.y == 1).sum()) if objective == "binary" else None,
             "models": v.models(),
-            "metrics": {m: stats.estimate(m, v.y, v.p, threshold).to_dict() for m in metrics},
+            "units": v.units,
+            "metrics": {m: stats.estimate(m, v.y, v.p, threshold, v.g).to_dict() for m in metrics},
             "latency_ms": stats.latency_summary(v.latencies()),
         })
 
@@ -135,10 +152,12 @@ def analyse(dataset: Dataset, *, control: str | None = None, threshold: float = 
         c = dataset.variants[control]
         for name in candidates:
             v = dataset.variants[name]
-            per_metric = {m: stats.compare_independent(m, c.y, c.p, v.y, v.p, threshold)
+            per_metric = {m: stats.compare_independent(m, c.y, c.p, v.y, v.p, threshold,
+                                                       groups_control=c.g, groups_candidate=v.g)
                           for m in metrics}
             main = per_metric[primary]
-            short_c, short_v = stats.enough_outcomes(primary, c.y), stats.enough_outcomes(primary, v.y)
+            short_c = stats.enough_outcomes(primary, c.y, units=c.units)
+            short_v = stats.enough_outcomes(primary, v.y, units=v.units)
             too_few = (f"{control} has {short_c}" if short_c
                        else f"{name} has {short_v}" if short_v else None)
             decision = stats.verdict(main, control=control, candidate=name, alpha=level,
@@ -147,13 +166,14 @@ def analyse(dataset: Dataset, *, control: str | None = None, threshold: float = 
                 "candidate": name, "control": control, "metric": primary,
                 "verdict": decision.kind, "text": decision.text, "more_needed": decision.more_needed,
                 "alpha": level, **{k: v2 for k, v2 in main.to_dict().items() if k != "metric"},
+                **_interval_at(main, level),
                 "all_metrics": {m: cmp.to_dict() for m, cmp in per_metric.items()},
             })
 
     shadows = []
     for pair in dataset.pairs:
         labelled = np.isfinite(pair.y)
-        y = pair.y[labelled]
+        y, g = pair.y[labelled], pair.g[labelled]
         entry: dict[str, Any] = {
             "name": pair.shadow, "answer_variant": pair.answer_variant,
             "agreement": stats.agreement(pair.answer, pair.shadow_p, objective=objective,
@@ -164,14 +184,16 @@ def analyse(dataset: Dataset, *, control: str | None = None, threshold: float = 
         }
         if y.size:
             s, a = pair.shadow_p[labelled], pair.answer[labelled]
-            entry["metrics"] = {m: stats.estimate(m, y, s, threshold).to_dict() for m in metrics}
-            entry["answer_metrics"] = {m: stats.estimate(m, y, a, threshold).to_dict() for m in metrics}
-            cmp = stats.compare_paired(primary, y, a, s, threshold)
-            too_few = stats.enough_outcomes(primary, y)
+            entry["metrics"] = {m: stats.estimate(m, y, s, threshold, g).to_dict() for m in metrics}
+            entry["answer_metrics"] = {m: stats.estimate(m, y, a, threshold, g).to_dict()
+                                       for m in metrics}
+            cmp = stats.compare_paired(primary, y, a, s, threshold, groups=g)
+            too_few = stats.enough_outcomes(primary, y, units=int(np.unique(g).size))
             decision = stats.verdict(cmp, control=f"{pair.answer_variant} (same requests)",
-                                     candidate=f"shadow {pair.shadow}", alpha=alpha,
+                                     candidate=f"shadow {pair.shadow}", alpha=level,
                                      too_few=too_few)
-            entry["comparison"] = {**cmp.to_dict(), "verdict": decision.kind, "text": decision.text,
+            entry["comparison"] = {**cmp.to_dict(), **_interval_at(cmp, level), "alpha": level,
+                                   "verdict": decision.kind, "text": decision.text,
                                    "more_needed": decision.more_needed}
         shadows.append(entry)
 
@@ -181,7 +203,7 @@ def analyse(dataset: Dataset, *, control: str | None = None, threshold: float = 
             n = int(mask.sum())
             if n < DAILY_MIN_OUTCOMES:
                 continue
-            est = stats.estimate(primary, v.y[mask], v.p[mask], threshold)
+            est = stats.estimate(primary, v.y[mask], v.p[mask], threshold, v.g[mask])
             if math.isfinite(est.value):
                 daily.append({"day": day, "variant": name, **est.to_dict()})
 
@@ -201,3 +223,12 @@ def analyse(dataset: Dataset, *, control: str | None = None, threshold: float = 
         "daily": daily, "join": asdict(dataset.join), "excluded_records": dataset.excluded_records,
         "notes": notes,
     }
+
+
+def _interval_at(comparison: stats.Comparison, level: float) -> dict[str, Any]:
+    """The comparison's interval at the level its verdict uses (``low``/``high``), and that
+    interval's confidence."""
+    low, high = stats.interval(comparison, level)
+    finite = math.isfinite(low) and math.isfinite(high)
+    return {"low": low if finite else None, "high": high if finite else None,
+            "confidence": 1 - level}

@@ -6,6 +6,11 @@
 - Mean-type metrics (log loss, Brier score, MAE, accuracy) by the central limit theorem;
   RMSE by the delta method on the mean squared error. Paired comparisons use per-row
   differences of the influence values, so the correlation between the two models counts.
+- Rows are not independent when one user (sticky key) or one multi-row request gives many
+  outcomes: with ``groups`` (a cluster id per row) the standard errors are cluster-robust
+  (influence values summed per cluster; for AUC, Obuchowski's clustered DeLong), which is
+  what keeps an A/A test's false positives at the nominal rate. Without ``groups``, or
+  when every cluster has one row, they are the usual independent-rows errors.
 - Normal-approximation intervals and two-sided z tests; the outcomes still needed for a
   decision come from the observed difference and its standard error (80% power, 5% level).
 """
@@ -147,17 +152,45 @@ def _delong_parts(y: np.ndarray, p: np.ndarray) -> tuple[float, np.ndarray, np.n
     return float(value), v10, v01
 
 
-def auc_estimate(y: np.ndarray, p: np.ndarray) -> Estimate:
+def clusters(groups: np.ndarray | None) -> tuple[np.ndarray, int] | None:
+    """``groups`` as dense ids 0..k-1 and k; ``None`` when there are none or every row is
+    its own cluster (then the independent-rows formulas apply as they are)."""
+    if groups is None:
+        return None
+    ids, dense = np.unique(np.asarray(groups), return_inverse=True)
+    return None if ids.size == dense.size else (dense.reshape(-1), int(ids.size))
+
+
+def _delong_var(y: np.ndarray, v10: np.ndarray, v01: np.ndarray, value: float,
+                groups: np.ndarray | None) -> float:
+    """The variance of an AUC (or of a difference of two, from differenced components)."""
+    pos = np.asarray(y) == 1
+    m, n = v10.size, v01.size
+    dense = clusters(groups)
+    if dense is None:
+        return float(np.var(v10, ddof=1) / m + np.var(v01, ddof=1) / n)
+    g, k = dense
+    if k < 2:
+        return float("nan")
+    # Obuchowski (1997): per cluster, the sums of its positives' and negatives' components.
+    s10 = np.bincount(g[pos], weights=v10 - v10.mean(), minlength=k)
+    s01 = np.bincount(g[~pos], weights=v01 - v01.mean(), minlength=k)
+    return float(k / (k - 1) * (np.sum(s10 ** 2) / m ** 2 + np.sum(s01 ** 2) / n ** 2
+                                + 2 * np.sum(s10 * s01) / (m * n)))
+
+
+def auc_estimate(y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None) -> Estimate:
     y = np.asarray(y)
     m, n = int((y == 1).sum()), int((y != 1).sum())
     if m < 2 or n < 2:
         return _nan_estimate(y.size)
     value, v10, v01 = _delong_parts(y, p)
-    se = math.sqrt(np.var(v10, ddof=1) / m + np.var(v01, ddof=1) / n)
+    se = math.sqrt(max(_delong_var(y, v10, v01, value, groups), 0.0))
     return _estimate(value, se, y.size, lo=0.0, hi=1.0)
 
 
-def auc_paired(y: np.ndarray, p_control: np.ndarray, p_candidate: np.ndarray) -> Comparison:
+def auc_paired(y: np.ndarray, p_control: np.ndarray, p_candidate: np.ndarray,
+               groups: np.ndarray | None = None) -> Comparison:
     """Two models' AUCs on the same rows (paired DeLong test)."""
     y = np.asarray(y)
     m, n = int((y == 1).sum()), int((y != 1).sum())
@@ -165,7 +198,7 @@ def auc_paired(y: np.ndarray, p_control: np.ndarray, p_candidate: np.ndarray) ->
         return _nan_comparison("auc", y.size, y.size, paired=True)
     a, a10, a01 = _delong_parts(y, p_control)
     b, b10, b01 = _delong_parts(y, p_candidate)
-    var = (np.var(b10 - a10, ddof=1) / m) + (np.var(b01 - a01, ddof=1) / n)
+    var = _delong_var(y, b10 - a10, b01 - a01, b - a, groups)
     return _comparison("auc", b - a, math.sqrt(max(var, 0.0)), y.size, y.size, paired=True)
 
 
@@ -205,41 +238,72 @@ def _influence(metric: str, y: np.ndarray, p: np.ndarray, threshold: float) -> t
     return mean, terms - mean
 
 
-def estimate(metric: str, y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> Estimate:
-    """``metric`` of predictions ``p`` against labels ``y`` with a 95% interval."""
+def _mean_se(infl: np.ndarray, groups: np.ndarray | None) -> float:
+    """The standard error of a mean-type metric from its per-row influence values."""
+    dense = clusters(groups)
+    if dense is None:
+        return float(np.std(infl, ddof=1) / math.sqrt(infl.size))
+    g, k = dense
+    if k < 2:
+        return float("nan")
+    sums = np.bincount(g, weights=infl - infl.mean(), minlength=k)
+    return float(math.sqrt(k / (k - 1) * np.sum(sums ** 2)) / infl.size)
+
+
+def estimate(metric: str, y: np.ndarray, p: np.ndarray, threshold: float = 0.5,
+             groups: np.ndarray | None = None) -> Estimate:
+    """``metric`` of predictions ``p`` against labels ``y`` with a 95% interval; ``groups``:
+    the cluster of each row (its user), for cluster-robust errors."""
     y = np.asarray(y)
     if metric == "auc":
-        return auc_estimate(y, p)
+        return auc_estimate(y, p, groups)
     if y.size < 2:
         return _nan_estimate(y.size)
     value, infl = _influence(metric, y, p, threshold)
-    se = float(np.std(infl, ddof=1) / math.sqrt(y.size))
+    se = _mean_se(infl, groups)
     bounds = {"accuracy": (0.0, 1.0), "brier": (0.0, 1.0)}.get(metric, (0.0, math.inf))
     return _estimate(value, se, y.size, *bounds)
 
 
 def compare_independent(metric: str, y_control: np.ndarray, p_control: np.ndarray,
                         y_candidate: np.ndarray, p_candidate: np.ndarray,
-                        threshold: float = 0.5) -> Comparison:
+                        threshold: float = 0.5, groups_control: np.ndarray | None = None,
+                        groups_candidate: np.ndarray | None = None) -> Comparison:
     """Candidate minus control on two independent samples (the arms of an A/B test)."""
-    a = estimate(metric, y_control, p_control, threshold)
-    b = estimate(metric, y_candidate, p_candidate, threshold)
+    a = estimate(metric, y_control, p_control, threshold, groups_control)
+    b = estimate(metric, y_candidate, p_candidate, threshold, groups_candidate)
     se = math.sqrt(a.se ** 2 + b.se ** 2) if math.isfinite(a.se) and math.isfinite(b.se) else float("nan")
     return _comparison(metric, b.value - a.value, se, a.n, b.n, paired=False)
 
 
 def compare_paired(metric: str, y: np.ndarray, p_control: np.ndarray, p_candidate: np.ndarray,
-                   threshold: float = 0.5) -> Comparison:
+                   threshold: float = 0.5, groups: np.ndarray | None = None) -> Comparison:
     """Candidate minus control scored on the same rows (a shadow against the answer)."""
     y = np.asarray(y)
     if metric == "auc":
-        return auc_paired(y, p_control, p_candidate)
+        return auc_paired(y, p_control, p_candidate, groups)
     if y.size < 2:
         return _nan_comparison(metric, y.size, y.size, paired=True)
     a, ia = _influence(metric, y, p_control, threshold)
     b, ib = _influence(metric, y, p_candidate, threshold)
-    se = float(np.std(ib - ia, ddof=1) / math.sqrt(y.size))
+    se = _mean_se(ib - ia, groups)
     return _comparison(metric, b - a, se, y.size, y.size, paired=True)
+
+
+def interval(comparison: Comparison, alpha: float) -> tuple[float, float]:
+    """The comparison's two-sided interval at level ``alpha`` (the one its test uses)."""
+    zq = z_quantile(1 - alpha / 2)
+    return comparison.delta - zq * comparison.se, comparison.delta + zq * comparison.se
+
+
+def percent(share: float) -> str:
+    """A share as a percentage with the digits it needs: 5%, 2.5%, 1.67%, 98.33%."""
+    return f"{share * 100:.2f}".rstrip("0").rstrip(".") + "%"
+
+
+def confidence(alpha: float) -> str:
+    """The confidence of an interval at level ``alpha``: 95%, 97.5%, 98.33%."""
+    return percent(1 - alpha)
 
 
 def _estimate(value: float, se: float, n: int, lo: float = -math.inf, hi: float = math.inf) -> Estimate:
@@ -295,11 +359,16 @@ class Verdict:
     alpha: float
 
 
-def enough_outcomes(metric: str, y: np.ndarray, minimum: int = MIN_OUTCOMES) -> str | None:
-    """Why ``y`` is too small for a test (``None`` when it is not)."""
+def enough_outcomes(metric: str, y: np.ndarray, minimum: int = MIN_OUTCOMES,
+                    units: int | None = None) -> str | None:
+    """Why ``y`` is too small for a test (``None`` when it is not); ``units``: how many
+    independent units (users) the outcomes come from, when fewer than the outcomes."""
     y = np.asarray(y)
     if y.size < minimum:
         return f"{y.size} outcomes (a test needs at least {minimum} per variant)"
+    if units is not None and units < minimum:
+        return (f"{y.size} outcomes from only {units} users or requests (a test needs at least "
+                f"{minimum} per variant)")
     if metric in ("auc", "log_loss", "brier") and y.ndim == 1 and set(np.unique(y)) <= {0, 1}:
         pos = int((y == 1).sum())
         if min(pos, y.size - pos) < MIN_PER_CLASS:
@@ -319,8 +388,9 @@ def verdict(comparison: Comparison, *, control: str, candidate: str, alpha: floa
         return Verdict("undecided", f"{candidate} vs {control}: not yet distinguishable: "
                                     f"{reason}{need}.", more, alpha)
     direction = "higher" if comparison.delta > 0 else "lower"
+    low, high = interval(comparison, alpha)  # at the level tested, so CI and verdict agree
     diff = (f"{metric.label} {direction} by {abs(comparison.delta):.4f} "
-            f"(95% CI {comparison.low:+.4f} to {comparison.high:+.4f}, {_p(comparison.p_value)})")
+            f"({confidence(alpha)} CI {low:+.4f} to {high:+.4f}, {_p(comparison.p_value)})")
     if comparison.delta == 0 and comparison.se == 0:
         return Verdict("undecided", f"{candidate} vs {control}: no difference: the same "
                                     f"{metric.label} on these outcomes.", None, alpha)
@@ -330,14 +400,12 @@ def verdict(comparison: Comparison, *, control: str, candidate: str, alpha: floa
     if more is None:
         text = (f"{candidate} vs {control}: not yet distinguishable: no difference seen so far "
                 f"({diff}).")
-    elif more > 100 * max(comparison.n, 1):
-        text = (f"{candidate} vs {control}: not yet distinguishable ({diff}); the difference seen "
-                f"so far is tiny: about {more:,} more outcomes would be needed, so the two may "
-                f"well be equivalent in practice.")
     else:
         text = (f"{candidate} vs {control}: not yet distinguishable ({diff}); about {more:,} more "
-                f"outcomes needed to tell at the difference seen so far (80% power, "
-                f"{alpha:.0%} level).")
+                f"outcomes needed to tell a true difference of the size seen so far (80% power, "
+                f"{percent(alpha)} level). Not telling them apart is not "
+                f"evidence that they are equivalent: the interval shows the differences the "
+                f"data still allow.")
     return Verdict("undecided", text, more, alpha)
 
 
