@@ -120,3 +120,10 @@ def test_show_reports_an_invalid_stored_config(models, azurite, capsys):
     upload(models, "config/router.json", b'{"endpoints": {"churn": {}}}')
     assert router_cli(models, azurite, "show") == 1
     assert "invalid router config" in capsys.readouterr().err
+
+
+def test_set_with_if_match_when_there_is_no_config_yet_says_so(models, azurite, tmp_path, capsys):
+    assert router_cli(models, azurite, "set", str(write(tmp_path, AB)), "--if-match", "0x8DE2") == 1
+    err = capsys.readouterr().err
+    assert "there is no config" in err and "leave out --if-match" in err
+    assert not models.get_blob_client("config/router.json").exists()

@@ -42,7 +42,8 @@ def register(subparsers) -> None:
     source = submit.add_argument_group("input (one of --rows-file, --input, --input-blob)")
     source.add_argument("--rows-file", type=Path, metavar="FILE.json",
                         help="inline job: a JSON file shaped like the HTTP body ({\"rows\": ...} "
-                             "or {\"records\": ...}, optional \"options\"); at most 64 KiB")
+                             "or {\"records\": ...}, optional \"options\"); at most 48 KiB of "
+                             "JSON (a queue message holds 64 KiB, base64-encoded)")
     source.add_argument("--input", type=Path, metavar="FILE",
                         help="a local .csv (header of feature names) or .jsonl file: uploaded to "
                              "the batch container first (see --input-blob for its name)")

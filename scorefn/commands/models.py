@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import os
+import sys
 from pathlib import Path
 
 from .storage_args import add_storage_args, blob_service
@@ -16,7 +18,8 @@ def register(subparsers) -> None:
                                            "(or NAME.txt.gz with --gzip).")
     up.add_argument("file", type=Path, help="LightGBM text model (booster.save_model output)")
     up.add_argument("name", help="model name, e.g. churn or churn/v2")
-    up.add_argument("--container", default="models")
+    up.add_argument("--container", default=None, metavar="NAME",
+                    help="models container (default $MODEL_CONTAINER or models)")
     up.add_argument("--gzip", action="store_true", help="store compressed (faster downloads)")
     add_storage_args(up)
     up.set_defaults(run=upload_model)
@@ -27,22 +30,33 @@ def register(subparsers) -> None:
 
 
 def upload_model(args: argparse.Namespace) -> int:
+    from shared.errors import ScoreError
     from shared.model import parse_model
 
-    data = args.file.read_bytes()
-    model = parse_model(data, name=args.name, path=args.name, version="local", last_modified=None)
+    try:
+        data = args.file.read_bytes()
+    except OSError as exc:
+        print(f"cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 1
+    try:
+        model = parse_model(data, name=args.name, path=args.name, version="local",
+                            last_modified=None)
+    except ScoreError as exc:  # a broken file never reaches storage
+        print(f"not uploaded: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
     blob_name = args.name if args.name.endswith((".txt", ".txt.gz")) else args.name + ".txt"
     if args.gzip and not blob_name.endswith(".gz"):
         blob_name += ".gz"
     if blob_name.endswith(".gz"):
         data = gzip.compress(data)
-    container = blob_service(args).get_container_client(args.container)
+    container_name = args.container or os.environ.get("MODEL_CONTAINER") or "models"
+    container = blob_service(args).get_container_client(container_name)
     if not container.exists():
         container.create_container()
-    result = container.upload_blob(blob_name, data, overwrite=True)
+    result = container.get_blob_client(blob_name).upload_blob(data, overwrite=True)
     info = model.info
-    print(f"uploaded {blob_name} ({len(data):,} bytes): {info.objective}, {info.num_features} "
-          f"features, version {str(result.get('etag', '')).strip(chr(34))}")
+    print(f"uploaded {container_name}/{blob_name} ({len(data):,} bytes): {info.objective}, "
+          f"{info.num_features} features, version {str(result.get('etag', '')).strip(chr(34))}")
     return 0
 
 

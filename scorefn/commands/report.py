@@ -26,7 +26,8 @@ def register(subparsers) -> None:
                "--control control --out report.md --account-url https://ACCOUNT.blob.core.windows.net")
     report.add_argument("--endpoint", required=True, help="endpoint name, e.g. churn")
     report.add_argument("--out", required=True, type=Path, metavar="FILE",
-                        help="report file: .html (self-contained) or .md (plots in FILE-plots/)")
+                        help="report file: .html (self-contained) or .md (plots in NAME-plots/ beside it: "
+                             "report-plots/ for report.md)")
     report.add_argument("--since", metavar="ISO", help="first prediction time (default: 7 days "
                         "before --until); UTC unless a zone is given")
     report.add_argument("--until", metavar="ISO", help="end of the prediction time range (default: now)")

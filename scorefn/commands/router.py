@@ -116,9 +116,13 @@ def set_config(args: argparse.Namespace) -> int:
     try:
         result = container.get_blob_client(blob_name).upload_blob(
             data, overwrite=True, content_settings=_json_content(), **conditions)
-    except (ResourceModifiedError, ResourceNotFoundError):
-        print(f"not uploaded: the config at {container_name}/{blob_name} is no longer version "
-              f"{args.if_match} (see `router show`)", file=sys.stderr)
+    except (ResourceModifiedError, ResourceNotFoundError):  # 412: also when there is none
+        if not container.get_blob_client(blob_name).exists():
+            print(f"not uploaded: there is no config at {container_name}/{blob_name} yet (leave "
+                  f"out --if-match to create it)", file=sys.stderr)
+        else:
+            print(f"not uploaded: the config at {container_name}/{blob_name} is no longer "
+                  f"version {args.if_match} (see `router show`)", file=sys.stderr)
         return 1
     print(f"uploaded {container_name}/{blob_name}, version {_etag(result.get('etag'))}")
     print("running instances switch to it within ROUTER_REFRESH_SECONDS (default 30 s); one "

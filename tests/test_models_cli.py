@@ -1,0 +1,54 @@
+"""``python -m scorefn upload-model``: a model is checked locally, then uploaded where the
+functions look for it; a broken file never reaches storage."""
+
+from __future__ import annotations
+
+import gzip
+
+from scorefn.__main__ import main as cli
+
+
+def upload(container, azurite, *args: str) -> int:
+    return cli(["upload-model", *args, "--container", container.container_name,
+                "--connection-string", azurite.connection_string])
+
+
+def test_a_model_is_uploaded_as_name_txt_and_the_version_printed(container, azurite, demo_models,
+                                                                  capsys):
+    path = demo_models["churn"].path
+    assert upload(container, azurite, str(path), "churn") == 0
+    out = capsys.readouterr().out
+    etag = container.get_blob_client("churn.txt").get_blob_properties().etag.strip('"')
+    assert f"uploaded {container.container_name}/churn.txt" in out and etag in out
+    assert "binary, 8 features" in out
+    assert container.download_blob("churn.txt").readall() == path.read_bytes()
+
+
+def test_gzip_stores_the_compressed_model(container, azurite, demo_models, capsys):
+    path = demo_models["price"].path
+    assert upload(container, azurite, str(path), "price/v2", "--gzip") == 0
+    stored = container.download_blob("price/v2.txt.gz").readall()
+    assert gzip.decompress(stored) == path.read_bytes()
+
+
+def test_a_broken_model_is_refused_in_one_line_and_not_uploaded(container, azurite, demo_models,
+                                                                tmp_path, capsys):
+    broken = tmp_path / "broken.txt"
+    broken.write_bytes(demo_models["churn"].path.read_bytes()[:5000])  # truncated
+    assert upload(container, azurite, str(broken), "broken") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("not uploaded: invalid_model:") and "Traceback" not in err
+    assert not container.get_blob_client("broken.txt").exists()
+
+
+def test_the_container_defaults_to_the_model_container_setting(azurite, blob_service, demo_models,
+                                                               monkeypatch):
+    import uuid
+
+    name = f"m{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("MODEL_CONTAINER", name)
+    assert cli(["upload-model", str(demo_models["churn"].path), "churn",
+                "--connection-string", azurite.connection_string]) == 0
+    client = blob_service.get_container_client(name)
+    assert client.get_blob_client("churn.txt").exists()
+    client.delete_container()
