@@ -225,3 +225,11 @@ def test_the_report_reads_outcomes_received_before_outcomes_until_and_prediction
     assert make_report(preds, outs, bounded, progress=quiet)["join"]["by_request_id"] == 30
     preds.delete_container()
     outs.delete_container()
+
+
+def test_a_null_prediction_in_the_log_is_counted_not_ranked():
+    docs = [pred("r1", T0, p=(0.2,)), pred("r2", T0 + 1, p=(None,)), pred("r3", T0 + 2, p=(0.7,))]
+    outcomes = [out(0, T0 + 9, request_id="r1"), out(0, T0 + 9, request_id="r2"),
+                out(1, T0 + 9, request_id="r3")]
+    ds = build_dataset("churn", docs, outcomes, since=SINCE, until=UNTIL)
+    assert ds.variants["a"].p.tolist() == [0.2, 0.7] and ds.join.no_prediction == 1

@@ -357,6 +357,7 @@ class JoinStats:
     superseded: int = 0
     bad_label: int = 0
     damaged: int = 0
+    no_prediction: int = 0  # the logged prediction of the row is null (not a number)
     outside_range: int = 0  # joined to a prediction outside [since, until)
     pinned: int = 0  # joined to a request whose caller pinned the variant
 
@@ -467,6 +468,9 @@ def build_dataset(endpoint: str, prediction_docs: list[dict[str, Any]],
             continue
         if not labels_ok(label, r):
             join.bad_label += 1
+            continue
+        if not np.all(np.isfinite(r.predictions[row])):
+            join.no_prediction += 1  # a null in the log: NaN would rank above every score
             continue
         if how == "request_id":
             join.by_request_id += 1

@@ -130,6 +130,7 @@ def _tables(analysis: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
             ["row out of range", _num(j["bad_row"])],
             ["superseded (several outcomes for one prediction: the last received counts)", _num(j["superseded"])],
             ["labels that do not fit the objective", _num(j["bad_label"])],
+            ["the logged prediction is null (not a number)", _num(j.get("no_prediction", 0))],
             ["joined to a prediction outside [since, until)", _num(j.get("outside_range", 0))],
             ["joined to a request whose caller pinned the variant (not randomised)",
              _num(j.get("pinned", 0))],
