@@ -69,7 +69,7 @@ def test_wait_reports_a_failed_job_and_times_out_on_an_unknown_one(rig, capsys):
     assert jobs_cli(rig, "wait", "cli-missing") == 1
     assert "cli-missing failed: input_not_found" in capsys.readouterr().out
     assert jobs_cli(rig, "wait", "never-sent", "--timeout", "1") == 3
-    assert "queued (not picked up yet)" in capsys.readouterr().err
+    assert "no record yet (queued and not picked up, or never submitted)" in capsys.readouterr().err
 
 
 def test_submit_checks_its_arguments(rig, tmp_path):

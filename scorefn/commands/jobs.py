@@ -258,7 +258,7 @@ def progress_bar(done: int, total: int, width: int = 24) -> str:
 
 def _describe(record: dict[str, Any] | None, status: dict[str, Any] | None = None) -> str:
     if record is None:
-        return "queued (not picked up yet)"
+        return "no record yet (queued and not picked up, or never submitted)"
     if status is not None:
         done, total = status["chunks_done"], status["chunks"]
         rate = status.get("rows_per_second")
