@@ -255,8 +255,9 @@ class CsvLayout:
     columns: tuple[str, ...]
     feature_names: tuple[str, ...]
     id_index: int | None
-    targets: np.ndarray  # feature index of each non-id column, in file order
-    in_order: bool  # the non-id columns are exactly the features, in order
+    targets: np.ndarray  # feature index of each scored column, in file order
+    in_order: bool  # the scored columns are exactly the features, in order
+    id_is_feature: bool = False  # the id column is scored too (as JSON Lines does)
 
     @property
     def width(self) -> int:
@@ -270,7 +271,13 @@ def csv_layout(header: bytes, feature_names: Sequence[str], id_column: str | Non
         raise InvalidPayload("the CSV header is not UTF-8 text", code="invalid_csv") from None
     if not text.strip():
         raise InvalidPayload("the CSV input has no header line naming its columns", code="invalid_csv")
-    columns = tuple(name.strip() for name in next(csv.reader([text])))
+    if "\r" in text:
+        raise InvalidPayload("the CSV input has CR line breaks (old Mac style) or a CR inside its "
+                             "header: use LF or CRLF line breaks", code="invalid_csv")
+    try:
+        columns = tuple(name.strip() for name in next(csv.reader([text])))
+    except csv.Error as exc:
+        raise InvalidPayload(f"the CSV header cannot be read: {exc}", code="invalid_csv") from None
     seen: set[str] = set()
     for name in columns:
         if name in seen:
@@ -289,9 +296,12 @@ def csv_layout(header: bytes, feature_names: Sequence[str], id_column: str | Non
         raise InvalidPayload(f"column {unknown[0][:64]!r} is not a feature of the model (nor the "
                              f"id_column); the model's features are {list(feature_names)[:20]}",
                              code="unknown_column")
-    targets = np.array([index[c] for c in columns if c != id_column], dtype=np.intp)
+    # An id column that is also a feature is copied through and scored, as in JSON Lines.
+    id_is_feature = id_column is not None and id_column in index
+    targets = np.array([index[c] for c in columns if c != id_column or id_is_feature],
+                       dtype=np.intp)
     in_order = len(targets) == len(feature_names) and bool((targets == np.arange(len(targets))).all())
-    return CsvLayout(columns, tuple(feature_names), id_index, targets, in_order)
+    return CsvLayout(columns, tuple(feature_names), id_index, targets, in_order, id_is_feature)
 
 
 def parse_csv_chunk(chunk: Chunk, layout: CsvLayout) -> tuple[np.ndarray, Ids | None]:
@@ -326,7 +336,7 @@ def _csv_piece_fast(piece: bytes,
     newlines = np.flatnonzero(b == _NEWLINE)
     rows, width = len(newlines), layout.width
     if rows == 0 or newlines[0] == 0 or (np.diff(newlines) == 1).any():
-        return None  # blank lines
+        return None  # blank lines (the slow path skips them, or refuses them in one column)
     commas = np.flatnonzero(b == _COMMA)
     if len(commas) != rows * (width - 1):
         return None
@@ -338,12 +348,18 @@ def _csv_piece_fast(piece: bytes,
     if layout.id_index is not None:
         if b'"' in piece:
             return None
-        piece, ids = _cut_column(piece, newlines, commas.reshape(rows, width - 1), layout.id_index)
-        b = np.frombuffer(piece, dtype=np.uint8)
-        columns -= 1
-        if columns == 0:
-            return np.empty((rows, 0)), ids
-        newlines, commas = np.flatnonzero(b == _NEWLINE), np.flatnonzero(b == _COMMA)
+        cut, ids = _cut_column(piece, newlines, commas.reshape(rows, width - 1), layout.id_index)
+        try:
+            b"".join(ids).decode("utf-8")
+        except UnicodeDecodeError:
+            return None  # the slow path names the line
+        if not layout.id_is_feature:
+            piece = cut
+            b = np.frombuffer(piece, dtype=np.uint8)
+            columns -= 1
+            if columns == 0:
+                return np.empty((rows, 0)), ids
+            newlines, commas = np.flatnonzero(b == _NEWLINE), np.flatnonzero(b == _COMMA)
     # Only a bracket could make JSON read something other than a flat list of scalars (as
     # the JSON of a field like "[1" and the next "2]"); everything else that is not a JSON
     # number (letters, quotes, "+1", ".5") fails below and takes the slow path.
@@ -415,19 +431,26 @@ def _csv_piece_slow(piece: Chunk, layout: CsvLayout) -> tuple[np.ndarray, list[b
         raise InvalidPayload(f"CSV lines {piece.first_line}-{piece.first_line + piece.data.count(10)} "
                              f"are not UTF-8 text", code="invalid_csv") from None
     width, j_id = layout.width, layout.id_index
-    names = [c for j, c in enumerate(layout.columns) if j != j_id]
+    names = [c for j, c in enumerate(layout.columns) if j != j_id or layout.id_is_feature]
     values: list[list[float]] = []
     ids: list[bytes] | None = [] if j_id is not None else None
     for offset, line in enumerate(text.split("\n")[:-1]):
-        if not line.strip():
-            continue
         number = piece.first_line + offset
-        fields = next(csv.reader([line]))
+        if not line.strip():
+            if width == 1:  # an empty value or no row at all: skipping would shift later rows
+                raise InvalidPayload(f"CSV line {number} is blank: in a one-column CSV write a "
+                                     f"missing value as \"\"", code="invalid_csv")
+            continue
+        try:
+            fields = next(csv.reader([line]))
+        except csv.Error as exc:
+            raise InvalidPayload(f"CSV line {number} cannot be read: {exc}",
+                                 code="invalid_csv") from None
         if len(fields) != width:
             raise InvalidPayload(f"CSV line {number} has {len(fields)} fields; the header has "
                                  f"{width}", code="wrong_row_width")
         if ids is not None:
-            ids.append(_csv_field(fields.pop(j_id)))
+            ids.append(_csv_field(fields[j_id] if layout.id_is_feature else fields.pop(j_id)))
         row = []
         for name, field in zip(names, fields):
             field = field.strip()
@@ -479,13 +502,15 @@ def parse_jsonl_chunk(chunk: Chunk, feature_names: Sequence[str],
 
 def _jsonl_records(piece: Chunk) -> tuple[list[Any], Any]:
     """The piece's values and a line-number lookup (``lines[i]`` is record i's line)."""
+    data = piece.data.removeprefix(b"\xef\xbb\xbf") if piece.first_line == 1 else piece.data
     try:
-        records = orjson.loads(b"[" + piece.data[:-1].replace(b"\n", b",") + b"]")
-        return records, _LineNumbers(piece.first_line)
+        records = orjson.loads(b"[" + data[:-1].replace(b"\n", b",") + b"]")
+        if len(records) == data.count(b"\n"):  # else a line held two values ("{..},{..}")
+            return records, _LineNumbers(piece.first_line)
     except orjson.JSONDecodeError:
         pass
     records, numbers = [], []
-    for offset, line in enumerate(piece.data.split(b"\n")[:-1]):
+    for offset, line in enumerate(data.split(b"\n")[:-1]):
         if not line.strip():
             continue
         try:

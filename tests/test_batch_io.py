@@ -205,3 +205,49 @@ def test_writers_keep_ids_and_write_one_column_per_class():
     csv_ids = Ids("csv", [b'"q""x"', b"plain"])
     assert JsonlWriter("key", 1).rows(np.array([0.5, 1.0]), csv_ids) == \
         b'{"key":"q\\"x","prediction":0.5}\n{"key":"plain","prediction":1.0}\n'
+
+
+# -- inputs a careful user might send (found by review) -------------------------------------
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_an_id_column_that_is_also_a_feature_is_scored_and_copied_through_as_in_json_lines(quoted):
+    rows = b'"25",1,2\n"85",3,4\n' if quoted else b"25,1,2\n85,3,4\n"
+    X, ids = parse_csv(b"a,b,c\n" + rows, id_column="a")
+    assert X.tolist() == [[25.0, 1.0, 2.0], [85.0, 3.0, 4.0]]
+    assert [bytes(i).strip(b'"') for i in ids] == [b"25", b"85"]
+    J, jids = parse_jsonl_chunk(Chunk(b'{"a": 25, "b": 1, "c": 2}\n{"a": 85, "b": 3, "c": 4}\n', 1),
+                                NAMES, "a")
+    assert np.array_equal(J, X) and jids.values == [25, 85]
+
+
+def test_a_blank_line_in_a_one_column_csv_is_refused_not_skipped():
+    # Skipping it would shift every later row onto the wrong input (no id to join back by).
+    with pytest.raises(InvalidPayload) as err:
+        parse_csv(b"a\n10\n\n40\n", names=("a",))
+    assert err.value.code == "invalid_csv" and "line 3" in str(err.value)
+    X, _ = parse_csv(b'a\n10\n""\n40\n', names=("a",))  # a missing value, written as ""
+    assert X[:, 0].tolist()[0] == 10 and np.isnan(X[1, 0]) and X[2, 0] == 40
+
+
+def test_two_json_values_on_one_line_are_refused_not_read_as_two_rows():
+    lines = [b'{"a": %d}' % i for i in range(50)]
+    lines[20] = b'{"a": 1},{"a": 2}'
+    with pytest.raises(InvalidPayload) as err:
+        parse_jsonl_chunk(Chunk(b"\n".join(lines) + b"\n", 1), NAMES, None)
+    assert err.value.code == "invalid_json" and "line 21" in str(err.value)
+
+
+@pytest.mark.parametrize("data,where", [
+    (b"a,b,c\r1,2,3\r4,5,6\r", "CR line breaks"),                          # old Mac line ends
+    (b'k,a,b,c\n"' + b"x" * 140_000 + b'",1,2,3\n', "line 2"),              # a huge quoted field
+    (b"k,a,b,c\ncaf\xe9,1,2,3\n", "not UTF-8"),                             # a Latin-1 id
+])
+def test_unreadable_csv_is_a_failed_job_with_a_code_not_a_crash(data, where):
+    with pytest.raises(InvalidPayload) as err:
+        parse_csv(data, id_column="k" if data.startswith(b"k") else None)
+    assert err.value.code == "invalid_csv" and where in str(err.value)
+
+
+def test_a_bom_at_the_start_of_json_lines_is_ignored_as_in_csv():
+    X, _ = parse_jsonl_chunk(Chunk(b'\xef\xbb\xbf{"a": 1, "b": 2, "c": 3}\n', 1), NAMES, None)
+    assert X.tolist() == [[1.0, 2.0, 3.0]]
