@@ -116,6 +116,9 @@ class ModelStore:
         self._flights: dict[str, _Flight] = {}
         self._executor: ThreadPoolExecutor | None = None
         self.stats = StoreStats()
+        # Called with (name, new ModelInfo) before a refreshed version replaces a cached one;
+        # a ScoreError keeps the old version (see shared.router.feature_parity).
+        self.check_swap: Callable[[str, ModelInfo], None] | None = None
 
     def get(self, name: str) -> tuple[LoadedModel, bool]:
         """The model called ``name`` and whether this call had to load it (a cold start).
@@ -220,6 +223,8 @@ class ModelStore:
                 self.stats.downloads += 1
                 model = self._parse(content.data, name=name, path=current.path,
                                     version=content.etag, last_modified=content.last_modified)
+                if self.check_swap is not None:
+                    self.check_swap(name, model.info)
                 with self._lock:
                     if self._entries.get(name) is entry:
                         old = entry.model

@@ -488,7 +488,7 @@ def build_service(settings: Settings) -> ScoringService:
     conn = resolve_connection(settings.storage_connection)
     container = blob_service(conn, settings.storage_timeout_seconds).get_container_client(
         settings.model_container)
-    from .router import MAX_CONFIG_BYTES, RouterConfigSource, models_loadable
+    from .router import MAX_CONFIG_BYTES, RouterConfigSource, feature_parity, models_loadable
 
     source = BlobSource(container, settings.max_model_mb * 1024 * 1024)
     compiler = None
@@ -508,6 +508,8 @@ def build_service(settings: Settings) -> ScoringService:
         routing = RouterHolder(config_source, refresh_seconds=settings.router_refresh_seconds,
                                check_models=models_loadable(store) if settings.router_check_models
                                else None)
+        if settings.router_check_models:
+            store.check_swap = feature_parity(routing, store)
     shadows = (ShadowRunner(workers=settings.shadow_workers, max_pending=settings.shadow_max_pending)
                if settings.shadow_workers else None)
     prediction_log, outcome_log = build_logs(settings, telemetry)

@@ -205,6 +205,47 @@ def test_a_variant_taking_other_features_never_replaces_the_working_config(conta
     store.close()
 
 
+def test_an_inline_config_whose_variants_take_other_features_is_refused_like_a_blob(
+        container, demo_models):
+    upload(container, "churn/v1.txt", demo_models["churn"].path)
+    upload(container, "price/v1.txt", demo_models["price"].path)
+    store = ModelStore(BlobSource(container, 64 << 20), refresh_seconds=3600)
+    inline = config({"control": 1, "candidate": 1},
+                    models={"control": "churn/v1.txt", "candidate": "price/v1.txt"}).decode()
+    h = RouterHolder(RouterConfigSource(inline=inline), check_models=models_loadable(store))
+    assert h.loaded() is None  # checked on first use, not taken on trust
+    with pytest.raises(InvalidRouterConfig) as err:
+        h.current()
+    assert "takes features that differ" in err.value.message
+    good = config({"control": 1}, models={"control": "churn/v1.txt"}).decode()
+    assert RouterHolder(RouterConfigSource(inline=good),
+                        check_models=models_loadable(store)).current().route("churn").variant == "control"
+    store.close()
+
+
+def test_a_model_refreshed_to_other_features_keeps_its_old_version_while_an_endpoint_pairs_it(
+        container, demo_models, caplog):
+    from shared.router import feature_parity
+
+    upload(container, "churn/v1.txt", demo_models["churn"].path)
+    upload(container, "churn/v2.txt", demo_models["churn_v1"].path)
+    upload(container, BLOB, config({"control": 1, "candidate": 1},
+                                   models={"control": "churn/v1.txt", "candidate": "churn/v2.txt"}))
+    store = ModelStore(BlobSource(container, 64 << 20), refresh_seconds=3600)
+    h = holder(container, check_models=models_loadable(store))
+    store.check_swap = feature_parity(h, store)
+    h.current()
+    before = store.get("churn/v2.txt")[0].info
+    upload(container, "churn/v2.txt", demo_models["price"].path)  # other features
+    caplog.set_level(logging.WARNING, logger="scorefn.models")
+    assert store.refresh("churn/v2.txt") is False
+    assert store.get("churn/v2.txt")[0].info.version == before.version  # the old one serves
+    assert "feature_mismatch" in caplog.text
+    upload(container, "churn/v2.txt", demo_models["churn"].path)  # same features: swapped in
+    assert store.refresh("churn/v2.txt") is True
+    store.close()
+
+
 def test_a_deleted_blob_keeps_the_working_config(container, router_log):
     upload(container, BLOB, config({"control": 1}))
     h = holder(container)

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from .config import (MAX_CONFIG_BYTES, EndpointConfig, LogConfig, RouterConfig, Shadow, Sticky,
                      Variant, parse_config, validate_config)
-from .holder import HolderStats, RouterHolder, models_loadable
+from .holder import HolderStats, RouterHolder, feature_parity, models_loadable
 from .router import OVERRIDE_HEADER, Route, Router, ShadowTarget, header, sticky_key
 from .shadow import ShadowRunner, ShadowStats
 from .source import ConfigVersion, RouterConfigSource
 
 __all__ = ["MAX_CONFIG_BYTES", "EndpointConfig", "LogConfig", "RouterConfig", "Shadow", "Sticky",
            "Variant", "parse_config", "validate_config", "HolderStats", "RouterHolder",
-           "models_loadable", "OVERRIDE_HEADER", "Route", "Router", "ShadowTarget", "header",
+           "feature_parity", "models_loadable", "OVERRIDE_HEADER", "Route", "Router", "ShadowTarget", "header",
            "sticky_key", "ShadowRunner", "ShadowStats", "ConfigVersion", "RouterConfigSource"]

@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import InvalidRouterConfig, ScoreError
+from ..errors import InvalidModel, InvalidRouterConfig, ScoreError
 from .config import RouterConfig, endpoint_path
 from .router import Router
 from .source import ConfigVersion, RouterConfigSource
@@ -83,7 +83,10 @@ class RouterHolder:
         self._executor: ThreadPoolExecutor | None = None
         self.stats = HolderStats()
         if not source.watched:
-            self._install(source.fetch())
+            version = source.fetch()
+            if version.config is None or check_models is None:
+                self._install(version)
+            # else an inline config is checked (its models loaded) on first use, as a blob's
 
     @property
     def version(self) -> str | None:
@@ -227,6 +230,32 @@ class RouterHolder:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorefn-router")
             return self._executor
+
+
+def feature_parity(routing: RouterHolder, store: Any) -> Callable[[str, Any], None]:
+    """A ``ModelStore.check_swap``: a new version of a model that an endpoint routes to must
+    take the same features, in the same order, as the endpoint's other variants (the rule a
+    config is checked by); otherwise it raises and the store keeps the old version serving,
+    so positional ``rows`` never go to a model that reads them in another order."""
+    def check(name: str, info: Any) -> None:
+        router = routing.loaded()
+        if router is None or router.config is None:
+            return
+        for endpoint, ep in router.config.endpoints.items():
+            models = [v.model for v in ep.variants]
+            if name not in models:
+                continue
+            for other in models:
+                if other == name or not store.is_cached(other):
+                    continue
+                theirs = store.get(other)[0].info.feature_names  # cached: no storage access
+                if list(theirs) != list(info.feature_names):
+                    raise InvalidModel(
+                        f"the new version of {name!r} takes features that differ from those of "
+                        f"{other!r} (names or order), another variant of endpoint {endpoint!r}; "
+                        f"to change features, name a new model blob in the router config",
+                        code="feature_mismatch")
+    return check
 
 
 def models_loadable(store: Any) -> CheckModels:
