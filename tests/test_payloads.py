@@ -328,3 +328,25 @@ def test_any_other_v2_body_is_left_to_parse_v2(body):
     from shared.payloads.v2 import read_v2_body
 
     assert read_v2_body(body, 100) is None
+
+
+@pytest.mark.parametrize("shape,data", [
+    ([2, 3], [[1, 2], [3, 4, 5, 6]]),    # the right count, ragged rows: never re-flowed
+    ([2, 3], [[1, 2, 3, 4, 5, 6], []]),
+    ([2, 3], [[1, 2, 3], [4, 5, 6], []]),
+])
+def test_nested_v2_data_must_follow_its_shape_row_by_row(shape, data):
+    body = {"inputs": [{"name": "input-0", "shape": shape, "datatype": "FP64", "data": data}]}
+    with pytest.raises(InvalidPayload) as err:
+        parse_v2(body, ["a", "b", "c"], 100)
+    assert err.value.code == "shape_mismatch"
+
+
+def test_a_per_feature_v2_tensor_may_nest_one_value_per_row():
+    body = {"inputs": [{"name": n, "shape": [2, 1], "datatype": "FP64", "data": [[1.0], [2.0]]}
+                       for n in ("a", "b", "c")]}
+    assert parse_v2(body, ["a", "b", "c"], 100).X.tolist() == [[1.0] * 3, [2.0] * 3]
+    ragged = {"inputs": [{"name": "a", "shape": [2], "datatype": "FP64", "data": [[1.0, 2.0]]}]}
+    with pytest.raises(InvalidPayload) as err:
+        parse_v2(ragged, ["a"], 100)
+    assert err.value.code == "shape_mismatch"

@@ -118,6 +118,13 @@ def _tensor(raw: Any, i: int) -> tuple[str, list[int], str, np.ndarray]:
         if set(map(type, data)) != {list}:  # chaining a number or null would raise TypeError
             raise InvalidPayload(f"inputs[{i}].data must be flat or a list of lists, not a mix",
                                  code="non_numeric_value")
+        # Nested data must be the shape's rows: re-flowing ragged rows would score values
+        # under the wrong features.
+        inner = shape[1] if len(shape) == 2 else 1
+        if len(data) != shape[0] or any(len(row) != inner for row in data):
+            raise InvalidPayload(f"inputs[{i}].data is nested as {len(data)} rows that do not all "
+                                 f"hold {inner} values; shape {shape} needs {shape[0]} rows of "
+                                 f"{inner}", code="shape_mismatch")
         flat = list(chain.from_iterable(data))
     else:
         flat = data
