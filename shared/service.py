@@ -320,7 +320,17 @@ class ScoringService:
                 output=output_kind(result.request.options), rows=result.request.X.shape[0],
                 features=result.request.X if primary.log_features else None, shadow=True)
 
+    def _check_response_size(self, info: ModelInfo, request: ScoringInput) -> None:
+        values = request.X.shape[0] * info.num_outputs
+        if request.options.pred_contrib:
+            values *= info.num_features + 1
+        if values > self.settings.max_response_values:
+            raise PayloadTooLarge(f"the response would hold {values:,} values, over the limit of "
+                                  f"{self.settings.max_response_values:,} (MAX_RESPONSE_VALUES): "
+                                  f"send fewer rows", code="response_too_large")
+
     def _predict_parsed(self, model: LoadedModel, request: ScoringInput, cold: bool) -> ScoreResult:
+        self._check_response_size(model.info, request)
         start = time.perf_counter()
         predictions, backend = predict_with_backend(
             model, request, parallel_min_rows=self.settings.predict_parallel_min_rows,
@@ -403,6 +413,7 @@ class ScoringService:
                 extra_fields = frozenset((sticky,)) if sticky else _NONE
             request = parse_score_body(doc, names, limit, extra_fields=extra_fields)
         parsed = time.perf_counter()
+        self._check_response_size(model.info, request)
         predictions, backend = predict_with_backend(
             model, request, parallel_min_rows=self.settings.predict_parallel_min_rows,
             max_threads=self.settings.predict_max_threads)

@@ -146,6 +146,11 @@ SPEC: dict[str, Setting] = {
     "max_rows_per_request": Setting(
         "MAX_ROWS_PER_REQUEST", 10_000, _int(1, 10_000_000),
         "Most rows accepted in one HTTP request or inline queue message."),
+    "max_response_values": Setting(
+        "MAX_RESPONSE_VALUES", 2_000_000, _int(1, 1_000_000_000),
+        "Most prediction values one request or inline job may produce (rows x outputs; with "
+        "pred_contrib rows x outputs x (features + 1)), checked before predicting: a small "
+        "body must not make a response of hundreds of MB."),
     "predict_parallel_min_rows": Setting(
         "PREDICT_PARALLEL_MIN_ROWS", 2_000, _int(1, 100_000_000),
         "Requests with fewer rows predict on one thread (OpenMP hurts small requests)."),
@@ -270,6 +275,7 @@ class Settings:
     max_model_mb: int
     max_request_bytes: int
     max_rows_per_request: int
+    max_response_values: int
     predict_parallel_min_rows: int
     predict_max_threads: int
     storage_timeout_seconds: float

@@ -240,3 +240,13 @@ def test_a_sticky_key_in_the_v2_id_routes_a_directly_read_body(container, demo_m
         result = service.score("churn", orjson.dumps(doc), fmt="v2")
         assert (result.route.key, result.route.how) == (user, "sticky")
         assert result.variant == service.route("churn", key=user).variant
+
+
+def test_a_request_whose_response_would_be_too_large_is_refused_before_predicting(service):
+    service.settings = Settings.from_env({"MAX_RESPONSE_VALUES": "300"})
+    rows = {"records": [{}] * 40, "options": {"pred_contrib": True}}  # 40 x (8 + 1) = 360
+    with pytest.raises(PayloadTooLarge) as err:
+        service.score("churn", orjson.dumps(rows))
+    assert err.value.code == "response_too_large" and err.value.status == 413
+    assert service.score("churn", orjson.dumps({"records": [{}] * 33,
+                                                "options": {"pred_contrib": True}})).predictions.size == 297
