@@ -129,13 +129,15 @@ def openapi(req: func.HttpRequest) -> func.HttpResponse:
 def metrics_latency(req: func.HttpRequest) -> func.HttpResponse:
     """Server-side latency percentiles, when the local metrics reader is on (local runs)."""
     request_id = request_id_of(req)
-    from shared.errors import NotEnabled
-    from shared.payloads import dumps
-    from shared.telemetry import get_telemetry, latency_summary
+    try:
+        from shared.errors import NotEnabled
+        from shared.payloads import dumps
+        from shared.telemetry import get_telemetry, latency_summary
 
-    get_telemetry()
-    summary = latency_summary()
-    if summary is None:
-        error = NotEnabled("the local metrics reader is off (TELEMETRY_LOCAL_READER)")
-        return error_response(error, request_id, "metrics_latency")
-    return json_response(dumps({"latency": summary}), request_id)
+        get_telemetry()
+        summary = latency_summary()
+        if summary is None:
+            raise NotEnabled("the local metrics reader is off (TELEMETRY_LOCAL_READER)")
+        return json_response(dumps({"latency": summary}), request_id)
+    except Exception as exc:
+        return error_response(exc, request_id, "metrics_latency")

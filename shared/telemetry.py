@@ -202,7 +202,10 @@ class Telemetry:
     def _sampled(self, carrier: Mapping[str, str] | None) -> bool:
         parent = carrier.get("traceparent") if carrier else None
         if parent and len(parent) == 55:
-            return parent.endswith("01")  # the caller decided (W3C sampled flag)
+            try:
+                return bool(int(parent[53:], 16) & 1)  # the caller decided (W3C sampled flag)
+            except ValueError:
+                pass  # not a valid traceparent: decide here
         return self.trace_sample_ratio >= 1.0 or random.random() < self.trace_sample_ratio
 
     def flush(self) -> None:

@@ -165,7 +165,8 @@ def host(azurite, models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def broken_hosts(azurite, models, tmp_path_factory):
-    """A host whose storage is unreachable, and one whose router config is invalid."""
+    """A host whose storage is unreachable, and one whose router config and a telemetry
+    setting are invalid."""
     dead = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=ZmFrZQ==;"
             f"BlobEndpoint=http://127.0.0.1:{closed_port()}/devstoreaccount1;")
     logs = tmp_path_factory.mktemp("openapi-broken")
@@ -173,7 +174,8 @@ def broken_hosts(azurite, models, tmp_path_factory):
                    log_path=logs / "down.log").start()
     try:
         bad = DevHost(ROOT, host_env(azurite.connection_string, models.container_name,
-                                     ROUTER_CONFIG_BLOB="config/bad.json"), queues=False,
+                                     ROUTER_CONFIG_BLOB="config/bad.json",
+                                     TELEMETRY_TRACE_SAMPLE_RATIO="often"), queues=False,
                       log_path=logs / "bad.log").start()
     except BaseException:
         down.stop()
@@ -278,6 +280,8 @@ def test_real_responses_validate_against_the_document(host, broken_hosts, reques
     assert call(bad, "POST", "/api/v2/models/churn/infer", json={"inputs": []}).status_code == 500
     assert call(bad, "GET", "/api/endpoints").status_code == 500
     assert call(bad, "GET", "/api/v2/models/churn").status_code == 500
+    latency = call(bad, "GET", "/api/metrics/latency", headers={"x-functions-key": MASTER_KEY})
+    assert latency.status_code == 500 and latency.json()["error"] == "configuration_error"
     # Every operation was seen succeeding.
     ok = {(m, t) for m, t, s in seen if s < 300}
     assert ok == {(m.upper(), p) for p, item in DOC["paths"].items() for m in item}

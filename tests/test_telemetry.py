@@ -200,6 +200,11 @@ def test_unsampled_requests_make_no_span_and_a_sampled_caller_is_always_traced(s
     unsampled_parent = TRACEPARENT[:-2] + "00"
     service.score("price", body(), carrier={"traceparent": unsampled_parent})
     assert len([s for s in spans.get_finished_spans() if s.name == "scorefn.score"]) == 1
+    # Other flag bits set as well: the sampled bit still decides (W3C: flags & 01).
+    service.score("price", body(), carrier={"traceparent": TRACEPARENT[:-2] + "03"})
+    assert len([s for s in spans.get_finished_spans() if s.name == "scorefn.score"]) == 2
+    service.score("price", body(), carrier={"traceparent": TRACEPARENT[:-2] + "02"})
+    assert len([s for s in spans.get_finished_spans() if s.name == "scorefn.score"]) == 2
 
 
 def test_metrics_are_recorded_off_the_request_thread_and_bounded(readers):
