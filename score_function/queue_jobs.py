@@ -5,8 +5,9 @@ Returning normally deletes the message (the job succeeded, or failed permanently
 and, after ``maxDequeueCount`` deliveries, move it to ``<queue>-poison``. The scoring core
 is imported on the first message, not when the app is indexed.
 
-Jobs on ``%SCORE_QUEUE_NAME%``; the chunks of large jobs split across instances on
-``%CHUNK_QUEUE_NAME%``, and chunk messages that exhausted their retries on its poison queue
+Jobs on ``%SCORE_QUEUE_NAME%``, and job messages that exhausted their retries on its poison
+queue (the job gets its one ``failed`` result); the chunks of large jobs split across instances
+on ``%CHUNK_QUEUE_NAME%``, and chunk messages that exhausted their retries on its poison queue
 (their job is failed, so that nobody waits for it forever).
 """
 
@@ -23,6 +24,15 @@ def score_job(msg: func.QueueMessage) -> None:
     from shared.batch import handle_message
 
     handle_message(msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count or 1)
+
+
+@bp.queue_trigger(arg_name="msg", queue_name="%SCORE_QUEUE_NAME%-poison",
+                  connection="AzureWebJobsStorage")
+def job_poisoned(msg: func.QueueMessage) -> None:
+    """A job whose message failed on every delivery: send its ``failed`` result (``job_failed``)."""
+    from shared.batch import handle_job_poison
+
+    handle_job_poison(msg.get_body(), message_id=msg.id)
 
 
 @bp.queue_trigger(arg_name="msg", queue_name="%CHUNK_QUEUE_NAME%", connection="AzureWebJobsStorage")

@@ -49,8 +49,8 @@ from .batch_io import (CsvLayout, CsvWriter, Ids, JsonlWriter, csv_layout, line_
                        parse_csv_chunk, parse_jsonl_chunk, range_blocks, split_first_line,
                        writer_for)
 from .errors import InputNotFound, InvalidPayload, PayloadTooLarge, ScoreError
-from .job_messages import (BlobJob, InlineJob, JobIdentity, decode_message, job_identity,
-                           parse_job)
+from .job_messages import (JOB_ID_RE, BlobJob, InlineJob, JobIdentity, decode_message,
+                           job_identity, parse_job)
 from .job_records import LEASE_SECONDS, Claim, JobRecords
 from .model import LoadedModel
 from .payloads import ScoringInput, dumps
@@ -170,6 +170,45 @@ class BatchJobs:
             log.info("job %s succeeded: %d rows in %.0f ms (%s rows/s)", job_id, result["rows"],
                      result["elapsed_ms"], result["rows_per_second"])
         return JobOutcome(job_id, result["status"], result, scored=scored)
+
+    def handle_poison(self, body: bytes, *, message_id: str | None = None) -> JobOutcome:
+        """A job message the host moved to ``<queue>-poison`` after its deliveries kept failing
+        (storage down for long, a worker that died or timed out each time): send the job's one
+        ``failed`` result (``job_failed``), unless it finished meanwhile or is fanned out (its
+        chunks finish or fail it), so that nobody waits for it forever. A job without an
+        ``id`` had its id made from the first message's id, which the poison copy does not
+        keep: its result carries a new generated id."""
+        try:
+            doc: dict[str, Any] | None = decode_message(body)
+        except ScoreError:
+            doc = None
+        given = doc.get("id") if doc is not None else None
+        identity = (JobIdentity(given, False) if isinstance(given, str) and JOB_ID_RE.match(given)
+                    else job_identity(None, None))
+        job_id = identity.job_id
+        started = time.perf_counter()
+        claim = self.records.claim(job_id, message_id=message_id,
+                                   digest=hashlib.sha256(body).hexdigest())
+        with claim:
+            if claim.state in ("done", "duplicate", "fanned_out"):
+                log.info("job %s: poisoned message acknowledged, the job is %s", job_id,
+                         claim.state if claim.state != "duplicate" else "running elsewhere")
+                return JobOutcome(job_id, "duplicate", None, scored=False)
+            if claim.state == "committed" and claim.result is not None:
+                self._send(claim.result)
+                claim.mark_done()
+                return JobOutcome(job_id, claim.result["status"], claim.result, scored=False)
+            result = self._result(identity, "failed", started, error={
+                "code": "job_failed",
+                "message": f"its message failed on every delivery (transient errors such as "
+                           f"storage unreachable, or a worker that died or timed out) and was "
+                           f"moved to {self.settings.score_queue_name}-poison"})
+            claim.commit(result)
+            self._send(result)
+            claim.mark_done()
+        log.warning("job %s failed: job_failed (its message was poisoned)", job_id)
+        self._record(doc, "failed", "job_failed", started)
+        return JobOutcome(job_id, "failed", result, scored=False)
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -497,6 +536,11 @@ def handle_chunk_message(body: bytes, *, message_id: str | None = None,
     """Process one delivery of a chunk of a fanned-out job; raises only for transient faults."""
     return get_batch_jobs().fanout.handle_chunk(body, message_id=message_id,
                                                 dequeue_count=dequeue_count)
+
+
+def handle_job_poison(body: bytes, *, message_id: str | None = None) -> JobOutcome:
+    """A job message moved to the poison queue: send its failed result."""
+    return get_batch_jobs().handle_poison(body, message_id=message_id)
 
 
 def handle_chunk_poison(body: bytes, *, message_id: str | None = None) -> Any:

@@ -472,3 +472,38 @@ def test_inline_jobs_are_in_the_prediction_log_like_requests(azurite, demo_model
             assert record["predictions"] == result["predictions"]
     finally:
         rig.cleanup()
+
+
+# -- a job message that failed on every delivery (moved to <queue>-poison by the host) --------
+
+def test_a_poisoned_job_message_sends_the_jobs_one_failed_result(rig):
+    body = orjson.dumps({"id": "job-poisoned", "endpoint": "churn", "rows": [[1] * 8]})
+    outcome = rig.jobs.handle_poison(body, message_id="poison-copy")
+    assert outcome.status == "failed"
+    [result] = rig.sent_results()
+    assert result["id"] == "job-poisoned" and result["status"] == "failed"
+    assert result["error"]["code"] == "job_failed" and "-poison" in result["error"]["message"]
+    # The poison message delivered again, or the original finally succeeding: nothing more.
+    assert rig.jobs.handle_poison(body, message_id="poison-copy").status == "duplicate"
+    assert rig.jobs.handle(body, message_id="late", dequeue_count=6).status == "duplicate"
+    assert len(rig.sent_results()) == 1
+
+
+def test_a_job_that_finished_before_its_message_was_poisoned_gets_no_second_result(rig):
+    body = orjson.dumps({"id": "job-done", "endpoint": "churn", "rows": [[1] * 8]})
+    assert rig.run(body).status == "succeeded"
+    assert rig.jobs.handle_poison(body, message_id="poison-copy").status == "duplicate"
+    assert [r["status"] for r in rig.sent_results()] == ["succeeded"]
+
+
+def test_a_poisoned_job_without_an_id_still_gets_a_result_under_a_new_generated_id(rig):
+    body = orjson.dumps({"endpoint": "churn", "rows": [[1] * 8]})
+    assert rig.jobs.handle_poison(body, message_id="poison-copy").status == "failed"
+    [result] = rig.sent_results()
+    assert result["id_generated"] is True and result["error"]["code"] == "job_failed"
+
+
+def test_the_job_poison_function_binds_the_job_queues_poison_queue(app_functions):
+    [trigger] = [f.get_trigger() for f in app_functions if f.get_function_name() == "job_poisoned"]
+    assert (trigger.queue_name, trigger.connection) == ("%SCORE_QUEUE_NAME%-poison",
+                                                       "AzureWebJobsStorage")
