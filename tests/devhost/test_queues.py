@@ -160,14 +160,23 @@ def test_a_message_in_flight_when_the_host_is_killed_is_processed_after_its_leas
     wait_for(lambda: message_count(client) == 0, timeout=5)
 
 
-def test_sigterm_lets_in_flight_messages_finish(azurite, sample_env, start_host,
-                                                results_container):
-    name = unique("stop")
-    host = start_host({**sample_env, "SAMPLE_QUEUE": name})
+def host_processing(azurite, sample_env, start_host, results_container, command: str,
+                    **host_args):
+    """A host whose queue holds one message running the sample's ``command``, once that has
+    started: (host, queue client, token)."""
+    name = unique(command)
+    host = start_host({**sample_env, "SAMPLE_QUEUE": name}, **host_args)
     client = QueueClient.from_connection_string(azurite.connection_string, name)
     token = uuid.uuid4().hex
-    client.send_message(encoded(f"{token} pause"))  # sleeps 1.5 s
+    client.send_message(encoded(f"{token} {command}"))
     wait_for(lambda: "1-started" in deliveries(results_container, token), timeout=10)
+    return host, client, token
+
+
+def test_sigterm_lets_in_flight_messages_finish(azurite, sample_env, start_host,
+                                                results_container):
+    host, client, token = host_processing(azurite, sample_env, start_host, results_container,
+                                          "pause")  # sleeps 1.5 s
     assert host.stop() == 0
     assert "1-done" in deliveries(results_container, token)
     assert message_count(client) == 0
@@ -287,12 +296,8 @@ def test_the_lease_is_lost_on_pop_receipt_mismatch_or_a_missing_message_or_queue
 
 def test_sigterm_waits_for_a_message_that_outlasts_the_http_grace(azurite, sample_env,
                                                                   start_host, results_container):
-    name = unique("linger")
-    host = start_host({**sample_env, "SAMPLE_QUEUE": name})
-    client = QueueClient.from_connection_string(azurite.connection_string, name)
-    token = uuid.uuid4().hex
-    client.send_message(encoded(f"{token} linger"))  # sleeps 7 s
-    wait_for(lambda: "1-started" in deliveries(results_container, token), timeout=10)
+    host, client, token = host_processing(azurite, sample_env, start_host, results_container,
+                                          "linger")  # sleeps 7 s
     assert host.stop(timeout=30) == 0
     assert "1-done" in deliveries(results_container, token)
     assert message_count(client) == 0  # deleted: it will not be delivered again
@@ -300,13 +305,10 @@ def test_sigterm_waits_for_a_message_that_outlasts_the_http_grace(azurite, sampl
 
 def test_a_message_still_running_at_the_shutdown_timeout_is_abandoned_with_status_1(
         azurite, sample_env, start_host, results_container):
-    name = unique("abandon")
-    host = start_host({**sample_env, "SAMPLE_QUEUE": name}, shutdown_timeout=2)
-    client = QueueClient.from_connection_string(azurite.connection_string, name)
-    token = uuid.uuid4().hex
-    client.send_message(encoded(f"{token} slow"))  # blocks for a minute
-    wait_for(lambda: "1-started" in deliveries(results_container, token), timeout=10)
+    host, client, token = host_processing(azurite, sample_env, start_host, results_container,
+                                          "slow", shutdown_timeout=2)  # blocks for a minute
     started = time.monotonic()
     assert host.stop(timeout=20) == 1
     assert time.monotonic() - started < 10
-    assert f"SHUTDOWN INCOMPLETE: 1 message(s) of queue {name}" in host.log_path.read_text()
+    log = host.log_path.read_text()
+    assert f"SHUTDOWN INCOMPLETE: 1 message(s) of queue {client.queue_name}" in log
