@@ -22,14 +22,17 @@ T = TypeVar("T")
 async def run_scoring(endpoint: str, body: bytes, score: Callable[["ScoringService"], T]) -> T:
     """``score(service)`` inline when the service can score ``endpoint`` without storage,
     else in a worker thread (which also builds the service on first use)."""
-    from shared.model_store import NotCached, cache_only
     from shared.service import built_service, get_service
 
     service = built_service()
     if service is not None and service.can_score_inline(endpoint, len(body)):
+        from shared.model_store import _CACHE_ONLY, NotCached  # imported once: sys.modules
+
+        token = _CACHE_ONLY.set(True)  # as cache_only(), without a generator per request
         try:
-            with cache_only():
-                return score(service)
+            return score(service)
         except NotCached:
             pass  # a model left the cache (or a new router config names another) since the check
+        finally:
+            _CACHE_ONLY.reset(token)
     return await asyncio.get_running_loop().run_in_executor(None, lambda: score(get_service()))

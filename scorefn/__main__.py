@@ -34,8 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    from shared.errors import SettingsError
+
     try:
         return int(args.run(args) or 0)
+    except SettingsError as exc:  # an app setting in this shell is invalid: say which, briefly
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -350,7 +350,7 @@ def _csv_piece_fast(piece: bytes,
             return None
         cut, ids = _cut_column(piece, newlines, commas.reshape(rows, width - 1), layout.id_index)
         try:
-            b"".join(ids).decode("utf-8")
+            b"\n".join(ids).decode("utf-8")  # separated: halves of a character never pair up
         except UnicodeDecodeError:
             return None  # the slow path names the line
         if not layout.id_is_feature:

@@ -85,6 +85,7 @@ class _Entry:
     model: LoadedModel
     next_check: float
     refreshing: bool = False
+    rejected_etag: str | None = None  # a newer version check_swap refused: not fetched again
 
 
 @dataclass
@@ -216,7 +217,8 @@ class ModelStore:
         current = entry.model.info
         swapped = False
         try:
-            content = self.source.fetch(current.path, etag=current.version)
+            # After a refused version, ask only whether the blob changed again since.
+            content = self.source.fetch(current.path, etag=entry.rejected_etag or current.version)
             if content is None:
                 self.stats.not_modified += 1
             else:
@@ -224,7 +226,12 @@ class ModelStore:
                 model = self._parse(content.data, name=name, path=current.path,
                                     version=content.etag, last_modified=content.last_modified)
                 if self.check_swap is not None:
-                    self.check_swap(name, model.info)
+                    try:
+                        self.check_swap(name, model.info)
+                    except ScoreError:
+                        entry.rejected_etag = content.etag
+                        raise
+                entry.rejected_etag = None
                 with self._lock:
                     if self._entries.get(name) is entry:
                         old = entry.model

@@ -340,10 +340,15 @@ def _check_together(values: dict[str, Any]) -> None:
     guarded = {values["model_container"]: "MODEL_CONTAINER",
                values["prediction_log_container"]: "PREDICTION_LOG_CONTAINER",
                values["outcome_log_container"]: "OUTCOME_LOG_CONTAINER"}
-    for name in values["batch_allowed_containers"]:
-        if name in guarded:
-            raise SettingsError(f"app setting BATCH_ALLOWED_CONTAINERS must not name "
-                                f"{guarded[name]}: batch jobs would read and write it")
+    for setting, names in (("BATCH_CONTAINER", (values["batch_container"],)),
+                           ("BATCH_ALLOWED_CONTAINERS", values["batch_allowed_containers"])):
+        for name in names:
+            if name in guarded:
+                raise SettingsError(f"app setting {setting} must not name {guarded[name]}: "
+                                    f"batch jobs would read and write it")
+            if name.startswith(_HOST_CONTAINER_PREFIXES):
+                raise SettingsError(f"app setting {setting} must not name the Functions host's "
+                                    f"own containers (azure-webjobs-*, app-package-*)")
 
 
 def _reason(exc: ValueError) -> str:

@@ -251,3 +251,9 @@ def test_unreadable_csv_is_a_failed_job_with_a_code_not_a_crash(data, where):
 def test_a_bom_at_the_start_of_json_lines_is_ignored_as_in_csv():
     X, _ = parse_jsonl_chunk(Chunk(b'\xef\xbb\xbf{"a": 1, "b": 2, "c": 3}\n', 1), NAMES, None)
     assert X.tolist() == [[1.0, 2.0, 3.0]]
+
+
+def test_ids_whose_bytes_only_form_utf8_together_are_still_refused():
+    with pytest.raises(InvalidPayload) as err:
+        parse_csv(b"k,a,b,c\nx\xc3,1,2,3\n\xa9y,4,5,6\n", id_column="k")
+    assert err.value.code == "invalid_csv"

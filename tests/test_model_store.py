@@ -238,3 +238,26 @@ def test_inside_cache_only_a_model_not_cached_is_refused_not_loaded(container, d
     model, cold = store.get("churn")  # outside the block, loaded as usual
     with cache_only():
         assert store.get("churn") == (model, False)
+
+
+def test_a_version_the_swap_check_refused_is_not_downloaded_again_until_the_blob_changes(
+        container, demo_models):
+    from shared.errors import InvalidModel
+
+    upload(container, "churn.txt", demo_models["churn"].path)
+    store = ModelStore(BlobSource(container, 64 * 1024 * 1024), refresh_seconds=3600)
+    served = store.get("churn")[0].info.version
+
+    def refuse_price(name, info):
+        if "monthly_charges" not in info.feature_names:
+            raise InvalidModel("other features", code="feature_mismatch")
+
+    store.check_swap = refuse_price
+    upload(container, "churn.txt", demo_models["price"].path)
+    before = store.stats.downloads
+    assert store.refresh("churn") is False and store.refresh("churn") is False
+    assert store.stats.downloads == before + 1  # the refused version was fetched once
+    assert store.get("churn")[0].info.version == served
+    upload(container, "churn.txt", demo_models["churn_v1"].path)  # changed again: fetched, taken
+    assert store.refresh("churn") is True
+    store.close()

@@ -127,3 +127,12 @@ def test_set_with_if_match_when_there_is_no_config_yet_says_so(models, azurite, 
     err = capsys.readouterr().err
     assert "there is no config" in err and "leave out --if-match" in err
     assert not models.get_blob_client("config/router.json").exists()
+
+
+def test_an_invalid_app_setting_in_the_shell_is_one_line_not_a_traceback(tmp_path, capsys,
+                                                                        monkeypatch):
+    monkeypatch.setenv("MAX_MODEL_MB", "500")  # over MODEL_CACHE_MAX_MB's default
+    assert cli(["router", "validate", str(write(tmp_path, AB)), "--check-models",
+                "--connection-string", "UseDevelopmentStorage=true"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: app setting MAX_MODEL_MB") and "Traceback" not in err

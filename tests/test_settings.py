@@ -138,3 +138,10 @@ def test_a_connection_without_a_queue_service_is_a_settings_error_when_queues_ar
     with pytest.raises(SettingsError) as err:
         queue_service(conn)
     assert "S__queueServiceUri" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["models", "predictions", "azure-webjobs-secrets", "app-package-x1"])
+def test_the_batch_container_itself_is_never_a_model_log_or_host_container(name):
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"BATCH_CONTAINER": name})
+    assert "BATCH_CONTAINER" in str(err.value)

@@ -93,7 +93,9 @@ def _tables(analysis: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
     if analysis["comparisons"]:
         rows = [[f"{c['candidate']} - {c['control']}"] + [_delta(c["all_metrics"][m]) for m in metrics]
                 + [c["verdict"]] for c in analysis["comparisons"]]
-        tables.append(("Differences to the control (candidate minus control, 95% CI, two-sided p)",
+        tables.append(("Differences to the control (candidate minus control, 95% CI and two-sided p "
+                       "of each metric; the verdict tests the deciding metric at the Bonferroni "
+                       "level, see its text)",
                        ["comparison"] + labels + ["verdict"], rows))
     rows = []
     for v in analysis["variants"]:
