@@ -40,7 +40,7 @@ INLINE_MAX_BYTES = 32 * 1024
 READINESS_CACHE_SECONDS = 5.0
 
 
-@dataclass
+@dataclass(slots=True)
 class ScoreResult:
     """What a scoring produced, for the transport to shape."""
 
@@ -332,21 +332,28 @@ class ScoringService:
     def _predict_parsed(self, model: LoadedModel, request: ScoringInput, cold: bool) -> ScoreResult:
         self._check_response_size(model.info, request)
         start = time.perf_counter()
-        predictions, backend = predict_with_backend(
-            model, request, parallel_min_rows=self.settings.predict_parallel_min_rows,
-            max_threads=self.settings.predict_max_threads)
+        if request.options is DEFAULT_OPTIONS and request.X.shape[0] == 1:
+            # One row, the most common online request: straight to the model's single-row
+            # call (the same predictions) without the general dispatch's frames.
+            predictions, backend = model.predict_row(request.X)
+        else:
+            predictions, backend = predict_with_backend(
+                model, request, parallel_min_rows=self.settings.predict_parallel_min_rows,
+                max_threads=self.settings.predict_max_threads)
         return ScoreResult(predictions, model.info, request, cold, time.perf_counter() - start,
                            backend=backend)
 
     def _get_model(self, name: str, attrs: dict[str, Any],
                    request_trace: RequestTrace = NO_TRACE) -> tuple[LoadedModel, bool]:
-        started_ns = time.time_ns()
         start = time.perf_counter()
         model, cold = self.store.get(name)
-        attrs.update({"model.name": model.info.name, "model.version": model.info.version,
-                      "cold": cold})
+        info = model.info
+        attrs["model.name"] = info.name
+        attrs["model.version"] = info.version
+        attrs["cold"] = cold
         if cold:
             load_ms = (time.perf_counter() - start) * 1000
+            started_ns = time.time_ns() - int(load_ms * 1e6)
             self.telemetry.record_load(load_ms, {"model.name": model.info.name,
                                                  "model.version": model.info.version})
             # The load span is made after the fact: warm requests should not pay for one.

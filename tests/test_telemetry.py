@@ -114,6 +114,8 @@ def test_one_span_per_request_with_stage_times_continuing_the_callers_trace(serv
     assert format(root.parent.span_id, "016x") == "00f067aa0ba902b7"
     children = [s.name for s in finished if s.parent and s.parent.span_id == root.context.span_id]
     assert children == ["model.load"]  # a cold request; stages are attributes, not spans
+    load = next(s for s in finished if s.name == "model.load")
+    assert root.start_time <= load.start_time <= load.end_time <= root.end_time
     stages = ("scorefn.decode_ms", "scorefn.parse_ms", "scorefn.predict_ms", "scorefn.serialize_ms")
     assert all(root.attributes[name] >= 0 for name in stages)
     assert root.attributes["scorefn.predict_ms"] > 0

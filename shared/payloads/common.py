@@ -26,7 +26,7 @@ class Options:
 DEFAULT_OPTIONS = Options()
 
 
-@dataclass
+@dataclass(slots=True)
 class ScoringInput:
     """A parsed request: the matrix to score and how."""
 
