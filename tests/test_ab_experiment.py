@@ -256,3 +256,15 @@ def test_an_endpoint_without_logged_predictions_says_so(azurite, experiment, tmp
     assert "nothing to compare" in (tmp_path / "r.html").read_text()
     with pytest.raises(SystemExit, match="not a variant"):
         run_report(azurite, experiment, tmp_path / "x.html", "--control", "nope")
+
+
+def test_without_storage_options_the_report_reads_the_prediction_log_connection(
+        azurite, experiment, tmp_path, capsys, monkeypatch):
+    # The logs live where PREDICTION_LOG_CONNECTION points, as the app writes them.
+    monkeypatch.delenv("AzureWebJobsStorage", raising=False)
+    monkeypatch.setenv("PREDICTION_LOG_CONNECTION", "LogStore")
+    monkeypatch.setenv("LogStore", azurite.connection_string)
+    code = scorefn_main(["report", "--endpoint", "nothing-here", "--out", str(tmp_path / "r.html"),
+                         "--predictions-container", PRED, "--outcomes-container", OUTC])
+    assert code == 1  # read the (empty) log of that endpoint from the right account
+    assert "no predictions of endpoint 'nothing-here'" in capsys.readouterr().out

@@ -52,3 +52,35 @@ def test_the_container_defaults_to_the_model_container_setting(azurite, blob_ser
     client = blob_service.get_container_client(name)
     assert client.get_blob_client("churn.txt").exists()
     client.delete_container()
+
+
+def test_without_storage_options_the_app_settings_connection_is_used(container, azurite,
+                                                                    demo_models, monkeypatch):
+    # As the app does: MODEL_STORAGE_CONNECTION names the connection, not AzureWebJobsStorage.
+    monkeypatch.delenv("AzureWebJobsStorage", raising=False)
+    monkeypatch.setenv("MODEL_STORAGE_CONNECTION", "ModelStore")
+    monkeypatch.setenv("ModelStore", azurite.connection_string)
+    monkeypatch.setenv("MODEL_CONTAINER", container.container_name)
+    assert cli(["upload-model", str(demo_models["churn"].path), "churn"]) == 0
+    assert container.get_blob_client("churn.txt").exists()
+
+
+def test_an_unconfigured_connection_is_named_in_one_line(demo_models, monkeypatch, capsys):
+    monkeypatch.delenv("AzureWebJobsStorage", raising=False)
+    monkeypatch.setenv("MODEL_STORAGE_CONNECTION", "Nowhere")
+    monkeypatch.delenv("Nowhere", raising=False)
+    try:
+        code = cli(["upload-model", str(demo_models["churn"].path), "churn"])
+    except SystemExit as exc:
+        code = exc.code
+    assert code not in (0, None)
+    message = str(code) + capsys.readouterr().err
+    assert "Nowhere" in message and "--connection-string" in message
+
+
+def test_an_invalid_model_container_setting_is_one_error_line(demo_models, monkeypatch, capsys):
+    monkeypatch.setenv("MODEL_CONTAINER", "Not_A_Container")
+    assert cli(["upload-model", str(demo_models["churn"].path), "churn",
+                "--connection-string", "UseDevelopmentStorage=true"]) == 2
+    err = capsys.readouterr().err
+    assert "MODEL_CONTAINER" in err and "Traceback" not in err

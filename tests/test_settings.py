@@ -145,3 +145,14 @@ def test_the_batch_container_itself_is_never_a_model_log_or_host_container(name)
     with pytest.raises(SettingsError) as err:
         Settings.from_env({"BATCH_CONTAINER": name})
     assert "BATCH_CONTAINER" in str(err.value)
+
+
+@pytest.mark.parametrize("setting", ["SCORE_QUEUE_NAME", "CHUNK_QUEUE_NAME"])
+def test_a_triggered_queue_name_leaves_room_for_its_poison_queue(setting):
+    # Queue names are at most 63 characters; the host adds "-poison" (7) for the poison queue.
+    assert len(getattr(Settings.from_env({setting: "q" * 56}), setting.lower())) == 56
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({setting: "q" * 57})
+    assert setting in str(err.value) and "-poison" in str(err.value)
+    # Queues nothing triggers on may use the whole length.
+    assert len(Settings.from_env({"RESULTS_QUEUE_NAME": "r" * 63}).results_queue_name) == 63

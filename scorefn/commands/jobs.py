@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import base64
-import os
 import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from .storage_args import add_storage_args, blob_service, queue_service
+from .storage_args import JOBS, add_storage_args, app_settings, blob_service, queue_service
 
 TIMEOUT_EXIT = 3
 
@@ -71,7 +70,7 @@ def register(subparsers) -> None:
     submit.add_argument("--wait", action="store_true", help="then wait for the result (see jobs wait)")
     _add_names(submit)
     _add_wait_options(submit)
-    add_storage_args(submit)
+    add_storage_args(submit, "jobs")
     submit.set_defaults(run=submit_job)
 
     wait = commands.add_parser(
@@ -86,7 +85,7 @@ def register(subparsers) -> None:
     wait.add_argument("job_id", metavar="JOB_ID", help="the id printed by jobs submit")
     _add_names(wait)
     _add_wait_options(wait)
-    add_storage_args(wait)
+    add_storage_args(wait, "jobs")
     wait.set_defaults(run=wait_job)
 
 
@@ -111,9 +110,7 @@ def _add_wait_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _names(args: argparse.Namespace) -> tuple[str, str, str]:
-    from shared.settings import Settings
-
-    settings = Settings.from_env(os.environ)
+    settings = app_settings()
     return (args.queue or settings.score_queue_name,
             args.results_queue or settings.results_queue_name,
             args.container or settings.batch_container)
@@ -172,7 +169,7 @@ def submit_job(args: argparse.Namespace) -> int:
 
 
 def _upload(args: argparse.Namespace, path: Path, container: str, blob_name: str) -> None:
-    client = blob_service(args).get_container_client(container)
+    client = blob_service(args, JOBS).get_container_client(container)
     if not client.exists():
         client.create_container()
     size = path.stat().st_size
@@ -205,7 +202,7 @@ def wait_job(args: argparse.Namespace) -> int:
     queues = queue_service(args)
     results = queues.get_queue_client(results_name)
     poison = queues.get_queue_client(f"{queue_name}-poison")
-    batch = blob_service(args).get_container_client(container)
+    batch = blob_service(args, JOBS).get_container_client(container)
     record_blob = batch.get_blob_client(f"jobs/{args.job_id}.json")
     progress = _Progress(sys.stderr)
     deadline = time.monotonic() + args.timeout

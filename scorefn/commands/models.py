@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import os
 import sys
 from pathlib import Path
 
-from .storage_args import add_storage_args, blob_service
+from .storage_args import add_storage_args, app_settings, blob_service
 
 
 def register(subparsers) -> None:
@@ -49,7 +48,7 @@ def upload_model(args: argparse.Namespace) -> int:
         blob_name += ".gz"
     if blob_name.endswith(".gz"):
         data = gzip.compress(data)
-    container_name = args.container or os.environ.get("MODEL_CONTAINER") or "models"
+    container_name = args.container or app_settings().model_container
     container = blob_service(args).get_container_client(container_name)
     if not container.exists():
         container.create_container()

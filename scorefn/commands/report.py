@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from .storage_args import add_storage_args, blob_service
+from .storage_args import LOGS, add_storage_args, app_settings, blob_service
 
 
 def register(subparsers) -> None:
@@ -56,19 +55,21 @@ def register(subparsers) -> None:
                         help="default $PREDICTION_LOG_CONTAINER or predictions")
     report.add_argument("--outcomes-container", metavar="NAME",
                         help="default $OUTCOME_LOG_CONTAINER or outcomes")
-    add_storage_args(report)
+    add_storage_args(report, "logs")
     report.set_defaults(run=run)
 
 
 def _container_name(value: str | None, setting: str) -> str:
+    """``value`` from the command line (checked as the app setting would be), else the app
+    setting's."""
     from shared.settings import SPEC
 
-    spec = SPEC[setting]
-    raw = value or os.environ.get(spec.env) or spec.default
+    if not value:
+        return getattr(app_settings(), setting)
     try:
-        return spec.parse(raw)
+        return SPEC[setting].parse(value)
     except ValueError:
-        raise SystemExit(f"{raw[:64]!r} is not a valid container name") from None
+        raise SystemExit(f"{value[:64]!r} is not a valid container name") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                          "e.g. 2026-11-24 or 2026-11-24T10:00:00Z") from None
     if args.outcomes_csv is not None and not args.outcomes_csv.is_file():
         raise SystemExit(f"no file {args.outcomes_csv}")
-    service = blob_service(args)
+    service = blob_service(args, LOGS)
     predictions = service.get_container_client(
         _container_name(args.predictions_container, "prediction_log_container"))
     outcomes = service.get_container_client(

@@ -10,12 +10,11 @@ model the config names, as the app does before it swaps a config in (``ROUTER_CH
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from .storage_args import add_storage_args, blob_service
+from .storage_args import add_storage_args, app_settings, blob_service
 
 
 def register(subparsers) -> None:
@@ -75,8 +74,9 @@ def _add_location_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _location(args: argparse.Namespace) -> tuple[str, str]:
-    container = args.container or os.environ.get("MODEL_CONTAINER") or "models"
-    blob = args.blob or os.environ.get("ROUTER_CONFIG_BLOB") or "config/router.json"
+    settings = app_settings()
+    container = args.container or settings.model_container
+    blob = args.blob or settings.router_config_blob or "config/router.json"
     return container, blob
 
 
@@ -192,10 +192,9 @@ def _models_load(args: argparse.Namespace, config: Any) -> bool:
     from shared.errors import ScoreError
     from shared.model_store import ModelStore
     from shared.router import models_loadable
-    from shared.settings import Settings
 
     container_name, _ = _location(args)
-    max_bytes = Settings.from_env(os.environ).max_model_mb * 1024 * 1024
+    max_bytes = app_settings().max_model_mb * 1024 * 1024
     store = ModelStore(BlobSource(blob_service(args).get_container_client(container_name),
                                   max_bytes), refresh_seconds=3600)
     names = sorted({m for ep in config.endpoints.values()

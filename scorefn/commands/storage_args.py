@@ -1,43 +1,71 @@
 """Storage options shared by the commands: a connection string, or an account URL used with
-the user's own Entra ID login (no account keys needed)."""
+the user's own Entra ID login (no account keys needed). Without either, a command uses the
+connection the app itself uses for that data, named by the app settings."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
+
+# Which app setting names the connection of each kind of data (as the app reads them).
+MODELS = "storage_connection"  # MODEL_STORAGE_CONNECTION: models and the router config
+LOGS = "prediction_log_connection"  # PREDICTION_LOG_CONNECTION: prediction and outcome logs
+JOBS = None  # batch jobs: always AzureWebJobsStorage, the queue trigger's connection
 
 
-def add_storage_args(parser: argparse.ArgumentParser) -> None:
+def add_storage_args(parser: argparse.ArgumentParser, data: str = "models") -> None:
     group = parser.add_argument_group("storage")
+    default = {"models": "the connection MODEL_STORAGE_CONNECTION names (AzureWebJobsStorage "
+                         "unless set)",
+               "logs": "the connection PREDICTION_LOG_CONNECTION names (AzureWebJobsStorage "
+                       "unless set)",
+               "jobs": "the connection AzureWebJobsStorage"}[data]
     group.add_argument("--connection-string", default=None,
-                       help="storage connection string (default: $AzureWebJobsStorage)")
+                       help=f"storage connection string (default: {default}, read from the "
+                            f"environment as the app reads it: NAME holding a connection "
+                            f"string, or NAME__blobServiceUri / NAME__accountName for your "
+                            f"Entra ID login)")
     group.add_argument("--account-url", default=None,
                        help="blob service URL, e.g. https://ACCOUNT.blob.core.windows.net "
                             "(uses your Entra ID login)")
 
 
-def connection(args: argparse.Namespace):
-    """A StorageConnection for the command's storage options."""
-    from shared.settings import StorageConnection
+def app_settings() -> Any:
+    """The app settings of this shell's environment, read and checked as the app reads them
+    (an invalid one is a ``SettingsError``: one error line)."""
+    from shared.settings import Settings
+
+    return Settings.from_env(os.environ)
+
+
+def connection(args: argparse.Namespace, setting: str | None = MODELS):
+    """A StorageConnection for the command's storage options; without any, the connection
+    the app setting ``setting`` names (``None``: AzureWebJobsStorage)."""
+    from shared.errors import SettingsError
+    from shared.settings import StorageConnection, resolve_connection
 
     if args.account_url:
         url = args.account_url.rstrip("/")
         return StorageConnection(name="cli", blob_service_uri=url,
                                  queue_service_uri=url.replace(".blob.", ".queue."))
-    value = args.connection_string or os.environ.get("AzureWebJobsStorage")
-    if not value:
-        raise SystemExit("no storage: pass --connection-string or --account-url "
-                         "(or set AzureWebJobsStorage)")
-    return StorageConnection(name="cli", connection_string=value)
+    if args.connection_string:
+        return StorageConnection(name="cli", connection_string=args.connection_string)
+    name = getattr(app_settings(), setting) if setting else "AzureWebJobsStorage"
+    try:
+        return resolve_connection(name, os.environ)
+    except SettingsError as exc:
+        raise SystemExit(f"no storage: pass --connection-string or --account-url, or set the "
+                         f"connection {name} ({exc})") from None
 
 
-def blob_service(args: argparse.Namespace):
+def blob_service(args: argparse.Namespace, setting: str | None = MODELS):
     from shared.storage import blob_service as make
 
-    return make(connection(args))
+    return make(connection(args, setting))
 
 
 def queue_service(args: argparse.Namespace):
     from shared.storage import queue_service as make
 
-    return make(connection(args))
+    return make(connection(args, JOBS))
