@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 import time
 
 import numpy as np
@@ -223,14 +224,19 @@ def test_storage_down_requests_are_answered_and_every_lost_record_is_counted(
         models, telemetry, caplog):
     tel, reader = telemetry
     target = dead_storage_target()
+    writing_threads = set()
+    write = target.append
+
+    def append(prefix, block):
+        writing_threads.add(threading.get_ident())
+        return write(prefix, block)
+
+    target.append = append
     service = make_service(models, router_config({"sample": 1.0}), None, tel,
                            flush_seconds=0.2, target=lambda: target)
     caplog.set_level(logging.WARNING, logger="scorefn.predlog")
-    started = time.perf_counter()
     results = [score(service, user=f"d{i}", request_id=f"d{i}") for i in range(40)]
-    elapsed = time.perf_counter() - started
     assert len(results) == 40 and all(r.predictions.shape == (1,) for r in results)
-    assert elapsed < 2.0  # never waits on the dead storage
     time.sleep(0.5)  # a flush or two fail meanwhile
     results += [score(service, user=f"e{i}", request_id=f"e{i}") for i in range(10)]
     service.close()
@@ -242,27 +248,30 @@ def test_storage_down_requests_are_answered_and_every_lost_record_is_counted(
     assert 1 <= len(warnings) <= stats.flushes  # one line per flush, not per record
     assert sum(r.dropped for r in warnings) == 50
     assert "ServiceRequestError" in warnings[0].getMessage()
+    # Every write to the dead storage was tried off the request thread: requests never wait.
+    assert writing_threads and threading.get_ident() not in writing_threads
 
 
 def test_a_full_buffer_drops_and_counts_instead_of_growing(models, container, blob_service, telemetry):
     tel, reader = telemetry
     log_container = blob_service.get_container_client(container.container_name + "log")
-    gate = __import__("threading").Event()
+    gate, in_flight, hang_over = threading.Event(), threading.Event(), threading.Event()
 
     class Slow(AppendTarget):
         def append(self, prefix, block):
+            in_flight.set()
             gate.wait(10)  # storage hangs until released
+            hang_over.set()
             super().append(prefix, block)
 
     slow = Slow(log_container, "slow")
     service = make_service(models, router_config({"sample": 1.0}), log_container, tel,
                            flush_seconds=0.05, max_records=10, target=lambda: slow)
     score(service, user="first", request_id="first")
-    time.sleep(0.3)  # the first record is now in flight, stuck in the hung append
-    started = time.perf_counter()
+    assert in_flight.wait(10)  # the first record is now in flight, stuck in the hung append
     for i in range(25):
         score(service, user=f"b{i}", request_id=f"b{i}")
-    assert time.perf_counter() - started < 2.0
+    assert not hang_over.is_set()  # all 25 answered while the first write still hung
     gate.set()
     service.close()
     stats = service.prediction_log.writer.stats

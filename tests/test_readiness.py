@@ -36,19 +36,40 @@ def test_concurrent_probes_ask_storage_once(container):
     assert all(r == {"ready": True, "storage": "ok", "models_loaded": 0} for r in reports)
 
 
+class HeldPings(SlowPings):
+    """Pings that wait, once ``release`` is cleared, until the test lets them go."""
+
+    def __init__(self, container) -> None:
+        super().__init__(container)
+        self.started, self.release = threading.Event(), threading.Event()
+        self.release.set()
+
+    def ping(self) -> None:
+        with self.lock:
+            self.pings += 1
+        self.started.set()
+        assert self.release.wait(10)
+        BlobSource.ping(self)
+
+
 def test_a_stale_report_is_served_while_one_probe_refreshes_it(container, monkeypatch):
     import shared.service as service_module
 
-    source = SlowPings(container)
+    source = HeldPings(container)
     service = ScoringService(Settings.from_env({}), ModelStore(source, refresh_seconds=3600))
     assert service.readiness()["ready"]
     monkeypatch.setattr(service_module, "READINESS_CACHE_SECONDS", 0.0)  # the report is stale now
+    source.started.clear()
+    source.release.clear()
     refresher = threading.Thread(target=service.readiness)
     refresher.start()
-    time.sleep(0.1)  # the refresher is pinging
-    start = time.perf_counter()
-    assert service.readiness()["storage"] == "ok"  # the last report, without waiting
-    assert time.perf_counter() - start < 0.15
+    assert source.started.wait(10)  # the refresher is pinging, and stays there
+    answer: dict = {}
+    other = threading.Thread(target=lambda: answer.update(service.readiness()))
+    other.start()
+    other.join(10)
+    assert not other.is_alive() and answer["storage"] == "ok"  # the last report, not waiting
+    source.release.set()
     refresher.join()
     assert source.pings == 2
 
