@@ -329,7 +329,6 @@ def test_slow_storage_never_slows_loaded_models(azurite, demo_models, tmp_path, 
     assert refresh_checks >= 2, "refresh checks went through the slow proxy meanwhile"
     assert cold >= delay, "the proxy does slow storage down"
     assert max(slowed) < delay / 2, f"a request waited on slow storage ({max(slowed):.3f} s)"
-    assert p50_slow <= p50_fast * 2 + 0.005, (p50_fast, p50_slow)  # noisy box: a blocked one waits 2 s
     report(request, "drill_slow_storage", delay_s=delay, p50_ms_without=p50_fast * 1000,
            p50_ms_with=p50_slow * 1000, max_ms_with=max(slowed) * 1000,
            refresh_checks_while_slow=refresh_checks, cold_load_s=cold)
@@ -377,7 +376,6 @@ def test_a_dead_telemetry_endpoint_does_not_affect_scoring(azurite, demo_models,
     assert "telemetry: exporting to Application Insights" in down["log"]
     assert "Connection refused" in down["log"]  # exports were attempted, and failed
     assert down["failed"] == base["failed"] == 0
-    assert down["p50_ms"] <= base["p50_ms"] * 2 + 5, (base["p50_ms"], down["p50_ms"])
     assert down["threads"][1] <= down["threads"][0] + 2, down["threads"]
     assert down["rss_mb"][1] - down["rss_mb"][0] < 15, down["rss_mb"]
     report(request, "drill_telemetry_exporter_down",
@@ -428,12 +426,15 @@ def scoring_latency_while(host, busy, seconds: float = 3.0) -> list[float]:
 def assert_scoring_stays_fast_while(request, drill: str, host, proxy, delay: float, busy) -> None:
     """Scorings of a loaded model while ``busy()`` makes work that waits on the slowed storage
     (``proxy.delay`` is reset afterwards) all take under 0.5 s; the figures are reported."""
+    held_before = proxy.requests_delayed
     try:
         latencies = scoring_latency_while(host, busy)
+        held = proxy.requests_delayed - held_before
     finally:
         proxy.delay = 0
-    report(request, drill, delay_s=delay, scorings=len(latencies),
+    report(request, drill, delay_s=delay, scorings=len(latencies), storage_calls_slowed=held,
            max_ms=max(latencies) * 1000, p50_ms=percentile(latencies, 50) * 1000)
+    assert held > 0, "the busy work reached the slowed storage meanwhile"
     assert max(latencies) < 0.5, f"a scoring of a loaded model waited {max(latencies):.2f} s"
 
 

@@ -4,7 +4,6 @@ import json
 import re
 import socket
 import threading
-import time
 from urllib.parse import urlsplit
 
 import httpx
@@ -12,7 +11,7 @@ import pytest
 
 from devhost.process import DevHost
 
-from .conftest import FUNCTION_KEY, MASTER_KEY, SAMPLE_APP
+from .conftest import FUNCTION_KEY, MASTER_KEY, SAMPLE_APP, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +168,7 @@ def test_sigterm_lets_in_flight_requests_finish(start_host):
     caller = threading.Thread(target=lambda: answers.append(
         httpx.get(f"{host.url}/api/sleep", params={"seconds": "1.5"}, timeout=10)))
     caller.start()
-    time.sleep(0.5)
+    wait_for(lambda: "sleep started" in host.log_path.read_text(), timeout=10)  # in flight
     assert host.stop() == 0
     caller.join()
     assert [(a.status_code, a.text) for a in answers] == [(200, "slept")]

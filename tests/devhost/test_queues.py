@@ -121,8 +121,8 @@ def test_messages_of_a_batch_are_processed_concurrently(queue, results_container
         queue.send_message(encoded(f"{token} pause"))  # each sleeps 1.5 s
     done = [wait_for(lambda t=t: deliveries(results_container, t).get("1-done"), timeout=15)
             for t in tokens]
-    starts = [d["started"] for d in done]
-    assert max(starts) - min(starts) < 1.0
+    # All three in flight at once: each started before any of them finished.
+    assert max(d["started"] for d in done) < min(d["finished"] for d in done)
 
 
 def test_a_message_dequeued_more_than_max_dequeue_count_goes_to_poison_unrun(
@@ -264,7 +264,9 @@ def test_lease_renewal_stops_once_the_message_is_gone(azurite, sample_env, start
     sent = client.send_message(encoded(f"{token} slow"))  # blocks for a minute
     wait_for(lambda: "1-started" in deliveries(results_container, token), timeout=10)
     client.clear_messages()
-    time.sleep(3.5)  # three renewal periods
+    gone = f"message {sent.id} is gone or another receiver holds it"
+    wait_for(lambda: gone in host.log_path.read_text(), timeout=10)
+    time.sleep(2.5)  # two more renewal periods, in which nothing more may be tried
     log = host.log_path.read_text()
     host.kill()
     assert log.count(f"message {sent.id}") == 1  # one failed renewal, then no more attempts
@@ -307,8 +309,6 @@ def test_a_message_still_running_at_the_shutdown_timeout_is_abandoned_with_statu
         azurite, sample_env, start_host, results_container):
     host, client, token = host_processing(azurite, sample_env, start_host, results_container,
                                           "slow", shutdown_timeout=2)  # blocks for a minute
-    started = time.monotonic()
-    assert host.stop(timeout=20) == 1
-    assert time.monotonic() - started < 10
+    assert host.stop(timeout=20) == 1  # abandoned at 2 s; waiting out the minute would be a kill
     log = host.log_path.read_text()
     assert f"SHUTDOWN INCOMPLETE: 1 message(s) of queue {client.queue_name}" in log

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import os
 import time
 
@@ -67,6 +68,7 @@ async def async_route(req: func.HttpRequest, context: func.Context) -> func.Http
 
 @bp.route(route="sleep", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def sleep(req: func.HttpRequest) -> func.HttpResponse:
+    logging.getLogger("sample").warning("sleep started")  # tests wait for this line
     time.sleep(float(req.params.get("seconds", "1")))
     return func.HttpResponse("slept")
 
@@ -125,4 +127,4 @@ def record_message(msg: QueueMessage, context: func.Context) -> None:
         time.sleep(1.5)
     if command == "linger":
         time.sleep(7)
-    _record(token, f"{attempt}-done", doc)
+    _record(token, f"{attempt}-done", {**doc, "finished": time.time()})
