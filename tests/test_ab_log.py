@@ -315,25 +315,26 @@ def test_big_records_keep_predictions_and_drop_features(models, container, blob_
     log_container.delete_container()
 
 
-def test_close_does_not_hang_on_a_stuck_write_and_counts_what_it_gives_up(telemetry):
-    import threading
-
+def test_close_does_not_hang_on_a_stuck_write_and_counts_what_it_gives_up(container, telemetry):
     tel, reader = telemetry
-    gate = threading.Event()
+    gate, in_flight, hang_over = threading.Event(), threading.Event(), threading.Event()
 
-    class Stuck:
+    class Stuck(AppendTarget):  # the real container, whose write hangs until released
         def append(self, prefix, block):
+            in_flight.set()
             gate.wait(30)
+            hang_over.set()
 
-    writer = BufferedLogWriter(lambda: Stuck(), flush_seconds=0.05, telemetry=tel)
+    writer = BufferedLogWriter(lambda: Stuck(container, "stuck"), flush_seconds=0.05, telemetry=tel)
     for i in range(3):
         writer.enqueue("churn", time.time(), {"i": i})
-    time.sleep(0.3)  # the three are in flight now
+    assert in_flight.wait(10)  # the three are in flight now
     for i in range(2):
         writer.enqueue("churn", time.time(), {"i": i})
-    started = time.monotonic()
-    writer.close(timeout=0.5)
-    assert time.monotonic() - started < 2
+    closer = threading.Thread(target=writer.close, kwargs={"timeout": 0.5})
+    closer.start()
+    closer.join(10)
+    assert not closer.is_alive() and not hang_over.is_set()  # closed while the write still hung
     assert writer.stats.dropped == {"closed": 5}
     assert dropped_points(reader) == {("churn", "closed"): 5}
     gate.set()

@@ -9,6 +9,7 @@ import time
 import orjson
 import pytest
 
+from shared.blob_source import BlobSource
 from shared.errors import ScoreError
 from shared.model_store import ModelStore
 from shared.outcomes import MAX_OUTCOMES, OutcomeLog
@@ -17,14 +18,14 @@ from shared.service import ScoringService
 from shared.settings import Settings
 
 
-class _NoModels:
-    def ping(self):
-        pass
+def models_in(container) -> ModelStore:
+    """A model store on a real container (outcomes never load a model)."""
+    return ModelStore(BlobSource(container, 1 << 20), refresh_seconds=3600)
 
 
 @pytest.fixture
 def service(container):
-    store = ModelStore(_NoModels(), refresh_seconds=3600)
+    store = models_in(container)
     return ScoringService(Settings.from_env({}), store,
                           outcome_log=OutcomeLog(lambda: AppendTarget(container, "inst")))
 
@@ -110,11 +111,11 @@ def test_the_body_size_and_type_and_endpoint_name_are_checked(service):
         assert caught.value.code == code and 400 <= caught.value.status < 500
 
 
-def test_storage_down_is_a_503_the_caller_can_retry():
+def test_storage_down_is_a_503_the_caller_can_retry(container):
     from tests.test_ab_log import dead_storage_target
 
     target = dead_storage_target()
-    svc = ScoringService(Settings.from_env({}), ModelStore(_NoModels(), refresh_seconds=3600),
+    svc = ScoringService(Settings.from_env({}), models_in(container),
                          outcome_log=OutcomeLog(lambda: target))
     with pytest.raises(ScoreError) as caught:
         svc.record_outcomes("churn", b'{"outcomes": [{"key": "a", "label": 1}]}')

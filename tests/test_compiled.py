@@ -9,7 +9,6 @@ demo models are compiled once per module and their artifacts reused by the later
 from __future__ import annotations
 
 import gc
-import logging
 import time
 import uuid
 import weakref
@@ -26,7 +25,6 @@ from shared.compiled import Compiler, blob_path, cache_key, header_of, pack, unp
 from shared.model_store import ModelStore
 from shared.service import ScoringService
 from shared.settings import Settings
-from shared.errors import SettingsError
 from tests.conftest import upload
 
 pytestmark = pytest.mark.skipif(not compiled.available(), reason="lleaves/llvmlite not installed")
@@ -86,22 +84,6 @@ def warm(models_container, demo_models, tmp_path_factory):
     store.close()
 
 
-def test_compiled_settings_default_off_and_are_validated():
-    settings = Settings.from_env({})
-    assert settings.compiled_models == () and settings.compiled_cache_dir == ""
-    assert compiled.make_compiler(settings, None) is None
-    parsed = Settings.from_env({"COMPILED_MODELS": " churn , churn/*,seg?ent ",
-                                "COMPILED_CACHE_DIR": "/var/cache/scorefn",
-                                "COMPILED_TIMEOUT_SECONDS": "120"})
-    assert parsed.compiled_models == ("churn", "churn/*", "seg?ent")
-    assert (parsed.compiled_cache_dir, parsed.compiled_timeout_seconds) == ("/var/cache/scorefn", 120)
-    for env in ({"COMPILED_MODELS": "a,,b"}, {"COMPILED_MODELS": "a b"},
-                {"COMPILED_CACHE_DIR": "relative/dir"}, {"COMPILED_TIMEOUT_SECONDS": "1"}):
-        with pytest.raises(SettingsError) as err:
-            Settings.from_env(env)
-        assert next(iter(env)) in str(err.value)
-
-
 def test_off_never_compiles(container, demo_models, tmp_path):
     upload(container, "churn.txt", demo_models["churn"].path)
     store = ModelStore(BlobSource(container, 64 * MB), refresh_seconds=3600,
@@ -116,14 +98,6 @@ def test_off_never_compiles(container, demo_models, tmp_path):
     assert other.compiler.wait_idle(5) and other.compiler.stats == compiled.CompileStats()
     assert model.backend == "lightgbm" and artifacts(container) == []
     other.close()
-
-
-def test_lleaves_missing_logs_one_warning_and_keeps_lightgbm(monkeypatch, caplog):
-    monkeypatch.setattr(compiled, "available", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="scorefn.compiled"):
-        assert compiled.make_compiler(Settings.from_env({"COMPILED_MODELS": "*"}), None) is None
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "requirements-compiled.txt" in warnings[0].getMessage()
 
 
 def test_requests_right_after_load_are_served_by_lightgbm_then_compiled(warm):
