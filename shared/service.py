@@ -298,11 +298,15 @@ class ScoringService:
                 # Same features: reuse the answer's matrix. Parsing again would hold the GIL
                 # and slow the request threads; predict releases it.
                 result = self._predict_parsed(model, primary.request, cold)
-            else:
+            else:  # the route: the sticky key's body field is allowed here as for the answer
                 result = self.score_document(model, doc if doc is not None else decode_json(body),
-                                             fmt=fmt, cold=cold)
+                                             fmt=fmt, cold=cold, route=primary.route)
         except ScoreError as exc:
             attrs["outcome"] = exc.code
+            self.telemetry.record(attrs, duration_ms=(time.perf_counter() - start) * 1000)
+            raise
+        except Exception:  # a bug or a native failure: counted as score() counts it
+            attrs["outcome"] = "internal_error"
             self.telemetry.record(attrs, duration_ms=(time.perf_counter() - start) * 1000)
             raise
         attrs["outcome"] = "ok"

@@ -168,8 +168,9 @@ def test_rows_of_plain_numbers_skip_decoding_and_equal_booster_predict(service, 
     assert np.array_equal(round_trip(result), reference(demo_models, name, X))
 
 
+@pytest.mark.parametrize("sticky", [None, "user"], ids=["no-key", "key-in-the-body"])
 def test_a_shadow_taking_other_features_reads_a_directly_read_body_again(container, demo_models,
-                                                                           tmp_path):
+                                                                           tmp_path, sticky):
     import json
 
     from shared.router import RouterConfigSource, RouterHolder, ShadowRunner
@@ -185,13 +186,16 @@ def test_a_shadow_taking_other_features_reads_a_directly_read_body_again(contain
     config = {"endpoints": {"churn": {"variants": [{"name": "main", "model": "churn.txt"}],
                                       "shadow": [{"name": "other", "model": "renamed.txt",
                                                   "fraction": 1.0}]}}}
+    if sticky:  # the body's extra field is the sticky key: the shadow's parse allows it too
+        config["endpoints"]["churn"]["sticky"] = {"body": sticky}
     runner = ShadowRunner(workers=1)
     service = ScoringService(Settings.from_env({}),
                              ModelStore(BlobSource(container, 64 << 20), refresh_seconds=3600),
                              routing=RouterHolder(RouterConfigSource(inline=json.dumps(config))),
                              shadows=runner)
     row = X[:1]
-    result = service.score("churn", orjson.dumps({"rows": row.tolist()}))
+    body = {"rows": row.tolist(), **({sticky: "u-1"} if sticky else {})}
+    result = service.score("churn", orjson.dumps(body))
     runner.close()
     assert np.array_equal(round_trip(result), reference(demo_models, "churn", row))
     assert (runner.stats.completed, runner.stats.failed) == (1, 0)

@@ -247,3 +247,58 @@ def test_a_failed_background_refresh_is_counted_by_model_and_code(container, dem
     [(unit, point)] = points(reader, "scorefn.model.refresh_failures")
     assert point.value == 1 and unit == "{refresh}"
     assert dict(point.attributes) == {"model.name": "price", "error_code": "invalid_model"}
+
+
+def test_a_shadow_failing_unexpectedly_is_counted_and_its_log_line_quotes_no_request(
+        container, demo_models, readers, monkeypatch, caplog):
+    import json
+
+    from shared.model import LoadedModel
+    from shared.router import RouterConfigSource, RouterHolder, ShadowRunner
+
+    telemetry, reader, _ = readers
+    upload(container, "price.txt", demo_models["price"].path)
+    upload(container, "price/next.txt", demo_models["price"].path)
+    config = {"endpoints": {"price": {"variants": [{"name": "main", "model": "price"}],
+                                      "shadow": [{"name": "next", "model": "price/next.txt",
+                                                  "fraction": 1.0}]}}}
+    runner = ShadowRunner(workers=1)
+    service = ScoringService(Settings.from_env({}),
+                             ModelStore(BlobSource(container, 64 << 20), refresh_seconds=3600),
+                             telemetry=telemetry, shadows=runner,
+                             routing=RouterHolder(RouterConfigSource(inline=json.dumps(config))))
+    service.store.get("price/next.txt")[0]  # loaded; now its predictions break (not a ScoreError)
+    real = LoadedModel.predict_row
+
+    def broken(model, X):
+        if model.info.path == "price/next.txt":
+            raise RuntimeError("native failure")
+        return real(model, X)
+
+    monkeypatch.setattr(LoadedModel, "predict_row", broken)
+    with caplog.at_level(logging.WARNING, logger="scorefn.shadow"):
+        assert service.score("price", body()).predictions.shape == (1,)
+        runner.close()
+    shadow = [p for _, p in points(reader, "scorefn.request.duration")
+              if p.attributes.get("shadow")]
+    assert [p.attributes["outcome"] for p in shadow] == ["internal_error"]
+    assert runner.stats.failed == 1 and "RuntimeError" in caplog.text
+
+    # A shadow's parse failure is logged by its code, without the message that names fields.
+    runner2 = ShadowRunner(workers=1)
+    service.shadows = runner2
+    monkeypatch.setattr(LoadedModel, "predict_row", real)
+    predict_parsed = service._predict_parsed
+
+    def refusing(model, request, cold):
+        if model.info.path == "price/next.txt":
+            raise ScoreError("unknown field(s) ['secret_field_name']", code="invalid_payload")
+        return predict_parsed(model, request, cold)
+
+    monkeypatch.setattr(service, "_predict_parsed", refusing)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="scorefn.shadow"):
+        assert service.score("price", body()).predictions.shape == (1,)
+        runner2.close()
+    assert runner2.stats.failed == 1
+    assert "invalid_payload" in caplog.text and "secret_field_name" not in caplog.text

@@ -120,6 +120,8 @@ class ShadowRunner:
                 return
             self._last_log = now
             failed = self.stats.failed
-        what = f"{exc.code} ({exc.message})" if isinstance(exc, ScoreError) else type(exc).__name__
+        # The code only: a message may quote the request (field or feature names), and payloads
+        # reach logs only when TELEMETRY_LOG_PAYLOADS says so.
+        what = exc.code if isinstance(exc, ScoreError) else type(exc).__name__
         log.warning("shadow task failed: %s; %d shadow failure(s) so far", what,
                     failed, exc_info=not isinstance(exc, ScoreError))
