@@ -439,7 +439,7 @@ class PredictionLog:
         """Enqueue one record (``model`` is a :class:`~shared.model.ModelInfo`; the arrays
         are kept by reference, never modified afterwards). ``pinned``: the caller chose the
         variant (``x-scorefn-variant``), so the request was not randomised."""
-        size = 320 + 24 * predictions.size
+        size = 320 + 24 * predictions.size + len(request_id or "") + len(key or "")
         if features is not None:
             size += 24 * features.size + 24 * len(model.feature_names)
         return self.writer.enqueue(endpoint, time.time(), (

@@ -230,6 +230,24 @@ def test_sticky_body_field_accepts_strings_and_integers_alike():
     assert sticky_key(config, body_fields={}) is None
 
 
+@pytest.mark.parametrize("sticky", [{"header": "x-user-id"}, {"query": "uid"}, {"body": "uid"}])
+def test_a_sticky_key_longer_than_128_characters_is_a_bad_request(sticky):
+    config = endpoint_config(sticky)
+    source, name = next(iter(sticky.items()))
+
+    def key_of(value):
+        where = {"header": "headers", "query": "query", "body": "body_fields"}[source]
+        return sticky_key(config, **{where: {name: value}})
+
+    assert key_of("k" * 128) == "k" * 128
+    assert key_of(10 ** 127) == str(10 ** 127)  # an integer's digits count the same
+    for value in ("k" * 129, 10 ** 128):
+        with pytest.raises(InvalidPayload) as err:
+            key_of(value)
+        assert err.value.code == "invalid_sticky_key" and err.value.status == 400
+        assert "128" in err.value.message
+
+
 @pytest.mark.parametrize("value", [[1], {"a": 1}, 1.5, True])
 def test_a_sticky_body_field_of_another_type_is_a_bad_request(value):
     with pytest.raises(InvalidPayload) as err:

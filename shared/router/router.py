@@ -21,6 +21,9 @@ OVERRIDE_HEADER = "x-scorefn-variant"
 # count and keys longer than STICKY_MEMO_KEY_CHARS are never kept; past the count it starts over.
 STICKY_MEMO_KEYS = 8192
 STICKY_MEMO_KEY_CHARS = 128
+# A longer sticky key is refused (400): outcomes join by keys of at most this length too, and
+# a key is kept in the prediction log's buffer with each record.
+MAX_STICKY_KEY_CHARS = 128
 
 
 class ShadowTarget(NamedTuple):
@@ -170,7 +173,8 @@ def sticky_key(config: EndpointConfig | None, headers: Mapping[str, str] | None 
     Headers are matched case-insensitively; query parameters and body fields exactly. A
     body value may be a string or an integer (``42`` and ``"42"`` are the same key); a
     missing, ``null`` or empty value means no key (the request is routed at random by
-    weight). Any other body value raises :class:`InvalidPayload` (``invalid_sticky_key``).
+    weight). Any other body value, or a key over :data:`MAX_STICKY_KEY_CHARS` characters,
+    raises :class:`InvalidPayload` (``invalid_sticky_key``).
     """
     if config is None or config.sticky is None:
         return None
@@ -183,9 +187,12 @@ def sticky_key(config: EndpointConfig | None, headers: Mapping[str, str] | None 
         value = (body_fields or {}).get(name)
     if value is None or value == "":
         return None
-    if isinstance(value, str):
-        return value
     if type(value) is int:
-        return str(value)
-    raise InvalidPayload(f"sticky key {source} {name!r} must be a string or an integer",
-                         code="invalid_sticky_key")
+        value = str(value)
+    elif not isinstance(value, str):
+        raise InvalidPayload(f"sticky key {source} {name!r} must be a string or an integer",
+                             code="invalid_sticky_key")
+    if len(value) > MAX_STICKY_KEY_CHARS:
+        raise InvalidPayload(f"sticky key {source} {name!r} is longer than "
+                             f"{MAX_STICKY_KEY_CHARS} characters", code="invalid_sticky_key")
+    return value
