@@ -46,8 +46,8 @@ from azure.storage.blob import BlobBlock, BlobClient, BlobServiceClient, Content
 from azure.storage.queue import QueueServiceClient
 
 from .batch_io import (CsvLayout, CsvWriter, Ids, JsonlWriter, csv_layout, line_chunks,
-                       parse_csv_chunk, parse_jsonl_chunk, range_blocks, split_first_line,
-                       writer_for)
+                       max_line_bytes, parse_csv_chunk, parse_jsonl_chunk, range_blocks,
+                       split_first_line, writer_for)
 from .errors import InputNotFound, InvalidPayload, PayloadTooLarge, ScoreError
 from .job_messages import (JOB_ID_RE, BlobJob, InlineJob, JobIdentity, decode_message,
                            job_identity, parse_job)
@@ -414,8 +414,13 @@ def parse_units(stream: Iterable[bytes], chunk_rows: int, *, layout: CsvLayout |
     """The rows of a CSV (``layout``; ``stream`` after the header) or JSON Lines stream, as
     ``(X, ids, ends_block)`` per unit of at most ``UNIT_ROWS`` lines; ``ends_block`` marks
     the last unit of each chunk of ``chunk_rows`` lines (one output block)."""
+    # Columns of a CSV are those of its header; a JSON Lines record may name each feature
+    # and the id column (other fields are refused).
+    columns = layout.columns if layout is not None else (*feature_names, id_column or "id")
     for unit in line_chunks(stream, chunk_rows, first_line=first_line, unit_rows=UNIT_ROWS,
-                            first_unit_rows=FIRST_UNIT_ROWS):
+                            first_unit_rows=FIRST_UNIT_ROWS,
+                            max_line_bytes=max_line_bytes(columns),
+                            code="invalid_csv" if layout is not None else "invalid_json"):
         if layout is not None:
             X, ids = parse_csv_chunk(unit, layout)
         else:

@@ -53,22 +53,32 @@ class Chunk:
 
 
 def line_chunks(blocks: Iterable[bytes], chunk_rows: int, first_line: int = 1, *,
-                unit_rows: int | None = None,
-                first_unit_rows: int | None = None) -> Iterator[Chunk]:
+                unit_rows: int | None = None, first_unit_rows: int | None = None,
+                max_line_bytes: int | None = None, code: str = "invalid_input") -> Iterator[Chunk]:
     """Regroup a stream of byte blocks into chunks of ``chunk_rows`` lines (the last one may
     have fewer). With ``unit_rows``, each chunk comes as units of at most that many lines (of
     near equal sizes; the stream's very first unit only ``first_unit_rows``), the last one
     marked ``ends_block``: small units to parse and predict, whole chunks to write. Only each
-    new block is scanned for newlines, once."""
+    new block is scanned for newlines, once.
+
+    A line longer than ``max_line_bytes`` (newline included) raises :class:`InvalidPayload`
+    with ``code`` as soon as it is seen: a line is held whole, and parsed whole, so its
+    length is what bounds memory."""
     plan = _units(chunk_rows, unit_rows or chunk_rows, first_unit_rows or chunk_rows)
     want, ends_block = next(plan)
     pending: list[bytes] = []
     have = 0  # complete lines in pending
     line = first_line
+    carried = 0  # bytes of the unfinished line at the end of the blocks so far
+    seen = 0  # complete lines so far
     for block in blocks:
         if not block:
             continue
         newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == _NEWLINE)
+        if max_line_bytes is not None:
+            carried = _check_lines(newlines, len(block), carried, max_line_bytes,
+                                   first_line + seen, code)
+            seen += len(newlines)
         start = used = 0
         while len(newlines) - used >= want - have:
             used += want - have
@@ -84,6 +94,33 @@ def line_chunks(blocks: Iterable[bytes], chunk_rows: int, first_line: int = 1, *
     tail = b"".join(pending)
     if tail.strip():
         yield Chunk(tail if tail.endswith(b"\n") else tail + b"\n", line)
+
+
+def _check_lines(newlines: np.ndarray, size: int, carried: int, limit: int, line: int,
+                 code: str) -> int:
+    """Raise if a line ending in this block (``carried`` bytes of it came before) or the
+    unfinished one after its last newline is over ``limit`` bytes; returns the latter's length."""
+    if len(newlines):
+        lengths = np.diff(newlines, prepend=-1)
+        lengths[0] += carried
+        longest = int(np.argmax(lengths))
+        if lengths[longest] > limit:
+            raise InvalidPayload(f"line {line + longest} is longer than {limit:,} bytes, the "
+                                 f"most its columns may take", code=code)
+        carried = size - int(newlines[-1]) - 1
+    else:
+        carried += size
+    if carried > limit:
+        raise InvalidPayload(f"line {line + len(newlines)} is longer than {limit:,} bytes, the "
+                             f"most its columns may take", code=code)
+    return carried
+
+
+def max_line_bytes(names: Iterable[str], per_value: int = 64, slack: int = 4096) -> int:
+    """The longest line a batch input may have: ``per_value`` bytes per column (a double
+    takes at most 24 characters; quotes, spaces and a JSON name's punctuation fit too), plus
+    the names (JSON Lines repeat them), plus ``slack`` for an id and line ending."""
+    return sum(len(name.encode("utf-8")) + per_value for name in names) + slack
 
 
 def _units(chunk_rows: int, unit_rows: int, first_unit_rows: int) -> Iterator[tuple[int, bool]]:

@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from shared.batch_io import (Chunk, CsvWriter, JsonlWriter, csv_layout, line_chunks,
-                             parse_csv_chunk, parse_jsonl_chunk, prediction_texts, range_blocks,
-                             split_first_line, unit_sizes)
+                             max_line_bytes, parse_csv_chunk, parse_jsonl_chunk, prediction_texts,
+                             range_blocks, split_first_line, unit_sizes)
 from shared.errors import InvalidPayload
 from tests.batch_support import sample, to_csv, to_jsonl
 
@@ -257,3 +257,39 @@ def test_ids_whose_bytes_only_form_utf8_together_are_still_refused():
     with pytest.raises(InvalidPayload) as err:
         parse_csv(b"k,a,b,c\nx\xc3,1,2,3\n\xa9y,4,5,6\n", id_column="k")
     assert err.value.code == "invalid_csv"
+
+
+@pytest.mark.parametrize("block", [3, 64, 1 << 20])
+def test_a_line_longer_than_its_columns_may_take_is_refused_when_seen(block):
+    # Lines are held and parsed whole: their length bounds memory, whatever the input's size.
+    limit = 100
+    ok = b"1,2\n" + b"9" * (limit - 1) + b"\n" + b"3,4\n"  # a line of exactly the limit
+    blocks = lambda data: [data[i:i + block] for i in range(0, len(data), block)]  # noqa: E731
+    assert b"".join(c.data for c in line_chunks(blocks(ok), 2, max_line_bytes=limit)) == ok
+    for data, line in ((b"1,2\n" + b"9" * limit + b"\n3,4\n", 2),  # ends with a newline
+                       (b"1,2\n3,4\n" + b"9" * (10 * limit), 3)):  # never ends
+        with pytest.raises(InvalidPayload) as err:
+            list(line_chunks(blocks(data), 2, max_line_bytes=limit, code="invalid_csv"))
+        assert err.value.code == "invalid_csv" and f"line {line} " in err.value.message
+
+
+def test_one_huge_line_fails_before_it_is_read_whole():
+    read = []
+
+    def endless():  # 1 MiB blocks of digits without a newline, for ever
+        while True:
+            read.append(1)
+            yield b"7" * (1 << 20)
+
+    with pytest.raises(InvalidPayload):
+        list(line_chunks(endless(), 10, max_line_bytes=max_line_bytes([f"f{i}" for i in range(100)])))
+    assert len(read) == 1  # 100 columns may take ~11 KB: the first block is already too much
+
+
+def test_the_longest_line_counts_every_column_and_its_name():
+    names = ["alpha", "beta"]
+    assert max_line_bytes(names) == len("alpha") + len("beta") + 2 * 64 + 4096
+    # a JSON Lines record of doubles written in full fits easily
+    record = orjson.dumps({"alpha": -1.2345678901234567e-308, "beta": 1.7976931348623157e308,
+                           "id": "x" * 1000})
+    assert len(record) < max_line_bytes(["alpha", "beta", "id"])

@@ -330,6 +330,8 @@ BAD = {
     "missing_input": (blob_job("bad", "inputs/none.csv"), "input_not_found"),
     "bad_csv_value": (blob_job("bad", "inputs/bad.csv"), "non_numeric_value"),
     "unknown_column": (blob_job("bad", "inputs/extra.csv"), "unknown_column"),
+    "line_too_long": (blob_job("bad", "inputs/long.csv"), "invalid_csv"),
+    "jsonl_line_too_long": (blob_job("bad", "inputs/long.jsonl"), "invalid_json"),
     "input_too_large": (blob_job("bad", "inputs/big.csv"), "input_too_large"),
     "no_output_container": (blob_job("bad", "inputs/ok.csv",  # allowed, but never created
                                      output={"blob": "x.csv", "container": "nowhere"}),
@@ -350,6 +352,8 @@ def test_a_bad_message_fails_once_with_its_code_and_no_output(rig, case, caplog)
     rig.upload("inputs/ok.csv", to_csv(sample(8, 5), CHURN))
     rig.upload("inputs/bad.csv", b"tenure_months,age\n1,2\n3,abc\n")
     rig.upload("inputs/extra.csv", b"tenure_months,shoe_size\n1,2\n")
+    rig.upload("inputs/long.csv", b"tenure_months,age\n1,2\n1," + b" " * 120_000 + b"2\n")  # valid
+    rig.upload("inputs/long.jsonl", b'{"age": 1}\n{"age":' + b" " * 300_000 + b"1}\n")  # valid
     rig.upload("inputs/big.csv", to_csv(sample(8, 9000), CHURN))  # > 1 MiB
     jobs = with_settings(rig, batch_max_input_mb=1, batch_allowed_containers=("nowhere",))
     with caplog.at_level("INFO", logger="scorefn.batch"):
