@@ -58,9 +58,9 @@ from azure.storage.blob import BlobBlock, BlobClient, ContentSettings
 
 from .batch_io import byte_ranges, csv_layout, range_blocks, read_first_line, writer_for
 from .errors import InputNotFound, InvalidModel, InvalidPayload, JobBusy, PayloadTooLarge, ScoreError
-from .job_chunks import (MAX_CHUNKS, PLAN_KIND, ChunkMessage, block_id, count_markers,
-                         decode_chunk, job_prefix, list_markers, marker_name, model_copy_name,
-                         peek_job_id, plan_name, read_json, read_status)
+from .job_chunks import (MAX_CHUNKS, MAX_PLAN_BYTES, PLAN_KIND, ChunkMessage, block_id,
+                         count_markers, decode_chunk, job_prefix, list_markers, marker_name,
+                         model_copy_name, peek_job_id, plan_name, read_json, read_status)
 from .job_messages import BlobJob
 from .job_records import Claim
 from .model import LoadedModel, parse_model
@@ -170,10 +170,6 @@ class FanOut:
         self._check_output_container(job)
         copy = model_copy_name(job_id, token)
         info = pinned.info
-        self.batch.upload_blob(copy, text, overwrite=True, metadata={
-            f"{_META}job_id": job_id, f"{_META}model": info.name,
-            f"{_META}model_version": info.version},
-            content_settings=ContentSettings(content_type="text/plain"))
         now = time.time()
         plan = {
             "kind": PLAN_KIND, "v": 1, "id": job_id, "token": token,
@@ -191,8 +187,17 @@ class FanOut:
             "chunk_bytes": self.settings.batch_fanout_chunk_bytes,
             "chunks": len(ranges), "ranges": [list(r) for r in ranges],
         }
+        data = orjson.dumps(plan)
+        if len(data) > MAX_PLAN_BYTES:  # chunks read at most this much of it
+            raise PayloadTooLarge(f"the job's plan ({len(ranges):,} chunks) would take "
+                                  f"{len(data):,} bytes, over {MAX_PLAN_BYTES:,}; raise "
+                                  f"BATCH_FANOUT_CHUNK_BYTES", code="input_too_large")
+        self.batch.upload_blob(copy, text, overwrite=True, metadata={
+            f"{_META}job_id": job_id, f"{_META}model": info.name,
+            f"{_META}model_version": info.version},
+            content_settings=ContentSettings(content_type="text/plain"))
         try:
-            self.batch.upload_blob(plan_name(job_id), orjson.dumps(plan), overwrite=False,
+            self.batch.upload_blob(plan_name(job_id), data, overwrite=False,
                                    content_settings=ContentSettings(content_type="application/json"))
         except ResourceExistsError:  # an earlier delivery's plan wins: one plan per job
             _delete_quietly(self.batch.get_blob_client(copy))

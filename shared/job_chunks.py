@@ -46,11 +46,13 @@ from azure.storage.blob import ContainerClient
 from .errors import InvalidPayload
 from .job_messages import JOB_ID_RE, MAX_MESSAGE_BYTES
 from .job_records import RECORDS_PREFIX
-from .storage import MAX_RECORD_BYTES, BlobTooLarge, read_at_most
+from .storage import BlobTooLarge, read_at_most
 
 CHUNK_KIND = "scorefn.chunk"
 PLAN_KIND = "scorefn.plan"
 MAX_CHUNKS = 50_000  # a block blob commits at most 50,000 blocks
+# A plan holds every chunk's byte range (~30 bytes each) and the CSV header (at most 1 MiB).
+MAX_PLAN_BYTES = 4 * 1024 * 1024
 _TOKEN_RE = re.compile(r"^[0-9a-f]{12}$")
 
 
@@ -131,9 +133,12 @@ def peek_job_id(body: bytes) -> str | None:
     return job_id if isinstance(job_id, str) and JOB_ID_RE.match(job_id) else None
 
 
-def read_json(container: ContainerClient, name: str) -> dict[str, Any] | None:
+def read_json(container: ContainerClient, name: str,
+              max_bytes: int = MAX_PLAN_BYTES) -> dict[str, Any] | None:
+    """A JSON object blob (a plan), or ``None`` when missing, larger than ``max_bytes`` or not
+    an object."""
     try:
-        raw = read_at_most(container.get_blob_client(name), MAX_RECORD_BYTES)
+        raw = read_at_most(container.get_blob_client(name), max_bytes)
     except (ResourceNotFoundError, BlobTooLarge):
         return None
     try:

@@ -374,13 +374,29 @@ def test_a_pinned_model_copy_over_the_model_size_limit_fails_the_job_without_bei
 
 
 def test_job_records_and_plans_are_read_only_up_to_their_bound(rig):
-    from shared.job_chunks import read_json
+    from shared.job_chunks import MAX_PLAN_BYTES, read_json
     from shared.storage import MAX_RECORD_BYTES
 
-    rig.upload("jobs/huge/plan.json", b'{"kind": "scorefn.plan"' + b" " * MAX_RECORD_BYTES + b"}")
+    rig.upload("jobs/huge/plan.json", b'{"kind": "scorefn.plan"' + b" " * MAX_PLAN_BYTES + b"}")
     assert read_json(rig.batch, "jobs/huge/plan.json") is None
+    # A plan may be larger than a job record: 50,000 chunks' ranges alone take ~1.4 MB.
+    rig.upload("jobs/large/plan.json", b'{"kind": "scorefn.plan"' + b" " * MAX_RECORD_BYTES + b"}")
+    assert read_json(rig.batch, "jobs/large/plan.json") == {"kind": "scorefn.plan"}
     rig.upload("jobs/small/plan.json", b'{"kind": "scorefn.plan"}')
     assert read_json(rig.batch, "jobs/small/plan.json") == {"kind": "scorefn.plan"}
+
+
+def test_a_plan_too_large_for_its_chunks_to_read_fails_the_job_at_planning(rig, churn_csv,
+                                                                          monkeypatch):
+    import shared.batch_fanout as fanout
+
+    monkeypatch.setattr(fanout, "MAX_PLAN_BYTES", 200)  # as if the ranges were ~50,000
+    outcome = fanout_jobs(rig).handle(blob_job("fan-huge", "inputs/big.csv", id_column="customer_id"),
+                                      message_id="m")
+    assert outcome.status == "failed" and outcome.result["error"]["code"] == "input_too_large"
+    assert "BATCH_FANOUT_CHUNK_BYTES" in outcome.result["error"]["message"]
+    assert rig.chunk_messages() == [] and not rig.exists(plan_name("fan-huge"))
+    assert not [b for b in rig.batch.list_blobs() if b.name.startswith("jobs/fan-huge/model")]
 
 
 def test_a_bad_header_fails_at_planning_without_chunks(rig):
