@@ -15,7 +15,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m scorefn",
         description="scorefn: LightGBM scoring on Azure Functions. Commands talk to the storage "
                     "account named by --connection-string, or by --account-url with your Entra ID "
-                    "login (az login), or by the AzureWebJobsStorage setting.")
+                    "login (az login), or else to the storage the app uses for that data, named "
+                    "by its settings in this shell's environment: MODEL_STORAGE_CONNECTION (models, "
+                    "router config), PREDICTION_LOG_CONNECTION (the A/B report), "
+                    "AzureWebJobsStorage (batch jobs).")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:

@@ -17,8 +17,6 @@ from .errors import SettingsError
 
 _CONTAINER_RE = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
 _QUEUE_RE = _CONTAINER_RE
-# A triggered queue also has a poison queue, "<name>-poison", which must be a valid name too.
-_TRIGGERED_QUEUE_RE = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,54}[a-z0-9]$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -60,13 +58,22 @@ def _bool(raw: str) -> bool:
     raise ValueError("must be true or false")
 
 
-def _name(pattern: re.Pattern[str], what: str, hint: str = "") -> Callable[[str], str]:
+def _name(pattern: re.Pattern[str], what: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip()
         if not pattern.match(value):
-            raise ValueError(f"is not a valid {what} name{hint}")
+            raise ValueError(f"is not a valid {what} name")
         return value
     return parse
+
+
+def _triggered_queue(raw: str) -> str:
+    """A queue name with room for its poison queue's, ``<name>-poison`` (at most 63 too)."""
+    value = _name(_QUEUE_RE, "queue")(raw)
+    if len(value) > 56:
+        raise ValueError("is longer than 56 characters: its poison queue, <name>-poison, would "
+                         "be over the 63 a queue name may have")
+    return value
 
 
 def _text(raw: str) -> str:
@@ -163,8 +170,7 @@ SPEC: dict[str, Setting] = {
         "STORAGE_TIMEOUT_SECONDS", 20.0, _float(0.5, 600.0),
         "Connect/read timeout for storage calls, so an outage fails fast instead of hanging."),
     "score_queue_name": Setting(
-        "SCORE_QUEUE_NAME", "score-requests", _name(_TRIGGERED_QUEUE_RE, "queue",
-                                             " (at most 56 characters: its poison queue adds -poison)"),
+        "SCORE_QUEUE_NAME", "score-requests", _triggered_queue,
         "Queue of batch scoring jobs (in the `AzureWebJobsStorage` account). The queue trigger "
         "binds to `%SCORE_QUEUE_NAME%`, so the app setting must be present (set it to "
         "`score-requests`); the default here only serves the CLI and tools."),
@@ -202,8 +208,7 @@ SPEC: dict[str, Setting] = {
         "Chunks one process scores at the same time (0: one per core); further chunk messages "
         "delivered to the instance wait their turn, so memory stays bounded."),
     "chunk_queue_name": Setting(
-        "CHUNK_QUEUE_NAME", "score-chunks", _name(_TRIGGERED_QUEUE_RE, "queue",
-                                             " (at most 56 characters: its poison queue adds -poison)"),
+        "CHUNK_QUEUE_NAME", "score-chunks", _triggered_queue,
         "Work queue of the chunks of fanned-out batch jobs (in the `AzureWebJobsStorage` "
         "account). The chunk trigger binds `%CHUNK_QUEUE_NAME%` (and `%CHUNK_QUEUE_NAME%-poison`), "
         "so the app setting must be present."),

@@ -61,7 +61,8 @@ def blob_service(conn: StorageConnection, timeout: float = 20.0) -> BlobServiceC
     if conn.connection_string:
         return BlobServiceClient.from_connection_string(conn.connection_string, **options)
     if not conn.blob_service_uri:
-        raise ValueError(f"connection {conn.name} has no blob service URI")
+        raise SettingsError(f"storage connection {conn.name} has no blob service: set "
+                            f"{conn.name}__blobServiceUri or {conn.name}__accountName")
     return BlobServiceClient(conn.blob_service_uri, credential=credential_for(conn), **options)
 
 

@@ -324,6 +324,7 @@ def test_close_does_not_hang_on_a_stuck_write_and_counts_what_it_gives_up(contai
             in_flight.set()
             gate.wait(30)
             hang_over.set()
+            super().append(prefix, block)
 
     writer = BufferedLogWriter(lambda: Stuck(container, "stuck"), flush_seconds=0.05, telemetry=tel)
     for i in range(3):

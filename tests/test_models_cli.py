@@ -84,3 +84,36 @@ def test_an_invalid_model_container_setting_is_one_error_line(demo_models, monke
                 "--connection-string", "UseDevelopmentStorage=true"]) == 2
     err = capsys.readouterr().err
     assert "MODEL_CONTAINER" in err and "Traceback" not in err
+
+
+def test_a_connection_without_a_blob_service_is_one_error_line(demo_models, monkeypatch, capsys):
+    monkeypatch.delenv("AzureWebJobsStorage", raising=False)
+    monkeypatch.setenv("MODEL_STORAGE_CONNECTION", "QueuesOnly")
+    monkeypatch.setenv("QueuesOnly__queueServiceUri", "https://acct.queue.core.windows.net")
+    assert cli(["upload-model", str(demo_models["churn"].path), "churn"]) == 2
+    err = capsys.readouterr().err
+    assert "QueuesOnly__blobServiceUri" in err and "Traceback" not in err
+
+
+def test_an_invalid_connection_setting_is_reported_as_invalid_not_missing(demo_models, monkeypatch,
+                                                                         capsys):
+    monkeypatch.delenv("AzureWebJobsStorage", raising=False)
+    monkeypatch.setenv("AzureWebJobsStorage__accountName", "Not_An_Account")
+    assert cli(["upload-model", str(demo_models["churn"].path), "churn"]) == 2
+    err = capsys.readouterr().err
+    assert "AzureWebJobsStorage__accountName" in err and "no storage" not in err
+
+
+def test_the_command_line_uses_your_login_even_where_the_app_forces_managed_identity(monkeypatch):
+    import argparse
+
+    from scorefn.commands.storage_args import connection
+
+    monkeypatch.delenv("AzureWebJobsStorage", raising=False)
+    monkeypatch.setenv("AzureWebJobsStorage__accountName", "acct")
+    monkeypatch.setenv("AzureWebJobsStorage__credential", "managedidentity")
+    monkeypatch.setenv("AzureWebJobsStorage__clientId", "00000000-0000-0000-0000-000000000001")
+    conn = connection(argparse.Namespace(account_url=None, connection_string=None))
+    assert conn.blob_service_uri == "https://acct.blob.core.windows.net"
+    assert conn.credential is None  # DefaultAzureCredential: az login here, managed identity in Azure
+    assert conn.client_id == "00000000-0000-0000-0000-000000000001"

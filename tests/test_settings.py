@@ -154,5 +154,8 @@ def test_a_triggered_queue_name_leaves_room_for_its_poison_queue(setting):
     with pytest.raises(SettingsError) as err:
         Settings.from_env({setting: "q" * 57})
     assert setting in str(err.value) and "-poison" in str(err.value)
+    with pytest.raises(SettingsError) as err:  # a bad name is not said to be too long
+        Settings.from_env({setting: "Bad_Name"})
+    assert "not a valid queue name" in str(err.value) and "poison" not in str(err.value)
     # Queues nothing triggers on may use the whole length.
     assert len(Settings.from_env({"RESULTS_QUEUE_NAME": "r" * 63}).results_queue_name) == 63

@@ -5,6 +5,7 @@ connection the app itself uses for that data, named by the app settings."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from typing import Any
 
@@ -42,7 +43,6 @@ def app_settings() -> Any:
 def connection(args: argparse.Namespace, setting: str | None = MODELS):
     """A StorageConnection for the command's storage options; without any, the connection
     the app setting ``setting`` names (``None``: AzureWebJobsStorage)."""
-    from shared.errors import SettingsError
     from shared.settings import StorageConnection, resolve_connection
 
     if args.account_url:
@@ -52,11 +52,14 @@ def connection(args: argparse.Namespace, setting: str | None = MODELS):
     if args.connection_string:
         return StorageConnection(name="cli", connection_string=args.connection_string)
     name = getattr(app_settings(), setting) if setting else "AzureWebJobsStorage"
-    try:
-        return resolve_connection(name, os.environ)
-    except SettingsError as exc:
+    if not any(key == name or key.startswith(f"{name}__") for key in os.environ):
         raise SystemExit(f"no storage: pass --connection-string or --account-url, or set the "
-                         f"connection {name} ({exc})") from None
+                         f"connection {name} (a connection string, or {name}__accountName)")
+    # Set but invalid: a SettingsError, which the command line reports as one error line.
+    conn = resolve_connection(name, os.environ)
+    # The command runs as you, not as the app: your Entra ID login (DefaultAzureCredential,
+    # which also finds a managed identity when run in Azure), never managed identity only.
+    return dataclasses.replace(conn, credential=None)
 
 
 def blob_service(args: argparse.Namespace, setting: str | None = MODELS):
