@@ -143,21 +143,26 @@ class BatchJobs:
                     return JobOutcome(job_id, "duplicate", None, scored=False)
                 scored = False
                 started = time.perf_counter()  # the job's time, not the wait for its lease
+                resolved: dict[str, Any] = {}  # the model and route, once known (for metrics)
                 try:
                     if bad_message is not None:
                         raise bad_message
                     job = parse_job(doc or {}, identity, batch_container=self.settings.batch_container,
                                     allowed_containers=self.settings.batch_allowed_containers)
-                    result, scored = self._run(job, claim, started)
+                    result, scored = self._run(job, claim, started, resolved)
                     if result is None:  # fanned out: chunk deliveries finish the job
                         return JobOutcome(job_id, "fanned_out", None, scored=False)
                 except ScoreError as exc:
+                    # Every failed delivery is measured, a retried one too (by its code).
+                    self._record(doc, "failed", exc.code, started, **resolved)
                     if not exc.permanent:
                         raise
                     result = self._result(identity, "failed", started,
                                           error={"code": exc.code, "message": exc.message})
                     log.warning("job %s failed: %s (delivery %d)", job_id, exc.code, dequeue_count)
-                    self._record(doc, "failed", exc.code, started)
+                except Exception:
+                    self._record(doc, "failed", "internal_error", started, **resolved)
+                    raise
                 claim.commit(result)
                 self._send(result)
                 claim.mark_done()
@@ -212,10 +217,11 @@ class BatchJobs:
 
     # -- jobs ------------------------------------------------------------------------------
 
-    def _run(self, job: InlineJob | BlobJob, claim: Claim,
-             started: float) -> tuple[dict[str, Any] | None, bool]:
+    def _run(self, job: InlineJob | BlobJob, claim: Claim, started: float,
+             resolved: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
         # A whole job gets one variant: routed by its key, or else by its id.
         route, model, _ = self.service.resolve(job.endpoint, key=job.key or job.identity.job_id)
+        resolved.update(model=model, endpoint=job.endpoint, variant=route.variant)
         if isinstance(job, InlineJob):
             result, scored = self._run_inline(job, model, started, route), True
         else:

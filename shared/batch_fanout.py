@@ -275,9 +275,8 @@ class FanOut:
             return ChunkOutcome(msg.job_id, msg.index, "orphan")
         status, rows = "skipped", 0
         if not self.batch.get_blob_client(marker_name(msg.job_id, msg.index)).exists():
-            started = time.perf_counter()
             try:
-                rows, blocks, predict_seconds = self._score(msg, plan)
+                rows, blocks, predict_seconds, started = self._score(msg, plan)
             except ScoreError as exc:
                 if not exc.permanent:
                     log.warning("job %s: %s failed (%s, delivery %d); the queue will retry it",
@@ -287,7 +286,7 @@ class FanOut:
                 return ChunkOutcome(msg.job_id, msg.index, "failed" if failed else "duplicate")
             elapsed = time.perf_counter() - started
             self._write_marker(msg, rows, blocks, elapsed)
-            self._record(plan, rows, started, predict_seconds)
+            self._record(plan, started, rows=rows, predict_seconds=predict_seconds)
             log.info("job %s: %s scored, %d rows in %.0f ms", msg.job_id, msg.describe(), rows,
                      elapsed * 1000)
             status = "scored"
@@ -329,12 +328,21 @@ class FanOut:
                 self._plans.popitem(last=False)
         return plan
 
-    def _score(self, msg: ChunkMessage, plan: dict[str, Any]) -> tuple[int, int, float]:
-        """Score the chunk's byte range and stage its blocks: (rows, blocks, predict seconds)."""
+    def _score(self, msg: ChunkMessage, plan: dict[str, Any]) -> tuple[int, int, float, float]:
+        """Score the chunk's byte range and stage its blocks: (rows, blocks, predict seconds,
+        the ``perf_counter`` its work started at, after the wait for a slot). A failure is
+        measured (by its code) before it is raised."""
         if not self._slots.acquire(timeout=SLOT_WAIT_SECONDS):
             raise JobBusy(f"job {msg.job_id}: no free chunk slot in {SLOT_WAIT_SECONDS:.0f} s")
+        started = time.perf_counter()
         try:
-            return self._score_range(msg, plan)
+            return (*self._score_range(msg, plan), started)
+        except ScoreError as exc:
+            self._record(plan, started, outcome=exc.code)
+            raise
+        except Exception:
+            self._record(plan, started, outcome="internal_error")
+            raise
         finally:
             self._slots.release()
 
@@ -413,16 +421,19 @@ class FanOut:
                                metadata=meta,
                                content_settings=ContentSettings(content_type="application/json"))
 
-    def _record(self, plan: dict[str, Any], rows: int, started: float, predict_seconds: float) -> None:
+    def _record(self, plan: dict[str, Any], started: float, *, outcome: str = "ok",
+                rows: int = 0, predict_seconds: float | None = None) -> None:
+        """One chunk's duration (and rows, model time) in the job's metrics, by outcome."""
         telemetry = getattr(self.jobs.service, "telemetry", None)
         if telemetry is None:
             return
-        attrs = {"trigger": "queue", "outcome": "ok", "endpoint": plan["endpoint"],
+        attrs = {"trigger": "queue", "outcome": outcome, "endpoint": plan["endpoint"],
                  "variant": plan["variant"], "model.name": plan["model"]["name"],
                  "model.version": plan["model"]["version"]}
         try:
             telemetry.record(attrs, duration_ms=(time.perf_counter() - started) * 1000,
-                             predict_ms=predict_seconds * 1000, rows=rows)
+                             predict_ms=predict_seconds * 1000 if predict_seconds is not None
+                             else None, rows=rows)
         except Exception:  # metrics never fail a job
             log.debug("chunk telemetry failed", exc_info=True)
 

@@ -209,3 +209,28 @@ def rig(azurite, demo_models):
     rig = make_rig(azurite, demo_models)
     yield rig
     rig.cleanup()
+
+
+def metered(rig, settings=None):
+    """A runner whose service records metrics into an in-memory reader; and a function that
+    returns the attributes of every ``scorefn.request.duration`` point recorded so far."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from shared.telemetry import Telemetry
+
+    reader = InMemoryMetricReader()
+    telemetry = Telemetry(MeterProvider(metric_readers=[reader]))
+    settings = settings or rig.settings
+    service = ScoringService(settings, rig.jobs.service.store, telemetry=telemetry)
+    jobs = BatchJobs(settings, service, rig.blobs, rig.queues)
+
+    def durations() -> list[dict]:
+        telemetry.flush()
+        data = reader.get_metrics_data()
+        return [dict(point.attributes)
+                for rm in (data.resource_metrics if data else [])
+                for sm in rm.scope_metrics for metric in sm.metrics
+                if metric.name == "scorefn.request.duration"
+                for point in metric.data.data_points]
+    return jobs, durations

@@ -474,3 +474,20 @@ def test_jobs_wait_shows_a_progress_bar_for_a_fanned_out_job(rig, churn_csv):
     assert text.startswith("[" + "#" * (24 * half // total))
     assert f"{half}/{total} chunks" in text and f"{status['rows']:,} rows" in text
     assert _fanout_status(rig.batch, "fan-cli", {"state": "running"}) is None
+
+
+def test_a_failed_chunk_is_measured_with_its_code(rig, churn_csv):
+    from tests.batch_support import metered
+
+    data = bytearray(rig.download("inputs/big.csv"))
+    at = data.index(b"\n", len(data) // 2) + 1
+    data[at:data.index(b",", at)] = b"abc"
+    rig.upload("inputs/bad.csv", bytes(data))
+    jobs, durations = metered(rig, fanout_jobs(rig).settings)
+    jobs.handle(blob_job("fan-metered", "inputs/bad.csv", id_column="customer_id"), message_id="m")
+    outcomes = rig.drain_chunks(jobs)
+    recorded = durations()
+    scored = sum(o.status == "scored" for o in outcomes)
+    assert [p["outcome"] for p in recorded].count("non_numeric_value") == 1
+    assert sum(1 for p in recorded if p["outcome"] == "ok") == (1 if scored else 0)
+    assert {p["model.name"] for p in recorded} == {"churn"}

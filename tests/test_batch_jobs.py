@@ -511,3 +511,27 @@ def test_the_job_poison_function_binds_the_job_queues_poison_queue(app_functions
     [trigger] = [f.get_trigger() for f in app_functions if f.get_function_name() == "job_poisoned"]
     assert (trigger.queue_name, trigger.connection) == ("%SCORE_QUEUE_NAME%-poison",
                                                        "AzureWebJobsStorage")
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+def test_a_failed_job_is_measured_with_its_code_and_the_model_it_was_routed_to(rig, monkeypatch):
+    from tests.batch_support import metered
+
+    jobs, durations = metered(rig)
+    rig.upload("inputs/bad.csv", b"tenure_months,age\n1,2\n3,abc\n")
+    assert jobs.handle(orjson.dumps(blob_job("m-bad", "inputs/bad.csv")), message_id="m1") \
+        .status == "failed"
+    # A retried (transient) failure and a bug are measured too, before the queue retries.
+    monkeypatch.setattr(jobs, "_run_blob", lambda *a: (_ for _ in ()).throw(
+        ModelUnavailable("storage is down")))
+    with pytest.raises(ModelUnavailable):
+        jobs.handle(orjson.dumps(blob_job("m-down", "inputs/bad.csv")), message_id="m2")
+    monkeypatch.setattr(jobs, "_run_blob", lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        jobs.handle(orjson.dumps(blob_job("m-bug", "inputs/bad.csv")), message_id="m3")
+    by_outcome = {p["outcome"]: p for p in durations()}
+    assert set(by_outcome) == {"non_numeric_value", "model_unavailable", "internal_error"}
+    for attrs in by_outcome.values():
+        assert (attrs["trigger"], attrs["endpoint"], attrs["variant"], attrs["model.name"]) == \
+            ("queue", "churn", "default", "churn")
