@@ -35,9 +35,9 @@ param principalId string = ''
 @description('Kind of principal in principalId: User for a person, ServicePrincipal for a CI identity.')
 param principalType string = 'User'
 
-@minValue(1)
+@minValue(40)
 @maxValue(1000)
-@description('Most instances the app scales out to (Flex Consumption scaleAndConcurrency.maximumInstanceCount). Caps cost and the load put on storage.')
+@description('Most instances the app scales out to (Flex Consumption scaleAndConcurrency.maximumInstanceCount, 40 to 1000: lower caps are a preview of a few regions). Caps cost and the load put on storage.')
 param maximumInstanceCount int = 40
 
 @allowed([
@@ -548,7 +548,8 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     }
     siteConfig: {
       minTlsVersion: '1.2'
-      ftpsState: 'Disabled'
+      // Flex Consumption refuses an FTPS state here (400); FTP is off through the 'ftp'
+      // basicPublishingCredentialsPolicies below.
       http20Enabled: true
       appSettings: [for setting in items(appSettings): {
         name: setting.key

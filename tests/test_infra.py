@@ -493,6 +493,17 @@ def test_parameters_are_described_and_safe_by_default(tree):
     assert set(file["parameters"]) <= set(params)
     assert file["parameters"]["environmentName"]["value"] == "${AZURE_ENV_NAME}"
     assert file["parameters"]["principalId"]["value"] == "${AZURE_PRINCIPAL_ID}"
+    # a CI identity deploying with azd sets AZURE_PRINCIPAL_TYPE; a person gets the default
+    assert file["parameters"]["principalType"]["value"] == "${AZURE_PRINCIPAL_TYPE=User}"
+
+
+def test_the_site_config_has_nothing_flex_consumption_refuses(tree):
+    text = (INFRA / "main.bicep").read_text()
+    # Flex rejects siteConfig.ftpsState (400): FTP is off through the publishing policy instead.
+    assert "ftpsState:" not in text
+    assert "'ftp'" in text and "allow: false" in text
+    scale = {d["type"]: d["argument"] for d in tree["parameters"]["maximumInstanceCount"]["decorators"]}
+    assert (scale["min_value"], scale["max_value"]) == (40, 1000)
 
 
 def test_azure_yaml_deploys_the_repository_root_as_a_python_function_app(tree):
