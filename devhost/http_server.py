@@ -75,8 +75,7 @@ class FunctionsHttpApp:
         function, route_params = found
         headers = _headers(scope)
         params = _query(scope)
-        if not self.auth.allows(function.auth_level,
-                                (headers.get("x-functions-key"), params.get("code"))):
+        if not self.auth.allows(function.auth_level, (_presented_key(headers, params),)):
             await _respond(send, 401)
             return
         declared = headers.get("content-length", "")
@@ -120,13 +119,12 @@ def _response_parts(result: Any) -> tuple[int, list[tuple[str, str]], bytes]:
                             if mimetype.startswith("text/") else mimetype)
             headers.append(("content-type", content_type))
         return result.status_code, headers, result.get_body() or b""
-    if isinstance(result, (str, bytes)):
-        body = result.encode("utf-8") if isinstance(result, str) else result
-        return 200, [("content-type", "text/plain; charset=utf-8")], body
-    if result is None:
-        return 204, [], b""
+    if isinstance(result, str):
+        return 200, [("content-type", "text/plain; charset=utf-8")], result.encode("utf-8")
+    # The worker encodes only these two (azure.functions' HttpResponseConverter): None, bytes or
+    # anything else fails the invocation there, so it fails here too (500).
     raise TypeError(f"an HTTP function returned {type(result).__name__}, "
-                    "expected func.HttpResponse or str")
+                    "expected func.HttpResponse or str (the Python worker cannot encode it)")
 
 
 async def _respond(send: Send, status: int, headers: list[tuple[str, str]] | None = None,
@@ -166,10 +164,20 @@ def _headers(scope: Scope) -> dict[str, str]:
     return headers
 
 
+def _presented_key(headers: Mapping[str, str], params: Mapping[str, str]) -> str | None:
+    """The key a request presents, as the host reads it: the ``x-functions-key`` header when
+    there is one (its first value), else the ``code`` query parameter (its first value)."""
+    if "x-functions-key" in headers:
+        return headers["x-functions-key"].split(",")[0].strip()
+    code = params.get("code")
+    return code.split(",")[0] if code else None
+
+
 def _query(scope: Scope) -> dict[str, str]:
-    """Query parameters; a repeated one is comma-joined (ASP.NET ``StringValues``)."""
+    """Query parameters; a repeated one is comma-joined (ASP.NET ``StringValues``); one
+    without a value (``?debug``, ``?q=``) is left out, as the host gives the worker none."""
     params: dict[str, str] = {}
-    for name, value in parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True):
+    for name, value in parse_qsl(scope["query_string"].decode("latin-1")):
         params[name] = f"{params[name]},{value}" if name in params else value
     return params
 

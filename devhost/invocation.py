@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import logging
 import os
 import re
 import secrets
@@ -19,7 +20,8 @@ import azure.functions as func
 from azure.functions import _abc
 
 from .app_index import FunctionSpec
-from .local_settings import ConfigError
+
+log = logging.getLogger("devhost")
 
 # Frames of the host itself, left out of tracebacks so that they start at the user's code.
 _HOST_CODE = tuple(os.path.dirname(f) + os.sep for f in (
@@ -113,10 +115,11 @@ def new_traceparent() -> str:
 def default_thread_count(environ: Mapping[str, str] = os.environ) -> int:
     """``PYTHON_THREADPOOL_THREAD_COUNT``, else ``min(32, cpus + 4)``."""
     raw = environ.get("PYTHON_THREADPOOL_THREAD_COUNT", "").strip()
-    if raw:
-        if not raw.isdigit() or int(raw) < 1:
-            raise ConfigError("PYTHON_THREADPOOL_THREAD_COUNT must be a whole number >= 1")
+    if raw.isdigit() and int(raw) >= 1:
         return int(raw)
+    if raw:  # the worker warns and keeps its default
+        log.warning("PYTHON_THREADPOOL_THREAD_COUNT=%r is not a whole number >= 1; using the "
+                    "default", raw[:32])
     return min(32, (os.cpu_count() or 1) + 4)
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Generic, Iterable, TypeVar
+from datetime import datetime
+from typing import Callable, Generic, Iterable, TypeVar
 
 T = TypeVar("T")
 
@@ -15,6 +16,8 @@ _GUID = (r"(?:[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a
          r"|\{[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\}"
          r"|\([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\))")
 _CONSTRAINTS = {"int": r"[+-]?\d+", "alpha": r"[a-z]+", "guid": _GUID}
+# The host refuses function routes starting with these (its own endpoints live there).
+RESERVED_ROUTE_PREFIXES = ("admin", "runtime")
 # ASP.NET inbound precedence per segment: lower is more specific.
 _LITERAL, _COMPLEX, _CONSTRAINED, _PLAIN, _CATCH_ALL = 1, 2, 3, 4, 5
 
@@ -31,6 +34,66 @@ class _Param:
     default: str | None
     catch_all: bool
     constrained: bool
+    checks: tuple[Callable[[str], bool], ...] = ()
+
+
+def _integer(low: int, high: int) -> Callable[[str], bool]:
+    return lambda v: re.fullmatch(r"[+-]?\d+", v) is not None and low <= int(v) <= high
+
+
+def _number(v: str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _date(v: str) -> bool:
+    try:
+        datetime.fromisoformat(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _check(constraint: str, template: str) -> Callable[[str], bool]:
+    """ASP.NET's inline route constraint ``constraint`` (``int``, ``min(5)``, ...) as a test of
+    a value; an unknown one is an error when the app loads, as in the host."""
+    name, paren, rest = constraint.partition("(")
+    name = name.strip().lower()
+    if paren and not rest.endswith(")"):
+        raise RouteTemplateError(f"route {template!r}: bad constraint {constraint!r}")
+    arg = rest[:-1]
+    args = [a.strip() for a in arg.split(",")] if paren and name != "regex" else []
+    try:
+        if name in ("int", "long"):
+            bits = 31 if name == "int" else 63
+            return _integer(-2 ** bits, 2 ** bits - 1)
+        simple = {"bool": lambda v: v.lower() in ("true", "false"),
+                  "alpha": lambda v: re.fullmatch(r"[a-z]+", v, re.IGNORECASE) is not None,
+                  "guid": lambda v: re.fullmatch(_GUID, v, re.IGNORECASE) is not None,
+                  "double": _number, "float": _number, "decimal": _number, "datetime": _date,
+                  "required": bool, "file": lambda v: "." in v.strip(".")[1:],
+                  "nonfile": lambda v: "." not in v.strip(".")[1:]}
+        if name in simple and not paren:
+            return simple[name]
+        if name == "regex" and paren:
+            pattern = re.compile(arg, re.IGNORECASE)
+            return lambda v: pattern.search(v) is not None
+        if name in ("min", "max", "minlength", "maxlength") and len(args) == 1:
+            n = int(args[0])
+            return {"min": lambda v: _integer(-2 ** 63, 2 ** 63 - 1)(v) and int(v) >= n,
+                    "max": lambda v: _integer(-2 ** 63, 2 ** 63 - 1)(v) and int(v) <= n,
+                    "minlength": lambda v: len(v) >= n, "maxlength": lambda v: len(v) <= n}[name]
+        if name in ("length", "range") and len(args) in (1, 2) and (name == "length" or len(args) == 2):
+            low, high = int(args[0]), int(args[-1])
+            if name == "length":
+                return lambda v: low <= len(v) <= high
+            return lambda v: _integer(-2 ** 63, 2 ** 63 - 1)(v) and low <= int(v) <= high
+    except (ValueError, re.error):
+        pass
+    raise RouteTemplateError(f"route {template!r}: unknown or malformed constraint {constraint!r}")
 
 
 @dataclass
@@ -64,6 +127,8 @@ class RouteTemplate:
         for group, param in self._params.items():
             value = found.group(group)
             if value:
+                if not all(check(value) for check in param.checks):
+                    return None  # the route's constraint refuses it: another route may match
                 values[param.name] = value
             elif param.default is not None:
                 values[param.name] = param.default
@@ -108,7 +173,8 @@ class RouteTemplate:
         name, *constraints = _split_constraints(text.rstrip("?"))
         if not name:
             raise RouteTemplateError(f"route {self.template!r}: parameter without a name")
-        # Only int, alpha and guid are checked; other constraints accept any value.
+        checks = tuple(_check(c, self.template) for c in constraints)
+        # int, alpha and guid also shape the pattern (a complex segment splits by them).
         known = [_CONSTRAINTS[c.lower()] for c in constraints if c.lower() in _CONSTRAINTS]
         if catch_all:
             pattern = ".*"
@@ -116,7 +182,7 @@ class RouteTemplate:
             pattern = f"(?:{known[0]})"
         else:
             pattern = "[^/]+" if alone else "[^/]+?"
-        return _Param(name, pattern, optional, default, catch_all, bool(constraints))
+        return _Param(name, pattern, optional, default, catch_all, bool(constraints), checks)
 
 
 def _split_constraints(text: str) -> list[str]:
@@ -150,8 +216,19 @@ class RouteTable(Generic[T]):
         self._routes: list[Route[T]] = []
 
     def add(self, route: str, methods: Iterable[str] | None, target: T) -> None:
+        """Add a function's route; raises :class:`RouteTemplateError` where the host would
+        refuse to load it: a route under its reserved ``admin``/``runtime`` prefixes, or the
+        same route as another function's for a method both take."""
+        if route.strip("/").lower().startswith(RESERVED_ROUTE_PREFIXES):
+            raise RouteTemplateError(f"route {route!r}: routes may not start with 'admin' or "
+                                     f"'runtime' (the host's own)")
         full = "/".join(p for p in (self.prefix, route.strip("/")) if p)
         allowed = frozenset(m.upper() for m in methods) if methods else None
+        for other in self._routes:
+            same = other.template.template.lower() == full.lower()
+            if same and (other.methods is None or allowed is None or other.methods & allowed):
+                raise RouteTemplateError(f"route {route!r} is also the route of another function "
+                                         f"for the same method(s)")
         self._routes.append(Route(RouteTemplate(full), allowed, target))
         self._routes.sort(key=lambda r: r.template.precedence)  # stable: keeps registration order
 

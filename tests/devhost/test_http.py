@@ -46,6 +46,18 @@ def test_routes_sit_under_the_prefix_and_pass_route_and_query_parameters(client,
     assert client.get("/echo/Bob").status_code == 404
 
 
+def test_query_parameters_without_a_value_are_left_out_as_the_host_does(client):
+    seen = client.get("/api/echo/Bob?q=1&flag&empty=").json()
+    assert seen["params"] == {"q": "1"}
+
+
+def test_returning_what_the_worker_cannot_encode_fails_the_invocation(client, host):
+    # azure.functions encodes an HttpResponse or a str only: None or bytes is a 500 in Azure.
+    assert (client.get("/api/nothing").status_code, client.get("/api/nothing?bytes=1").status_code) \
+        == (500, 500)
+    assert "returned NoneType" in host.log_path.read_text()
+
+
 def test_the_request_body_and_headers_reach_the_function(client):
     r = client.post("/api/echo/x", content=b'{"a": 1}',
                     headers={"content-type": "application/json", "X-Custom": "yes"})
@@ -140,6 +152,13 @@ class TestAuth:
         assert client.get("/api/secure", params={"code": FUNCTION_KEY}).status_code == 200
         assert client.get("/api/secure", params={"code": "wrong"}).status_code == 401
 
+    def test_the_header_is_read_before_the_code_parameter(self, client):
+        # As the host: the x-functions-key header when present, else ?code=.
+        assert client.get("/api/secure", params={"code": FUNCTION_KEY},
+                          headers={"x-functions-key": "wrong"}).status_code == 401
+        assert client.get("/api/secure", params={"code": "wrong"},
+                          headers={"x-functions-key": FUNCTION_KEY}).status_code == 200
+
     def test_admin_routes_need_the_master_key(self, client):
         assert client.get("/api/ops", headers={"x-functions-key": FUNCTION_KEY}).status_code == 401
         assert client.get("/api/ops", headers={"x-functions-key": MASTER_KEY}).text == "admin"
@@ -177,3 +196,16 @@ def test_sigterm_lets_in_flight_requests_finish(start_host):
 def test_a_startup_error_is_reported_clearly(start_host):
     with pytest.raises(RuntimeError, match="SAMPLE_QUEUE.*not set"):
         start_host({})  # the queue trigger names %SAMPLE_QUEUE%, which is not set
+
+
+def test_a_bad_thread_count_setting_is_warned_about_and_the_default_kept(caplog):
+    import os
+
+    from devhost.invocation import default_thread_count
+
+    default = min(32, (os.cpu_count() or 1) + 4)
+    assert default_thread_count({"PYTHON_THREADPOOL_THREAD_COUNT": "3"}) == 3
+    with caplog.at_level("WARNING", logger="devhost"):
+        assert default_thread_count({"PYTHON_THREADPOOL_THREAD_COUNT": "many"}) == default
+        assert default_thread_count({"PYTHON_THREADPOOL_THREAD_COUNT": "0"}) == default
+    assert caplog.text.count("PYTHON_THREADPOOL_THREAD_COUNT") == 2

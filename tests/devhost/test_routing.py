@@ -43,8 +43,49 @@ def test_int_alpha_and_guid_constraints_reject_other_values():
     assert routes.match("GET", "/api/g/not-a-guid") is None
 
 
-def test_other_constraints_accept_any_segment():
-    assert table("m/{v:min(3)}").match("GET", "/api/m/anything")[1] == {"v": "anything"}
+@pytest.mark.parametrize("constraint,accepted,refused", [
+    ("int", ["2147483647", "-2147483648"], ["2147483648", "1.5"]),  # Int32, as ASP.NET
+    ("long", ["9223372036854775807"], ["9223372036854775808"]),
+    ("bool", ["true", "FALSE"], ["yes", "1"]),
+    ("double", ["1.5", "-2e3"], ["x"]),
+    ("min(3)", ["3", "40"], ["2", "anything"]),
+    ("max(3)", ["-1", "3"], ["4"]),
+    ("range(2,4)", ["2", "4"], ["1", "5"]),
+    ("minlength(2)", ["ab"], ["a"]),
+    ("maxlength(2)", ["ab"], ["abc"]),
+    ("length(2)", ["ab"], ["a", "abc"]),
+    ("length(1,2)", ["a", "ab"], ["abc"]),
+    ("regex(^[a-z]+\\d$)", ["ab1", "AB1"], ["ab12", "1"]),
+    ("datetime", ["2026-11-25", "2026-11-25T10:00:00"], ["tomorrow"]),
+    ("int:min(10)", ["10"], ["9", "x"]),  # every constraint of a parameter applies
+])
+def test_the_standard_constraints_check_the_value(constraint, accepted, refused):
+    template = "v/{x:" + constraint + "}"
+    routes = table(template, "v/{x}")  # the constrained route first, the plain one as fallback
+    for value in accepted:
+        assert routes.match("GET", f"/api/v/{value}") == (template, {"x": value})
+    for value in refused:
+        assert routes.match("GET", f"/api/v/{value}") == ("v/{x}", {"x": value})
+
+
+@pytest.mark.parametrize("template", ["v/{x:nosuch}", "v/{x:min(a)}", "v/{x:range(1)}",
+                                      "v/{x:regex([)}"])
+def test_an_unknown_or_malformed_constraint_stops_the_app_loading(template):
+    with pytest.raises(RouteTemplateError):
+        table(template)
+
+
+def test_routes_the_host_refuses_stop_the_app_loading():
+    for reserved in ("admin/users", "Runtime/x", "administrators"):
+        with pytest.raises(RouteTemplateError, match="admin' or 'runtime"):
+            table(reserved)
+    routes: RouteTable[str] = RouteTable("api")
+    routes.add("items/{id}", ["get"], "read")
+    routes.add("items/{id}", ["post"], "write")  # the same route for other methods: fine
+    with pytest.raises(RouteTemplateError, match="also the route of another function"):
+        routes.add("Items/{id}", ["GET", "put"], "again")
+    with pytest.raises(RouteTemplateError):
+        routes.add("items/{id}", None, "any method")
 
 
 def test_optional_default_and_catch_all_parameters():

@@ -55,6 +55,12 @@ def secure(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse("secret")
 
 
+@bp.route(route="nothing", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def nothing(req: func.HttpRequest) -> func.HttpResponse:
+    """Returns what the Python worker cannot encode (None, or bytes with ?bytes)."""
+    return b"raw" if "bytes" in req.params else None
+
+
 @bp.route(route="ops", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
 def ops(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse("admin")
