@@ -114,7 +114,7 @@ def health_ready(req: func.HttpRequest) -> func.HttpResponse:
         report = _service().readiness()
         return json_response(dumps(report), request_id, 200 if report["ready"] else 503)
     except Exception as exc:
-        return error_response(exc, request_id, "health_ready")
+        return error_response(exc, request_id, "health_ready", anonymous=True)
 
 
 @bp.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

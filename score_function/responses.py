@@ -50,11 +50,14 @@ def json_response(body: bytes, request_id: str, status: int = 200,
                              charset="utf-8")
 
 
-def error_response(exc: BaseException, request_id: str, route: str) -> func.HttpResponse:
+def error_response(exc: BaseException, request_id: str, route: str, *,
+                   anonymous: bool = False) -> func.HttpResponse:
     """Map any exception to ``{"error": code, "message": ...}`` with its status.
 
     Typed errors carry their own status. Anything else is a 500 whose message says nothing
-    of the internals; the log line has the traceback but never the request body.
+    of the internals; the log line has the traceback but never the request body. On an
+    ``anonymous`` route the message is never the error's own (it may name settings, models
+    or endpoints): the log has it, under the request id.
     """
     headers: dict[str, str] = {}
     if isinstance(exc, ScoreError):
@@ -69,4 +72,9 @@ def error_response(exc: BaseException, request_id: str, route: str) -> func.Http
         status, doc = 500, {"error": "internal_error",
                             "message": f"internal error; quote request id {request_id}"}
         log.exception("%s %s -> 500 internal_error", route, request_id)
+    if anonymous and doc["error"] != "internal_error":
+        if isinstance(exc, ScoreError):  # not logged yet (a settings error was, above)
+            log.warning("%s %s -> %d %s: %s", route, request_id, status, doc["error"], doc["message"])
+        doc = {"error": doc["error"], "message": f"{doc['error']}; the app's log has the "
+                                                 f"details under request id {request_id}"}
     return json_response(orjson.dumps(doc), request_id, status, headers)

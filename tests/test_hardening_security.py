@@ -284,3 +284,31 @@ def test_size_limits_on_every_input(limits_host, models):
         RouterHolder(source).current()
     with pytest.raises(InvalidRouterConfig, match="limit"):
         parse_config(b" " * (MAX_CONFIG_BYTES + 1))
+
+
+@pytest.mark.parametrize("error", [
+    "settings", "router_config"], ids=["invalid-app-setting", "invalid-router-config"])
+def test_the_anonymous_readiness_probe_names_no_setting_model_or_endpoint(error, monkeypatch,
+                                                                          caplog):
+    import azure.functions as func
+
+    import score_function.http_routes as routes
+    from shared.errors import InvalidRouterConfig, SettingsError
+
+    detail = "endpoints.secret-fraud.variants[0].model: invalid model name 'fraud/v7..txt'"
+    exc = (SettingsError(f"app setting ROUTER_CONFIG: {detail}") if error == "settings"
+           else InvalidRouterConfig(detail))
+
+    def broken():
+        raise exc
+
+    monkeypatch.setattr(routes, "_service", broken)
+    request = func.HttpRequest("GET", "http://x/api/v2/health/ready", headers={}, body=b"")
+    with caplog.at_level("INFO", logger="scorefn.http"):
+        response = routes.health_ready(request)
+    body = orjson.loads(response.get_body())
+    assert response.status_code >= 500 if error == "settings" else response.status_code >= 400
+    assert body["error"] and "secret-fraud" not in body["message"]
+    assert "ROUTER_CONFIG" not in body["message"]
+    assert response.headers["x-request-id"] in body["message"]
+    assert "secret-fraud" in caplog.text  # the detail is in the app's log, for its operators
