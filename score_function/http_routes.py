@@ -9,9 +9,12 @@ from __future__ import annotations
 import azure.functions as func
 
 from .dispatch import run_scoring
+from .openapi import API_VERSION
 from .responses import error_response, json_response, request_id_of, trace_carrier
 
 bp = func.Blueprint()
+# V2 server metadata: this API's name and version; no protocol extensions.
+SERVER_METADATA = b'{"name":"scorefn","version":"%s","extensions":[]}' % API_VERSION.encode()
 
 
 def _service():
@@ -84,6 +87,24 @@ def v2_metadata(req: func.HttpRequest) -> func.HttpResponse:
         return json_response(dumps(_service().metadata(req.route_params["name"])), request_id)
     except Exception as exc:
         return error_response(exc, request_id, "v2_metadata")
+
+
+@bp.route(route="v2/models/{name}/ready", methods=["GET"])
+def v2_model_ready(req: func.HttpRequest) -> func.HttpResponse:
+    """Open Inference Protocol model readiness (200 ready; an error status: not ready)."""
+    request_id = request_id_of(req)
+    try:
+        from shared.payloads import dumps
+
+        return json_response(dumps(_service().model_ready(req.route_params["name"])), request_id)
+    except Exception as exc:
+        return error_response(exc, request_id, "v2_model_ready")
+
+
+@bp.route(route="v2", methods=["GET"])
+def v2_server_metadata(req: func.HttpRequest) -> func.HttpResponse:
+    """Open Inference Protocol server metadata (no storage access)."""
+    return json_response(SERVER_METADATA, request_id_of(req))
 
 
 @bp.route(route="endpoints", methods=["GET"])

@@ -8,6 +8,7 @@ import functools
 from pathlib import Path
 
 PATH = Path(__file__).resolve().parent / "openapi.json"
+API_VERSION = "1.0.0"  # the document's info.version (a test keeps them equal)
 
 
 @functools.lru_cache(maxsize=1)

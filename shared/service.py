@@ -22,7 +22,7 @@ from .model_store import ModelStore, NotCached
 from .payloads import ScoringInput, decode_json, parse_score_body, parse_v2
 from .payloads.common import DEFAULT_OPTIONS
 from .payloads.rows import read_rows_body
-from .payloads.v2 import read_v2_body
+from .payloads.v2 import OUTPUT_NAME, read_v2_body
 from .prediction_log import PredictionLog, build_logs, output_kind
 from .router import (OVERRIDE_HEADER, EndpointConfig, Route, RouterHolder, ShadowRunner, header,
                      sticky_key)
@@ -478,6 +478,16 @@ class ScoringService:
         finally:
             self._readiness_lock.release()
 
+    def model_ready(self, endpoint: str) -> dict[str, Any]:
+        """V2 model readiness: ``{"name", "ready": true}`` once every model the endpoint may
+        route to is loaded (loading them now if need be); a model that cannot load raises its
+        typed error (404 ``model_not_found``, 422 ``invalid_model``, 503 ``model_unavailable``),
+        which the protocol reads as not ready."""
+        config = self.routing.current().endpoint(endpoint) if self.routing is not None else None
+        for name in [v.model for v in config.variants] if config is not None else [endpoint]:
+            self.store.get(name)
+        return {"name": endpoint, "ready": True}
+
     def metadata(self, endpoint: str) -> dict[str, Any]:
         """V2 model metadata: inputs (both accepted shapes) and outputs."""
         config = self.routing.current().endpoint(endpoint) if self.routing is not None else None
@@ -492,7 +502,7 @@ class ScoringService:
             "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, info.num_features],
                         "parameters": {"feature_names": list(info.feature_names)}}]
                       + [{"name": f, "datatype": "FP64", "shape": [-1]} for f in info.feature_names],
-            "outputs": [{"name": "predict", "datatype": "FP64", "shape": outputs_shape}],
+            "outputs": [{"name": OUTPUT_NAME, "datatype": "FP64", "shape": outputs_shape}],
             "parameters": {"objective": info.objective, "num_classes": info.num_classes,
                            "blob": info.path},
         }

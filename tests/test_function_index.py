@@ -17,6 +17,8 @@ def test_http_functions_routes_methods_and_auth_levels(app_functions):
         "score": ("score/{name}", ["POST"], F),
         "v2_infer": ("v2/models/{name}/infer", ["POST"], F),
         "v2_metadata": ("v2/models/{name}", ["GET"], F),
+        "v2_model_ready": ("v2/models/{name}/ready", ["GET"], F),
+        "v2_server_metadata": ("v2", ["GET"], F),
         "endpoints": ("endpoints", ["GET"], F),
         "outcomes": ("outcomes/{endpoint}", ["POST"], F),
         "health_live": ("v2/health/live", ["GET"], A),

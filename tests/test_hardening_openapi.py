@@ -214,6 +214,9 @@ def test_real_responses_validate_against_the_document(host, broken_hosts, reques
                                          "data": [row6, row6]}], "parameters": {"raw_score": True}}):
         assert call(host, "POST", "/api/v2/models/price/infer", json=body).status_code == 200
     assert call(host, "GET", "/api/v2/models/segment").status_code == 200
+    assert call(host, "GET", "/api/v2/models/segment/ready").json() == {"name": "segment",
+                                                                       "ready": True}
+    assert call(host, "GET", "/api/v2").json()["version"] == DOC["info"]["version"]
     assert call(host, "GET", "/api/endpoints").status_code == 200
     assert call(host, "GET", "/api/v2/health/live", headers={}).status_code == 200
     assert call(host, "GET", "/api/v2/health/ready", headers={}).status_code == 200
@@ -257,11 +260,13 @@ def test_real_responses_validate_against_the_document(host, broken_hosts, reques
             response = call(host, "POST", path, **kwargs)
         assert response.status_code == status, (path, response.text)
     for path, status in (("/api/v2/models/a%20b", 400), ("/api/v2/models/nope", 404),
-                         ("/api/v2/models/broken", 422)):
+                         ("/api/v2/models/broken", 422), ("/api/v2/models/a%20b/ready", 400),
+                         ("/api/v2/models/nope/ready", 404), ("/api/v2/models/broken/ready", 422)):
         assert call(host, "GET", path).status_code == status
     # 401 (empty, from the host) on every keyed operation, and the host's empty 404.
     for method, path in (("POST", "/api/score/price"), ("POST", "/api/v2/models/price/infer"),
-                         ("GET", "/api/v2/models/price"), ("GET", "/api/endpoints"),
+                         ("GET", "/api/v2/models/price"), ("GET", "/api/v2/models/price/ready"),
+                         ("GET", "/api/v2"), ("GET", "/api/endpoints"),
                          ("POST", "/api/outcomes/churn"), ("GET", "/api/metrics/latency")):
         assert call(host, method, path, headers={}).status_code == 401
     assert call(host, "GET", "/api/metrics/latency").status_code == 401  # a function key is not enough
@@ -272,6 +277,7 @@ def test_real_responses_validate_against_the_document(host, broken_hosts, reques
     assert call(down, "POST", "/api/score/churn", json={"rows": [row6]}).status_code == 503
     assert call(down, "POST", "/api/v2/models/churn/infer", json={"inputs": []}).status_code == 503
     assert call(down, "GET", "/api/v2/models/churn").status_code == 503
+    assert call(down, "GET", "/api/v2/models/churn/ready").status_code == 503
     assert call(down, "GET", "/api/v2/health/ready", headers={}).status_code == 503
     assert call(down, "POST", "/api/outcomes/churn", json=outcome).status_code == 503
     assert call(down, "GET", "/api/metrics/latency",
@@ -280,9 +286,17 @@ def test_real_responses_validate_against_the_document(host, broken_hosts, reques
     assert call(bad, "POST", "/api/v2/models/churn/infer", json={"inputs": []}).status_code == 500
     assert call(bad, "GET", "/api/endpoints").status_code == 500
     assert call(bad, "GET", "/api/v2/models/churn").status_code == 500
+    assert call(bad, "GET", "/api/v2/models/churn/ready").status_code == 500
     latency = call(bad, "GET", "/api/metrics/latency", headers={"x-functions-key": MASTER_KEY})
     assert latency.status_code == 500 and latency.json()["error"] == "configuration_error"
     # Every operation was seen succeeding.
     ok = {(m, t) for m, t, s in seen if s < 300}
     assert ok == {(m.upper(), p) for p, item in DOC["paths"].items() for m in item}
     request.node.user_properties.append(("responses_validated", len(seen)))
+
+
+def test_the_v2_server_metadata_names_the_documents_version():
+    from score_function.http_routes import SERVER_METADATA
+
+    assert json.loads(SERVER_METADATA) == {"name": "scorefn", "version": DOC["info"]["version"],
+                                           "extensions": []}

@@ -142,6 +142,13 @@ class TestV2:
     def test_bad_v2_requests_have_a_precise_code(self, inputs, code):
         assert code_of(self.v2, inputs) == code
 
+    def test_requested_outputs_must_be_the_one_there_is(self):
+        tensor = [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}]
+        assert self.v2(tensor, outputs=[{"name": "predict"}]).X.shape == (1, 3)
+        for outputs in ([{"name": "proba"}], [{"name": "predict"}, {"name": "leaf"}],
+                        "predict", [{"nom": "predict"}]):
+            assert code_of(lambda: self.v2(tensor, outputs=outputs)) == "invalid_v2_request"
+
     def test_the_response_is_a_flat_fp64_tensor_with_its_shape(self):
         body = encode_v2_response(np.array([[0.1, 0.9], [0.3, 0.7]]), model_name="m",
                                   model_version="v1", request_id="r")

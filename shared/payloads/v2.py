@@ -27,6 +27,7 @@ _NUMERIC = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
             "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
             "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64}
 _VALUE_TYPES = frozenset((float, int, type(None)))
+OUTPUT_NAME = "predict"  # the one output tensor of every model
 
 
 def parse_v2(doc: dict[str, Any], feature_names: Sequence[str], max_rows: int) -> ScoringInput:
@@ -41,6 +42,7 @@ def parse_v2(doc: dict[str, Any], feature_names: Sequence[str], max_rows: int) -
         raise InvalidPayload("'parameters' must be an object", code="invalid_v2_request")
     options = parse_options({k: v for k, v in (params or {}).items()
                              if k in ("raw_score", "pred_contrib")}, where="parameters")
+    _check_outputs(doc.get("outputs"))
     tensors = [_tensor(t, i) for i, t in enumerate(inputs)]
     names = set(feature_names)
     if len(tensors) == 1 and tensors[0][0] not in names:
@@ -48,6 +50,21 @@ def parse_v2(doc: dict[str, Any], feature_names: Sequence[str], max_rows: int) -
     else:
         X = _column_tensors(tensors, feature_names, max_rows)
     return ScoringInput(X=X, options=options, format="v2", request_id=request_id)
+
+
+def _check_outputs(outputs: Any) -> None:
+    """Requested ``outputs`` (optional): the protocol returns what was asked for, and every
+    model here has one output, ``predict``; asking for another is an error, not ignored."""
+    if outputs is None:
+        return
+    if not isinstance(outputs, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
+        raise InvalidPayload("'outputs' must be a list of objects with a 'name'",
+                             code="invalid_v2_request")
+    unknown = sorted({o["name"] for o in outputs} - {OUTPUT_NAME})
+    if unknown:
+        raise InvalidPayload(f"unknown output(s) {[n[:64] for n in unknown[:5]]}: the only output "
+                             f"is {OUTPUT_NAME!r}", code="invalid_v2_request")
 
 
 _TENSOR_KEYS = frozenset(("name", "shape", "datatype", "data"))
@@ -192,7 +209,7 @@ def _column_tensors(tensors: list[tuple[str, list[int], str, np.ndarray]],
 
 
 def encode_v2_response(predictions: np.ndarray, *, model_name: str, model_version: str,
-                       request_id: str | None, output_name: str = "predict",
+                       request_id: str | None, output_name: str = OUTPUT_NAME,
                        parameters: dict[str, Any] | None = None) -> bytes:
     """A V2 inference response with one FP64 output tensor (row-major data)."""
     doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
