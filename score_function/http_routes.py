@@ -6,6 +6,8 @@ the app (cold start) does not pay for numpy, LightGBM or the storage SDK.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import azure.functions as func
 
 from .dispatch import run_scoring
@@ -77,28 +79,27 @@ def outcomes(req: func.HttpRequest) -> func.HttpResponse:
         return error_response(exc, request_id, "outcomes")
 
 
-@bp.route(route="v2/models/{name}", methods=["GET"])
-def v2_metadata(req: func.HttpRequest) -> func.HttpResponse:
-    """Open Inference Protocol model metadata."""
+def _service_json(req: func.HttpRequest, route: str, answer: Callable[[Any], Any]) -> func.HttpResponse:
+    """``answer(service)`` as a JSON response, or its error."""
     request_id = request_id_of(req)
     try:
         from shared.payloads import dumps
 
-        return json_response(dumps(_service().metadata(req.route_params["name"])), request_id)
+        return json_response(dumps(answer(_service())), request_id)
     except Exception as exc:
-        return error_response(exc, request_id, "v2_metadata")
+        return error_response(exc, request_id, route)
+
+
+@bp.route(route="v2/models/{name}", methods=["GET"])
+def v2_metadata(req: func.HttpRequest) -> func.HttpResponse:
+    """Open Inference Protocol model metadata."""
+    return _service_json(req, "v2_metadata", lambda s: s.metadata(req.route_params["name"]))
 
 
 @bp.route(route="v2/models/{name}/ready", methods=["GET"])
 def v2_model_ready(req: func.HttpRequest) -> func.HttpResponse:
     """Open Inference Protocol model readiness (200 ready; an error status: not ready)."""
-    request_id = request_id_of(req)
-    try:
-        from shared.payloads import dumps
-
-        return json_response(dumps(_service().model_ready(req.route_params["name"])), request_id)
-    except Exception as exc:
-        return error_response(exc, request_id, "v2_model_ready")
+    return _service_json(req, "v2_model_ready", lambda s: s.model_ready(req.route_params["name"]))
 
 
 @bp.route(route="v2", methods=["GET"])
@@ -110,13 +111,7 @@ def v2_server_metadata(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="endpoints", methods=["GET"])
 def endpoints(req: func.HttpRequest) -> func.HttpResponse:
     """Endpoints with their variants and weights, and the loaded model versions."""
-    request_id = request_id_of(req)
-    try:
-        from shared.payloads import dumps
-
-        return json_response(dumps(_service().endpoints()), request_id)
-    except Exception as exc:
-        return error_response(exc, request_id, "endpoints")
+    return _service_json(req, "endpoints", lambda s: s.endpoints())
 
 
 @bp.route(route="v2/health/live", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
