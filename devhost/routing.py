@@ -12,6 +12,12 @@ from typing import Callable, Generic, Iterable, TypeVar
 T = TypeVar("T")
 
 _PARAM = re.compile(r"\{([^{}]*)\}")
+# "{{" and "}}" are a literal brace (in a literal or in a constraint such as regex(\d{{3}})).
+_OPEN, _CLOSE = "\x00", "\x01"
+
+
+def _unescape(text: str) -> str:
+    return text.replace(_OPEN, "{").replace(_CLOSE, "}")
 _GUID = (r"(?:[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
          r"|\{[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\}"
          r"|\([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\))")
@@ -38,7 +44,14 @@ class _Param:
 
 
 def _integer(low: int, high: int) -> Callable[[str], bool]:
-    return lambda v: re.fullmatch(r"[+-]?\d+", v) is not None and low <= int(v) <= high
+    return lambda v: re.fullmatch(r"[+-]?[0-9]+", v) is not None and low <= int(v) <= high
+
+
+def _is_file(v: str) -> bool:
+    """ASP.NET's ``file``: the last path segment has a "." followed by something not a "."."""
+    last = v.rsplit("/", 1)[-1]
+    dot = last.find(".")
+    return dot >= 0 and last[dot + 1:].strip(".") != ""
 
 
 def _number(v: str) -> bool:
@@ -74,8 +87,7 @@ def _check(constraint: str, template: str) -> Callable[[str], bool]:
                   "alpha": lambda v: re.fullmatch(r"[a-z]+", v, re.IGNORECASE) is not None,
                   "guid": lambda v: re.fullmatch(_GUID, v, re.IGNORECASE) is not None,
                   "double": _number, "float": _number, "decimal": _number, "datetime": _date,
-                  "required": bool, "file": lambda v: "." in v.strip(".")[1:],
-                  "nonfile": lambda v: "." not in v.strip(".")[1:]}
+                  "required": bool, "file": _is_file, "nonfile": lambda v: not _is_file(v)}
         if name in simple and not paren:
             return simple[name]
         if name == "regex" and paren:
@@ -109,7 +121,7 @@ class RouteTemplate:
         self._params = {}
         pieces: list[str] = []
         ranks: list[int] = []
-        stripped = self.template.strip("/")
+        stripped = self.template.replace("{{", _OPEN).replace("}}", _CLOSE).strip("/")
         segments = stripped.split("/") if stripped else []
         for index, segment in enumerate(segments):
             sep = "/" if index else ""
@@ -140,14 +152,15 @@ class RouteTemplate:
         if not params:
             if "{" in segment or "}" in segment:
                 raise RouteTemplateError(f"route {self.template!r}: bad segment {segment!r}")
-            return re.escape(segment), _LITERAL, False
+            return re.escape(_unescape(segment)), _LITERAL, False
         pattern = ""
         parsed: list[_Param] = []
         for i, part in enumerate(parts):
             if i % 2 == 0:
-                pattern += re.escape(part)
+                pattern += re.escape(_unescape(part))
                 continue
-            param = self._param(part, alone=len(params) == 1 and segment == "{" + part + "}")
+            param = self._param(_unescape(part),
+                                alone=len(params) == 1 and segment == "{" + part + "}")
             if param.catch_all and not last:
                 raise RouteTemplateError(f"route {self.template!r}: catch-all must be last")
             group = f"p{len(self._params)}"
@@ -167,8 +180,9 @@ class RouteTemplate:
         catch_all = text.startswith("*")
         text = text.lstrip("*")
         default = None
-        if "=" in text:
-            text, default = text.split("=", 1)
+        cut = _outside_parentheses(text, "=")  # an "=" inside regex(...) is the regex's
+        if cut >= 0:
+            text, default = text[:cut], text[cut + 1:]
         optional = text.endswith("?") or default is not None
         name, *constraints = _split_constraints(text.rstrip("?"))
         if not name:
@@ -181,8 +195,20 @@ class RouteTemplate:
         elif known:
             pattern = f"(?:{known[0]})"
         else:
-            pattern = "[^/]+" if alone else "[^/]+?"
+            # In a complex segment ("{a}-{b}") ASP.NET matches literals from the right: the
+            # first parameters take as much as they can.
+            pattern = "[^/]+"
         return _Param(name, pattern, optional, default, catch_all, bool(constraints), checks)
+
+
+def _outside_parentheses(text: str, char: str) -> int:
+    """The index of the first ``char`` of ``text`` not inside parentheses, or -1."""
+    depth = 0
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if ch == char and depth == 0:
+            return i
+    return -1
 
 
 def _split_constraints(text: str) -> list[str]:

@@ -72,7 +72,7 @@ def error_response(exc: BaseException, request_id: str, route: str, *,
         status, doc = 500, {"error": "internal_error",
                             "message": f"internal error; quote request id {request_id}"}
         log.exception("%s %s -> 500 internal_error", route, request_id)
-    if anonymous and doc["error"] != "internal_error":
+    if anonymous and isinstance(exc, (ScoreError, SettingsError)):
         if isinstance(exc, ScoreError):  # not logged yet (a settings error was, above)
             log.warning("%s %s -> %d %s: %s", route, request_id, status, doc["error"], doc["message"])
         doc = {"error": doc["error"], "message": f"{doc['error']}; the app's log has the "

@@ -484,8 +484,16 @@ class ScoringService:
         typed error (404 ``model_not_found``, 422 ``invalid_model``, 503 ``model_unavailable``),
         which the protocol reads as not ready."""
         config = self.routing.current().endpoint(endpoint) if self.routing is not None else None
-        for name in [v.model for v in config.variants] if config is not None else [endpoint]:
+        names = [v.model for v in config.variants] if config is not None else [endpoint]
+        for name in names:
             self.store.get(name)
+        # Loading one may have evicted another (MODEL_CACHE_MAX_MB): ready only if all stayed.
+        evicted = [n for n in names if not self.store.is_cached(n)]
+        if evicted:
+            from .errors import ModelUnavailable
+
+            raise ModelUnavailable(f"the models of {endpoint!r} do not fit the model cache "
+                                   f"together (MODEL_CACHE_MAX_MB): {evicted[0]!r} was evicted")
         return {"name": endpoint, "ready": True}
 
     def metadata(self, endpoint: str) -> dict[str, Any]:

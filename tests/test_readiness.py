@@ -6,6 +6,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from shared.blob_source import BlobSource
 from shared.model_store import ModelStore
 from shared.service import ScoringService
@@ -83,3 +85,31 @@ def test_the_anonymous_probe_counts_loaded_models_without_naming_them(container,
     report = service.readiness()
     assert report == {"ready": True, "storage": "ok", "models_loaded": 1}
     assert b"churn" not in orjson.dumps(report)
+
+
+def test_a_model_is_ready_only_when_every_variant_loads_and_fits_the_cache(container, demo_models):
+    import json
+
+    from shared.errors import ModelNotFound, ModelUnavailable
+    from shared.router import RouterConfigSource, RouterHolder
+
+    container.upload_blob("churn.txt", demo_models["churn"].path.read_bytes())
+    container.upload_blob("churn_v1.txt", demo_models["churn_v1"].path.read_bytes())
+    config = {"endpoints": {"churn": {"variants": [{"name": "a", "model": "churn"},
+                                                   {"name": "b", "model": "churn_v1"}]},
+                            "gone": {"variants": [{"name": "a", "model": "nope"}]}}}
+
+    def service(cache_bytes: int) -> ScoringService:
+        store = ModelStore(BlobSource(container, 1 << 22), max_cache_bytes=cache_bytes)
+        routing = RouterHolder(RouterConfigSource(inline=json.dumps(config)), check_models=None)
+        return ScoringService(Settings.from_env({}), store, routing=routing)
+
+    roomy = service(64 << 20)
+    assert roomy.model_ready("churn") == {"name": "churn", "ready": True}
+    assert roomy.store.is_cached("churn") and roomy.store.is_cached("churn_v1")
+    assert roomy.model_ready("churn_v1") == {"name": "churn_v1", "ready": True}  # unlisted: itself
+    with pytest.raises(ModelNotFound):
+        roomy.model_ready("gone")
+    one_fits = max(demo_models[n].path.stat().st_size for n in ("churn", "churn_v1")) + 1
+    with pytest.raises(ModelUnavailable, match="MODEL_CACHE_MAX_MB"):
+        service(one_fits).model_ready("churn")

@@ -130,3 +130,29 @@ def test_a_route_that_matches_the_path_but_not_the_method_lets_the_next_one_answ
 def test_invalid_templates_are_rejected(template):
     with pytest.raises(RouteTemplateError):
         table(template)
+
+
+def test_constraint_arguments_may_hold_equals_signs_and_escaped_braces():
+    # ASP.NET's own example: braces in a regex are doubled; an "=" inside (...) is the regex's.
+    ssn = table("ssn/{ssn:regex(^\\d{{3}}-\\d{{2}}-\\d{{4}}$)}")
+    assert ssn.match("GET", "/api/ssn/123-45-6789")[1] == {"ssn": "123-45-6789"}
+    assert ssn.match("GET", "/api/ssn/12-345-6789") is None
+    look = table("v/{v:regex(^(?=\\d)\\w+$)}", "d/{v:int=5}")
+    assert look.match("GET", "/api/v/1ab")[1] == {"v": "1ab"} and look.match("GET", "/api/v/ab") is None
+    assert look.match("GET", "/api/d")[1] == {"v": "5"}
+    assert table("a{{b}}/{x}").match("GET", "/api/a{b}/1")[1] == {"x": "1"}
+
+
+def test_file_and_nonfile_look_at_the_last_segment_as_asp_net_does():
+    files = table("f/{*p:file}", "f/{*q}")
+    assert files.match("GET", "/api/f/dir/model.json")[0] == "f/{*p:file}"
+    assert files.match("GET", "/api/f/.env")[0] == "f/{*p:file}"
+    assert files.match("GET", "/api/f/a.b/c")[0] == "f/{*q}"  # the dot is not in the last segment
+    assert files.match("GET", "/api/f/name.")[0] == "f/{*q}"
+
+
+def test_a_complex_segment_gives_the_right_hand_parameters_the_least():
+    # ASP.NET matches a complex segment's literals from the right.
+    routes = table("c/{a:regex(^\\d+-\\d+$)}-{b}", "c/{a}.{b}")
+    assert routes.match("GET", "/api/c/1-2-x")[1] == {"a": "1-2", "b": "x"}
+    assert routes.match("GET", "/api/c/a.b.c")[1] == {"a": "a.b", "b": "c"}
