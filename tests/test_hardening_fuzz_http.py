@@ -417,14 +417,17 @@ def test_schemathesis_against_the_openapi_document(host, oracle, request):
 
     schema = schemathesis.openapi.from_dict(OPENAPI)
     operations = [result.ok() for result in schema.get_all_operations()]
-    strategies = []
+    # Each operation its own share of the examples: drawn from one pool, hypothesis starved
+    # the operations listed last (one of 11 got no request at all in a run).
+    per_op_strategies = []
     for op in operations:
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            strategies.append(op.as_strategy(generation_mode=mode))
+        strategies = [op.as_strategy(generation_mode=mode)
+                      for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)]
         if "{name}" in op.path:
             for model in MODELS:
                 strategies.append(op.as_strategy(generation_mode=GenerationMode.POSITIVE,
                                                  path_parameters={"name": model}))
+        per_op_strategies.append(st.one_of(strategies))
     tally = Tally()
     per_operation: Counter[str] = Counter()
     base_url = f"{host.url}/api"
@@ -451,9 +454,7 @@ def test_schemathesis_against_the_openapi_document(host, oracle, request):
               sc.response_headers_conformance, sc.response_schema_conformance,
               negative_data_rejected, predictions_match]
 
-    @hypothesis_settings(400)
-    @given(st.one_of(strategies))
-    def run(case):
+    def call(case):
         response = case.call(base_url=base_url, headers={"x-functions-key": MASTER_KEY},
                              timeout=TIMEOUT)
         tally.tried += 1
@@ -463,7 +464,8 @@ def test_schemathesis_against_the_openapi_document(host, oracle, request):
         if response.status_code >= 400 and response.content:
             tally.codes[response.json()["error"]] += 1
 
-    run()
+    for strategy in per_op_strategies:
+        hypothesis_settings(max(20, 400 // len(per_op_strategies)))(given(strategy)(call))()
     report(request, "fuzz_http_schemathesis", operations=len(operations),
            per_operation=dict(per_operation), **tally.figures())
     assert len(per_operation) == len(operations)
