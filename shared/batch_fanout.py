@@ -337,11 +337,9 @@ class FanOut:
         started = time.perf_counter()
         try:
             return (*self._score_range(msg, plan), started)
-        except ScoreError as exc:
-            self._record(plan, started, outcome=exc.code)
-            raise
-        except Exception:
-            self._record(plan, started, outcome="internal_error")
+        except Exception as exc:
+            self._record(plan, started,
+                         outcome=exc.code if isinstance(exc, ScoreError) else "internal_error")
             raise
         finally:
             self._slots.release()

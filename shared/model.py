@@ -116,13 +116,6 @@ class LoadedModel:
         return self.predict_lightgbm(X, raw_score=raw_score, pred_contrib=pred_contrib,
                                      num_threads=num_threads), "lightgbm"
 
-    def predict_row(self, X: np.ndarray) -> tuple[np.ndarray, str]:
-        """``predict_with_backend`` of one row (shape (1, num_features)) with default options."""
-        compiled = self.compiled
-        if compiled is not None:
-            return compiled.predict(X), "compiled"
-        return self._predict_one(X, PREDICT_NORMAL), "lightgbm"
-
     def predict_lightgbm(self, X: np.ndarray, *, raw_score: bool = False,
                          pred_contrib: bool = False, num_threads: int = 1) -> np.ndarray:
         """Predict with LightGBM, whatever else is attached; equal to ``Booster.predict``."""

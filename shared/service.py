@@ -301,12 +301,8 @@ class ScoringService:
             else:  # the route: the sticky key's body field is allowed here as for the answer
                 result = self.score_document(model, doc if doc is not None else decode_json(body),
                                              fmt=fmt, cold=cold, route=primary.route)
-        except ScoreError as exc:
-            attrs["outcome"] = exc.code
-            self.telemetry.record(attrs, duration_ms=(time.perf_counter() - start) * 1000)
-            raise
-        except Exception:  # a bug or a native failure: counted as score() counts it
-            attrs["outcome"] = "internal_error"
+        except Exception as exc:  # a bug or a native failure counts as score() counts it
+            attrs["outcome"] = exc.code if isinstance(exc, ScoreError) else "internal_error"
             self.telemetry.record(attrs, duration_ms=(time.perf_counter() - start) * 1000)
             raise
         attrs["outcome"] = "ok"
@@ -336,14 +332,9 @@ class ScoringService:
     def _predict_parsed(self, model: LoadedModel, request: ScoringInput, cold: bool) -> ScoreResult:
         self._check_response_size(model.info, request)
         start = time.perf_counter()
-        if request.options is DEFAULT_OPTIONS and request.X.shape[0] == 1:
-            # One row, the most common online request: straight to the model's single-row
-            # call (the same predictions) without the general dispatch's frames.
-            predictions, backend = model.predict_row(request.X)
-        else:
-            predictions, backend = predict_with_backend(
-                model, request, parallel_min_rows=self.settings.predict_parallel_min_rows,
-                max_threads=self.settings.predict_max_threads)
+        predictions, backend = predict_with_backend(
+            model, request, parallel_min_rows=self.settings.predict_parallel_min_rows,
+            max_threads=self.settings.predict_max_threads)
         return ScoreResult(predictions, model.info, request, cold, time.perf_counter() - start,
                            backend=backend)
 

@@ -268,14 +268,14 @@ def test_a_shadow_failing_unexpectedly_is_counted_and_its_log_line_quotes_no_req
                              telemetry=telemetry, shadows=runner,
                              routing=RouterHolder(RouterConfigSource(inline=json.dumps(config))))
     service.store.get("price/next.txt")[0]  # loaded; now its predictions break (not a ScoreError)
-    real = LoadedModel.predict_row
+    real = LoadedModel._predict_one
 
-    def broken(model, X):
+    def broken(model, X, predict_type):
         if model.info.path == "price/next.txt":
             raise RuntimeError("native failure")
-        return real(model, X)
+        return real(model, X, predict_type)
 
-    monkeypatch.setattr(LoadedModel, "predict_row", broken)
+    monkeypatch.setattr(LoadedModel, "_predict_one", broken)
     with caplog.at_level(logging.WARNING, logger="scorefn.shadow"):
         assert service.score("price", body()).predictions.shape == (1,)
         runner.close()
@@ -287,7 +287,7 @@ def test_a_shadow_failing_unexpectedly_is_counted_and_its_log_line_quotes_no_req
     # A shadow's parse failure is logged by its code, without the message that names fields.
     runner2 = ShadowRunner(workers=1)
     service.shadows = runner2
-    monkeypatch.setattr(LoadedModel, "predict_row", real)
+    monkeypatch.setattr(LoadedModel, "_predict_one", real)
     predict_parsed = service._predict_parsed
 
     def refusing(model, request, cold):
