@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Mapping
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (AzureError, ResourceModifiedError, ResourceNotFoundError,
@@ -21,6 +22,7 @@ class BlobContent:
     data: bytes
     etag: str
     last_modified: datetime | None
+    metadata: Mapping[str, str] = field(default_factory=dict)  # the blob's user metadata
 
 
 class BlobSource:
@@ -68,7 +70,8 @@ class BlobSource:
         except AzureError as exc:
             raise ModelUnavailable(f"storage error reading {path!r}: {type(exc).__name__}") from None
         data = _gunzip(raw, self.max_bytes, path) if path.endswith(".gz") else raw
-        return BlobContent(data=data, etag=(props.etag or "").strip('"'), last_modified=props.last_modified)
+        return BlobContent(data=data, etag=(props.etag or "").strip('"'), last_modified=props.last_modified,
+                           metadata=dict(props.metadata or {}))
 
 
 def _gunzip(raw: bytes, max_bytes: int, path: str) -> bytes:

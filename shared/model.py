@@ -8,16 +8,18 @@ are never imported to serve, which takes ~165 ms off a cold start.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import queue
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import InvalidModel
+from .errors import InvalidModel, InvalidPayload
+from .features import FeatureSchema, read_schema
 from .lgbm_native import (DTYPE_FLOAT64, PREDICT_CONTRIB, PREDICT_NORMAL, PREDICT_RAW,
                           NativeBooster, NativeError, check, library)
 
@@ -36,6 +38,9 @@ class ModelInfo:
     num_classes: int
     num_outputs: int
     size_bytes: int
+    schema: FeatureSchema = None  # type: ignore[assignment]  # set by parse_model
+    linear_tree: bool = False  # LightGBM refuses pred_contrib for linear trees
+    blob_metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version}
@@ -119,6 +124,11 @@ class LoadedModel:
     def predict_lightgbm(self, X: np.ndarray, *, raw_score: bool = False,
                          pred_contrib: bool = False, num_threads: int = 1) -> np.ndarray:
         """Predict with LightGBM, whatever else is attached; equal to ``Booster.predict``."""
+        if pred_contrib and self.info.linear_tree:
+            # LightGBM's Booster.predict refuses it; the C API would answer with numbers that
+            # do not add up to the prediction.
+            raise InvalidPayload("pred_contrib is not implemented for linear trees "
+                                 "(LightGBM refuses it too)", code="invalid_options")
         if X.shape[0] == 1 and not pred_contrib:
             return self._predict_one(X, PREDICT_RAW if raw_score else PREDICT_NORMAL)
         kind = PREDICT_CONTRIB if pred_contrib else PREDICT_RAW if raw_score else PREDICT_NORMAL
@@ -174,6 +184,11 @@ class LoadedModel:
 _TREE_SIZES = re.compile(r"^tree_sizes=[^\n]*\n", re.M)
 
 
+def safe_text_end(text: str) -> int:
+    """Where the trees end (0 when they do not): what follows is parameters and mappings."""
+    return max(text.rfind("\nend of trees"), 0)
+
+
 def check_structure(text: str, name: str) -> str:
     """Check the text is a whole LightGBM model and return it ready for LightGBM's parser.
 
@@ -199,8 +214,12 @@ def check_structure(text: str, name: str) -> str:
     return _TREE_SIZES.sub("", text[:first_tree], count=1) + text[first_tree:end + 14]
 
 
+_LINEAR_TREE = re.compile(r"^\[linear_tree: 1\]$", re.M)
+
+
 def parse_model(text_bytes: bytes, *, name: str, path: str, version: str,
-                last_modified: datetime | None) -> LoadedModel:
+                last_modified: datetime | None,
+                metadata: Mapping[str, str] | None = None) -> LoadedModel:
     """Parse a LightGBM text model; anything else raises :class:`InvalidModel`."""
     try:
         text = text_bytes.decode("utf-8")
@@ -214,9 +233,14 @@ def parse_model(text_bytes: bytes, *, name: str, path: str, version: str,
     header = _header(text)
     objective = (header.get("objective") or "unknown").split()[0]
     num_classes = int(header.get("num_class", "1") or 1)
+    schema = read_schema(text, booster.feature_names, header.get("feature_infos", "").split(" "))
+    # The parameters section (after the trees) is where LightGBM itself reads linear_tree;
+    # trees of a linear model also carry is_linear=1.
+    linear = bool(_LINEAR_TREE.search(text, safe_text_end(text))) or "\nis_linear=1\n" in text
     info = ModelInfo(
         name=name, path=path, version=version, last_modified=last_modified,
         feature_names=booster.feature_names, num_features=booster.num_features,
         objective=objective, num_classes=num_classes,
-        num_outputs=booster.num_model_per_iteration, size_bytes=len(text_bytes))
+        num_outputs=booster.num_model_per_iteration, size_bytes=len(text_bytes),
+        schema=schema, linear_tree=linear, blob_metadata=dict(metadata or {}))
     return LoadedModel(booster, info)

@@ -210,7 +210,7 @@ class ModelStore:
                 continue
             self.stats.downloads += 1
             return self._parse(content.data, name=name, path=path, version=content.etag,
-                               last_modified=content.last_modified)
+                               last_modified=content.last_modified, metadata=content.metadata)
         raise ModelNotFound(f"no model {name!r} (looked for {', '.join(candidates)})")
 
     def _refresh(self, name: str, entry: _Entry) -> bool:
@@ -224,7 +224,8 @@ class ModelStore:
             else:
                 self.stats.downloads += 1
                 model = self._parse(content.data, name=name, path=current.path,
-                                    version=content.etag, last_modified=content.last_modified)
+                                    version=content.etag, last_modified=content.last_modified,
+                                    metadata=content.metadata)
                 if self.check_swap is not None:
                     try:
                         self.check_swap(name, model.info)
