@@ -468,8 +468,21 @@ def record_dict(payload: tuple) -> dict[str, Any]:
                   latency_ms=round(latency_ms, 4))
     if features is not None:
         record["feature_names"] = model.feature_names
-        record["features"] = features
+        record["features"] = _as_sent(features, model.schema)
     return record
+
+
+def _as_sent(features: np.ndarray, schema: Any) -> Any:
+    """The features as a request sends them: a categorical feature's category value rather
+    than the code it was scored with (``null`` for a missing or unseen value)."""
+    if schema is None or not schema.categorical:
+        return features
+    rows = features.tolist()
+    for cats in schema.categorical:
+        j = cats.index
+        for row in rows:
+            row[j] = cats.value_of(row[j])
+    return rows  # orjson writes NaN as null
 
 
 def output_kind(options: Any) -> str:

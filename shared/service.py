@@ -76,7 +76,7 @@ def _fits(direct: tuple[ScoringInput, str | None], info: ModelInfo) -> bool:
     named after a feature (that one tensor would be a column, see ``parse_v2``)."""
     request, tensor = direct
     return request.X.shape[1] == info.num_features and (
-        tensor is None or tensor not in info.feature_set)
+        tensor is None or info.schema.resolve(tensor) is None)
 
 
 @functools.lru_cache(maxsize=256)
@@ -146,13 +146,15 @@ class ScoringService:
               carrier: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None,
               query: Mapping[str, str] | None = None,
               encode: Callable[[ScoreResult], bytes] | None = None,
-              request_id: str | None = None) -> ScoreResult:
+              request_id: str | None = None,
+              binary_header_length: int | None = None) -> ScoreResult:
         """Score a JSON request body for ``endpoint``: check, route, load, parse, predict,
         encode (with the transport's ``encode``), record telemetry; then hand shadows a copy.
 
         ``headers``/``query`` carry the sticky key and the variant override, ``carrier`` the
         caller's trace context (``traceparent``), ``request_id`` the id the prediction log
-        records (the transport's ``x-request-id``). Raises a :class:`ScoreError` subclass for
+        records (the transport's ``x-request-id``). ``binary_header_length``: a V2 body in
+        the binary tensor data extension, whose JSON header is that many bytes. Raises a :class:`ScoreError` subclass for
         anything the caller got wrong or storage could not do; the failure is recorded and
         logged once, with its code.
         """
@@ -161,9 +163,15 @@ class ScoringService:
         attrs: dict[str, Any] = {"trigger": trigger, "endpoint": endpoint}
         with tel.request_span("scorefn.score", carrier, attrs) as request_trace:
             try:
-                self.check_body(body, content_type)
-                direct = self._read_direct(body, fmt)
-                doc = decode_json(body) if direct is None else None
+                if binary_header_length is None:
+                    self.check_body(body, content_type)
+                    direct = self._read_direct(body, fmt)
+                    doc = decode_json(body) if direct is None else None
+                else:
+                    from .payloads.v2_binary import decode_binary_request
+
+                    self.check_body(body, None)  # the extension's body is not JSON
+                    direct, doc = None, decode_binary_request(body, binary_header_length)
                 decoded = time.perf_counter()
                 # A directly read body's only field besides its format's own (reserved, never
                 # a sticky key) is V2's "id", which a sticky key may name.
@@ -294,7 +302,7 @@ class ScoringService:
             model, cold = self.store.get(target.model)
             attrs.update({"model.name": model.info.name, "model.version": model.info.version,
                           "cold": cold})
-            if model.info.feature_names == primary.model.feature_names:
+            if model.info.schema == primary.model.schema:
                 # Same features: reuse the answer's matrix. Parsing again would hold the GIL
                 # and slow the request threads; predict releases it.
                 result = self._predict_parsed(model, primary.request, cold)
@@ -404,16 +412,16 @@ class ScoringService:
         """Parse a decoded body for ``model`` and predict it. ``extra_fields``: top-level
         fields the body may carry besides the format's own (the sticky key's field); by
         default the field ``route``'s endpoint is configured with."""
-        names = model.info.feature_names
+        schema = model.info.schema
         limit = self.settings.max_rows_per_request
         start = time.perf_counter()
         if fmt == "v2":
-            request = parse_v2(doc, names, limit)
+            request = parse_v2(doc, schema, limit)
         else:
             if extra_fields is None:
                 sticky = self.sticky_body_field(route.endpoint) if route is not None else None
                 extra_fields = frozenset((sticky,)) if sticky else _NONE
-            request = parse_score_body(doc, names, limit, extra_fields=extra_fields)
+            request = parse_score_body(doc, schema, limit, extra_fields=extra_fields)
         parsed = time.perf_counter()
         self._check_response_size(model.info, request)
         predictions, backend = predict_with_backend(
@@ -426,10 +434,7 @@ class ScoringService:
         """Configured endpoints with their variants and weights, and the loaded model versions."""
         routing = (self.routing.describe() if self.routing is not None
                    else {"mode": "single-model", "endpoints": []})
-        return {**routing, "loaded_models": [
-            {"name": info.name, "version": info.version, "blob": info.path,
-             "last_modified": info.last_modified.isoformat() if info.last_modified else None}
-            for info in self.store.loaded()]}
+        return {**routing, "loaded_models": [_loaded_model(info) for info in self.store.loaded()]}
 
     def close(self) -> None:
         """Stop background work: model refreshes, config refreshes, shadows; then write
@@ -493,18 +498,63 @@ class ScoringService:
         # The first variant's model: metadata must be stable, not a random pick.
         model, _ = self.store.get(config.variants[0].model if config is not None else endpoint)
         info = model.info
+        schema = info.schema
         outputs_shape = [-1] if info.num_outputs == 1 else [-1, info.num_outputs]
+        matrix_params: dict[str, Any] = {"feature_names": list(info.feature_names)}
+        categorical = _categorical_features(info)
+        if categorical:
+            # In the matrix a categorical feature holds its code: its category's position.
+            matrix_params["category_codes"] = categorical
         return {
             "name": endpoint,
             "versions": [info.version],
             "platform": "lightgbm",
             "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, info.num_features],
-                        "parameters": {"feature_names": list(info.feature_names)}}]
-                      + [{"name": f, "datatype": "FP64", "shape": [-1]} for f in info.feature_names],
+                        "parameters": matrix_params}]
+                      + [_feature_input(schema, j, name) for j, name in enumerate(schema.names)],
             "outputs": [{"name": OUTPUT_NAME, "datatype": "FP64", "shape": outputs_shape}],
             "parameters": {"objective": info.objective, "num_classes": info.num_classes,
-                           "blob": info.path},
+                           "blob": info.path, **_model_notes(info)},
         }
+
+
+def _loaded_model(info: ModelInfo) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": info.name, "version": info.version, "blob": info.path,
+        "last_modified": info.last_modified.isoformat() if info.last_modified else None}
+    categorical = _categorical_features(info)
+    if categorical:
+        entry["categorical_features"] = categorical
+    return {**entry, **_model_notes(info)}
+
+
+_CATEGORY_DATATYPES = {"str": "BYTES", "int": "INT64", "float": "FP64", "bool": "BOOL"}
+
+
+def _feature_input(schema: Any, j: int, name: str) -> dict[str, Any]:
+    """A feature's own V2 input: category values for a categorical feature."""
+    cats = schema.by_index.get(j)
+    if cats is None:
+        return {"name": name, "datatype": "FP64", "shape": [-1]}
+    return {"name": name, "datatype": _CATEGORY_DATATYPES[cats.kind], "shape": [-1],
+            "parameters": {"categories": list(cats.values)}}
+
+
+def _categorical_features(info: ModelInfo) -> dict[str, Any]:
+    """Each categorical feature's categories, in code order."""
+    return {c.name: c.describe() for c in info.schema.categorical}
+
+
+def _model_notes(info: ModelInfo) -> dict[str, Any]:
+    """What a caller should know beyond the inputs: names as trained, categories that could
+    not be placed, the pre-deployment latency figures stored with the model."""
+    notes: dict[str, Any] = {}
+    if any("_" in name for name in info.feature_names):
+        notes["feature_name_rule"] = ("a name may also be sent as the model was trained with "
+                                      "it: LightGBM stored each space as '_'")
+    if info.schema.mapping == "unknown":
+        notes["categories"] = f"send codes: {info.schema.mapping_problem}"
+    return notes
 
 
 _service: ScoringService | None = None

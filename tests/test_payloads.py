@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from shared.errors import InvalidJson, InvalidPayload, PayloadTooLarge
+from shared.features import FeatureSchema
 from shared.payloads import decode_json, encode_v2_response, parse_score_body, parse_v2
 from shared.payloads.common import dumps
 
-NAMES = ("a", "b", "c")
+NAMES = FeatureSchema(("a", "b", "c"))
 
 
 def score(doc, max_rows=100):
@@ -169,7 +170,7 @@ def test_floats_survive_a_json_round_trip_exactly():
 def full_parser(body: bytes, width: int, max_rows: int = 100):
     """What the full path makes of a body, or the error code it raises."""
     try:
-        return parse_score_body(decode_json(body), [f"f{i}" for i in range(width)], max_rows).X
+        return parse_score_body(decode_json(body), FeatureSchema(tuple(f"f{i}" for i in range(width))), max_rows).X
     except (InvalidJson, InvalidPayload, PayloadTooLarge) as exc:
         return exc.code
 
@@ -345,15 +346,15 @@ def test_any_other_v2_body_is_left_to_parse_v2(body):
 def test_nested_v2_data_must_follow_its_shape_row_by_row(shape, data):
     body = {"inputs": [{"name": "input-0", "shape": shape, "datatype": "FP64", "data": data}]}
     with pytest.raises(InvalidPayload) as err:
-        parse_v2(body, ["a", "b", "c"], 100)
+        parse_v2(body, FeatureSchema(("a", "b", "c")), 100)
     assert err.value.code == "shape_mismatch"
 
 
 def test_a_per_feature_v2_tensor_may_nest_one_value_per_row():
     body = {"inputs": [{"name": n, "shape": [2, 1], "datatype": "FP64", "data": [[1.0], [2.0]]}
                        for n in ("a", "b", "c")]}
-    assert parse_v2(body, ["a", "b", "c"], 100).X.tolist() == [[1.0] * 3, [2.0] * 3]
+    assert parse_v2(body, FeatureSchema(("a", "b", "c")), 100).X.tolist() == [[1.0] * 3, [2.0] * 3]
     ragged = {"inputs": [{"name": "a", "shape": [2], "datatype": "FP64", "data": [[1.0, 2.0]]}]}
     with pytest.raises(InvalidPayload) as err:
-        parse_v2(ragged, ["a"], 100)
+        parse_v2(ragged, FeatureSchema(("a",)), 100)
     assert err.value.code == "shape_mismatch"

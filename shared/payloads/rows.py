@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import simdjson
 
+from ..features import FeatureSchema
 from . import simd
 from .common import rows_to_matrix
 
 
-def parse_rows(rows: Any, feature_names: Sequence[str], max_rows: int) -> np.ndarray:
-    """Rows of exactly ``len(feature_names)`` numbers or nulls each."""
-    return rows_to_matrix(rows, feature_names, max_rows, "rows")
+def parse_rows(rows: Any, schema: FeatureSchema, max_rows: int) -> np.ndarray:
+    """Rows of exactly one value per feature: numbers or nulls, and for a categorical
+    feature its code (a number, as ``Booster.predict`` on a matrix reads it) or a category
+    value (a string)."""
+    return rows_to_matrix(rows, schema, max_rows, "rows")
 
 
 # A body the direct path may take starts with its only field, "rows" (no BOM: orjson refuses

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidPayload
-from .common import DEFAULT_OPTIONS, ScoringInput, dumps, parse_options
+from ..features import FeatureSchema
+from .common import DEFAULT_OPTIONS, ScoringInput, dumps, json_numbers, parse_options
 from .records import parse_records
 from .rows import parse_rows
 
 _FIELDS = frozenset(("rows", "records", "options"))
 
 
-def parse_score_body(doc: dict[str, Any], feature_names: Sequence[str], max_rows: int,
+def parse_score_body(doc: dict[str, Any], schema: FeatureSchema, max_rows: int,
                      extra_fields: frozenset[str] = frozenset()) -> ScoringInput:
     """Parse the ``/api/score`` body: ``rows`` or ``records``, plus ``options``."""
     if len(doc) == 1 and "rows" in doc:  # the common shape: no options, no extra fields
-        return ScoringInput(X=parse_rows(doc["rows"], feature_names, max_rows), options=DEFAULT_OPTIONS,
+        return ScoringInput(X=parse_rows(doc["rows"], schema, max_rows), options=DEFAULT_OPTIONS,
                             format="rows", fields={})
     allowed = _FIELDS | extra_fields
     unknown = set(doc) - allowed
@@ -30,10 +31,10 @@ def parse_score_body(doc: dict[str, Any], feature_names: Sequence[str], max_rows
                              "(objects by feature name)", code="invalid_payload")
     options = parse_options(doc.get("options"))
     if "rows" in doc:
-        X = parse_rows(doc["rows"], feature_names, max_rows)
+        X = parse_rows(doc["rows"], schema, max_rows)
         fmt = "rows"
     else:
-        X = parse_records(doc["records"], feature_names, max_rows)
+        X = parse_records(doc["records"], schema, max_rows)
         fmt = "records"
     return ScoringInput(X=X, options=options, format=fmt,
                         fields={k: doc[k] for k in extra_fields if k in doc})
@@ -42,7 +43,7 @@ def parse_score_body(doc: dict[str, Any], feature_names: Sequence[str], max_rows
 def encode_score_response(predictions: np.ndarray, model: dict[str, Any], request_id: str,
                           extra: dict[str, Any] | None = None) -> bytes:
     """The ``/api/score`` response body."""
-    doc: dict[str, Any] = {"predictions": predictions, "model": model, "request_id": request_id}
+    doc: dict[str, Any] = {"predictions": json_numbers(predictions), "model": model, "request_id": request_id}
     if extra:
         doc.update(extra)
     return dumps(doc)

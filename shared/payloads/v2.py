@@ -3,8 +3,12 @@
 Two request shapes are accepted:
 
 - one tensor holding the whole matrix, ``shape [n, num_features]``, any name;
-- one tensor per feature, named after the features, ``shape [n]`` or ``[n, 1]``
-  (a feature with no tensor is missing, NaN).
+- one tensor per feature, named after the features (or the names they were trained
+  with), ``shape [n]`` or ``[n, 1]`` (a feature with no tensor is missing, NaN).
+
+In the matrix a categorical feature holds codes, as ``Booster.predict`` reads a matrix; a
+feature's own tensor holds category values: a ``BYTES`` tensor of strings, or a numeric
+tensor where the training categories were numbers.
 
 ``data`` may be flat (row-major) or nested. Unknown ``parameters`` are ignored, as the
 protocol lets clients send their own; ``raw_score`` and ``pred_contrib`` are honoured.
@@ -14,23 +18,26 @@ from __future__ import annotations
 
 import math
 from itertools import chain
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import simdjson
 
 from ..errors import InvalidPayload
+from ..features import FeatureSchema
 from . import simd
-from .common import DEFAULT_OPTIONS, ScoringInput, check_count, dumps, parse_options
+from .common import DEFAULT_OPTIONS, ScoringInput, check_count, dumps, json_numbers, parse_options
 
 _NUMERIC = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
             "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
             "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64}
 _VALUE_TYPES = frozenset((float, int, type(None)))
+BYTES = "BYTES"
+_DATATYPES = sorted([*_NUMERIC, BYTES])
 OUTPUT_NAME = "predict"  # the one output tensor of every model
 
 
-def parse_v2(doc: dict[str, Any], feature_names: Sequence[str], max_rows: int) -> ScoringInput:
+def parse_v2(doc: dict[str, Any], schema: FeatureSchema, max_rows: int) -> ScoringInput:
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidPayload("'inputs' must be a non-empty list of tensors", code="invalid_v2_request")
@@ -44,12 +51,24 @@ def parse_v2(doc: dict[str, Any], feature_names: Sequence[str], max_rows: int) -
                              if k in ("raw_score", "pred_contrib")}, where="parameters")
     _check_outputs(doc.get("outputs"))
     tensors = [_tensor(t, i) for i, t in enumerate(inputs)]
-    names = set(feature_names)
-    if len(tensors) == 1 and tensors[0][0] not in names:
-        X = _matrix_tensor(tensors[0], len(feature_names), max_rows)
+    if len(tensors) == 1 and schema.resolve(tensors[0][0]) is None:
+        X = _matrix_tensor(tensors[0], len(schema.names), max_rows)
     else:
-        X = _column_tensors(tensors, feature_names, max_rows)
-    return ScoringInput(X=X, options=options, format="v2", request_id=request_id)
+        X = _column_tensors(tensors, schema, max_rows)
+    return ScoringInput(X=X, options=options, format="v2", request_id=request_id,
+                        binary_output=wants_binary_output(doc))
+
+
+def wants_binary_output(doc: dict[str, Any]) -> bool:
+    """Whether the request asks for its output as binary tensor data (the binary data
+    extension): ``parameters.binary_data_output``, or ``binary_data`` on a requested output."""
+    params = doc.get("parameters")
+    if isinstance(params, dict) and params.get("binary_data_output") is True:
+        return True
+    outputs = doc.get("outputs")
+    return isinstance(outputs, list) and any(
+        isinstance(o, dict) and isinstance(o.get("parameters"), dict)
+        and o["parameters"].get("binary_data") is True for o in outputs)
 
 
 def _check_outputs(outputs: Any) -> None:
@@ -116,7 +135,9 @@ def read_v2_body(body: bytes, max_rows: int) -> tuple[ScoringInput, str] | None:
                         fields={"id": request_id} if request_id is not None else {}), name
 
 
-def _tensor(raw: Any, i: int) -> tuple[str, list[int], str, np.ndarray]:
+def _tensor(raw: Any, i: int) -> tuple[str, list[int], str, Any]:
+    """An input tensor's name, shape, datatype and values: float64 for a numeric tensor, a
+    list of strings for ``BYTES``."""
     if not isinstance(raw, dict):
         raise InvalidPayload(f"inputs[{i}] must be an object", code="invalid_v2_request")
     name, shape, datatype, data = (raw.get(k) for k in ("name", "shape", "datatype", "data"))
@@ -126,54 +147,79 @@ def _tensor(raw: Any, i: int) -> tuple[str, list[int], str, np.ndarray]:
             or not all(type(d) is int and 0 <= d for d in shape)):
         raise InvalidPayload(f"inputs[{i}].shape must be a list of 1 or 2 non-negative integers",
                              code="invalid_v2_request")
-    if not isinstance(datatype, str) or datatype not in _NUMERIC:
+    if not isinstance(datatype, str) or datatype not in _NUMERIC and datatype != BYTES:
         raise InvalidPayload(f"inputs[{i}].datatype {str(datatype)[:16]!r} is not supported; use one "
-                             f"of {sorted(_NUMERIC)}", code="unsupported_datatype")
+                             f"of {_DATATYPES}", code="unsupported_datatype")
+    expected = math.prod(shape)
+    if isinstance(data, np.ndarray):  # binary tensor data, already of its datatype
+        if data.size != expected:
+            raise InvalidPayload(f"inputs[{i}] has {data.size} values but shape {shape} needs "
+                                 f"{expected}", code="shape_mismatch")
+        return name, shape, datatype, data.astype(np.float64)
     if not isinstance(data, list):
         raise InvalidPayload(f"inputs[{i}].data must be a list", code="invalid_v2_request")
-    if data and type(data[0]) is list:
-        if set(map(type, data)) != {list}:  # chaining a number or null would raise TypeError
-            raise InvalidPayload(f"inputs[{i}].data must be flat or a list of lists, not a mix",
-                                 code="non_numeric_value")
-        # Nested data must be the shape's rows: re-flowing ragged rows would score values
-        # under the wrong features.
-        inner = shape[1] if len(shape) == 2 else 1
-        if len(data) != shape[0] or any(len(row) != inner for row in data):
-            raise InvalidPayload(f"inputs[{i}].data is nested as {len(data)} rows that do not all "
-                                 f"hold {inner} values; shape {shape} needs {shape[0]} rows of "
-                                 f"{inner}", code="shape_mismatch")
-        flat = list(chain.from_iterable(data))
-    else:
-        flat = data
-    if not set(map(type, flat)) <= _VALUE_TYPES:
-        raise InvalidPayload(f"inputs[{i}].data must hold numbers (or null); nesting deeper than the "
-                             f"shape or non-numeric values are not accepted", code="non_numeric_value")
-    expected = math.prod(shape)
+    flat = _flatten(data, shape, i)
     if len(flat) != expected:
         raise InvalidPayload(f"inputs[{i}] has {len(flat)} values but shape {shape} needs {expected}",
                              code="shape_mismatch")
-    values = np.array(flat, dtype=np.float64)
+    if datatype == BYTES:
+        if not set(map(type, flat)) <= {str, type(None)}:
+            raise InvalidPayload(f"inputs[{i}] is BYTES: its data must be strings (or null)",
+                                 code="non_numeric_value")
+        return name, shape, datatype, flat
+    if not set(map(type, flat)) <= _VALUE_TYPES:
+        raise InvalidPayload(f"inputs[{i}].data must hold numbers (or null); nesting deeper than the "
+                             f"shape or non-numeric values are not accepted", code="non_numeric_value")
     dtype = _NUMERIC[datatype]
-    if dtype is not np.float64:
-        if np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            finite = values[~np.isnan(values)]
-            if np.isnan(values).any() or (finite != np.round(finite)).any() \
-                    or (finite < info.min).any() or (finite > info.max).any():
-                raise InvalidPayload(f"inputs[{i}] has values that are not {datatype}",
-                                     code="non_numeric_value")
-        else:
-            # FP32/FP16 clients mean float32 values: round as the client's tensor would.
-            with np.errstate(over="ignore"):
-                values = values.astype(dtype).astype(np.float64)
-            if np.isinf(values).any():
-                raise InvalidPayload(f"inputs[{i}] overflows {datatype}", code="non_numeric_value")
+    if np.issubdtype(dtype, np.integer):
+        _check_integers(flat, dtype, datatype, i)
+    values = np.array(flat, dtype=np.float64)
+    if dtype is not np.float64 and not np.issubdtype(dtype, np.integer):
+        # FP32/FP16 clients mean float32 values: round as the client's tensor would.
+        with np.errstate(over="ignore"):
+            values = values.astype(dtype).astype(np.float64)
+        if np.isinf(values).any():
+            raise InvalidPayload(f"inputs[{i}] overflows {datatype}", code="non_numeric_value")
     return name, shape, datatype, values
+
+
+def _flatten(data: list[Any], shape: list[int], i: int) -> list[Any]:
+    if not data or type(data[0]) is not list:
+        return data
+    if set(map(type, data)) != {list}:  # chaining a number or null would raise TypeError
+        raise InvalidPayload(f"inputs[{i}].data must be flat or a list of lists, not a mix",
+                             code="non_numeric_value")
+    # Nested data must be the shape's rows: re-flowing ragged rows would score values under
+    # the wrong features.
+    inner = shape[1] if len(shape) == 2 else 1
+    if len(data) != shape[0] or any(len(row) != inner for row in data):
+        raise InvalidPayload(f"inputs[{i}].data is nested as {len(data)} rows that do not all "
+                             f"hold {inner} values; shape {shape} needs {shape[0]} rows of "
+                             f"{inner}", code="shape_mismatch")
+    return list(chain.from_iterable(data))
+
+
+def _check_integers(flat: list[Any], dtype: Any, datatype: str, i: int) -> None:
+    """Integer tensors hold integers within their type, checked exactly (as Python ints: in
+    float64, 2**63 would pass as INT64)."""
+    info = np.iinfo(dtype)
+    if set(map(type, flat)) <= {int}:
+        ok = not flat or (info.min <= min(flat) and max(flat) <= info.max)
+    else:
+        ok = all(type(v) is int or (type(v) is float and v.is_integer()) for v in flat) and \
+            all(info.min <= int(v) <= info.max for v in flat)
+    if not ok:
+        raise InvalidPayload(f"inputs[{i}] has values that are not {datatype}",
+                             code="non_numeric_value")
 
 
 def _matrix_tensor(tensor: tuple[str, list[int], str, np.ndarray], width: int,
                    max_rows: int) -> np.ndarray:
-    name, shape, _, values = tensor
+    name, shape, datatype, values = tensor
+    if datatype == BYTES:
+        raise InvalidPayload(f"input {name[:64]!r} is a BYTES matrix: send the matrix as numbers "
+                             f"(category codes), or each categorical feature as a BYTES tensor "
+                             f"named after it", code="unsupported_datatype")
     if len(shape) != 2 or shape[1] != width:
         raise InvalidPayload(f"input {name[:64]!r} has shape {shape}; the model expects [n, {width}] "
                              f"(or one tensor per feature, named after it)", code="shape_mismatch")
@@ -181,18 +227,15 @@ def _matrix_tensor(tensor: tuple[str, list[int], str, np.ndarray], width: int,
     return values.reshape(shape[0], width)
 
 
-def _column_tensors(tensors: list[tuple[str, list[int], str, np.ndarray]],
-                    feature_names: Sequence[str], max_rows: int) -> np.ndarray:
-    index = {name: j for j, name in enumerate(feature_names)}
+def _column_tensors(tensors: list[tuple[str, list[int], str, Any]], schema: FeatureSchema,
+                    max_rows: int) -> np.ndarray:
+    names = [t[0] for t in tensors]
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise InvalidPayload(f"input {twice[:64]!r} is given twice", code="invalid_v2_request")
+    index = schema.resolve_all(names, "the request")
     rows = None
-    seen: set[str] = set()
-    for name, shape, _, values in tensors:
-        if name not in index:
-            raise InvalidPayload(f"input {name[:64]!r} is not a feature of the model",
-                                 code="unknown_feature")
-        if name in seen:
-            raise InvalidPayload(f"input {name[:64]!r} is given twice", code="invalid_v2_request")
-        seen.add(name)
+    for name, shape, _, _ in tensors:
         if not (len(shape) == 1 or shape[1] == 1):
             raise InvalidPayload(f"input {name[:64]!r} must have shape [n] or [n, 1]",
                                  code="shape_mismatch")
@@ -202,10 +245,32 @@ def _column_tensors(tensors: list[tuple[str, list[int], str, np.ndarray]],
         elif shape[0] != rows:
             raise InvalidPayload("every feature tensor must have the same number of rows",
                                  code="shape_mismatch")
-    X = np.full((rows or 0, len(feature_names)), np.nan)
-    for name, _, _, values in tensors:
-        X[:, index[name]] = values
+    X = np.full((rows or 0, len(schema.names)), np.nan)
+    for name, _, datatype, values in tensors:
+        j = index[name]
+        X[:, j] = _feature_values(schema, j, name, datatype, values)
     return X
+
+
+def _feature_values(schema: FeatureSchema, j: int, name: str, datatype: str,
+                    values: Any) -> Any:
+    """One feature's tensor as the matrix column: category values become codes."""
+    cats = schema.by_index.get(j)
+    if cats is None:
+        if datatype == BYTES:
+            if schema.mapping == "unknown":
+                schema.needs_values()
+            raise InvalidPayload(f"input {name[:64]!r} is BYTES but feature {schema.names[j]!r} "
+                                 f"is numeric: send a numeric tensor", code="unsupported_datatype")
+        return values
+    if datatype == BYTES:
+        return cats.codes_of(values)
+    if cats.kind == "str":
+        raise InvalidPayload(f"feature {cats.name!r} takes category values (strings, one of "
+                             f"{list(cats.values)[:8]}): send a BYTES tensor, or its codes in "
+                             f"the matrix tensor", code="invalid_category_value")
+    # Numeric categories: the tensor's numbers are category values.
+    return cats.codes_of(None if v != v else v for v in values.tolist())
 
 
 def encode_v2_response(predictions: np.ndarray, *, model_name: str, model_version: str,
@@ -218,5 +283,5 @@ def encode_v2_response(predictions: np.ndarray, *, model_name: str, model_versio
     if parameters:
         doc["parameters"] = parameters
     doc["outputs"] = [{"name": output_name, "shape": list(predictions.shape), "datatype": "FP64",
-                       "data": predictions.reshape(-1)}]
+                       "data": json_numbers(predictions.reshape(-1))}]
     return dumps(doc)

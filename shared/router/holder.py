@@ -248,11 +248,12 @@ def feature_parity(routing: RouterHolder, store: Any) -> Callable[[str, Any], No
             for other in models:
                 if other == name or not store.is_cached(other):
                     continue
-                theirs = store.get(other)[0].info.feature_names  # cached: no storage access
-                if list(theirs) != list(info.feature_names):
+                theirs = store.get(other)[0].info.schema  # cached: no storage access
+                if theirs != info.schema:
                     raise InvalidModel(
                         f"the new version of {name!r} takes features that differ from those of "
-                        f"{other!r} (names or order), another variant of endpoint {endpoint!r}; "
+                        f"{other!r} (names, order or categories), another variant of endpoint "
+                        f"{endpoint!r}; "
                         f"to change features, name a new model blob in the router config",
                         code="feature_mismatch")
     return check
@@ -266,14 +267,14 @@ def models_loadable(store: Any) -> CheckModels:
     score silently wrong). Shadows only have to load."""
     def check(config: RouterConfig) -> None:
         for name, ep in config.endpoints.items():
-            first = store.get(ep.variants[0].model)[0].info.feature_names
+            first = store.get(ep.variants[0].model)[0].info.schema
             for i, variant in enumerate(ep.variants[1:], start=1):
-                features = store.get(variant.model)[0].info.feature_names
-                if list(features) != list(first):
+                features = store.get(variant.model)[0].info.schema
+                if features != first:
                     raise InvalidRouterConfig(
                         f"{endpoint_path(name)}.variants[{i}].model: model {variant.model!r} takes features "
-                        f"that differ from those of {ep.variants[0].model!r} (names or order); all "
-                        f"variants of an endpoint must take the same features")
+                        f"that differ from those of {ep.variants[0].model!r} (names, order or "
+                        f"categories); all variants of an endpoint must take the same features")
             for shadow in ep.shadow:
                 store.get(shadow.model)
     return check
