@@ -13,7 +13,7 @@ import azure.functions as func
 
 from .app_index import HttpFunction
 from .invocation import InvocationContext, Invoker, TraceContext, user_traceback
-from .routing import RouteTable
+from .routing import BadRequestPath, RouteTable, request_path
 
 log = logging.getLogger("devhost.http")
 MAX_BODY_BYTES = 100 * 1024 * 1024  # the host's request size limit
@@ -68,7 +68,12 @@ class FunctionsHttpApp:
         if scope["type"] != "http":
             return  # websockets are not served; uvicorn closes the connection
         method = scope["method"]
-        found = self.routes.match(method, scope["path"])
+        try:
+            path = _routed_path(scope)
+        except BadRequestPath:
+            await _respond(send, 400)  # Kestrel refuses it before the host sees it
+            return
+        found = self.routes.match(method, path)
         if found is None:
             await _respond(send, 404)
             return
@@ -106,6 +111,13 @@ class FunctionsHttpApp:
             log.debug("Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%.0fms)", function.name,
                       context.invocation_id, (time.perf_counter() - started) * 1000)
         await _respond(send, status, response_headers, response_body)
+
+
+def _routed_path(scope: Scope) -> str:
+    """The path the host routes by: the raw path decoded as Kestrel decodes it (``%2F`` kept,
+    so an escaped "/" never splits a segment; uvicorn's ``path`` decodes it)."""
+    raw = scope.get("raw_path")
+    return request_path(raw) if raw else scope["path"]
 
 
 def _response_parts(result: Any) -> tuple[int, list[tuple[str, str]], bytes]:

@@ -1,13 +1,14 @@
 """Functions (ASP.NET) route templates: prefix, literals, ``{name}``, ``{name:constraint}``,
-optional ``{name?}``/``{name=default}`` and catch-all ``{*rest}``; matched case-insensitively,
-the most specific template winning when several match."""
+optional ``{name?}``/``{name=default}`` and catch-all ``{*rest}``/``{**rest}``; matched
+case-insensitively against the path as the host decodes it (:func:`request_path`), the most
+specific template winning when several match."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable, Generic, Iterable, TypeVar
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -108,85 +109,138 @@ def _check(constraint: str, template: str) -> Callable[[str], bool]:
     raise RouteTemplateError(f"route {template!r}: unknown or malformed constraint {constraint!r}")
 
 
+@dataclass(frozen=True)
+class _Segment:
+    """One segment of a template: ``regex`` matches a whole request segment (its groups are
+    ``params``); ``alone`` is the parameter of a segment that is nothing else."""
+
+    regex: re.Pattern[str]
+    params: tuple[tuple[str, _Param], ...]
+    rank: int
+    alone: _Param | None
+
+
 @dataclass
 class RouteTemplate:
-    """One compiled template; ``match`` returns route parameters or ``None``."""
+    """One compiled template; ``match`` returns route parameters or ``None``.
+
+    Matching follows ASP.NET Core's ``RoutePatternMatcher`` (the Functions host's routing):
+    the path is split at "/" (the leading one skipped, a trailing one ending the path), each
+    segment matched case-insensitively; an empty segment ("//") never matches, a catch-all
+    included; a catch-all (``{*rest}`` or ``{**rest}``, last segment only) takes the rest of
+    the path as it is, "/" and a trailing "/" included, and may be empty (no value, or its
+    default).
+    """
 
     template: str
-    regex: re.Pattern[str] = field(init=False)
     precedence: tuple[int, ...] = field(init=False)
-    _params: dict[str, _Param] = field(init=False)
+    _segments: tuple[_Segment, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        self._params = {}
-        pieces: list[str] = []
-        ranks: list[int] = []
+        self._names: set[str] = set()
         stripped = self.template.replace("{{", _OPEN).replace("}}", _CLOSE).strip("/")
-        segments = stripped.split("/") if stripped else []
-        for index, segment in enumerate(segments):
-            sep = "/" if index else ""
-            pattern, rank, optional = self._segment(segment, last=index == len(segments) - 1)
-            pieces.append(f"(?:{sep}{pattern})?" if optional else f"{sep}{pattern}")
-            ranks.append(rank)
-        self.regex = re.compile("^" + "".join(pieces) + "$", re.IGNORECASE | re.DOTALL)
-        self.precedence = tuple(ranks)
+        parts = stripped.split("/") if stripped else []
+        if "" in parts:
+            raise RouteTemplateError(f"route {self.template!r}: consecutive '/' (an empty segment)")
+        self._segments = tuple(self._segment(part, last=i == len(parts) - 1)
+                               for i, part in enumerate(parts))
+        self.precedence = tuple(s.rank for s in self._segments)
 
     def match(self, path: str) -> dict[str, str] | None:
-        found = self.regex.match(path.strip("/"))
-        if found is None:
-            return None
         values: dict[str, str] = {}
-        for group, param in self._params.items():
-            value = found.group(group)
-            if value:
-                if not all(check(value) for check in param.checks):
-                    return None  # the route's constraint refuses it: another route may match
-                values[param.name] = value
+        segments = self._segments
+        i = 0
+        for start, end in _tokens(path):
+            if start == end or i == len(segments):
+                return None  # "//", or more segments than the template has
+            segment = segments[i]
+            if segment.alone is not None and segment.alone.catch_all:
+                return self._rest(values, i, path[start:])
+            found = segment.regex.fullmatch(path, start, end)
+            if found is None:
+                return None
+            for group, param in segment.params:
+                value = found.group(group)
+                if value:
+                    if not all(check(value) for check in param.checks):
+                        return None  # the route's constraint refuses it: another route may match
+                    values[param.name] = value
+                elif param.default is not None:
+                    values[param.name] = param.default
+            i += 1
+        return self._rest(values, i, None)
+
+    def _rest(self, values: dict[str, str], i: int, rest: str | None) -> dict[str, str] | None:
+        """The template's segments from ``i`` on, once the path has no more segments (or,
+        ``rest``, what a catch-all at ``i`` takes): each must be a parameter that may be
+        absent, a default filling in."""
+        for segment in self._segments[i:]:
+            param = segment.alone
+            if param is None or not (param.optional or param.catch_all):
+                return None
+            if rest:
+                if not all(check(rest) for check in param.checks):
+                    return None
+                values[param.name] = rest
             elif param.default is not None:
                 values[param.name] = param.default
+            rest = None
         return values
 
-    def _segment(self, segment: str, *, last: bool) -> tuple[str, int, bool]:
+    def _segment(self, segment: str, *, last: bool) -> _Segment:
         parts = _PARAM.split(segment)  # literal, param, literal, param, ..., literal
-        params = parts[1::2]
-        if not params:
+        texts = parts[1::2]
+        if not texts:
             if "{" in segment or "}" in segment:
                 raise RouteTemplateError(f"route {self.template!r}: bad segment {segment!r}")
-            return re.escape(_unescape(segment)), _LITERAL, False
+            return _Segment(re.compile(re.escape(_unescape(segment)), _FLAGS), (), _LITERAL, None)
+        alone = len(texts) == 1 and not parts[0] and not parts[-1]
         pattern = ""
-        parsed: list[_Param] = []
+        params: list[tuple[str, _Param]] = []
         for i, part in enumerate(parts):
             if i % 2 == 0:
                 pattern += re.escape(_unescape(part))
                 continue
-            param = self._param(_unescape(part),
-                                alone=len(params) == 1 and segment == "{" + part + "}")
+            param = self._param(_unescape(part))
+            if param.catch_all and not alone:
+                raise RouteTemplateError(f"route {self.template!r}: a catch-all parameter must be "
+                                         f"a segment of its own, not part of {segment!r}")
             if param.catch_all and not last:
-                raise RouteTemplateError(f"route {self.template!r}: catch-all must be last")
-            group = f"p{len(self._params)}"
-            self._params[group] = param
-            parsed.append(param)
+                raise RouteTemplateError(f"route {self.template!r}: a catch-all parameter must be "
+                                         f"the last segment")
+            group = f"p{len(self._names)}"
+            params.append((group, param))
             pattern += f"(?P<{group}>{param.pattern})"
-        if len(params) > 1 or parts[0] or parts[-1]:
-            return pattern, _COMPLEX, False
-        param = parsed[0]
+        regex = re.compile(pattern, _FLAGS)
+        if not alone:
+            return _Segment(regex, tuple(params), _COMPLEX, None)
+        param = params[0][1]
         if param.optional and not last:
             raise RouteTemplateError(
                 f"route {self.template!r}: only the last segment can be optional")
         rank = _CATCH_ALL if param.catch_all else _CONSTRAINED if param.constrained else _PLAIN
-        return pattern, rank, param.optional or param.catch_all
+        return _Segment(regex, tuple(params), rank, param)
 
-    def _param(self, text: str, *, alone: bool) -> _Param:
-        catch_all = text.startswith("*")
-        text = text.lstrip("*")
+    def _param(self, text: str) -> _Param:
+        stars = len(text) - len(text.lstrip("*"))
+        if stars > 2:
+            raise RouteTemplateError(f"route {self.template!r}: bad parameter {{{text}}}")
+        catch_all = stars > 0  # "**" only changes how ASP.NET generates URLs, not matching
+        text = text[stars:]
         default = None
         cut = _outside_parentheses(text, "=")  # an "=" inside regex(...) is the regex's
         if cut >= 0:
             text, default = text[:cut], text[cut + 1:]
         optional = text.endswith("?") or default is not None
+        if catch_all and text.endswith("?"):
+            raise RouteTemplateError(f"route {self.template!r}: a catch-all parameter cannot be "
+                                     f"optional (it may already be empty)")
         name, *constraints = _split_constraints(text.rstrip("?"))
-        if not name:
-            raise RouteTemplateError(f"route {self.template!r}: parameter without a name")
+        if not name or any(c in name for c in "/{}?*"):
+            raise RouteTemplateError(f"route {self.template!r}: parameter without a valid name")
+        if name.lower() in self._names:
+            raise RouteTemplateError(f"route {self.template!r}: parameter {name!r} twice")
+        self._names.add(name.lower())
         checks = tuple(_check(c, self.template) for c in constraints)
         # int, alpha and guid also shape the pattern (a complex segment splits by them).
         known = [_CONSTRAINTS[c.lower()] for c in constraints if c.lower() in _CONSTRAINTS]
@@ -199,6 +253,124 @@ class RouteTemplate:
             # first parameters take as much as they can.
             pattern = "[^/]+"
         return _Param(name, pattern, optional, default, catch_all, bool(constraints), checks)
+
+
+_FLAGS = re.IGNORECASE | re.DOTALL
+
+
+def _tokens(path: str) -> Iterator[tuple[int, int]]:
+    """ASP.NET's ``PathTokenizer``: the (start, end) of each segment of ``path``, the leading
+    "/" skipped; a trailing "/" ends the path (no empty last segment), "//" is an empty one."""
+    index, n = 1, len(path)
+    while index < n:
+        slash = path.find("/", index)
+        if slash < 0:
+            yield index, n
+            return
+        yield index, slash
+        index = slash + 1
+
+
+class BadRequestPath(ValueError):
+    """A request path the host refuses before routing (Kestrel answers 400)."""
+
+
+def request_path(raw: bytes) -> str:
+    """The path routes are matched against, as the Functions host (ASP.NET Core on Kestrel)
+    makes it from the raw request target (``/api/score/churn%2Fv2``, no query):
+
+    - percent-escapes are decoded once, each run of them as a UTF-8 sequence; a run that is
+      not valid UTF-8 (a stray byte, an overlong form, a surrogate) stays as written;
+    - ``%2F`` (either case) is never decoded: an escaped "/" stays the three characters
+      ``%2F`` and so never splits a segment (ASP.NET: "%2F can only be unescaped once the
+      path is split into segments", which routing does not do);
+    - then "." and ".." segments are removed (RFC 3986, section 5.2.4), escaped dots too;
+    - ``%00`` is refused (:class:`BadRequestPath`: Kestrel's 400).
+    """
+    if not raw.startswith(b"/"):
+        raise BadRequestPath("the request target is not an absolute path")
+    decoded = _percent_decode(raw)
+    return _remove_dot_segments(decoded.decode("utf-8", "replace"))
+
+
+_HEX = {c: int(chr(c), 16) for c in b"0123456789abcdefABCDEF"}
+
+
+def _escaped_byte(raw: bytes, i: int) -> int | None:
+    """The byte an escape ``%XX`` at ``raw[i]`` stands for; None where there is none, and
+    for ``%2F`` (Kestrel never decodes it)."""
+    if i + 3 > len(raw) or raw[i] != 0x25:
+        return None
+    high, low = _HEX.get(raw[i + 1]), _HEX.get(raw[i + 2])
+    if high is None or low is None:
+        return None
+    value = high * 16 + low
+    return None if value == 0x2F else value
+
+
+def _percent_decode(raw: bytes) -> bytes:
+    """Kestrel's ``UrlDecoder.DecodeRequestLine`` for a path (not form encoding)."""
+    out = bytearray()
+    i, n = 0, len(raw)
+    while i < n:
+        first = _escaped_byte(raw, i)
+        if first is None:
+            out.append(raw[i])
+            i += 1
+            continue
+        if first == 0:
+            raise BadRequestPath("the path contains a null character (%00)")
+        if first < 0x80:
+            out.append(first)
+            i += 3
+            continue
+        if first & 0xE0 == 0xC0:
+            bits, count, least = first & 0x1F, 2, 0x80
+        elif first & 0xF0 == 0xE0:
+            bits, count, least = first & 0x0F, 3, 0x800
+        elif first & 0xF8 == 0xF0:
+            bits, count, least = first & 0x07, 4, 0x10000
+        else:  # not a lead byte
+            bits, count, least = 0, 0, 0
+        j = i + 3  # after the escapes read so far
+        ok = count > 0
+        remaining = count - 1
+        while ok and remaining > 0:
+            nxt = _escaped_byte(raw, j)
+            if nxt is None or nxt & 0xC0 != 0x80:
+                ok = False
+                break
+            bits = (bits << 6) | (nxt & 0x3F)
+            remaining -= 1
+            if (remaining == 1 and 0x360 <= bits <= 0x37F) or (remaining == 2 and bits >= 0x110):
+                ok = False  # a UTF-16 surrogate (U+D800-U+DFFF), or beyond U+10FFFF
+                break
+            j += 3
+        if ok and bits >= least:
+            out += bytes(_escaped_byte(raw, k) for k in range(i, j, 3))
+        else:  # not UTF-8 (or an overlong form): the escapes read so far stay as written
+            out += raw[i:j]
+        i = j
+    return bytes(out)
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986's ``remove_dot_segments`` for an absolute path (Kestrel's PathNormalizer)."""
+    if "." not in path:
+        return path
+    segments = path.split("/")[1:]
+    out: list[str] = []
+    for i, segment in enumerate(segments):
+        last = i == len(segments) - 1
+        if segment == "..":
+            if out:
+                out.pop()
+        elif segment != ".":
+            out.append(segment)
+            continue
+        if last:
+            out.append("")  # "/a/.." is "/a/", not "/a"
+    return "/" + "/".join(out)
 
 
 def _outside_parentheses(text: str, char: str) -> int:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from devhost.routing import RouteTable, RouteTemplateError
+from devhost.routing import BadRequestPath, RouteTable, RouteTemplateError, request_path
 
 
 def table(*routes: str, prefix: str = "api") -> RouteTable[str]:
@@ -156,3 +156,97 @@ def test_a_complex_segment_gives_the_right_hand_parameters_the_least():
     routes = table("c/{a:regex(^\\d+-\\d+$)}-{b}", "c/{a}.{b}")
     assert routes.match("GET", "/api/c/1-2-x")[1] == {"a": "1-2", "b": "x"}
     assert routes.match("GET", "/api/c/a.b.c")[1] == {"a": "a.b", "b": "c"}
+
+
+# -- catch-all parameters, as ASP.NET Core's RoutePatternMatcher matches them ----------------
+
+def test_a_catch_all_takes_the_rest_of_the_path_slashes_included():
+    routes = table("score/{*name}")
+    assert routes.match("POST", "/api/score/churn") == ("score/{*name}", {"name": "churn"})
+    assert routes.match("POST", "/api/score/churn/v2") == ("score/{*name}", {"name": "churn/v2"})
+    assert routes.match("POST", "/api/score/a/b/c.txt")[1] == {"name": "a/b/c.txt"}
+    # Taken as the path has it: a trailing "/" and inner "//" are part of the value ...
+    assert routes.match("POST", "/api/score/churn/v2/")[1] == {"name": "churn/v2/"}
+    assert routes.match("POST", "/api/score/a//b")[1] == {"name": "a//b"}
+    # ... but an empty segment where the catch-all starts (or before it) matches nothing.
+    assert routes.match("POST", "/api/score//a") is None
+    assert routes.match("POST", "/api//score/a") is None
+    # The literals before it still match case-insensitively; the value keeps its case.
+    assert routes.match("POST", "/API/Score/Churn/V2")[1] == {"name": "Churn/V2"}
+
+
+def test_a_catch_all_may_be_empty_its_default_filling_in():
+    routes = table("score/{*name}", "files/{*path=index.html}", "two/{**rest}")
+    assert routes.match("POST", "/api/score") == ("score/{*name}", {})
+    assert routes.match("POST", "/api/score/") == ("score/{*name}", {})
+    assert routes.match("GET", "/api/files")[1] == {"path": "index.html"}
+    assert routes.match("GET", "/api/files/a/b")[1] == {"path": "a/b"}
+    assert routes.match("GET", "/api/two/x/y")[1] == {"rest": "x/y"}  # "**": same matching
+    assert routes.match("GET", "/api/scoreboard") is None  # the literal is a whole segment
+
+
+def test_a_catch_all_is_tried_after_every_other_kind_of_segment():
+    routes = table("v2/models/{*path}", "v2/models/{name}/infer", "v2/health/ready")
+    assert routes.match("GET", "/api/v2/models/churn/infer") == (
+        "v2/models/{name}/infer", {"name": "churn"})
+    assert routes.match("GET", "/api/v2/models/churn/v2/infer") == (
+        "v2/models/{*path}", {"path": "churn/v2/infer"})
+    assert routes.match("GET", "/api/v2/health/ready")[0] == "v2/health/ready"
+
+
+def test_a_catch_all_constraint_checks_the_whole_value():
+    routes = table("c/{*p:regex(^[^0-9]+$)}", "c/{*q}")
+    assert routes.match("GET", "/api/c/ab/cd") == ("c/{*p:regex(^[^0-9]+$)}", {"p": "ab/cd"})
+    assert routes.match("GET", "/api/c/ab/c1") == ("c/{*q}", {"q": "ab/c1"})
+
+
+@pytest.mark.parametrize("template", [
+    "{*rest}/tail", "a/{*rest}/b", "a/{**rest}/b",  # a catch-all must be the last segment
+    "a/x{*rest}", "a/{*rest}.txt",  # ... and a segment of its own
+    "a/{*rest?}",  # it cannot be optional (it may already be empty)
+    "a/{***rest}", "a//{*rest}", "a/{x}/{*X}",  # three stars; "//"; a name twice (any case)
+])
+def test_catch_all_templates_asp_net_refuses_stop_the_app_loading(template):
+    with pytest.raises(RouteTemplateError):
+        table(template)
+
+
+# -- the path routes see: the raw path decoded as Kestrel decodes it -------------------------
+
+@pytest.mark.parametrize("raw,path", [
+    (b"/api/score/churn/v2", "/api/score/churn/v2"),
+    (b"/api/score/a%20b", "/api/score/a b"),
+    (b"/api/score/churn%2Fv2", "/api/score/churn%2Fv2"),  # an escaped "/" is never decoded
+    (b"/api/score/churn%2fv2", "/api/score/churn%2fv2"),
+    (b"/api/%41%62c", "/api/Abc"),
+    (b"/api/%252F", "/api/%2F"),  # decoded once: "%25" is "%", not the start of an escape
+    (b"/api/%zz%4", "/api/%zz%4"),  # not escapes: as written
+    (b"/api/%C3%A9t%C3%A9", "/api/été"),  # escapes are UTF-8 sequences
+    (b"/api/%F0%9F%98%80", "/api/\U0001F600"),
+    (b"/api/%C3%28", "/api/%C3("),  # a broken sequence stays as written, the rest decoded
+    (b"/api/%FF", "/api/%FF"),  # not a lead byte
+    (b"/api/%C0%AF", "/api/%C0%AF"),  # an overlong "/"
+    (b"/api/%ED%A0%80", "/api/%ED%A0%80"),  # a UTF-16 surrogate
+    (b"/api/%F4%90%80%80", "/api/%F4%90%80%80"),  # beyond U+10FFFF
+    (b"/api/\xc3\xa9", "/api/é"),  # raw UTF-8
+    (b"/api/a/b/../c", "/api/a/c"),  # dot segments removed, after decoding
+    (b"/api/a/%2E%2E/c", "/api/c"),
+    (b"/api/a/./b/.", "/api/a/b/"),
+    (b"/api/a%2F../b", "/api/a%2F../b"),  # "a%2F.." is one segment, not a dot segment
+])
+def test_the_request_path_is_decoded_as_kestrel_decodes_it(raw, path):
+    assert request_path(raw) == path
+
+
+def test_a_null_character_in_the_path_is_refused():
+    with pytest.raises(BadRequestPath):
+        request_path(b"/api/score/a%00b")
+
+
+def test_names_with_slashes_reach_a_catch_all_and_escaped_slashes_stay_in_one_segment():
+    routes = table("score/{*name}", "one/{name}")
+    assert routes.match("POST", request_path(b"/api/score/churn/v2"))[1] == {"name": "churn/v2"}
+    assert routes.match("POST", request_path(b"/api/score/churn%2Fv2"))[1] == {"name": "churn%2Fv2"}
+    assert routes.match("GET", request_path(b"/api/one/churn%2Fv2"))[1] == {"name": "churn%2Fv2"}
+    assert routes.match("GET", request_path(b"/api/one/churn/v2")) is None
+    assert routes.match("POST", request_path(b"/api/score/x/%2E%2E")) == ("score/{*name}", {})
