@@ -1,7 +1,10 @@
-"""Train the demo and test models on data generated here, with a fixed seed.
+"""Train the demo and test models, with a fixed seed.
 
-The data come from known generating processes (``churn_probability``, ``price_mean``),
-so that tests and the A/B demo can compare models against the truth.
+Most data come from known generating processes (``churn_probability``, ``price_mean``),
+so that tests and the A/B demo can compare models against the truth. Two models are
+trained as data scientists train them, from pandas DataFrames: ``cancer`` on scikit-learn's
+bundled breast cancer data (real measurements; columns named ``mean radius`` ...), and
+``plans``, a churn model whose contract and payment method are ``category`` columns.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +80,8 @@ class DemoModel:
     name: str
     path: Path
     objective: str
-    feature_names: tuple[str, ...]
+    feature_names: tuple[str, ...]  # as LightGBM stores them
+    trained_names: tuple[str, ...] = ()  # the DataFrame's columns, where they differ
 
 
 def _train(params: dict, X: np.ndarray, y: np.ndarray, names: tuple[str, ...], rounds: int):
@@ -126,6 +131,64 @@ def train_demo_models(out_dir: Path, *, rows: int = 20_000, seed: int = 42) -> d
     path = out_dir / "segment.txt"
     segment.save_model(str(path))
     models["segment"] = DemoModel("segment", path, "multiclass", SEGMENT_FEATURES)
+    models.update(train_dataframe_models(out_dir, seed=seed))
+    return models
+
+
+PLAN_CONTRACTS = ("month", "year", "two_year")  # listed as a person would; pandas sorts them
+PLAN_PAYMENTS = ("card", "bank transfer", "check", "voucher")
+
+
+def plans_frame(n: int, seed: int = 0) -> "Any":
+    """Customers as a DataFrame with ``category`` columns, as churn data is usually held."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "tenure months": rng.integers(0, 72, n).astype(np.float64),
+        "monthly charges": rng.normal(65, 20, n).clip(10, 150).round(2),
+        "contract": pd.Categorical(rng.choice(PLAN_CONTRACTS, n, p=[0.5, 0.3, 0.2])),
+        "payment method": pd.Categorical(rng.choice(PLAN_PAYMENTS, n)),
+        "support calls": rng.poisson(1.2, n).astype(np.float64),
+    })
+
+
+def plans_churn_probability(frame: "Any") -> np.ndarray:
+    contract = {"month": 1.2, "year": -0.4, "two_year": -1.3}
+    payment = {"card": 0.0, "bank transfer": -0.2, "check": 0.5, "voucher": 0.9}
+    logit = (0.3 - 0.04 * frame["tenure months"].to_numpy() + 0.015 * (frame["monthly charges"]
+             .to_numpy() - 65) + frame["contract"].map(contract).astype(float).to_numpy()
+             + frame["payment method"].map(payment).astype(float).to_numpy()
+             + 0.4 * frame["support calls"].to_numpy())
+    return 1.0 / (1.0 + np.exp(-logit))
+
+
+def train_dataframe_models(out_dir: Path, *, seed: int = 42) -> dict[str, DemoModel]:
+    """``cancer`` (real data bundled with scikit-learn, no download) and ``plans`` (pandas
+    categories), each trained from its DataFrame as a data scientist would."""
+    import lightgbm as lgb
+    from sklearn.datasets import load_breast_cancer
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = {"verbosity": -1, "seed": 7, "deterministic": True, "num_threads": 2}
+    models: dict[str, DemoModel] = {}
+    cancer = load_breast_cancer(as_frame=True)
+    booster = lgb.train({**params, "objective": "binary", "num_leaves": 15,
+                         "learning_rate": 0.1}, lgb.Dataset(cancer.data, cancer.target), 60)
+    path = out_dir / "cancer.txt"
+    booster.save_model(str(path))
+    models["cancer"] = DemoModel("cancer", path, "binary", tuple(booster.feature_name()),
+                                 tuple(cancer.data.columns))
+    frame = plans_frame(8_000, seed)
+    rng = np.random.default_rng(seed + 1)
+    y = (rng.random(len(frame)) < plans_churn_probability(frame)).astype(np.float64)
+    booster = lgb.train({**params, "objective": "binary", "num_leaves": 15,
+                         "learning_rate": 0.1, "min_data_per_group": 20},
+                        lgb.Dataset(frame, y), 60)
+    path = out_dir / "plans.txt"
+    booster.save_model(str(path))
+    models["plans"] = DemoModel("plans", path, "binary", tuple(booster.feature_name()),
+                                tuple(frame.columns))
     return models
 
 
