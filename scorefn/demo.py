@@ -102,16 +102,54 @@ def _http_examples(client, models, boosters) -> None:
     say(f"  {'POST /api/v2/models/price/infer':34s} {response.status_code:6d} {ms:7.1f}  "
         f"{_short(data)}  ({'yes' if equal else 'NO'})")
 
+    _dataframe_examples(client, boosters)
+
     say("\nBad requests get a clear error")
     bad = [("unknown model", "/api/score/nope", {"rows": [[1]]}, {}),
            ("wrong row width", "/api/score/price", {"rows": [[1, 2]]}, {}),
            ("string value", "/api/score/price", {"rows": [[1, "2", 3, 4, 5, 6]]}, {}),
            ("unknown feature", "/api/score/churn", {"records": [{"tenure": 3}]}, {}),
+           ("code for a value", "/api/score/plans", {"records": [{"contract": 0}]}, {}),
            ("no function key", "/api/score/price", {"rows": [[1] * 6]}, {"headers": {"x-functions-key": "wrong"}})]
     for label, path, body, kwargs in bad:
         response, _ = _post(client, path, body, **kwargs)
         detail = response.text[:90] if response.content else "(empty body, from the host)"
         say(f"  {label:18s} {response.status_code}  {detail}")
+
+
+def _dataframe_examples(client, boosters) -> None:
+    """Models trained from DataFrames, scored with the DataFrame's own names and values."""
+    import pandas as pd
+    from sklearn.datasets import load_breast_cancer
+
+    from .demo_models import plans_frame
+
+    say("\nModels trained from pandas DataFrames, scored by the DataFrame's names and values")
+    cancer = load_breast_cancer(as_frame=True).data.iloc[[0, 100, 200]]
+    response, ms = _post(client, "/api/score/cancer",
+                         {"records": cancer.to_dict(orient="records")})
+    preds = response.json()["predictions"]
+    equal = np.array_equal(np.array(preds), boosters["cancer"].predict(cancer))
+    label = "cancer records ('mean radius', ...)"
+    say(f"  {label:34s} {response.status_code:6d} {ms:7.1f}  "
+        f"{_short(preds)}  ({'yes' if equal else 'NO'})")
+    plans = plans_frame(3, seed=11)
+    records = [{k: (str(v) if isinstance(plans[k].dtype, pd.CategoricalDtype) else v)
+                for k, v in row.items()} for row in plans.to_dict(orient="records")]
+    say(f"    e.g. {str(records[0])[:100]}")
+    response, ms = _post(client, "/api/score/plans", {"records": records})
+    preds = response.json()["predictions"]
+    equal = np.array_equal(np.array(preds), boosters["plans"].predict(plans))
+    say(f"  {'plans records (category values)':34s} {response.status_code:6d} {ms:7.1f}  "
+        f"{_short(preds)}  ({'yes' if equal else 'NO'})")
+    inputs = [{"name": c, "shape": [3], "data": [r[c] for r in records],
+               "datatype": "BYTES" if isinstance(plans[c].dtype, pd.CategoricalDtype) else "FP64"}
+              for c in plans.columns]
+    response, ms = _post(client, "/api/v2/models/plans/infer", {"inputs": inputs})
+    data = response.json()["outputs"][0]["data"]
+    equal = np.array_equal(np.array(data), boosters["plans"].predict(plans))
+    say(f"  {'V2 plans, BYTES tensors':34s} {response.status_code:6d} {ms:7.1f}  "
+        f"{_short(data)}  ({'yes' if equal else 'NO'})")
 
 
 def _latency(client, models, requests: int) -> None:
