@@ -49,3 +49,9 @@ soak: install
 	SCOREFN_SOAK_SECONDS=600 $(PY) -m pytest tests/test_hardening_soak.py
 
 hardening: fuzz drills soak
+
+# The settings reference, docs/settings.md, written from the declarations in shared/settings.py.
+.PHONY: settings-doc
+
+settings-doc: | $(PY)
+	$(PY) -m shared.settings_doc

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+
 import pytest
 
 from shared.errors import SettingsError
@@ -41,7 +44,46 @@ def test_an_invalid_value_names_the_setting_but_not_the_value(env, name):
 
 def test_spec_documents_every_field():
     assert set(SPEC) == set(Settings.__dataclass_fields__)
-    assert all(spec.doc for spec in SPEC.values())
+    assert all(spec.doc and spec.allowed and spec.group for spec in SPEC.values())
+    assert len({spec.env for spec in SPEC.values()}) == len(SPEC)
+
+
+def test_each_setting_is_declared_once_on_its_field():
+    # The declaration is the field's metadata: SPEC is derived from it, not written beside it.
+    for f in dataclasses.fields(Settings):
+        assert f.metadata["setting"] is SPEC[f.name]
+
+
+def test_each_default_has_its_fields_type_and_is_a_value_the_setting_accepts():
+    from shared.settings_doc import env_text
+
+    hints = typing.get_type_hints(Settings)
+    for name, spec in SPEC.items():
+        expected = typing.get_origin(hints[name]) or hints[name]
+        assert type(spec.default) is expected, name
+        text = env_text(spec.default)
+        if text:  # an empty value means the default and is never parsed
+            assert spec.parse(text) == spec.default, name
+
+
+def test_each_telemetry_default_is_a_value_the_setting_accepts():
+    from shared.settings import TELEMETRY_SPEC, telemetry_settings
+    from shared.settings_doc import env_text
+
+    for name, spec in TELEMETRY_SPEC.items():
+        assert spec.env == name and spec.doc and spec.allowed and spec.group
+        text = env_text(spec.default)
+        if text:
+            assert spec.parse(text) == spec.default, name
+    assert telemetry_settings({}) == telemetry_settings(
+        {name: env_text(spec.default) for name, spec in TELEMETRY_SPEC.items()})
+
+
+def test_overrides_skip_reading_but_not_the_rules_between_settings():
+    assert Settings.from_env({"MAX_ROWS_PER_REQUEST": "soon"}, max_rows_per_request=5).max_rows_per_request == 5
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({}, max_model_mb=500)
+    assert "MAX_MODEL_MB" in str(err.value)
 
 
 def test_a_connection_string_is_used_as_is():
