@@ -2,6 +2,13 @@
 
 The scoring core is imported on first use rather than at import time, so that indexing
 the app (cold start) does not pay for numpy, LightGBM or the storage SDK.
+
+Model and endpoint names may hold "/" (``churn/v2``), so the routes that take one end in an
+ASP.NET catch-all parameter (``{*name}``), which takes the rest of the path, "/" included.
+A catch-all must be a template's last segment, so the V2 model routes are one template per
+method, ``v2/models/{*path}``, and the handler splits a trailing ``/infer`` (POST) or
+``/ready`` (GET) off the path. What is no route (no name; a POST without ``/infer``) is
+answered as the host answers a path no route matches: an empty 404.
 """
 
 from __future__ import annotations
@@ -12,11 +19,29 @@ import azure.functions as func
 
 from .dispatch import run_scoring
 from .openapi import API_VERSION
-from .responses import error_response, json_response, request_id_of, trace_carrier
+from .responses import (binary_response, error_response, json_response, not_found, request_id_of,
+                        trace_carrier)
 
 bp = func.Blueprint()
-# V2 server metadata: this API's name and version; no protocol extensions.
-SERVER_METADATA = b'{"name":"scorefn","version":"%s","extensions":[]}' % API_VERSION.encode()
+# V2 server metadata: this API's name and version, and the protocol extensions it speaks.
+SERVER_METADATA = b'{"name":"scorefn","version":"%s","extensions":["binary_tensor_data"]}' % \
+    API_VERSION.encode()
+# The binary tensor data extension's header: the length of the body's JSON part.
+BINARY_HEADER = "inference-header-content-length"
+
+
+def _catch_all(req: func.HttpRequest, param: str) -> str:
+    """A catch-all route value ("" when the path ends before it), less one trailing "/": as
+    before catch-alls, ``/api/score/churn/`` is the model ``churn``."""
+    value = req.route_params.get(param) or ""
+    return value[:-1] if value.endswith("/") else value
+
+
+def _without(path: str, last: str) -> str | None:
+    """``path`` without its last segment when that is ``last`` (in any case, as the literal
+    segment of a route would match), else None."""
+    head, slash, tail = path.rpartition("/")
+    return head if slash and head and tail.lower() == last else None
 
 
 def _service():
@@ -25,14 +50,17 @@ def _service():
     return get_service()
 
 
-@bp.route(route="score/{name}", methods=["POST"])
+@bp.route(route="score/{*name}", methods=["POST"])
 async def score(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
-    """Score ``rows`` or ``records`` for an endpoint."""
+    """Score ``rows`` or ``records`` for an endpoint (its name may hold "/")."""
+    name = _catch_all(req, "name")
+    if not name:
+        return not_found()
     request_id = request_id_of(req)
     try:
         from shared.payloads import encode_score_response
 
-        name, body = req.route_params["name"], req.get_body()
+        body = req.get_body()
         result = await run_scoring(name, body, lambda service: service.score(
             name, body, content_type=req.headers.get("content-type"),
             carrier=trace_carrier(req, context), headers=req.headers, query=req.params,
@@ -44,35 +72,56 @@ async def score(req: func.HttpRequest, context: func.Context) -> func.HttpRespon
         return error_response(exc, request_id, "score")
 
 
-@bp.route(route="v2/models/{name}/infer", methods=["POST"])
+@bp.route(route="v2/models/{*path}", methods=["POST"])
 async def v2_infer(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
-    """Open Inference Protocol inference."""
+    """Open Inference Protocol inference: ``POST v2/models/{name}/infer``; the body JSON, or
+    a JSON header and binary tensor data (the binary data extension, with its header)."""
+    name = _without(_catch_all(req, "path"), "infer")
+    if name is None:
+        return not_found()
     request_id = request_id_of(req)
     try:
         from shared.payloads import encode_v2_response
+        from shared.payloads.v2_binary import encode_binary_response, header_length_of
 
-        name, body = req.route_params["name"], req.get_body()
+        declared = req.headers.get(BINARY_HEADER)
+        binary_length = header_length_of(declared) if declared is not None else None
+        body = req.get_body()
+        binary_header: list[int] = []  # the response's JSON header length, when binary
+
+        def encode(r: Any) -> bytes:
+            fields = dict(model_name=name, model_version=r.model.version,
+                          request_id=r.request.request_id or request_id,
+                          parameters={"variant": r.variant, "model": r.model.name})
+            if r.request.binary_output:
+                encoded, length = encode_binary_response(r.predictions, **fields)
+                binary_header.append(length)
+                return encoded
+            return encode_v2_response(r.predictions, **fields)
+
         result = await run_scoring(name, body, lambda service: service.score(
             name, body, fmt="v2", content_type=req.headers.get("content-type"),
             carrier=trace_carrier(req, context), headers=req.headers, query=req.params,
-            request_id=request_id,
-            encode=lambda r: encode_v2_response(
-                r.predictions, model_name=name, model_version=r.model.version,
-                request_id=r.request.request_id or request_id,
-                parameters={"variant": r.variant, "model": r.model.name})))
-        return json_response(result.body, request_id, headers={"x-scorefn-variant": result.variant})
+            request_id=request_id, encode=encode, binary_header_length=binary_length))
+        headers = {"x-scorefn-variant": result.variant}
+        if binary_header:
+            return binary_response(result.body, request_id, binary_header[-1], headers=headers)
+        return json_response(result.body, request_id, headers=headers)
     except Exception as exc:
         return error_response(exc, request_id, "v2_infer")
 
 
-@bp.route(route="outcomes/{endpoint}", methods=["POST"])
+@bp.route(route="outcomes/{*endpoint}", methods=["POST"])
 def outcomes(req: func.HttpRequest) -> func.HttpResponse:
     """Outcomes (labels) of earlier predictions, by request id or sticky key: 202 once stored."""
+    endpoint = _catch_all(req, "endpoint")
+    if not endpoint:
+        return not_found()
     request_id = request_id_of(req)
     try:
         from shared.payloads import dumps
 
-        accepted = _service().record_outcomes(req.route_params["endpoint"], req.get_body(),
+        accepted = _service().record_outcomes(endpoint, req.get_body(),
                                               content_type=req.headers.get("content-type"))
         return json_response(dumps({"accepted": accepted}), request_id, 202)
     except Exception as exc:
@@ -90,16 +139,17 @@ def _service_json(req: func.HttpRequest, route: str, answer: Callable[[Any], Any
         return error_response(exc, request_id, route)
 
 
-@bp.route(route="v2/models/{name}", methods=["GET"])
-def v2_metadata(req: func.HttpRequest) -> func.HttpResponse:
-    """Open Inference Protocol model metadata."""
-    return _service_json(req, "v2_metadata", lambda s: s.metadata(req.route_params["name"]))
-
-
-@bp.route(route="v2/models/{name}/ready", methods=["GET"])
-def v2_model_ready(req: func.HttpRequest) -> func.HttpResponse:
-    """Open Inference Protocol model readiness (200 ready; an error status: not ready)."""
-    return _service_json(req, "v2_model_ready", lambda s: s.model_ready(req.route_params["name"]))
+@bp.route(route="v2/models/{*path}", methods=["GET"])
+def v2_model(req: func.HttpRequest) -> func.HttpResponse:
+    """Open Inference Protocol model metadata (``GET v2/models/{name}``) and readiness
+    (``GET v2/models/{name}/ready``: 200 ready; an error status: not ready)."""
+    path = _catch_all(req, "path")
+    if not path:
+        return not_found()
+    name = _without(path, "ready")
+    if name is not None:
+        return _service_json(req, "v2_model_ready", lambda s: s.model_ready(name))
+    return _service_json(req, "v2_metadata", lambda s: s.metadata(path))
 
 
 @bp.route(route="v2", methods=["GET"])

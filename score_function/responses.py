@@ -50,6 +50,24 @@ def json_response(body: bytes, request_id: str, status: int = 200,
                              charset="utf-8")
 
 
+def binary_response(body: bytes, request_id: str, header_length: int,
+                    headers: dict[str, str] | None = None) -> func.HttpResponse:
+    """A 200 in the binary tensor data extension: a JSON header of ``header_length`` bytes
+    (said in ``Inference-Header-Content-Length``), then the tensors' bytes."""
+    all_headers = {"x-request-id": request_id, "cache-control": "no-store",
+                   "inference-header-content-length": str(header_length)}
+    if headers:
+        all_headers.update(headers)
+    return func.HttpResponse(body=body, status_code=200, headers=all_headers,
+                             mimetype="application/octet-stream")
+
+
+def not_found() -> func.HttpResponse:
+    """What the host answers for a path that no route matches: 404, an empty body, none of
+    the app's headers. For paths a catch-all route takes that are no route of this API."""
+    return func.HttpResponse(status_code=404)
+
+
 def error_response(exc: BaseException, request_id: str, route: str, *,
                    anonymous: bool = False) -> func.HttpResponse:
     """Map any exception to ``{"error": code, "message": ...}`` with its status.

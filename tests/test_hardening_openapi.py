@@ -9,6 +9,7 @@ import json
 import re
 
 import httpx
+import numpy as np
 import pytest
 from jsonschema import Draft202012Validator
 from referencing import Registry
@@ -51,12 +52,17 @@ def validator(*parts: str) -> Draft202012Validator:
 
 
 def operation_for(method: str, path: str) -> tuple[str, dict]:
-    """The document's path template and operation for a concrete request path."""
+    """The document's path template and operation for a concrete request path. A name may
+    hold "/" (the routes take it with a catch-all), so the template with the most literal
+    text wins: ``/v2/models/a/ready`` is the readiness of ``a``, as the app reads it."""
+    found = []
     for template, item in DOC["paths"].items():
-        regex = "^/api" + re.sub(r"\\\{[a-z]+\\\}", "[^/]+", re.escape(template)) + "$"
+        regex = "^/api" + re.sub(r"\\\{[a-z]+\\\}", ".+", re.escape(template)) + "$"
         if re.match(regex, path) and method.lower() in item:
-            return template, item[method.lower()]
-    raise AssertionError(f"{method} {path} is not in the document")
+            found.append((len(re.sub(r"\{[a-z]+\}", "", template)), template))
+    assert found, f"{method} {path} is not in the document"
+    template = max(found)[1]
+    return template, DOC["paths"][template][method.lower()]
 
 
 def check_against_document(response: httpx.Response) -> str:
@@ -72,37 +78,68 @@ def check_against_document(response: httpx.Response) -> str:
         header = DOC["components"]["headers"][header["$ref"].rsplit("/", 1)[1]] if "$ref" in header else header
         if header.get("required"):
             assert name in response.headers, f"{template} {status}: header {name} missing"
+        if name in response.headers:
             Draft202012Validator(header["schema"]).validate(response.headers[name])
     if "content" not in documented:
         assert response.content == b"", f"{template} {status}: a body where none is documented"
         return template
-    assert response.headers["content-type"].startswith("application/json")
-    validator("paths", template, request.method.lower(), "responses", status, "content",
-              "application/json", "schema").validate(response.json())
+    media = response.headers["content-type"].split(";")[0]
+    assert media in documented["content"], f"{template} {status}: {media} is not documented"
+    where = ("paths", template, request.method.lower(), "responses", status, "content", media)
+    if media == "application/octet-stream":  # the binary data extension: a JSON header, bytes
+        length = int(response.headers["inference-header-content-length"])
+        header_doc = json.loads(response.content[:length])
+        validator(*where, "x-json-header").validate(header_doc)
+        sizes = sum(o["parameters"]["binary_data_size"] for o in header_doc["outputs"])
+        assert len(response.content) == length + sizes, f"{template} {status}: binary sizes"
+        return template
+    assert media == "application/json"
+    validator(*where, "schema").validate(response.json())
     return template
 
 
 # -- the document against the app ------------------------------------------------------------
 
+# Operations served by a function of another name: GET v2/models/{*path} is both the model's
+# metadata and, for a path ending in /ready, its readiness.
+SERVED_BY = {"v2_metadata": "v2_model", "v2_model_ready": "v2_model"}
+
+
+def concrete(template: str) -> str:
+    """A request path for a document path: names with "/", as the routes take them."""
+    return "/api" + template.replace("{name}", "team/churn.v2").replace("{endpoint}", "churn")
+
+
 def test_paths_methods_and_auth_match_the_registered_functions(app_functions):
-    http = {}
+    from devhost.routing import RouteTable, request_path
+
+    prefix = json.loads((ROOT / "host.json").read_text())["extensions"]["http"]["routePrefix"]
+    routes: RouteTable = RouteTable(prefix)
+    registered = set()
     for f in app_functions:
         trigger = f.get_trigger()
         if trigger.get_binding_name() == "httpTrigger":
             level = str(getattr(trigger.auth_level, "value", trigger.auth_level)).lower()
-            for method in trigger.methods:
-                http[("/" + trigger.route, method.value.lower())] = (f.get_function_name(), level)
-    documented = {(path, method): (op["operationId"], op["x-auth-level"])
-                  for path, item in DOC["paths"].items() for method, op in item.items()}
-    assert documented == http
+            methods = [m.value for m in trigger.methods]
+            routes.add(trigger.route, methods, (f.get_function_name(), level))
+            registered |= {(f.get_function_name(), m.lower()) for m in methods}
+    served = set()
     for path, item in DOC["paths"].items():
         for method, op in item.items():
+            # The host routes the operation's request to the function named for it, whose
+            # auth level the document gives.
+            found = routes.match(method.upper(), request_path(concrete(path).encode()))
+            assert found is not None, (method, path)
+            function, params = found
+            assert function == (SERVED_BY.get(op["operationId"], op["operationId"]),
+                                op["x-auth-level"]), (method, path)
+            served.add((function[0], method))
             assert op["security"] == SECURITY[op["x-auth-level"]], (path, method)
             if op["x-auth-level"] != "anonymous":
                 assert op["responses"]["401"] == {"$ref": "#/components/responses/Unauthorized"}
             else:
                 assert "401" not in op["responses"]
-    prefix = json.loads((ROOT / "host.json").read_text())["extensions"]["http"]["routePrefix"]
+    assert served == registered  # and every function's route serves a documented operation
     assert DOC["servers"][0]["url"] == "/" + prefix
     assert DOC["openapi"].startswith("3.1.")
 
@@ -140,9 +177,11 @@ def test_the_document_is_valid():
     for path, item in DOC["paths"].items():
         for op in item.values():
             for status, response in op["responses"].items():
-                if "content" in response:
-                    validator("paths", path, next(m for m in item if item[m] is op), "responses",
-                              status, "content", "application/json", "schema")  # refs resolve
+                for media, content in response.get("content", {}).items():
+                    for key in ("schema", "x-json-header"):
+                        if key in content:  # refs resolve
+                            validator("paths", path, next(m for m in item if item[m] is op),
+                                      "responses", status, "content", media, key)
 
 
 # -- real responses ----------------------------------------------------------------------------
@@ -151,6 +190,7 @@ def test_the_document_is_valid():
 def models(azurite, demo_models):
     container = make_models_container(azurite.connection_string, demo_models)
     container.upload_blob("broken.txt", b"tree\nversion=v4\ngarbage")
+    container.upload_blob("team/price.txt", demo_models["price"].path.read_bytes())  # a name with "/"
     container.upload_blob("config/bad.json", b'{"endpoints": {"churn": {"variants": []}}}')
     yield container
     container.delete_container()
@@ -216,6 +256,21 @@ def test_real_responses_validate_against_the_document(host, broken_hosts, reques
                  {"id": "r", "inputs": [{"name": "x", "shape": [2, 6], "datatype": "INT32",
                                          "data": [row6, row6]}], "parameters": {"raw_score": True}}):
         assert call(host, "POST", "/api/v2/models/price/infer", json=body).status_code == 200
+    # Names with "/" on every route that takes a name; the V2 binary data extension.
+    assert call(host, "POST", "/api/score/team/price", json={"rows": [row6]}).status_code == 200
+    v2_row = {"inputs": [{"name": "x", "shape": [1, 6], "datatype": "FP64", "data": row6}]}
+    assert call(host, "POST", "/api/v2/models/team/price/infer", json=v2_row).status_code == 200
+    assert call(host, "GET", "/api/v2/models/team/price").json()["name"] == "team/price"
+    assert call(host, "GET", "/api/v2/models/team/price/ready").json() == {"name": "team/price",
+                                                                          "ready": True}
+    header = json.dumps({"inputs": [{"name": "x", "shape": [2, 6], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 48}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    binary = header + np.array([row6, row6], dtype="<f4").tobytes()
+    answer = call(host, "POST", "/api/v2/models/team/price/infer", content=binary,
+                  headers={**fk, "inference-header-content-length": str(len(header)),
+                           "content-type": "application/octet-stream"})
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/octet-stream"
     assert call(host, "GET", "/api/v2/models/segment").status_code == 200
     assert call(host, "GET", "/api/v2/models/segment/ready").json() == {"name": "segment",
                                                                        "ready": True}
@@ -247,6 +302,12 @@ def test_real_responses_validate_against_the_document(host, broken_hosts, reques
         ("/api/v2/models/price/infer", {"content": b"[" * 5001}, 413),
         ("/api/v2/models/price/infer", {"content": b"x", "headers": {**fk, "content-type": "text/plain"}}, 415),
         ("/api/v2/models/broken/infer", {"json": {"inputs": []}}, 422),
+        ("/api/v2/models/team/price/infer", {"content": binary[:-1], "headers": {
+            **fk, "inference-header-content-length": str(len(header))}}, 400),
+        ("/api/v2/models/team/price/infer", {"content": binary, "headers": {
+            **fk, "inference-header-content-length": "-1"}}, 400),
+        ("/api/score/team%2Fprice", {"json": {"rows": [row6]}}, 400),  # %2F is not decoded
+        ("/api/score/team/nope", {"json": {"rows": [row6]}}, 404),
         ("/api/outcomes/churn", {"json": {"outcomes": []}}, 400),
         ("/api/outcomes/churn", {"json": {"outcomes": [{"key": "k", "label": 1}] * 10_001}}, 413),
         ("/api/outcomes/churn", {"content": b"x", "headers": {**fk, "content-type": "text/plain"}}, 415),
@@ -273,8 +334,15 @@ def test_real_responses_validate_against_the_document(host, broken_hosts, reques
                          ("POST", "/api/outcomes/churn"), ("GET", "/api/metrics/latency")):
         assert call(host, method, path, headers={}).status_code == 401
     assert call(host, "GET", "/api/metrics/latency").status_code == 401  # a function key is not enough
-    unknown = httpx.get(f"{host.url}/api/nothing-here", headers=fk)
-    assert unknown.status_code == 404 and unknown.content == b"" and "x-request-id" not in unknown.headers
+    # No route (the host's empty 404), also where a catch-all takes the path but it names
+    # no operation: no name, or a POST to a V2 model path without /infer.
+    for method, path in (("GET", "/api/nothing-here"), ("POST", "/api/score"), ("POST", "/api/score/"),
+                         ("POST", "/api/v2/models/price"), ("POST", "/api/v2/models/infer"),
+                         ("GET", "/api/v2/models"), ("POST", "/api/outcomes"),
+                         ("DELETE", "/api/v2/models/price")):
+        unknown = httpx.request(method, f"{host.url}{path}", headers=fk)
+        assert (unknown.status_code, unknown.content) == (404, b""), (method, path)
+        assert "x-request-id" not in unknown.headers, (method, path)
     # Storage down (503 with Retry-After, ready 503) and an invalid router config (500).
     down, bad = broken_hosts
     assert call(down, "POST", "/api/score/churn", json={"rows": [row6]}).status_code == 503
@@ -302,4 +370,4 @@ def test_the_v2_server_metadata_names_the_documents_version():
     from score_function.http_routes import SERVER_METADATA
 
     assert json.loads(SERVER_METADATA) == {"name": "scorefn", "version": DOC["info"]["version"],
-                                           "extensions": []}
+                                           "extensions": ["binary_tensor_data"]}

@@ -29,6 +29,7 @@ def models_container(azurite, demo_models):
     container.create_container()
     for name in ("churn", "price", "segment"):
         upload(container, f"{name}.txt", demo_models[name].path)
+    upload(container, "team/churn.txt", demo_models["churn"].path)  # a name with "/"
     return container
 
 
@@ -114,6 +115,75 @@ class TestV2:
         assert httpx.get(f"{host.url}/api/v2/health/live").json() == {"live": True}
         ready = httpx.get(f"{host.url}/api/v2/health/ready")
         assert ready.status_code == 200 and ready.json()["ready"] is True
+
+
+class TestTritonClient:
+    """tritonclient's own HTTP client with its defaults: inputs and outputs as binary tensor
+    data (the binary data extension), names quoted with "/" kept."""
+
+    @pytest.fixture
+    def triton(self, host):
+        import tritonclient.http as httpclient
+
+        with httpclient.InferenceServerClient(url=host.url.removeprefix("http://") + "/api") as c:
+            yield c
+
+    KEY = {"x-functions-key": FUNCTION_KEY}
+
+    @pytest.mark.parametrize("name,demo", [("churn", "churn"), ("price", "price"),
+                                           ("segment", "segment"), ("team/churn", "churn")])
+    def test_binary_infer_equals_booster_predict(self, triton, demo_models, name, demo):
+        import tritonclient.http as httpclient
+
+        X, _ = rows_of(len(demo_models[demo].feature_names), n=6, seed=21)  # a NaN in row 0
+        tensor = httpclient.InferInput("input-0", list(X.shape), "FP64")
+        tensor.set_data_from_numpy(X)  # binary_data=True: the default
+        result = triton.infer(name, [tensor], request_id="t-1", headers=self.KEY)
+        got = result.as_numpy("predict")
+        want = booster(demo_models, demo).predict(X)
+        assert got.shape == want.shape and np.array_equal(got, want)
+        response = result.get_response()
+        assert (response["model_name"], response["id"]) == (name, "t-1")
+        assert response["outputs"][0]["parameters"] == {"binary_data_size": want.size * 8}  # binary
+
+    def test_fp32_columns_and_a_json_output_as_asked(self, triton, demo_models):
+        import tritonclient.http as httpclient
+
+        X, _ = rows_of(4, n=3, seed=22)
+        names = demo_models["segment"].feature_names
+        columns = []
+        for j, feature in enumerate(names):  # one FP32 tensor per feature, binary
+            column = httpclient.InferInput(feature, [3], "FP32")
+            column.set_data_from_numpy(X[:, j].astype(np.float32))
+            columns.append(column)
+        wanted = [httpclient.InferRequestedOutput("predict", binary_data=False)]
+        result = triton.infer("segment", columns, outputs=wanted, headers=self.KEY)
+        output = result.get_response()["outputs"][0]
+        assert "data" in output and "parameters" not in output  # JSON, as asked
+        expected = booster(demo_models, "segment").predict(X.astype(np.float32).astype(np.float64))
+        assert np.array_equal(result.as_numpy("predict"), expected)
+
+    def test_the_clients_other_calls(self, triton, demo_models):
+        assert triton.is_server_live() and triton.is_server_ready()
+        assert "binary_tensor_data" in triton.get_server_metadata(headers=self.KEY)["extensions"]
+        assert triton.is_model_ready("team/churn", headers=self.KEY)
+        metadata = triton.get_model_metadata("team/churn", headers=self.KEY)
+        assert metadata["name"] == "team/churn"
+        assert metadata["inputs"][0]["parameters"]["feature_names"] == list(
+            demo_models["churn"].feature_names)
+
+    def test_errors_reach_the_client_with_their_code(self, triton):
+        import tritonclient.http as httpclient
+        from tritonclient.utils import InferenceServerException
+
+        tensor = httpclient.InferInput("input-0", [1, 3], "FP64")
+        tensor.set_data_from_numpy(np.ones((1, 3)))
+        with pytest.raises(InferenceServerException) as caught:
+            triton.infer("churn", [tensor], headers=self.KEY)
+        assert (caught.value.status(), caught.value.message()) == ("400", "shape_mismatch")
+        with pytest.raises(InferenceServerException) as caught:
+            triton.infer("team/nope", [tensor], headers=self.KEY)
+        assert (caught.value.status(), caught.value.message()) == ("404", "model_not_found")
 
 
 class TestAuth:

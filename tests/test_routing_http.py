@@ -183,3 +183,17 @@ def test_endpoints_lists_variants_weights_and_loaded_versions(client):
     assert [(v["name"], v["weight"]) for v in churn["variants"]] == [("control", 50), ("candidate", 50)]
     assert {m["blob"] for m in doc["loaded_models"]} >= {"churn/v1.txt", "churn/v2.txt"}
     assert all(m["version"] for m in doc["loaded_models"])
+
+
+def test_a_variants_model_is_scored_on_its_own_by_its_name_with_a_slash(client, demo_models):
+    # Router endpoint names have no "/": a name with one is always the model of that name,
+    # taken whole by the route's catch-all, outside any experiment.
+    response = client.post("/api/score/churn/v1.txt", json={"rows": [ROW]})
+    assert response.status_code == 200, response.text
+    doc = response.json()
+    assert (doc["variant"], doc["model"]["name"]) == ("default", "churn/v1.txt")
+    assert doc["predictions"] == lgb.Booster(model_file=str(demo_models["churn_v1"].path)).predict(
+        np.array([ROW])).tolist()
+    pinned = client.post("/api/score/churn/v1.txt", json={"rows": [ROW]},
+                         headers={"x-scorefn-variant": "candidate"})
+    assert (pinned.status_code, pinned.json()["error"]) == (403, "override_not_allowed")
