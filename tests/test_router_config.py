@@ -143,3 +143,19 @@ def test_messages_never_echo_the_document():
     with pytest.raises(InvalidRouterConfig) as err:
         parse_config(json.dumps(doc))
     assert "s3cret-marker" not in err.value.message and "heavy" not in err.value.message
+
+
+def test_an_endpoint_may_set_a_latency_budget_in_milliseconds():
+    config = parse_config(changed(lambda d: ep(d).update(max_p99_ms=5)))
+    assert config.endpoints["churn"].max_p99_ms == 5
+    config = parse_config(changed(lambda d: ep(d).update(max_p99_ms=0.25)))
+    assert config.endpoints["churn"].max_p99_ms == 0.25
+    assert parse_config(json.dumps(GOOD)).endpoints["churn"].max_p99_ms is None  # no budget
+
+
+@pytest.mark.parametrize("budget", [0, -1, "5", True, None, [5], {"ms": 5}, 10 ** 400])
+def test_a_latency_budget_that_is_not_a_positive_number_is_named_by_its_path(budget):
+    with pytest.raises(InvalidRouterConfig) as err:
+        parse_config(changed(lambda d: ep(d).update(max_p99_ms=budget)))
+    assert err.value.message.startswith(
+        "endpoints.churn.max_p99_ms: must be a positive number of milliseconds"), err.value.message

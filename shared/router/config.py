@@ -77,6 +77,10 @@ class EndpointConfig:
     allow_override: bool = False
     shadow: tuple[Shadow, ...] = ()
     log: LogConfig | None = None
+    # The latency budget: the most single-row p99 (milliseconds) the variants' models may have
+    # in the pre-deployment figures stored with their blobs (shared/latency_figures.py).
+    # Checked by `python -m scorefn router set`; the app itself does not act on it.
+    max_p99_ms: float | None = None
 
     @property
     def sticky_body_field(self) -> str | None:
@@ -134,7 +138,7 @@ def validate_config(doc: Any) -> RouterConfig:
 
 def _endpoint(name: str, value: Any, path: str) -> EndpointConfig:
     obj = _object(value, path, required={"variants"},
-                  optional={"sticky", "salt", "allow_override", "shadow", "log"})
+                  optional={"sticky", "salt", "allow_override", "shadow", "log", "max_p99_ms"})
     variants = tuple(_list(obj["variants"], f"{path}.variants", _variant, MAX_VARIANTS, "variants"))
     if not variants:
         _fail(f"{path}.variants", "must list at least one variant")
@@ -155,8 +159,11 @@ def _endpoint(name: str, value: Any, path: str) -> EndpointConfig:
         _fail(f"{path}.allow_override", "must be true or false")
     sticky = _sticky(obj["sticky"], f"{path}.sticky") if "sticky" in obj else None
     log = _log(obj["log"], f"{path}.log") if "log" in obj else None
+    max_p99_ms = obj.get("max_p99_ms")
+    if "max_p99_ms" in obj and (not _is_number(max_p99_ms) or not max_p99_ms > 0):
+        _fail(f"{path}.max_p99_ms", "must be a positive number of milliseconds")
     return EndpointConfig(name=name, variants=variants, salt=salt, sticky=sticky,
-                          allow_override=allow, shadow=shadows, log=log)
+                          allow_override=allow, shadow=shadows, log=log, max_p99_ms=max_p99_ms)
 
 
 def _variant(value: Any, path: str) -> Variant:
