@@ -27,7 +27,6 @@ from .common import decode_json, dumps
 
 HEADER = "Inference-Header-Content-Length"
 OUTPUT_NAME = "predict"
-MEDIA_TYPE = "application/octet-stream"
 # Little-endian, as the extension lays tensors out; decoded into the machine's own order.
 _NUMERIC = {"FP16": "<f2", "FP32": "<f4", "FP64": "<f8",
             "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
