@@ -143,7 +143,8 @@ def test_the_slow_path_handles_quotes_crlf_blank_lines_nan_and_plus_signs():
     (b"a,b,c\n1,2,3\n1,2\n", "wrong_row_width", "line 3"),
     (b"a,b,c\n1,2,3\n1,x,3\n", "non_numeric_value", "line 3, column 'b'"),
     (b"a,b,c\n1,true,3\n", "non_numeric_value", "line 2"),
-    (b"a,b,c\n1,null,3\n", "non_numeric_value", "line 2"),
+    (b"a,b,c\n1,1_000,3\n", "non_numeric_value", "line 2, column 'b': '1_000'"),
+    ("a,b,c\n1,2,3\n1,2,\u0661\u0662\n".encode(), "non_numeric_value", "line 3, column 'c'"),
     (b"a,b,c\n1,2,3\n[1,2,3]\n", "non_numeric_value", "line 3"),  # never read as a JSON list
     (b"a,b,c\n{1,2,3}\n", "non_numeric_value", "line 2"),
     (b"a,b,zz\n1,2,3\n", "unknown_column", "'zz'"),
@@ -173,7 +174,9 @@ def test_jsonl_records_with_ids_of_any_json_type():
 @pytest.mark.parametrize("data,code,line", [
     (b'{"a": 1}\n{"a": "x"}\n', "non_numeric_value", "line 2"),
     (b'{"a": 1}\n{"zz": 1}\n', "unknown_feature", "line 2"),
-    (b'{"a": 1}\n[1, 2]\n', "invalid_records", "line 2"),
+    (b'{"a": 1}\n[1, 2]\n', "wrong_row_width", "line 2"),  # a list holds every feature
+    (b'{"a": 1}\n"x"\n', "invalid_records", "line 2"),
+    (b'[1, 2, 3]\n[1, "x", 3]\n', "non_numeric_value", "line 2, feature 'b'"),
     (b'{"a": 1}\n\n{"a": 1\n', "invalid_json", "line 3"),
     (b'{"a": true}\n', "non_numeric_value", "line 1"),
 ])
@@ -293,3 +296,27 @@ def test_the_longest_line_counts_every_column_and_its_name():
     record = orjson.dumps({"alpha": -1.2345678901234567e-308, "beta": 1.7976931348623157e308,
                            "id": "x" * 1000})
     assert len(record) < max_line_bytes(["alpha", "beta", "id"])
+
+
+# -- non-finite predictions ------------------------------------------------------------------
+
+def test_non_finite_predictions_are_inf_in_csv_and_proto3_strings_in_json():
+    import io
+
+    import pandas as pd
+
+    from shared.batch_io import Ids
+
+    values = np.array([0.25, np.inf, -np.inf, np.nan, -0.0, 1e308])
+    csv_rows = CsvWriter("key", 1).rows(values, Ids("json", list("abcdef")))
+    back = pd.read_csv(io.BytesIO(CsvWriter("key", 1).header + csv_rows))
+    assert np.array_equal(back["prediction"].to_numpy(), values, equal_nan=True)  # as pandas reads
+    assert csv_rows.splitlines()[1:4] == [b"b,inf", b"c,-inf", b"d,"]
+    docs = [orjson.loads(line) for line in JsonlWriter(None, 1).rows(values, None).splitlines()]
+    assert [d["prediction"] for d in docs] == [0.25, "Infinity", "-Infinity", "NaN", -0.0, 1e308]
+    multi = np.array([[0.5, np.inf], [np.nan, -np.inf], [0.1, 0.2]])
+    lines = JsonlWriter("k", 2).rows(multi, Ids("json", [1, None, "z"])).splitlines()
+    assert [orjson.loads(line) for line in lines] == [
+        {"k": 1, "prediction": [0.5, "Infinity"]}, {"k": None, "prediction": ["NaN", "-Infinity"]},
+        {"k": "z", "prediction": [0.1, 0.2]}]
+    assert CsvWriter(None, 2).rows(multi, None) == b"0.5,inf\n,-inf\n0.1,0.2\n"
