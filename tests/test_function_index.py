@@ -14,13 +14,12 @@ def test_http_functions_routes_methods_and_auth_levels(app_functions):
             for name, t in triggers.items() if t.get_binding_name() == "httpTrigger"}
     F, A = func.AuthLevel.FUNCTION, func.AuthLevel.ANONYMOUS
     assert http == {
-        "score": ("score/{name}", ["POST"], F),
-        "v2_infer": ("v2/models/{name}/infer", ["POST"], F),
-        "v2_metadata": ("v2/models/{name}", ["GET"], F),
-        "v2_model_ready": ("v2/models/{name}/ready", ["GET"], F),
+        "score": ("score/{*name}", ["POST"], F),
+        "v2_infer": ("v2/models/{*path}", ["POST"], F),
+        "v2_model": ("v2/models/{*path}", ["GET"], F),
         "v2_server_metadata": ("v2", ["GET"], F),
         "endpoints": ("endpoints", ["GET"], F),
-        "outcomes": ("outcomes/{endpoint}", ["POST"], F),
+        "outcomes": ("outcomes/{*endpoint}", ["POST"], F),
         "health_live": ("v2/health/live", ["GET"], A),
         "health_ready": ("v2/health/ready", ["GET"], A),
         "openapi": ("openapi.json", ["GET"], A),

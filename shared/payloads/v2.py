@@ -26,6 +26,7 @@ import simdjson
 from ..errors import InvalidPayload
 from ..features import FeatureSchema
 from . import simd
+from .v2_binary import OUTPUT_NAME, wants_binary_output  # noqa: F401 (OUTPUT_NAME re-exported)
 from .common import DEFAULT_OPTIONS, ScoringInput, check_count, dumps, json_numbers, parse_options
 
 _NUMERIC = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
@@ -34,7 +35,6 @@ _NUMERIC = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
 _VALUE_TYPES = frozenset((float, int, type(None)))
 BYTES = "BYTES"
 _DATATYPES = sorted([*_NUMERIC, BYTES])
-OUTPUT_NAME = "predict"  # the one output tensor of every model
 
 
 def parse_v2(doc: dict[str, Any], schema: FeatureSchema, max_rows: int) -> ScoringInput:
@@ -57,18 +57,6 @@ def parse_v2(doc: dict[str, Any], schema: FeatureSchema, max_rows: int) -> Scori
         X = _column_tensors(tensors, schema, max_rows)
     return ScoringInput(X=X, options=options, format="v2", request_id=request_id,
                         binary_output=wants_binary_output(doc))
-
-
-def wants_binary_output(doc: dict[str, Any]) -> bool:
-    """Whether the request asks for its output as binary tensor data (the binary data
-    extension): ``parameters.binary_data_output``, or ``binary_data`` on a requested output."""
-    params = doc.get("parameters")
-    if isinstance(params, dict) and params.get("binary_data_output") is True:
-        return True
-    outputs = doc.get("outputs")
-    return isinstance(outputs, list) and any(
-        isinstance(o, dict) and isinstance(o.get("parameters"), dict)
-        and o["parameters"].get("binary_data") is True for o in outputs)
 
 
 def _check_outputs(outputs: Any) -> None:

@@ -26,7 +26,7 @@ from ..errors import InvalidJson, InvalidPayload
 from .common import decode_json, dumps
 
 HEADER = "Inference-Header-Content-Length"
-OUTPUT_NAME = "predict"
+OUTPUT_NAME = "predict"  # the one output tensor of every model
 # Little-endian, as the extension lays tensors out; decoded into the machine's own order.
 _NUMERIC = {"FP16": "<f2", "FP32": "<f4", "FP64": "<f8",
             "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
