@@ -1,14 +1,23 @@
 """The Bicep in infra/ stands up what the app needs, identity only: checked offline.
 
 Every ``.bicep`` file is parsed with pycep (the Bicep parser checkov uses); the assertions read
-the parsed tree. pycep checks syntax, not semantics (types, property names, API versions): the
-``bicep build`` test does that where a Bicep CLI is installed, and ``az deployment group
-what-if`` against a subscription is the final word (infra/README.md).
+the parsed trees. ``infra/main.bicep`` declares modules (``infra/app/*.bicep``): :class:`Scope`
+follows each ``module`` declaration to its file, so a check finds a resource, variable or
+parameter in whichever file holds it, and the tests check that the modules line up (the
+parameters passed, the outputs read, ``existing`` references naming declared resources).
+
+pycep checks syntax, not semantics (types, property names, API versions): the ``bicep build``
+test does that where a Bicep CLI is installed, and ``az deployment group what-if`` against a
+subscription is the final word (infra/README.md).
 
 pycep's tree is lossy in one way that matters here: a string literal and a reference to a
 variable/parameter both come out as a plain string (``'models'`` and ``modelContainerName``
-alike), so :func:`resolve` looks names up in the template's variables and parameter defaults,
-and references to resources stay expressions such as ``storage.properties.primaryEndpoints.blob``.
+alike), so :func:`resolve` looks names up in the file's variables and parameters (a module's
+parameter: the value its parent passes; main.bicep's: its default) and in modules' outputs, and
+references to resources stay expressions such as ``storage.properties.primaryEndpoints.blob``.
+A module refers to a resource declared elsewhere through an ``existing`` declaration with the
+same symbolic name, type and API version (asserted), so such an expression means the same
+resource in every file.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import subprocess
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import pytest
 
@@ -30,6 +39,7 @@ from shared.settings import SPEC, TELEMETRY_SPEC, Settings, resolve_connection, 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
 MAIN = INFRA / "main.bicep"
+MODULES = INFRA / "app"
 QUERIES = INFRA / "queries"
 CHECKOV_CONFIG = INFRA / ".checkov.yaml"
 BROKEN = Path(__file__).resolve().parent / "fixtures" / "infra" / "broken.bicep"
@@ -44,7 +54,7 @@ MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
 APP = "appIdentity.properties.principalId"  # the app's user-assigned identity
 USER = "principalId"  # the optional deploying user (parameter)
 
-# Every data-plane right granted: (scope, principal, role). infra/main.bicep justifies each.
+# Every data-plane right granted: (scope, principal, role). infra/app/rbac.bicep justifies each.
 EXPECTED_ROLE_ASSIGNMENTS = {
     ("storage", APP, BLOB_DATA_OWNER),  # Functions host storage; also models, batch, logs
     ("storage", APP, QUEUE_DATA_CONTRIBUTOR),  # queue trigger, poison queue, job results
@@ -133,42 +143,164 @@ def code_of(path: Path) -> str:
     return "".join(out)
 
 
+class Scope:
+    """One .bicep file as deployed: main.bicep, or a module with the parameters its parent passes.
+
+    ``module`` declarations are followed to their files (local paths only; registry modules need
+    the network), recursively, so ``Scope(MAIN).walk()`` is every file of the deployment.
+    """
+
+    def __init__(self, path: Path, parent: Scope | None = None, symbol: str = "",
+                 declaration: dict[str, Any] | None = None) -> None:
+        self.path, self.parent, self.symbol, self.declaration = path, parent, symbol, declaration
+        self.tree = parse(path)
+        self.modules: dict[str, Scope] = {}
+        for name, module in self.tree.get("modules", {}).items():
+            assert module["type"] == "local", f"{self.label}: module {name} is not a local file"
+            file = (path.parent / module["detail"]["path"]).resolve()
+            assert file.is_file(), f"{self.label}: module {name}: no file {file}"
+            assert INFRA in file.parents, f"{self.label}: module {name} outside infra/"
+            assert file not in self.ancestry(), f"{self.label}: module {name} includes itself"
+            self.modules[name] = Scope(file, self, name, module)
+
+    def ancestry(self) -> list[Path]:
+        return [self.path] + (self.parent.ancestry() if self.parent else [])
+
+    def walk(self) -> Iterator[Scope]:
+        yield self
+        for module in self.modules.values():
+            yield from module.walk()
+
+    @property
+    def label(self) -> str:
+        return str(self.path.relative_to(INFRA))
+
+    @property
+    def passed(self) -> dict[str, Any]:
+        """The parameters the parent passes (``params:`` of the module declaration)."""
+        return body(self.declaration).get("params", {}) if self.declaration else {}
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        return self.tree.get("parameters", {})
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        return self.tree.get("variables", {})
+
+    @property
+    def resources(self) -> dict[str, Any]:
+        return self.tree.get("resources", {})
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        return self.tree.get("outputs", {})
+
+    def __repr__(self) -> str:
+        return f"Scope({self.label})"
+
+
+class Declared(NamedTuple):
+    """A resource the deployment creates (not an ``existing`` reference), and the file holding it."""
+
+    name: str
+    scope: Scope
+    resource: dict[str, Any]
+
+
+class Deployment:
+    def __init__(self) -> None:
+        self.root = Scope(MAIN)
+        self.scopes = list(self.root.walk())
+        self.declared: dict[str, Declared] = {}
+        for scope in self.scopes:
+            for name, resource in scope.resources.items():
+                if not resource["existing"]:
+                    assert name not in self.declared, \
+                        f"resource {name} declared in {self.declared[name].scope.label} and {scope.label}"
+                    self.declared[name] = Declared(name, scope, resource)
+
+
 @pytest.fixture(scope="module")
-def tree() -> dict[str, Any]:
-    return parse(MAIN)
+def dep() -> Deployment:
+    return Deployment()
 
 
-def resolve(value: Any, tree: dict[str, Any], depth: int = 0) -> Any:
-    """A variable or parameter reference replaced by its value (or default), recursively."""
-    if depth > 20 or not isinstance(value, str):
+def resolve(value: Any, scope: Scope, depth: int = 0) -> Any:
+    """A variable or parameter reference replaced by its value, recursively.
+
+    A module's parameter takes the value its parent passes (resolved in the parent); main.bicep's
+    takes its default. ``module.outputs.NAME`` is the module's output, ``resource.name`` the
+    resource's name, both resolved where they are declared.
+    """
+    if depth > 30 or not isinstance(value, str):
         return value
     head, _, rest = value.partition(".")
-    if head in tree["variables"]:
-        found = tree["variables"][head]["value"]
-    elif head in tree["parameters"] and not rest:
-        return resolve(tree["parameters"][head]["default"], tree, depth + 1)
+    parts = rest.split(".") if rest else []
+    if head in scope.variables:
+        found = scope.variables[head]["value"]
+    elif head in scope.parameters and not rest:
+        if scope.parent is not None and head in scope.passed:
+            return resolve(scope.passed[head], scope.parent, depth + 1)
+        return resolve(scope.parameters[head]["default"], scope, depth + 1)
+    elif head in scope.modules and len(parts) == 2 and parts[0] == "outputs":
+        module = scope.modules[head]
+        if parts[1] not in module.outputs:
+            return value
+        return resolve(module.outputs[parts[1]]["value"], module, depth + 1)
+    elif head in scope.resources and rest == "name":
+        return resolve(body(scope.resources[head])["name"], scope, depth + 1)
     else:
         return value
-    for part in rest.split(".") if rest else ():
+    for part in parts:
         if not isinstance(found, dict) or part not in found:
             return value
         found = found[part]
-    return resolve(found, tree, depth + 1)
+    return resolve(found, scope, depth + 1)
 
 
-def body(resource: dict[str, Any]) -> dict[str, Any]:
-    """The resource declaration's body (inside ``if (...)`` for a conditional resource)."""
+def lift(value: Any, scope: Scope) -> tuple[Any, Scope]:
+    """A module parameter followed up to the expression that sets it (in main.bicep if passed on)."""
+    while isinstance(value, str) and value in scope.parameters and value in scope.passed:
+        value, scope = scope.passed[value], scope.parent
+    return value, scope
+
+
+def referenced(dep: Deployment, scope: Scope, symbol: str) -> Declared:
+    """The resource a symbolic name stands for in a file: declared there, or by ``existing``."""
+    resource = scope.resources[symbol]
+    if not resource["existing"]:
+        return dep.declared[symbol]
+    name = resolve(body(resource)["name"], scope)
+    matches = [d for d in dep.declared.values() if d.resource["type"] == resource["type"]
+               and resolve(body(d)["name"], d.scope) == name]
+    assert len(matches) == 1, f"{scope.label}: existing {symbol} ({name}) matches {matches}"
+    return matches[0]
+
+
+def body(resource: dict[str, Any] | Declared) -> dict[str, Any]:
+    """The resource (or module) declaration's body (inside ``if (...)`` when conditional)."""
+    if isinstance(resource, Declared):
+        resource = resource.resource
     config = resource["config"]
     return config["config"] if "condition" in config and "config" in config else config
 
 
-def condition(resource: dict[str, Any]) -> Any:
+def condition(resource: dict[str, Any] | Declared) -> Any:
+    if isinstance(resource, Declared):
+        resource = resource.resource
     config = resource["config"]
     return config.get("condition") if "config" in config else None
 
 
-def resources_of(tree: dict[str, Any], type_: str) -> dict[str, dict[str, Any]]:
-    return {name: r for name, r in tree["resources"].items() if r["type"] == type_}
+def resources_of(dep: Deployment, type_: str) -> dict[str, Declared]:
+    """The resources of a type the deployment declares, in whichever file (no ``existing``)."""
+    return {name: d for name, d in dep.declared.items() if d.resource["type"] == type_}
+
+
+def function_app(dep: Deployment) -> Declared:
+    (site,) = resources_of(dep, "Microsoft.Web/sites").values()
+    return site
 
 
 def strings(value: Any) -> Iterator[str]:
@@ -184,13 +316,20 @@ def strings(value: Any) -> Iterator[str]:
             yield from strings(item)
 
 
-def app_settings(tree: dict[str, Any]) -> dict[str, Any]:
+def identifiers(value: Any) -> set[str]:
+    """The names an expression starts from (``storage`` in ``storage.outputs.name``)."""
+    return {m.group(1) for text in strings(value)
+            for m in re.finditer(r"(?<![\w.'])([A-Za-z_]\w*)", text)}
+
+
+def app_settings(dep: Deployment) -> dict[str, Any]:
     """The function app's settings: the object its siteConfig.appSettings loop runs over."""
-    site = body(tree["resources"]["functionApp"])
-    loop = site["properties"]["siteConfig"]["appSettings"]
+    site = function_app(dep)
+    scope = site.scope
+    loop = body(site)["properties"]["siteConfig"]["appSettings"]
     assert loop["loop_type"]["type"] == "object"
     assert loop["config"] == {"name": "setting.key", "value": "setting.value"}
-    source = tree["variables"][loop["loop_type"]["detail"]["object_name"]]["value"]
+    source = scope.variables[loop["loop_type"]["detail"]["object_name"]]["value"]
     if "function" in source:
         assert source["function"]["type"] == "union"
         parts = list(source["function"]["parameters"].values())
@@ -198,9 +337,9 @@ def app_settings(tree: dict[str, Any]) -> dict[str, Any]:
         parts = [source]
     merged: dict[str, Any] = {}
     for part in parts:  # later objects win, as in Bicep's union()
-        resolved = resolve(part, tree)
+        resolved = resolve(part, scope)
         assert isinstance(resolved, dict), f"app settings part {part!r} is not an object"
-        merged.update({key: resolve(value, tree) for key, value in resolved.items()})
+        merged.update({key: resolve(value, scope) for key, value in resolved.items()})
     return merged
 
 
@@ -223,11 +362,125 @@ def test_a_syntax_error_fails_the_parse():
         parse(BROKEN)
 
 
+# -- modules -------------------------------------------------------------------------------------
+
+
+def _waits_for(scope: Scope) -> set[str]:
+    """What a module's deployment waits for: what its parameters reference, and its dependsOn."""
+    declaration = body(scope.declaration)
+    return identifiers(declaration.get("params", {})) | set(declaration.get("dependsOn", []))
+
+
+def test_every_bicep_file_is_main_or_a_module_main_deploys(dep):
+    # checkov scans every .bicep file in infra/: each one is part of the deployment, once.
+    assert sorted(scope.path for scope in dep.scopes) == bicep_files()
+    assert [scope.path.parent for scope in dep.scopes[1:]] == [MODULES] * (len(dep.scopes) - 1)
+    assert {scope.symbol for scope in dep.scopes[1:]} >= {"storage", "monitoring", "rbac", "functionApp"}
+    names = [resolve(body(scope.declaration)["name"], dep.root) for scope in dep.scopes[1:]]
+    assert len(set(names)) == len(names), names  # deployment names: one record per module
+    # Environments share a resource group (README): a module's deployment record is theirs.
+    assert all("${resourceToken}" in name for name in names), names
+
+
+def test_modules_are_passed_exactly_the_parameters_they_declare(dep):
+    for scope in dep.scopes[1:]:
+        where = f"{scope.parent.label}: module {scope.symbol} ({scope.label})"
+        declared = scope.parameters
+        assert sorted(set(scope.passed) - set(declared)) == [], f"{where}: not a param of the module"
+        required = sorted(name for name, param in declared.items()
+                          if param["default"] is None and name not in scope.passed)
+        assert required == [], f"{where}: parameters without a default not passed"
+        for name in scope.passed:
+            decorators = {d["type"]: d["argument"] for d in declared[name]["decorators"]}
+            value, parent = lift(name, scope)
+            if isinstance(value, str) and value in parent.parameters:
+                source = parent.parameters[value]
+                # Passed on from a parameter: the same type, and no value the module refuses.
+                assert source["type"] == declared[name]["type"], f"{where}: {name} type"
+                if "allowed" in decorators:
+                    allowed = {d["type"]: d["argument"] for d in source["decorators"]}.get("allowed")
+                    assert allowed and set(allowed) <= set(decorators["allowed"]), f"{where}: {name}"
+            elif "allowed" in decorators:
+                assert resolve(value, parent) in decorators["allowed"], f"{where}: {name}"
+
+
+def test_module_outputs_that_are_read_exist(dep):
+    read = set()
+    for scope in dep.scopes:
+        text = code_of(scope.path)
+        assert not re.search(r"\.outputs\s*\[", text), f"{scope.label}: index outputs by name"
+        for match in re.finditer(r"(?<![\w.])([A-Za-z_]\w*)\.outputs\.([A-Za-z_]\w*)", text):
+            module, output = match.groups()
+            assert module in scope.modules, f"{scope.label}: {match.group(0)}: no module {module}"
+            assert output in scope.modules[module].outputs, f"{scope.label}: {match.group(0)}"
+            read.add((scope.modules[module].label, output))
+    assert ("app/storage.bicep", "name") in read and ("app/function-app.bicep", "name") in read
+
+
+def test_every_parameter_and_variable_is_used(dep):
+    # What the Bicep linter's no-unused-params / no-unused-vars report (approximated: a use is the
+    # name outside its declaration, string literals and object keys; interpolations count).
+    for scope in dep.scopes:
+        text = re.sub(r"'(?:\\.|[^'\\])*'",
+                      lambda m: " ".join(re.findall(r"\$\{([^}]*)\}", m.group(0))), code_of(scope.path))
+        for kind, names in (("param", scope.parameters), ("var", scope.variables)):
+            for name in names:
+                # `key:` is an object key, unless it ends a loop header: [for x in NAME: ...]
+                uses = re.findall(rf"(?<![\w.]){re.escape(name)}\b(?!\s*:(?!:))"
+                                  rf"|\bin\s+{re.escape(name)}(?=\s*:)", text)
+                assert len(uses) >= 2, f"{scope.label}: {kind} {name} is never used"
+
+
+def test_existing_references_name_resources_the_deployment_declares(dep):
+    # A module reads a resource another file declares through `existing` with the same symbolic
+    # name, type and API version: `storage.properties.primaryEndpoints.blob` is the same account
+    # (and the same properties) in every file, and the deployed name is the declared one.
+    seen = set()
+    for scope in dep.scopes:
+        for name, resource in scope.resources.items():
+            if not resource["existing"]:
+                continue
+            target = referenced(dep, scope, name)
+            assert target.scope is not scope, f"{scope.label}: {name} is declared in the same file"
+            assert target.name == name, f"{scope.label}: existing {name} is {target.name} elsewhere"
+            assert resource["api_version"] == target.resource["api_version"], f"{scope.label}: {name}"
+            assert set(body(resource)) == {"name"}, f"{scope.label}: {name}: this resource group only"
+            seen.add(name)
+    assert {"storage", "appInsights", "appIdentity"} <= seen
+
+
+def test_modules_deploy_after_the_resources_they_read(dep):
+    for scope in dep.scopes[1:]:
+        assert scope.parent is dep.root, f"{scope.label}: modules are declared in main.bicep only"
+        waits_for = _waits_for(scope)
+        for name, resource in scope.resources.items():
+            if resource["existing"]:
+                target = referenced(dep, scope, name)
+                needed = target.name if target.scope is dep.root else target.scope.symbol
+                assert needed in waits_for, f"module {scope.symbol} reads {name} before {needed} is done"
+
+
+def test_the_function_app_starts_after_its_role_assignments_containers_and_queues(dep):
+    # The host reads its storage, queues and deployment package with the identity from its first
+    # start: the rights, the package container and the queues its triggers bind exist first.
+    site = function_app(dep)
+    needed = list(resources_of(dep, "Microsoft.Authorization/roleAssignments").values())
+    needed += [dep.declared[name] for name in ("deploymentContainer", "scoreQueue", "chunkQueue",
+                                               "chunkPoisonQueue")]
+    for resource in needed:
+        if resource.scope is site.scope:
+            assert resource.name in body(site).get("dependsOn", []), resource.name
+        else:
+            assert site.scope.parent is dep.root and resource.scope.parent in (None, dep.root)
+            wanted = resource.name if resource.scope is dep.root else resource.scope.symbol
+            assert wanted in _waits_for(site.scope), f"the function app does not wait for {wanted}"
+
+
 # -- resources -----------------------------------------------------------------------------------
 
 
-def test_every_resource_the_app_needs_is_declared(tree):
-    types = {r["type"] for r in tree["resources"].values() if not r["existing"]}
+def test_every_resource_the_app_needs_is_declared(dep):
+    types = {d.resource["type"] for d in dep.declared.values()}
     assert {
         "Microsoft.Storage/storageAccounts",
         "Microsoft.Storage/storageAccounts/blobServices/containers",
@@ -240,36 +493,57 @@ def test_every_resource_the_app_needs_is_declared(tree):
         "Microsoft.Web/sites",
         "Microsoft.Authorization/roleAssignments",
     } <= types
-    assert tree["globals"]["scope"]["value"] == "resourceGroup"
+    for scope in dep.scopes:
+        assert scope.tree["globals"]["scope"]["value"] == "resourceGroup", scope.label
+        for name, module in scope.tree.get("modules", {}).items():
+            # Into main's resource group, always: a condition would make all its resources optional.
+            assert "scope" not in body(module) and condition(module) is None, f"module {name}"
     modules = [line for path in bicep_files() for line in path.read_text().splitlines()
                if re.match(r"\s*module\s", line)]
     assert not [m for m in modules if re.search(r"'(br|ts)[:/]", m)], "registry modules need network"
 
 
-def test_storage_is_entra_id_only(tree):
-    (storage,) = resources_of(tree, "Microsoft.Storage/storageAccounts").values()
+def test_every_resource_is_in_mains_region_with_mains_tags(dep):
+    # azd finds an environment's resources by the azd-env-name tag in allTags.
+    assert "'azd-env-name'" in dep.root.variables["allTags"]["value"]["function"]["parameters"]["arg_2"]
+    located = 0
+    for name, resource in dep.declared.items():
+        spec = body(resource)
+        if "location" in spec:
+            assert lift(spec["location"], resource.scope) == ("location", dep.root), name
+            tags = spec["tags"]
+            if isinstance(tags, dict):  # union(tags, {...}): the resource's own tags added
+                assert tags["function"]["type"] == "union", name
+                tags = tags["function"]["parameters"]["arg_1"]
+            assert lift(tags, resource.scope) == ("allTags", dep.root), name
+            located += 1
+    assert located == 7  # identity, storage, workspace, components, workbook, plan, site
+
+
+def test_storage_is_entra_id_only(dep):
+    (storage,) = resources_of(dep, "Microsoft.Storage/storageAccounts").values()
     props = body(storage)["properties"]
     assert props["allowSharedKeyAccess"] is False
     assert props["allowBlobPublicAccess"] is False
     assert props["minimumTlsVersion"] == "TLS1_2"
     assert props["supportsHttpsTrafficOnly"] is True
     assert props["defaultToOAuthAuthentication"] is True
-    for container in resources_of(tree, "Microsoft.Storage/storageAccounts/blobServices/containers").values():
+    for container in resources_of(dep, "Microsoft.Storage/storageAccounts/blobServices/containers").values():
         assert body(container)["properties"]["publicAccess"] == "None"
 
 
-def test_containers_and_queues_match_the_app_settings(tree):
-    containers = {resolve(body(r)["name"], tree) for r in
-                  resources_of(tree, "Microsoft.Storage/storageAccounts/blobServices/containers").values()}
-    queues = {resolve(body(r)["name"], tree) for r in
-              resources_of(tree, "Microsoft.Storage/storageAccounts/queueServices/queues").values()}
-    settings = app_settings(tree)
+def test_containers_and_queues_match_the_app_settings(dep):
+    containers = {resolve(body(r)["name"], r.scope) for r in
+                  resources_of(dep, "Microsoft.Storage/storageAccounts/blobServices/containers").values()}
+    queues = {resolve(body(r)["name"], r.scope) for r in
+              resources_of(dep, "Microsoft.Storage/storageAccounts/queueServices/queues").values()}
+    settings = app_settings(dep)
     assert {"models", "batch", "predictions", "outcomes"} <= containers
     assert [c for c in containers if c.startswith("app-package-")], containers
     assert settings["MODEL_CONTAINER"] == "models" and settings["BATCH_CONTAINER"] == "batch"
     # The host moves a message to <queue>-poison after maxDequeueCount deliveries.
-    assert resolve("poisonQueueName", tree) == "${scoreQueueName}-poison"
-    assert resolve("chunkPoisonQueueName", tree) == "${chunkQueueName}-poison"
+    assert resolve("poisonQueueName", dep.root) == "${scoreQueueName}-poison"
+    assert resolve("chunkPoisonQueueName", dep.root) == "${chunkQueueName}-poison"
     queues = {q.replace("${scoreQueueName}", settings["SCORE_QUEUE_NAME"])
               .replace("${chunkQueueName}", settings["CHUNK_QUEUE_NAME"]) for q in queues}
     assert queues == {settings["SCORE_QUEUE_NAME"], settings["RESULTS_QUEUE_NAME"],
@@ -283,12 +557,16 @@ def test_containers_and_queues_match_the_app_settings(tree):
     assert settings["ROUTER_CONFIG_BLOB"] == "config/router.json"
 
 
-def test_function_app_runs_python_311_on_flex_consumption_with_the_identity(tree):
-    (plan,) = resources_of(tree, "Microsoft.Web/serverfarms").values()
+def test_function_app_runs_python_311_on_flex_consumption_with_the_identity(dep):
+    (plan,) = resources_of(dep, "Microsoft.Web/serverfarms").values()
     assert body(plan)["sku"] == {"name": "FC1", "tier": "FlexConsumption"}
     assert body(plan)["properties"]["reserved"] is True
-    (site,) = resources_of(tree, "Microsoft.Web/sites").values()
-    site = body(site)
+    declared = function_app(dep)
+    scope, site = declared.scope, body(declared)
+    assert site["properties"]["serverFarmId"] == "plan.id" and referenced(dep, scope, "plan") == plan
+    # In the site's file, these names are the declared identity and storage account.
+    assert referenced(dep, scope, "appIdentity") == dep.declared["appIdentity"]
+    assert referenced(dep, scope, "storage") == dep.declared["storage"]
     assert site["kind"] == "functionapp,linux"
     assert site["identity"]["type"] == "UserAssigned"
     assert list(site["identity"]["userAssignedIdentities"]) == ["'${appIdentity.id}'"]
@@ -299,6 +577,9 @@ def test_function_app_runs_python_311_on_flex_consumption_with_the_identity(tree
     storage = config["deployment"]["storage"]
     assert storage["type"] == "blobContainer"
     assert storage["value"] == "${storage.properties.primaryEndpoints.blob}${deploymentContainerName}"
+    assert lift("deploymentContainerName", scope) == ("deploymentContainerName", dep.root)
+    assert resolve("deploymentContainerName", scope) == resolve(
+        body(dep.declared["deploymentContainer"])["name"], dep.declared["deploymentContainer"].scope)
     assert storage["authentication"] == {"type": "UserAssignedIdentity",
                                          "userAssignedIdentityResourceId": "appIdentity.id"}
     scale = config["scaleAndConcurrency"]
@@ -307,27 +588,34 @@ def test_function_app_runs_python_311_on_flex_consumption_with_the_identity(tree
     always_ready = scale["alwaysReady"]["operator"]["operands"]
     assert always_ready["true_value"] == [{"name": "http", "instanceCount": "alwaysReadyHttpInstances"}]
     assert always_ready["false_value"] == []
-    params = tree["parameters"]
+    # Main's parameters, passed on as they are.
+    for name in ("maximumInstanceCount", "instanceMemoryMB", "alwaysReadyHttpInstances"):
+        assert lift(name, scope) == (name, dep.root)
+    params = dep.root.parameters
     assert params["alwaysReadyHttpInstances"]["default"] == 0
     assert params["instanceMemoryMB"]["default"] in (512, 2048, 4096)
     # Basic-auth publishing is off: deployments authenticate with Entra ID.
-    policies = resources_of(tree, "Microsoft.Web/sites/basicPublishingCredentialsPolicies")
+    policies = resources_of(dep, "Microsoft.Web/sites/basicPublishingCredentialsPolicies")
     assert {body(p)["name"]: body(p)["properties"]["allow"] for p in policies.values()} == \
         {"scm": False, "ftp": False}
+    assert {body(p)["parent"] for p in policies.values()} == {declared.name}
+    assert {p.scope for p in policies.values()} == {scope}
 
 
-def test_application_insights_takes_entra_id_ingestion_only(tree):
-    (insights,) = resources_of(tree, "Microsoft.Insights/components").values()
+def test_application_insights_takes_entra_id_ingestion_only(dep):
+    (insights,) = resources_of(dep, "Microsoft.Insights/components").values()
     props = body(insights)["properties"]
     assert props["DisableLocalAuth"] is True
     assert props["WorkspaceResourceId"] == "logAnalytics.id"
+    (workspace,) = resources_of(dep, "Microsoft.OperationalInsights/workspaces").values()
+    assert referenced(dep, insights.scope, "logAnalytics") == workspace
 
 
 # -- app settings ----------------------------------------------------------------------------------
 
 
-def test_app_settings_cover_every_setting_the_code_reads(tree):
-    settings = app_settings(tree)
+def test_app_settings_cover_every_setting_the_code_reads(dep):
+    settings = app_settings(dep)
     read = {spec.env for spec in SPEC.values()} | set(TELEMETRY_SPEC)
     assert MUST_BE_SET <= read and not MUST_BE_SET & INTENTIONALLY_UNSET
     assert INTENTIONALLY_UNSET <= read, "stale entry in INTENTIONALLY_UNSET"
@@ -335,8 +623,8 @@ def test_app_settings_cover_every_setting_the_code_reads(tree):
     assert sorted(INTENTIONALLY_UNSET & set(settings)) == []
 
 
-def test_app_settings_bind_every_setting_the_triggers_use(tree):
-    settings = app_settings(tree)
+def test_app_settings_bind_every_setting_the_triggers_use(dep):
+    settings = app_settings(dep)
     source = "\n".join(p.read_text() for p in (ROOT / "score_function").glob("*.py"))
     source += (ROOT / "function_app.py").read_text()
     for name in re.findall(r"%([A-Za-z0-9_]+)%", source):
@@ -349,8 +637,12 @@ def test_app_settings_bind_every_setting_the_triggers_use(tree):
         assert connection not in settings, f"{connection} must not be a connection string"
 
 
-def test_identity_based_host_storage_and_telemetry(tree):
-    settings = app_settings(tree)
+def test_identity_based_host_storage_and_telemetry(dep):
+    settings = app_settings(dep)
+    # The settings name resources by symbol: in the app's file, these are the declared ones.
+    scope = function_app(dep).scope
+    for symbol in ("storage", "appIdentity", "appInsights"):
+        assert referenced(dep, scope, symbol) == dep.declared[symbol], symbol
     assert settings["AzureWebJobsStorage__blobServiceUri"] == "storage.properties.primaryEndpoints.blob"
     assert settings["AzureWebJobsStorage__queueServiceUri"] == "storage.properties.primaryEndpoints.queue"
     assert settings["AzureWebJobsStorage__tableServiceUri"] == "storage.properties.primaryEndpoints.table"
@@ -386,8 +678,8 @@ def _placeholder(value: Any) -> str:
     raise AssertionError(f"unexpected app setting value {value!r}")
 
 
-def test_the_code_accepts_the_deployed_settings(tree):
-    env = {name: _placeholder(value) for name, value in app_settings(tree).items()}
+def test_the_code_accepts_the_deployed_settings(dep):
+    env = {name: _placeholder(value) for name, value in app_settings(dep).items()}
     settings = Settings.from_env(env)  # every value parses (or this raises, naming the setting)
     assert settings.score_queue_name == "score-requests" and settings.batch_container == "batch"
     for name in {settings.storage_connection, getattr(settings, "prediction_log_connection",
@@ -401,10 +693,12 @@ def test_the_code_accepts_the_deployed_settings(tree):
     assert telemetry.connection_string and not telemetry.worker_managed and not telemetry.log_payloads
 
 
-def test_overrides_cannot_replace_identity_or_telemetry_settings(tree):
-    source = tree["variables"]["appSettings"]["value"]["function"]["parameters"]
+def test_overrides_cannot_replace_identity_or_telemetry_settings(dep):
+    scope = function_app(dep).scope
+    source = scope.variables["appSettings"]["value"]["function"]["parameters"]
     order = list(source.values())
-    assert tree["parameters"]["appSettingOverrides"]["default"] == {}
+    assert lift("appSettingOverrides", scope) == ("appSettingOverrides", dep.root)
+    assert dep.root.parameters["appSettingOverrides"]["default"] == {}
     assert order.index("appSettingOverrides") < order.index("telemetrySettings")
     assert order.index("appSettingOverrides") < order.index("storageSettings")
 
@@ -412,13 +706,13 @@ def test_overrides_cannot_replace_identity_or_telemetry_settings(tree):
 # -- no secrets ----------------------------------------------------------------------------------
 
 
-def test_no_keys_connection_strings_or_instrumentation_keys(tree):
+def test_no_keys_connection_strings_or_instrumentation_keys(dep):
     for path in bicep_files():
         text = code_of(path)
         assert not KEY_CALL.search(text), f"{path.name}: a key-listing call or key property"
         for marker in SECRET_MARKERS:
             assert marker not in text, f"{path.name}: {marker}"
-    settings = app_settings(tree)
+    settings = app_settings(dep)
     for name, value in settings.items():
         if name in ALLOWED_SECRET_LOOKING:
             assert value == ALLOWED_SECRET_LOOKING[name]
@@ -427,42 +721,55 @@ def test_no_keys_connection_strings_or_instrumentation_keys(tree):
             assert "ConnectionString" not in text and "InstrumentationKey" not in text, name
             assert not re.search(r"(?i)\bkeys?\b|secret|password", text), name
     # The justification of the allowed connection string holds only with local auth disabled.
-    (insights,) = resources_of(tree, "Microsoft.Insights/components").values()
+    (insights,) = resources_of(dep, "Microsoft.Insights/components").values()
     assert body(insights)["properties"]["DisableLocalAuth"] is True
-    for name, output in tree["outputs"].items():
-        for text in strings(output["value"]):
-            assert not re.search(r"(?i)ConnectionString|InstrumentationKey|\bkeys?\b|secret|password",
-                                 text), name
-        assert not any(d["type"] == "secure" for d in output["decorators"])
+    assert referenced(dep, function_app(dep).scope, "appInsights") == insights
+    # Outputs of main.bicep and of every module: a module's outputs are kept in its deployment
+    # record, readable by anyone who can read the resource group's deployments.
+    for scope in dep.scopes:
+        for name, output in scope.outputs.items():
+            for text in strings(output["value"]):
+                assert not re.search(r"(?i)ConnectionString|InstrumentationKey|\bkeys?\b|secret|password",
+                                     text), f"{scope.label}: {name}"
+            assert not any(d["type"] == "secure" for d in output["decorators"]), f"{scope.label}: {name}"
 
 
-def test_outputs_name_what_a_user_needs(tree):
+def test_outputs_name_what_a_user_needs(dep):
     assert {"AZURE_FUNCTION_APP_NAME", "AZURE_FUNCTION_APP_URL", "AZURE_STORAGE_ACCOUNT_NAME",
             "MODEL_CONTAINER", "BATCH_CONTAINER", "PREDICTIONS_CONTAINER", "OUTCOMES_CONTAINER",
             "SCORE_QUEUE_NAME", "RESULTS_QUEUE_NAME", "POISON_QUEUE_NAME",
-            "APPLICATIONINSIGHTS_NAME"} <= set(tree["outputs"])
+            "APPLICATIONINSIGHTS_NAME"} <= set(dep.root.outputs)
 
 
 # -- role assignments ------------------------------------------------------------------------------
 
 
-def test_role_assignments_are_the_documented_least_privilege_set(tree):
+def test_role_assignments_are_the_documented_least_privilege_set(dep):
     found = set()
-    for name, assignment in resources_of(tree, "Microsoft.Authorization/roleAssignments").items():
+    for name, assignment in resources_of(dep, "Microsoft.Authorization/roleAssignments").items():
+        where = assignment.scope  # the file declaring it (its module is deployed unconditionally)
         spec = body(assignment)
         props = spec["properties"]
         role_ref = props["roleDefinitionId"]["function"]
         assert role_ref["type"] == "subscription_resource_id", name
         assert role_ref["parameters"]["resource_type"] == "Microsoft.Authorization/roleDefinitions"
-        role = resolve(role_ref["parameters"]["resource_name_1"], tree)
+        role = resolve(role_ref["parameters"]["resource_name_1"], where)
         principal = props["principalId"]
         assert principal in (APP, USER), f"{name} targets {principal}"
+        # APP: the identity main.bicep declares; USER: main's parameter, passed on as it is.
+        if principal == APP:
+            assert referenced(dep, where, "appIdentity") == dep.declared["appIdentity"], name
+        else:
+            assert lift(USER, where) == (USER, dep.root), name
+            assert lift(props["principalType"], where) == ("principalType", dep.root), name
         scope = spec["scope"]
+        # The scope's symbol in this file is the declared resource of that name.
+        assert referenced(dep, where, scope).name == scope, name
         # Deterministic, idempotent names: one assignment per (scope, principal, role).
         guid = spec["name"]["function"]
         assert guid["type"] == "guid"
         parts = list(guid["parameters"].values())
-        assert parts[0] == f"{scope}.id" and resolve(parts[2], tree) == role, name
+        assert parts[0] == f"{scope}.id" and resolve(parts[2], where) == role, name
         assert parts[1] in ("appIdentity.id", USER), name
         if principal == APP:
             assert props["principalType"] == "ServicePrincipal" and condition(assignment) is None
@@ -474,19 +781,23 @@ def test_role_assignments_are_the_documented_least_privilege_set(tree):
                 {"type": "empty", "parameters": {"item_to_test": "principalId"}}
         found.add((scope, principal, role))
     assert found == EXPECTED_ROLE_ASSIGNMENTS
-    assert tree["parameters"]["principalId"]["default"] == ""
+    assert dep.root.parameters["principalId"]["default"] == ""
 
 
 # -- parameters, azd -------------------------------------------------------------------------------
 
 
-def test_parameters_are_described_and_safe_by_default(tree):
-    for name, param in tree["parameters"].items():
+def test_parameters_are_described_and_safe_by_default(dep):
+    for name, param in dep.root.parameters.items():
         decorators = {d["type"]: d["argument"] for d in param["decorators"]}
         assert decorators.get("description"), f"parameter {name} has no @description"
         if name != "environmentName":
             assert param["default"] is not None, f"parameter {name} has no default"
-    params = tree["parameters"]
+    for scope in dep.scopes[1:]:  # a module's parameters are passed by main (checked above)
+        for name, param in scope.parameters.items():
+            assert any(d["type"] == "description" and d["argument"] for d in param["decorators"]), \
+                f"{scope.label}: parameter {name} has no @description"
+    params = dep.root.parameters
     assert params["maximumInstanceCount"]["default"] <= 100
     assert params["storageSkuName"]["default"] == "Standard_LRS"
     file = json.loads((INFRA / "main.parameters.json").read_text())
@@ -497,16 +808,17 @@ def test_parameters_are_described_and_safe_by_default(tree):
     assert file["parameters"]["principalType"]["value"] == "${AZURE_PRINCIPAL_TYPE=User}"
 
 
-def test_the_site_config_has_nothing_flex_consumption_refuses(tree):
-    text = (INFRA / "main.bicep").read_text()
+def test_the_site_config_has_nothing_flex_consumption_refuses(dep):
     # Flex rejects siteConfig.ftpsState (400): FTP is off through the publishing policy instead.
-    assert "ftpsState:" not in text
+    for path in bicep_files():
+        assert "ftpsState:" not in path.read_text(), path.name
+    text = function_app(dep).scope.path.read_text()
     assert "'ftp'" in text and "allow: false" in text
-    scale = {d["type"]: d["argument"] for d in tree["parameters"]["maximumInstanceCount"]["decorators"]}
+    scale = {d["type"]: d["argument"] for d in dep.root.parameters["maximumInstanceCount"]["decorators"]}
     assert (scale["min_value"], scale["max_value"]) == (40, 1000)
 
 
-def test_azure_yaml_deploys_the_repository_root_as_a_python_function_app(tree):
+def test_azure_yaml_deploys_the_repository_root_as_a_python_function_app(dep):
     yaml = pytest.importorskip("yaml")
     config = yaml.safe_load((ROOT / "azure.yaml").read_text())
     assert config["infra"] == {"provider": "bicep", "path": "infra", "module": "main"}
@@ -519,7 +831,7 @@ def test_azure_yaml_deploys_the_repository_root_as_a_python_function_app(tree):
         assert shell["run"].split()[-3:] == ["function_app.py", "score_function", "shared"]
     ignored = (ROOT / ".funcignore").read_text().split()
     assert "__pycache__/" not in ignored and "*.pyc" not in ignored
-    site = body(tree["resources"]["functionApp"])
+    site = body(dep.declared["functionApp"])
     assert site["tags"]["function"]["parameters"]["arg_2"] == {"'azd-service-name'": service_name}
     assert (ROOT / "function_app.py").is_file() and (ROOT / "requirements.txt").is_file()
 
@@ -527,20 +839,22 @@ def test_azure_yaml_deploys_the_repository_root_as_a_python_function_app(tree):
 # -- workbook and queries ------------------------------------------------------------------------
 
 
-def test_the_workbook_loads_every_query_file_once(tree):
+def test_the_workbook_loads_every_query_file_once(dep):
     files = sorted(p.name for p in QUERIES.glob("*.kql"))
     assert files
-    loaded = [v["query"]["function"]["parameters"]["file_path"]
-              for v in tree["variables"]["workbookQueries"]["value"]]
-    assert all(v["query"]["function"]["type"] == "load_text_content"
-               for v in tree["variables"]["workbookQueries"]["value"])
-    assert sorted(loaded) == [f"queries/{name}" for name in files]
+    (workbook,) = resources_of(dep, "Microsoft.Insights/workbooks").values()
+    scope = workbook.scope  # loadTextContent paths are relative to the file that loads them
+    queries = scope.variables["workbookQueries"]["value"]
+    loaded = [(scope.path.parent / v["query"]["function"]["parameters"]["file_path"]).resolve()
+              for v in queries]
+    assert all(v["query"]["function"]["type"] == "load_text_content" for v in queries)
+    assert sorted(loaded) == [QUERIES / name for name in files]
     # One copy of the KQL: none inlined in a template.
     for path in bicep_files():
         assert not re.search(r"\b(customMetrics|requests)\s*\n?\s*\|", path.read_text()), path
-    (workbook,) = resources_of(tree, "Microsoft.Insights/workbooks").values()
     props = body(workbook)["properties"]
     assert props["sourceId"] == "appInsights.id"
+    assert referenced(dep, scope, "appInsights") == dep.declared["appInsights"]
     assert props["serializedData"]["function"] == {"type": "string",
                                                    "parameters": {"value_to_convert": "workbookContent"}}
 
@@ -566,7 +880,8 @@ def _checkov(*args: str) -> dict[str, Any]:
     exe = Path(sys.executable).with_name("checkov")
     command = [str(exe)] if exe.exists() else [sys.executable, "-m", "checkov.main"]
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
-    run = subprocess.run([*command, *args, "-o", "json", "--quiet", "--skip-download"], cwd=ROOT,
+    # Not --quiet: that leaves the passed checks out of the report, and they show what was scanned.
+    run = subprocess.run([*command, *args, "-o", "json", "--skip-download"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode in (0, 1), run.stderr[-2000:]
     report = json.loads(run.stdout)
@@ -575,13 +890,43 @@ def _checkov(*args: str) -> dict[str, Any]:
     return bicep
 
 
-def test_checkov_passes_with_the_documented_skip_list():
+# The resources checkov has Bicep checks for: each must be checked in the file declaring it.
+CHECKOV_CHECKED = ("Microsoft.Storage/storageAccounts",
+                   "Microsoft.Storage/storageAccounts/blobServices/containers", "Microsoft.Web/sites")
+SKIPPED = {"CKV_AZURE_35": "storage", "CKV_AZURE_59": "storage", "CKV_AZURE_17": "functionApp"}
+
+
+def _checked(report: dict[str, Any], key: str) -> set[tuple[str, str, str]]:
+    return {(c["check_id"], c["file_path"], c["resource"]) for c in report["results"].get(key, [])}
+
+
+def test_checkov_passes_with_the_documented_skip_list(dep):
     report = _checkov("--config-file", str(CHECKOV_CONFIG))
     assert report["summary"]["parsing_errors"] == 0
     failed = [(c["check_id"], c["resource"], c["check_name"])
               for c in report["results"]["failed_checks"]]
     assert failed == []
     assert report["summary"]["resource_count"] > 0
+    # The directory scan reads the modules: every resource of a checked type, in its file.
+    passed = {(file, resource) for _, file, resource in _checked(report, "passed_checks")}
+    for type_ in CHECKOV_CHECKED:
+        for name, resource in resources_of(dep, type_).items():
+            assert (f"/{resource.scope.label}", f"{type_}.{name}") in passed, name
+    assert not {check for check, _, _ in _checked(report, "passed_checks")} & set(SKIPPED)
+
+
+def test_checkov_without_the_skip_list_fails_exactly_the_skipped_checks(dep):
+    # Each file named (-f): no directory, so infra/.checkov.yaml is not picked up by default.
+    report = _checkov(*[arg for path in bicep_files() for arg in ("-f", str(path))],
+                      "--framework", "bicep")
+    assert report["summary"]["parsing_errors"] == 0
+    failed = {(check, Path(file).name, resource)
+              for check, file, resource in _checked(report, "failed_checks")}
+    expected = set()
+    for check, name in SKIPPED.items():
+        resource = dep.declared[name]
+        expected.add((check, resource.scope.path.name, f"{resource.resource['type']}.{name}"))
+    assert failed == expected
 
 
 def test_checkov_reports_a_file_it_cannot_parse():
@@ -606,7 +951,7 @@ def test_every_checkov_skip_is_justified():
             break
         else:
             comment = comment and bool(stripped)
-    assert skips == ["CKV_AZURE_35", "CKV_AZURE_59", "CKV_AZURE_17"]
+    assert skips == ["CKV_AZURE_35", "CKV_AZURE_59", "CKV_AZURE_17"] == list(SKIPPED)
 
 
 # -- bicep build (where a Bicep CLI is installed) --------------------------------------------------
@@ -633,8 +978,16 @@ def test_bicep_build_compiles_main_and_rejects_the_broken_fixture():
     built = subprocess.run([*command, str(MAIN)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr
     template = json.loads(built.stdout)
-    types = {r["type"] for r in (template["resources"].values() if isinstance(template["resources"], dict)
-                                 else template["resources"])}
-    assert "Microsoft.Web/sites" in types and "Microsoft.Insights/workbooks" in types
+
+    def types(template: dict[str, Any]) -> Iterator[str]:  # modules are nested deployments
+        resources = template["resources"]
+        for resource in resources.values() if isinstance(resources, dict) else resources:
+            yield resource["type"]
+            if resource["type"] == "Microsoft.Resources/deployments":
+                yield from types(resource["properties"]["template"])
+
+    built_types = set(types(template))
+    assert {d.resource["type"] for d in Deployment().declared.values()} <= built_types
+    assert "Microsoft.Web/sites" in built_types and "Microsoft.Insights/workbooks" in built_types
     broken = subprocess.run([*command, str(BROKEN)], capture_output=True, text=True, timeout=300)
     assert broken.returncode != 0

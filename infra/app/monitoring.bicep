@@ -1,0 +1,200 @@
+// Monitoring of scorefn: a Log Analytics workspace, Application Insights taking Entra ID
+// ingestion only, and the workbook of latency and error queries (the KQL in infra/queries/).
+
+@description('Log Analytics workspace name.')
+param logAnalyticsName string
+
+@description('Application Insights component name.')
+param appInsightsName string
+
+@description('Region of the monitoring resources.')
+param location string
+
+@description('Tags of the monitoring resources.')
+param tags object
+
+@description('Days Log Analytics keeps telemetry (30 is included in the price).')
+param logRetentionDays int
+
+@description('Environment name: the workbook\'s name is derived from it and its title shows it.')
+param environmentName string
+
+resource logAnalytics 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
+  name: logAnalyticsName
+  location: location
+  tags: tags
+  properties: {
+    sku: {
+      name: 'PerGB2018'
+    }
+    retentionInDays: logRetentionDays
+  }
+}
+
+resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
+  name: appInsightsName
+  location: location
+  tags: tags
+  kind: 'web'
+  properties: {
+    Application_Type: 'web'
+    WorkspaceResourceId: logAnalytics.id
+    IngestionMode: 'LogAnalytics'
+    // Entra ID ingestion only: telemetry is accepted only with a token of an identity holding
+    // Monitoring Metrics Publisher; the instrumentation key alone can no longer send anything.
+    DisableLocalAuth: true
+    publicNetworkAccessForIngestion: 'Enabled'
+    publicNetworkAccessForQuery: 'Enabled'
+  }
+}
+
+// Latency and error dashboards. The KQL lives once, in infra/queries/*.kql (runnable as is in
+// Logs); the workbook loads it at build time and applies its TimeRange parameter to each query.
+var workbookQueries = [
+  {
+    name: 'latency-percentiles'
+    title: 'HTTP scoring latency: exact p50/p95/p99 from the request spans, per endpoint and model version'
+    query: loadTextContent('../queries/latency_percentiles.kql')
+    visualization: 'table'
+  }
+  {
+    name: 'latency-timechart'
+    title: 'HTTP scoring latency over time (p50/p95/p99)'
+    query: loadTextContent('../queries/latency_timechart.kql')
+    visualization: 'timechart'
+  }
+  {
+    name: 'error-rate'
+    title: 'HTTP scoring error rate per endpoint, with error codes'
+    query: loadTextContent('../queries/error_rate.kql')
+    visualization: 'table'
+  }
+  {
+    name: 'metrics-by-variant'
+    title: 'Scorings, mean/max latency and error rate per trigger, endpoint, variant, model version (metrics)'
+    query: loadTextContent('../queries/metrics_by_variant.kql')
+    visualization: 'table'
+  }
+  {
+    name: 'shadow-difference'
+    title: 'Shadow variants: prediction difference, latency, failures'
+    query: loadTextContent('../queries/shadow_difference.kql')
+    visualization: 'table'
+  }
+  {
+    name: 'model-loads'
+    title: 'Cold model loads per model version'
+    query: loadTextContent('../queries/model_loads.kql')
+    visualization: 'table'
+  }
+  {
+    name: 'model-refresh-failures'
+    title: 'Failed background model refreshes (the cached version kept serving)'
+    query: loadTextContent('../queries/model_refresh_failures.kql')
+    visualization: 'table'
+  }
+  {
+    name: 'log-dropped'
+    title: 'Prediction log records dropped, per endpoint and reason'
+    query: loadTextContent('../queries/log_dropped.kql')
+    visualization: 'table'
+  }
+  {
+    name: 'invocations'
+    title: 'Function invocations per result code (Functions host telemetry)'
+    query: loadTextContent('../queries/invocations.kql')
+    visualization: 'table'
+  }
+]
+
+var workbookQueryItems = [for q in workbookQueries: {
+  type: 3
+  name: q.name
+  content: {
+    version: 'KqlItem/1.0'
+    title: q.title
+    query: q.query
+    size: 0
+    timeContextFromParameter: 'TimeRange'
+    queryType: 0
+    resourceType: 'microsoft.insights/components'
+    visualization: q.visualization
+  }
+}]
+
+var workbookHeaderItems = [
+  {
+    type: 1
+    name: 'intro'
+    content: {
+      json: '## scorefn: latency and errors\nPercentiles come from the `scorefn.score` request spans (exact durations). Per-variant means, maxima and error rates come from the OpenTelemetry metrics, which Azure Monitor receives as count/sum/min/max aggregates (no buckets, so no percentiles there). Queries: `infra/queries/*.kql`.'
+    }
+  }
+  {
+    type: 9
+    name: 'parameters'
+    content: {
+      version: 'KqlParameterItem/1.0'
+      parameters: [
+        {
+          id: 'time-range'
+          version: 'KqlParameterItem/1.0'
+          name: 'TimeRange'
+          label: 'Time range'
+          type: 4
+          isRequired: true
+          value: {
+            durationMs: 86400000
+          }
+          typeSettings: {
+            selectableValues: [
+              {
+                durationMs: 3600000
+              }
+              {
+                durationMs: 14400000
+              }
+              {
+                durationMs: 86400000
+              }
+              {
+                durationMs: 604800000
+              }
+            ]
+            allowCustom: true
+          }
+        }
+      ]
+      style: 'pills'
+      queryType: 0
+      resourceType: 'microsoft.insights/components'
+    }
+  }
+]
+
+var workbookContent = {
+  version: 'Notebook/1.0'
+  items: concat(workbookHeaderItems, workbookQueryItems)
+  fallbackResourceIds: [
+    appInsights.id
+  ]
+  '$schema': 'https://github.com/Microsoft/Application-Insights-Workbooks/blob/master/schema/workbook.json'
+}
+
+resource workbook 'Microsoft.Insights/workbooks@2023-06-01' = {
+  name: guid(resourceGroup().id, environmentName, 'scorefn-workbook')
+  location: location
+  tags: tags
+  kind: 'shared'
+  properties: {
+    displayName: 'scorefn latency and errors (${environmentName})'
+    category: 'workbook'
+    sourceId: appInsights.id
+    serializedData: string(workbookContent)
+  }
+}
+
+// Names and ids only: the connection string is read where it is used (the function app's
+// settings), so no deployment record holds it.
+output appInsightsName string = appInsights.name
+output workbookId string = workbook.id
