@@ -852,8 +852,8 @@ class _LineNumbers:
 # -- outputs -------------------------------------------------------------------------------
 
 # Non-finite predictions (a linear-tree model on huge inputs gives inf): CSV writes what
-# pandas writes and reads back (NaN an empty cell); JSON the proto3 JSON mapping's strings,
-# distinct from null (a missing value).
+# pandas writes and reads back (NaN an empty cell, "" when it is the only one); JSON the
+# proto3 JSON mapping's strings, distinct from null (a missing value).
 CSV_NON_FINITE = (b"inf", b"-inf", b"")
 JSON_NON_FINITE = (b'"Infinity"', b'"-Infinity"', b'"NaN"')
 
@@ -892,9 +892,12 @@ class CsvWriter:
         if id_column is not None:
             columns.insert(0, id_column)
         self.header = _csv_line(columns)
+        # In a one-column CSV an empty cell would be a blank line, which readers skip (pandas
+        # does): NaN is written "" there, as pandas' to_csv writes it.
+        self.non_finite = CSV_NON_FINITE if len(columns) > 1 else (b"inf", b"-inf", b'""')
 
     def rows(self, predictions: np.ndarray, ids: Ids | None) -> bytes:
-        texts = prediction_texts(predictions, CSV_NON_FINITE)
+        texts = prediction_texts(predictions, self.non_finite)
         if not texts:
             return b""
         if ids is None:

@@ -147,6 +147,12 @@ class BatchRig:
             self.created.append(("container", client.container_name))
         client.upload_blob(name, data, overwrite=True)
 
+    def upload_model(self, name: str, booster) -> None:
+        """A model trained in a test, as the blob ``{name}.txt`` of the model container (its
+        endpoint is ``name``)."""
+        self.blobs.get_container_client(self.settings.model_container).upload_blob(
+            f"{name}.txt", booster.model_to_string().encode(), overwrite=True)
+
     def download(self, name: str, container: str | None = None) -> bytes:
         return self.blobs.get_blob_client(container or self.settings.batch_container,
                                           name).download_blob().readall()

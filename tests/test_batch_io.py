@@ -320,3 +320,10 @@ def test_non_finite_predictions_are_inf_in_csv_and_proto3_strings_in_json():
         {"k": 1, "prediction": [0.5, "Infinity"]}, {"k": None, "prediction": ["NaN", "-Infinity"]},
         {"k": "z", "prediction": [0.1, 0.2]}]
     assert CsvWriter(None, 2).rows(multi, None) == b"0.5,inf\n,-inf\n0.1,0.2\n"
+    # alone on its line, NaN is "" (a blank line would be skipped), as pandas writes it
+    alone = CsvWriter(None, 1)
+    written = alone.header + alone.rows(values, None)
+    assert written.splitlines()[2:5] == [b"inf", b"-inf", b'""'] == \
+        pd.DataFrame({"p": values}).to_csv(index=False).encode().splitlines()[2:5]
+    assert np.array_equal(pd.read_csv(io.BytesIO(written))["prediction"].to_numpy(), values,
+                          equal_nan=True)
