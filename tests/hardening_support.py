@@ -157,6 +157,8 @@ def emit(value) -> bytes:
         return emit(Pairs(value.items()))
     if isinstance(value, list):
         return b"[" + b",".join(emit(v) for v in value) + b"]"
+    if type(value) is int:  # any size (orjson writes 64-bit integers only)
+        return str(value).encode()
     return orjson.dumps(value)
 
 
@@ -164,6 +166,8 @@ def emit(value) -> bytes:
 
 _INT_RANGES = {"INT8": 8, "INT16": 16, "INT32": 32, "INT64": 64,
                "UINT8": 8, "UINT16": 16, "UINT32": 32, "UINT64": 64}
+_FLOAT_TYPES = ("FP16", "FP32", "FP64")
+BYTES = "BYTES"
 
 
 class NotScorable(Exception):
@@ -171,19 +175,57 @@ class NotScorable(Exception):
 
 
 @dataclass
+class _Table:
+    """A parsed request: ``X`` in the model's feature order (NaN where a categorical
+    feature's values are in ``values``); ``values`` holds, for the frame path (records and
+    per-feature V2 tensors of a model with pandas categories), each categorical feature's
+    category values as sent (``None`` for null or absent)."""
+
+    X: np.ndarray
+    values: dict[int, list[Any]] = field(default_factory=dict)
+
+
+@dataclass
 class Oracle:
     """What ``lightgbm.Booster.predict`` says a body should score, written independently of
-    shared/payloads (a reading of the README's request formats)."""
+    shared/payloads (a reading of the README's request formats and docs/models.md).
+
+    Names: a feature is named by its stored name, or by a name that becomes it when every
+    space is replaced by ``_`` (LightGBM's renaming at training); two names for one feature
+    in one record (or two V2 tensors) are refused. Categories come from lightgbm itself
+    (``Booster.pandas_categorical``, paired with the ``categorical_feature`` parameter the
+    Booster read from the file): category values are scored as ``Booster.predict`` scores a
+    DataFrame whose categorical columns are ``pd.Categorical(values, categories=...)`` (pandas
+    maps them; unseen values are missing), codes (numbers in ``rows`` and the V2 matrix) as it
+    scores a numpy matrix."""
 
     boosters: dict[str, lgb.Booster]
     features: dict[str, list[str]]
     max_rows: int
+    # model -> feature index -> its pandas categories, in code order
+    categories: dict[str, dict[int, list[Any]]] = field(default_factory=dict)
+    # models with pandas categories that cannot be paired with features: values refused
+    unplaced: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def of(cls, demo_models, max_rows: int, names: Sequence[str] = MODELS) -> "Oracle":
         boosters = {n: lgb.Booster(model_file=str(demo_models[n].path)) for n in names}
-        return cls(boosters, {n: b.feature_name() for n, b in boosters.items()}, max_rows)
+        categories: dict[str, dict[int, list[Any]]] = {}
+        unplaced: set[str] = set()
+        for n, b in boosters.items():
+            lists = b.pandas_categorical or []
+            positions = b.params.get("categorical_feature", [])
+            if not isinstance(positions, list):
+                positions = [positions]
+            width = b.num_feature()
+            if lists and (len(lists) != len(positions)
+                          or not all(type(p) is int and 0 <= p < width for p in positions)):
+                unplaced.add(n)
+            elif lists:
+                categories[n] = {p: list(v) for p, v in zip(positions, lists)}
+        return cls(boosters, {n: b.feature_name() for n, b in boosters.items()}, max_rows,
+                   categories, unplaced)
 
     def model_of(self, name: str) -> str | None:
         for suffix in (".txt.gz", ".txt"):
@@ -192,24 +234,80 @@ class Oracle:
                 break
         return name if name in self.boosters else None
 
+    def resolve(self, model: str, name: str) -> int | None:
+        """The feature a sent name means: its stored name, or spaces for its '_'."""
+        names = self.features[model]
+        for candidate in (name, name.replace(" ", "_")):
+            if candidate in names:
+                return names.index(candidate)
+        return None
+
     def predict(self, name: str, doc: Any, fmt: str) -> np.ndarray:
         """The expected predictions, or :class:`NotScorable`."""
         model = self.model_of(name)
         if model is None:
             raise NotScorable("no such model")
-        names = self.features[model]
-        X, options = (self._v2 if fmt == "v2" else self._score)(doc, names)
-        if not 0 < X.shape[0] <= self.max_rows:
+        table, options = (self._v2 if fmt == "v2" else self._score)(doc, model)
+        if not 0 < table.X.shape[0] <= self.max_rows:
             raise NotScorable("row count")
+        booster = self.boosters[model]
+        if table.values:
+            data = self._frame(model, table)
+        else:
+            data = table.X
         with self._lock:
-            return self.boosters[model].predict(X, **options)
+            return booster.predict(data, **options)
 
-    def _score(self, doc: Any, names: list[str]) -> tuple[np.ndarray, dict[str, bool]]:
+    def _frame(self, model: str, table: _Table):
+        """The DataFrame training code would have held: categorical columns as pandas
+        categoricals of the model's categories (an unseen value is given as None, which is
+        what pandas makes of it, without its deprecation warning), the rest float64."""
+        import pandas as pd
+
+        cats = self.categories[model]
+        columns: dict[str, Any] = {}
+        for j, feature in enumerate(self.features[model]):
+            if j in cats:
+                known = cats[j]
+                columns[feature] = pd.Categorical(
+                    [v if v is not None and v in known else None for v in table.values[j]],
+                    categories=known)
+            else:
+                columns[feature] = table.X[:, j]
+        return pd.DataFrame(columns)
+
+    # -- cells
+
+    def _category_value(self, model: str, j: int, value: Any) -> Any:
+        """A category value as sent for feature ``j``: null, or of its categories' type."""
+        if model in self.unplaced:
+            raise NotScorable("categories cannot be placed")
+        if value is None:
+            return None
+        kind = _category_kind(self.categories[model][j])
+        if kind == "str" and type(value) is str or kind == "bool" and type(value) is bool \
+                or kind == "number" and type(value) in (int, float):
+            return value
+        raise NotScorable("category value of the wrong type")
+
+    def _codes_of(self, model: str, j: int, values: list[Any]) -> np.ndarray:
+        """Category values to codes, by pandas (-1, unseen or null, as NaN)."""
+        import pandas as pd
+
+        known = self.categories[model][j]
+        codes = pd.Categorical([v if v in known else None for v in values], categories=known).codes
+        return np.where(codes < 0, np.nan, codes.astype(np.float64))
+
+    # -- score: rows / records
+
+    def _score(self, doc: Any, model: str) -> tuple[_Table, dict[str, bool]]:
         if not isinstance(doc, dict) or set(doc) - {"rows", "records", "options"}:
             raise NotScorable("fields")
         if ("rows" in doc) == ("records" in doc):
             raise NotScorable("rows xor records")
         options = self._options(doc.get("options"), strict=True)
+        names = self.features[model]
+        cats = self.categories.get(model, {})
         if "rows" in doc:
             rows = doc["rows"]
             if not isinstance(rows, list) or not rows:
@@ -217,18 +315,55 @@ class Oracle:
             for row in rows:
                 if not isinstance(row, list) or len(row) != len(names):
                     raise NotScorable("row width")
-        else:
-            records = doc["records"]
-            if not isinstance(records, list) or not records:
-                raise NotScorable("records")
-            rows = []
-            for rec in records:
-                if not isinstance(rec, dict) or set(rec) - set(names):
-                    raise NotScorable("record")
-                rows.append([rec.get(n) for n in names])
-        return np.array([[self._number(v) for v in row] for row in rows], dtype=np.float64), options
+            return self._rows(rows, model), options
+        records = doc["records"]
+        if not isinstance(records, list) or not records:
+            raise NotScorable("records")
+        X = np.full((len(records), len(names)), np.nan)
+        values: dict[int, list[Any]] = {j: [None] * len(records) for j in cats}
+        for i, rec in enumerate(records):
+            if not isinstance(rec, dict):
+                raise NotScorable("record")
+            seen: set[int] = set()
+            for key, value in rec.items():
+                j = self.resolve(model, key)
+                if j is None:
+                    raise NotScorable("unknown feature")
+                if j in seen:
+                    raise NotScorable("one feature named twice")
+                seen.add(j)
+                if j in cats:
+                    values[j][i] = self._category_value(model, j, value)
+                else:
+                    X[i, j] = self._number(value)
+        return _Table(X, values), options
 
-    def _v2(self, doc: Any, names: list[str]) -> tuple[np.ndarray, dict[str, bool]]:
+    def _rows(self, rows: list[list[Any]], model: str) -> _Table:
+        """Rows in feature order: numbers (codes in categorical places, as a numpy matrix is
+        read), and in categorical places category values too (strings, or the categories'
+        own type), mapped to codes by pandas."""
+        cats = self.categories.get(model, {})
+        X = np.empty((len(rows), len(self.features[model])))
+        for j in range(X.shape[1]):
+            column = [row[j] for row in rows]
+            if j not in cats:
+                X[:, j] = [self._number(v) for v in column]
+                continue
+            kind = _category_kind(cats[j])
+            as_value = [type(v) is str or type(v) is bool for v in column]
+            for v, is_value in zip(column, as_value):
+                if is_value and not (kind == "str" and type(v) is str or kind == "bool" and type(v) is bool):
+                    raise NotScorable("category value of the wrong type")
+            X[:, j] = [self._number(v) if not is_value else np.nan
+                       for v, is_value in zip(column, as_value)]
+            picked = [i for i, is_value in enumerate(as_value) if is_value]
+            if picked:
+                X[picked, j] = self._codes_of(model, j, [column[i] for i in picked])
+        return _Table(X)
+
+    # -- V2
+
+    def _v2(self, doc: Any, model: str) -> tuple[_Table, dict[str, bool]]:
         if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
             raise NotScorable("inputs")
         if doc.get("id") is not None and not isinstance(doc["id"], str):
@@ -238,16 +373,25 @@ class Oracle:
             raise NotScorable("parameters")
         options = self._options({k: v for k, v in (params or {}).items()
                                  if k in ("raw_score", "pred_contrib")}, strict=True)
+        outputs = doc.get("outputs")
+        if outputs is not None and (not isinstance(outputs, list) or not all(
+                isinstance(o, dict) and o.get("name") == "predict" for o in outputs)):
+            raise NotScorable("outputs")
+        names = self.features[model]
+        cats = self.categories.get(model, {})
         tensors = [self._tensor(t) for t in doc["inputs"]]
-        if len(tensors) == 1 and tensors[0][0] not in names:
-            _, shape, values = tensors[0]
+        if len(tensors) == 1 and self.resolve(model, tensors[0][0]) is None:
+            _, shape, datatype, values = tensors[0]
+            if datatype == BYTES:
+                raise NotScorable("BYTES matrix")
             if len(shape) != 2 or shape[1] != len(names):
                 raise NotScorable("matrix shape")
-            return values.reshape(shape[0], len(names)), options
+            return _Table(values.reshape(shape[0], len(names))), options
         rows = None
-        X_cols: dict[str, np.ndarray] = {}
-        for name, shape, values in tensors:
-            if name not in names or name in X_cols:
+        sent: dict[int, tuple[str, Any]] = {}
+        for name, shape, datatype, values in tensors:
+            j = self.resolve(model, name)
+            if j is None or j in sent:
                 raise NotScorable("column name")
             if not (len(shape) == 1 or shape[1] == 1):
                 raise NotScorable("column shape")
@@ -255,13 +399,25 @@ class Oracle:
                 rows = shape[0]
             elif rows != shape[0]:
                 raise NotScorable("column rows")
-            X_cols[name] = values
+            sent[j] = (datatype, values)
         X = np.full((rows or 0, len(names)), np.nan)
-        for name, values in X_cols.items():
-            X[:, names.index(name)] = values
-        return X, options
+        by_value: dict[int, list[Any]] = {j: [None] * (rows or 0) for j in cats}
+        for j, (datatype, values) in sent.items():
+            if j not in cats:
+                if datatype == BYTES:
+                    raise NotScorable("BYTES tensor for a numeric feature")
+                X[:, j] = values
+            elif datatype == BYTES:
+                by_value[j] = [self._category_value(model, j, v) for v in values]
+            elif _category_kind(cats[j]) == "number":
+                by_value[j] = [None if np.isnan(v) else float(v) for v in values]
+            else:
+                raise NotScorable("numeric tensor for a categorical feature")
+        return _Table(X, by_value), options
 
-    def _tensor(self, raw: Any) -> tuple[str, list[int], np.ndarray]:
+    def _tensor(self, raw: Any) -> tuple[str, list[int], str, Any]:
+        """A tensor's name, shape, datatype and values: float64 for a numeric tensor, the
+        strings (or None) of a BYTES one."""
         if not isinstance(raw, dict):
             raise NotScorable("tensor")
         name, shape, datatype, data = (raw.get(k) for k in ("name", "shape", "datatype", "data"))
@@ -270,19 +426,27 @@ class Oracle:
         if (not isinstance(shape, list) or not 1 <= len(shape) <= 2
                 or not all(type(d) is int and d >= 0 for d in shape)):
             raise NotScorable("tensor shape")
-        if not isinstance(datatype, str) or datatype not in ("FP16", "FP32", "FP64", *_INT_RANGES):
+        if not isinstance(datatype, str) or datatype not in (*_FLOAT_TYPES, *_INT_RANGES, BYTES):
             raise NotScorable("datatype")
         if not isinstance(data, list):
             raise NotScorable("tensor data")
         if data and all(isinstance(d, list) for d in data):
+            # nested: the shape's rows, each of its width (1 for a [n] tensor)
+            inner = shape[1] if len(shape) == 2 else 1
+            if len(data) != shape[0] or any(len(d) != inner for d in data):
+                raise NotScorable("nesting other than the shape's rows")
             flat = [v for d in data for v in d]
         elif any(isinstance(d, list) for d in data):
             raise NotScorable("mixed nesting")
         else:
             flat = data
-        values = np.array([self._number(v) for v in flat], dtype=np.float64)
-        if len(values) != math.prod(shape):
+        if len(flat) != math.prod(shape):
             raise NotScorable("tensor size")
+        if datatype == BYTES:
+            if not all(v is None or type(v) is str for v in flat):
+                raise NotScorable("BYTES data that is not strings")
+            return name, shape, datatype, flat
+        values = np.array([self._number(v) for v in flat], dtype=np.float64)
         if datatype in ("FP16", "FP32"):
             with np.errstate(over="ignore"):
                 values = values.astype(np.float16 if datatype == "FP16" else np.float32).astype(np.float64)
@@ -291,12 +455,11 @@ class Oracle:
         elif datatype in _INT_RANGES:
             bits = _INT_RANGES[datatype]
             lo, hi = (0, 2 ** bits - 1) if datatype.startswith("U") else (-2 ** (bits - 1), 2 ** (bits - 1) - 1)
-            for v in flat:  # compared as float64, as a float64 tensor would be
-                if v is None or float(v) != round(float(v)) or not float(lo) <= float(v) <= float(hi):
+            for v in flat:  # exactly, as Python ints (in float64, 2**63 would pass as INT64)
+                if not (type(v) is int or type(v) is float and v.is_integer()) \
+                        or not lo <= int(v) <= hi:
                     raise NotScorable("integer")
-        elif datatype != "FP64":
-            raise NotScorable("datatype")
-        return name, shape, values
+        return name, shape, datatype, values
 
     @staticmethod
     def _number(value: Any) -> float:
@@ -319,12 +482,31 @@ class Oracle:
         return {k: v for k, v in raw.items() if v}
 
 
+def _category_kind(values: Sequence[Any]) -> str:
+    """What a categorical feature's values are: "str", "number", "bool" (or "mixed")."""
+    kinds = {"str" if type(v) is str else "bool" if type(v) is bool else
+             "number" if type(v) in (int, float) else "other" for v in values}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+_NON_FINITE = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
+
+
+def _read_numbers(values: Any) -> Any:
+    if isinstance(values, list):
+        return [_read_numbers(v) for v in values]
+    if isinstance(values, str):
+        return _NON_FINITE[values]  # any other string: a KeyError, the test fails
+    return values
+
+
 def predictions_of(doc: Mapping[str, Any], fmt: str) -> np.ndarray:
-    """The predictions of a 200 response body, shaped as Booster.predict returns them."""
+    """The predictions of a 200 response body, shaped as Booster.predict returns them
+    (non-finite values are written "Infinity", "-Infinity" and "NaN")."""
     if fmt == "v2":
         out = doc["outputs"][0]
-        return np.array(out["data"], dtype=np.float64).reshape(out["shape"])
-    return np.array(doc["predictions"], dtype=np.float64)
+        return np.array(_read_numbers(out["data"]), dtype=np.float64).reshape(out["shape"])
+    return np.array(_read_numbers(doc["predictions"]), dtype=np.float64)
 
 
 # -- process sampling -----------------------------------------------------------------------
