@@ -71,15 +71,13 @@ class Categories:
         A value of another type than the categories' is an error, never a guess."""
         if value is None:
             return math.nan
-        if _kind_of(value) != self.kind and not (
-                self.kind == "float" and type(value) is int) and not (
-                self.kind == "int" and type(value) is float and value.is_integer()):
+        kind = _kind_of(value)
+        if kind != self.kind and not (kind in _NUMBERS and self.kind in _NUMBERS):
             raise InvalidPayload(
                 f"feature {self.name!r} takes category values of type {self.kind} "
                 f"(one of {_preview(self.values)}); got {_describe(value)}",
                 code="invalid_category_value")
-        if self.kind == "float" and isinstance(value, float) and math.isnan(value):
-            return math.nan
+        # A number that is no category (1.5 among integer categories) is unseen, as in pandas.
         code = self.lookup.get(value)
         return math.nan if code is None else float(code)
 
@@ -181,6 +179,9 @@ class FeatureSchema:
                 entry.update(cats.describe())
             out.append(entry)
         return out
+
+
+_NUMBERS = ("int", "float")
 
 
 def _kind_of(value: Any) -> CategoryKind | None:

@@ -150,10 +150,11 @@ def test_an_integer_category_column_takes_its_numbers_as_values(container):
     upload(container, "stores.txt", model.model_to_string().encode())
     service = ScoringService(Settings.from_env({}),
                              ModelStore(BlobSource(container, 1 << 24), refresh_seconds=3600))
-    sent = [{"x": 0.5, "store": 7}, {"x": 0.5, "store": 40}, {"x": 0.5, "store": 8}]
+    sent = [{"x": 0.5, "store": 7}, {"x": 0.5, "store": 40.0}, {"x": 0.5, "store": 8},
+            {"x": 0.5, "store": 7.5}]
     result = service.score("stores", orjson.dumps({"records": sent}))
-    expected = model.predict(pd.DataFrame({"x": [0.5] * 3, "store": pd.Categorical(
-        [7, 40, None], categories=[7, 19, 40])}))  # 8 was never seen: missing
+    expected = model.predict(pd.DataFrame({"x": [0.5] * 4, "store": pd.Categorical(
+        [7, 40, None, None], categories=[7, 19, 40])}))  # 8 and 7.5 were never seen: missing
     np.testing.assert_array_equal(scored(result), expected)
     with pytest.raises(InvalidPayload) as err:
         service.score("stores", orjson.dumps({"records": [{"store": "7"}]}))

@@ -34,6 +34,7 @@ _NUMERIC = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
             "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64}
 _VALUE_TYPES = frozenset((float, int, type(None)))
 BYTES = "BYTES"
+_EXACT = 2.0 ** 53  # floats below this are exact integers
 _DATATYPES = sorted([*_NUMERIC, BYTES])
 
 
@@ -194,8 +195,10 @@ def _check_integers(flat: list[Any], dtype: Any, datatype: str, i: int) -> None:
     if set(map(type, flat)) <= {int}:
         ok = not flat or (info.min <= min(flat) and max(flat) <= info.max)
     else:
-        ok = all(type(v) is int or (type(v) is float and v.is_integer()) for v in flat) and \
-            all(info.min <= int(v) <= info.max for v in flat)
+        # A float is taken only where it is exactly an integer: past 2**53 it may be a literal
+        # JSON parsing rounded (-2**63 - 1 reads as the float -2**63).
+        ok = all(type(v) is int or (type(v) is float and v.is_integer() and abs(v) < _EXACT)
+                 for v in flat) and all(info.min <= int(v) <= info.max for v in flat)
     if not ok:
         raise InvalidPayload(f"inputs[{i}] has values that are not {datatype}",
                              code="non_numeric_value")
