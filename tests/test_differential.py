@@ -327,8 +327,7 @@ OUTPUTS = ["predict", "raw_score", "pred_contrib"]
 OUTPUT_KWARGS = {"predict": {}, "raw_score": {"raw_score": True},
                  "pred_contrib": {"pred_contrib": True}}
 # Each row is predicted on its own, so the thread count changes no number; on two busy cores
-# OpenMP's default threads make each reference call ~20x slower. (The parallel-batch test
-# below keeps Booster.predict's default threads.)
+# OpenMP's default threads make each reference call ~20x slower.
 ONE_THREAD = {"num_threads": 1}
 
 
@@ -604,12 +603,13 @@ def test_json_one_row_at_a_time_equals_booster_predict(service, kind_id, fmt):
 
 @pytest.mark.parametrize("kind_id", cases("json-parallel"))
 def test_a_batch_scored_on_every_core_equals_booster_predict(service, kind_id):
-    """From PREDICT_PARALLEL_MIN_ROWS rows on, LightGBM predicts on several threads."""
+    """From PREDICT_PARALLEL_MIN_ROWS rows on, scorefn has LightGBM predict on several
+    threads (PREDICT_MAX_THREADS=0: one per core)."""
     t = trained(kind_id)
     rows = Settings.from_env({}).predict_parallel_min_rows
     X = np.resize(t.inputs("json"), (rows + 1, t.X.shape[1]))
     result = service(kind_id, rows_body(X, "predict"), "score")
-    assert_same_bits(result.predictions, t.reference.predict(X))
+    assert_same_bits(result.predictions, t.reference.predict(X, **ONE_THREAD))
 
 
 # Clients other than orjson write numbers their own way: 17 significant digits (printf's
