@@ -16,7 +16,10 @@ Two kinds of job share one queue (the Functions host base64-decodes the message)
 
 ``id`` is the caller's idempotency key. Without one, an id is derived from the queue
 message id, which stays the same across redeliveries of one message, so a job without an
-id is still scored once. Every fault raises a permanent typed error whose code names it.
+id is still scored once. An id names one job: the job record keeps :func:`job_digest` of
+the message that first used it, and a different message with that id fails
+(``job_id_reused``) instead of getting the first job's result. Every fault raises a
+permanent typed error whose code names it.
 """
 
 from __future__ import annotations
@@ -97,6 +100,16 @@ def decode_message(body: bytes) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise InvalidPayload("message must be a JSON object", code="invalid_message")
     return doc
+
+
+def job_digest(doc: dict[str, Any] | None, body: bytes = b"") -> str:
+    """SHA-256 of what defines a job: every field of its message but ``id``, as canonical JSON
+    (keys sorted at every level), so the same job sent again with its fields in another order
+    or other spacing is the same job. A message that is not a JSON object: its bytes."""
+    if doc is None:
+        return hashlib.sha256(body).hexdigest()
+    fields = {k: v for k, v in doc.items() if k != "id"}
+    return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def job_identity(doc: dict[str, Any] | None, message_id: str | None) -> JobIdentity:

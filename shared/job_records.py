@@ -19,6 +19,13 @@ acknowledged as a duplicate (the holder's own message guarantees completion); if
 same message (its visibility lapsed while it was processed), the delivery fails and the queue
 retries it later.
 
+A job id names one job. The record keeps ``job_sha256``, the digest of the message that
+created it (``shared.job_messages.job_digest``: its fields but ``id``); a delivery whose
+message has another digest gets the state ``reused`` whatever the record's state, and
+nothing of the record is changed: that message fails (``job_id_reused``), the job it
+collided with goes on. The same message delivered again (at-least-once queues) has the
+same digest and finds the job as described above.
+
 A fanned-out job has no single delivery that runs it to the end: the chunk deliveries that
 complete it (or fail it) take the same lease with :meth:`JobRecords.hold`, which never creates
 a record, and move it to ``committed`` and ``done`` exactly as above.
@@ -61,7 +68,9 @@ def _dumps(doc: Any) -> bytes:
 @dataclass
 class Claim:
     """This delivery's hold on a job. ``state`` is ``done`` or ``duplicate`` (nothing to do),
-    ``committed`` (send ``doc["result"]`` then :meth:`mark_done`) or ``running`` (do the job)."""
+    ``committed`` (send ``doc["result"]`` then :meth:`mark_done`), ``running`` (do the job),
+    ``fanned_out`` (chunks do it) or ``reused`` (the id belongs to another job: fail this
+    message, leave the record alone; no lease is held)."""
 
     state: str
     job_id: str
@@ -172,20 +181,34 @@ class JobRecords:
         """The job's record, or None when there is none."""
         return self._read(self.blob(job_id))
 
-    def claim(self, job_id: str, *, message_id: str | None, digest: str) -> Claim:
+    def claim(self, job_id: str, *, message_id: str | None, digest: str,
+              job_digest: str | None = None) -> Claim:
+        """This delivery's claim on job ``job_id``. ``digest``: the message's bytes' SHA-256;
+        ``job_digest``: what defines the job (``shared.job_messages.job_digest``), compared
+        with the record's to tell a redelivery from another job sent with the same id."""
         blob = self.blob(job_id)
         fresh = {"id": job_id, "state": "running", "message_id": message_id,
                  "message_sha256": digest, "attempts": 0, "created": _now(), "updated": _now()}
+        if job_digest is not None:
+            fresh["job_sha256"] = job_digest
         if not self._create(blob, fresh):
             doc = self._read(blob)
+            if doc is not None and _reused(doc, job_digest):
+                return Claim("reused", job_id, doc)
             if doc is not None and doc.get("state") == "done":
                 self._note_reuse(job_id, doc, digest)
                 return Claim("done", job_id, doc)
         lease, doc = self._acquire(blob, job_id, message_id)
         if lease is None:
+            if _reused(doc, job_digest):
+                return Claim("reused", job_id, doc)
             return Claim("duplicate" if doc.get("state") != "done" else "done", job_id, doc)
         claim = Claim(doc.get("state", "running"), job_id, doc, blob, lease)
         try:
+            if _reused(doc, job_digest):
+                claim.release()
+                claim.state = "reused"
+                return claim
             if claim.state == "done":
                 self._note_reuse(job_id, doc, digest)
                 claim.release()
@@ -193,8 +216,10 @@ class JobRecords:
             if claim.state not in ("running", "committed", "fanned_out"):
                 log.warning("job %s: record has unknown state; running the job again", job_id)
                 claim.state = doc["state"] = "running"
-            if doc.get("message_sha256") not in (None, digest):
+            if "job_sha256" not in doc and doc.get("message_sha256") not in (None, digest):
                 log.warning("job %s: another message with this id got here first; it wins", job_id)
+            if job_digest is not None and "job_sha256" not in doc:
+                doc["job_sha256"] = job_digest  # a record written before digests (or damaged)
             doc["attempts"] = int(doc.get("attempts") or 0) + 1
             doc["message_id"] = message_id
             claim._write()
@@ -305,6 +330,13 @@ class JobRecords:
 
     @staticmethod
     def _note_reuse(job_id: str, doc: dict[str, Any], digest: str) -> None:
-        if doc.get("message_sha256") not in (None, digest):
+        """A record from before job digests: a different message can only be logged."""
+        if "job_sha256" not in doc and doc.get("message_sha256") not in (None, digest):
             log.warning("job %s: id reused by a different message after the job finished; "
                         "acknowledged without scoring (use a new id for a new job)", job_id)
+
+
+def _reused(doc: dict[str, Any], job_digest: str | None) -> bool:
+    """Whether the record belongs to another job than the message of ``job_digest``."""
+    recorded = doc.get("job_sha256")
+    return job_digest is not None and isinstance(recorded, str) and recorded != job_digest
