@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 from azure.core import MatchConditions
@@ -45,12 +45,12 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobBlock, BlobClient, BlobServiceClient, ContentSettings
 from azure.storage.queue import QueueServiceClient
 
-from .batch_io import (CsvLayout, CsvWriter, Ids, JsonlWriter, csv_layout, line_chunks,
-                       max_line_bytes, parse_csv_chunk, parse_jsonl_chunk, range_blocks,
-                       split_first_line, writer_for)
+from .batch_io import (CsvLayout, CsvWriter, Features, Ids, JsonlWriter, as_schema, csv_layout,
+                       line_chunks, max_line_bytes, parse_csv_chunk, parse_jsonl_chunk,
+                       range_blocks, split_first_line, writer_for)
 from .errors import InputNotFound, InvalidPayload, PayloadTooLarge, ScoreError
 from .job_messages import (JOB_ID_RE, BlobJob, InlineJob, JobIdentity, decode_message,
-                           job_identity, parse_job)
+                           job_digest, job_identity, parse_job)
 from .job_records import LEASE_SECONDS, Claim, JobRecords
 from .model import LoadedModel
 from .payloads import ScoringInput, dumps
@@ -72,6 +72,7 @@ MAX_BLOCKS = 50_000  # committed blocks per block blob
 UNIT_ROWS = 8192
 FIRST_UNIT_ROWS = 2048
 PREFETCH_UNITS = 2  # parsed units queued ahead of the one being predicted
+MAX_UNSEEN_METADATA = 2048  # unseen counts kept in the output's metadata (8 KiB in all)
 _META = "scorefn_"
 T = TypeVar("T")
 
@@ -124,7 +125,10 @@ class BatchJobs:
         job_id = identity.job_id
         try:
             claim = self.records.claim(job_id, message_id=message_id,
-                                       digest=hashlib.sha256(body).hexdigest())
+                                       digest=hashlib.sha256(body).hexdigest(),
+                                       job_digest=job_digest(doc, body))
+            if claim.state == "reused":
+                return self._reused(identity, claim, doc, time.perf_counter())
             with claim:
                 if claim.state in ("done", "duplicate"):
                     log.info("job %s: delivery %d acknowledged, the job is %s", job_id,
@@ -193,7 +197,10 @@ class BatchJobs:
         job_id = identity.job_id
         started = time.perf_counter()
         claim = self.records.claim(job_id, message_id=message_id,
-                                   digest=hashlib.sha256(body).hexdigest())
+                                   digest=hashlib.sha256(body).hexdigest(),
+                                   job_digest=job_digest(doc, body))
+        if claim.state == "reused":  # a poisoned copy of another job's message
+            return self._reused(identity, claim, doc, started)
         with claim:
             if claim.state in ("done", "duplicate", "fanned_out"):
                 log.info("job %s: poisoned message acknowledged, the job is %s", job_id,
@@ -213,6 +220,24 @@ class BatchJobs:
             claim.mark_done()
         log.warning("job %s failed: job_failed (its message was poisoned)", job_id)
         self._record(doc, "failed", "job_failed", started)
+        return JobOutcome(job_id, "failed", result, scored=False)
+
+    def _reused(self, identity: JobIdentity, claim: Claim, doc: dict[str, Any] | None,
+                started: float) -> JobOutcome:
+        """A message whose id belongs to another job (another message, with other fields,
+        used it first): its one ``failed`` result. The other job's record is left alone."""
+        job_id = identity.job_id
+        state = claim.doc.get("state", "running")
+        error = InvalidPayload(
+            f"job id {job_id!r} was already used by a different job (created "
+            f"{claim.doc.get('created', 'earlier')}, now {state}); this message was not run, "
+            f"and the first job's result stands: send it with a new id", code="job_id_reused")
+        result = self._result(identity, "failed", started,
+                              error={"code": error.code, "message": error.message})
+        self._send(result)
+        self._record(doc, "failed", error.code, started)
+        log.warning("job %s failed: %s (a different message used this id first)", job_id,
+                    error.code)
         return JobOutcome(job_id, "failed", result, scored=False)
 
     # -- jobs ------------------------------------------------------------------------------
@@ -260,7 +285,7 @@ class BatchJobs:
         """Score a blob job here, or fan it out (then the result is None)."""
         info = model.info
         out = self.blobs.get_blob_client(job.output.container, job.output.blob)
-        done = self._committed_output(out, job, started)
+        done = self._committed_output(out, job, started, model)
         if done is not None:
             log.info("job %s: output %s already committed; not scoring again",
                      job.identity.job_id, job.output.describe())
@@ -285,10 +310,11 @@ class BatchJobs:
         layout = None
         if job.input.format == "csv":
             header, stream = split_first_line(stream)
-            layout = csv_layout(header, info.feature_names, job.id_column)
+            layout = csv_layout(header, info.schema, job.id_column)
+        unseen: dict[int, int] = {}
         units = parse_units(stream, self.settings.batch_chunk_rows, layout=layout,
-                            feature_names=info.feature_names, id_column=job.id_column,
-                            first_line=2 if layout is not None else 1)
+                            feature_names=info.schema, id_column=job.id_column,
+                            first_line=2 if layout is not None else 1, unseen=unseen)
         writer = writer_for(job.output.format, job.id_column, info.num_outputs)
         token = uuid.uuid4().hex[:12]  # this attempt's block ids: never mixed with another's
         blocks: list[BlobBlock] = []
@@ -298,8 +324,12 @@ class BatchJobs:
             progress=claim.progress)
         result = self._result(job.identity, "succeeded", started, rows=rows, model=model,
                               output=(job.output.container, job.output.blob))
+        add_unseen(result, unseen, info.feature_names)
+        metadata = self._metadata(job.identity, model, rows, result)
+        if unseen and len(encode_unseen(unseen)) <= MAX_UNSEEN_METADATA:
+            metadata[f"{_META}unseen"] = encode_unseen(unseen)
         claim.check()  # only the lease holder commits
-        out.commit_block_list(blocks, metadata=self._metadata(job.identity, model, rows, result),
+        out.commit_block_list(blocks, metadata=metadata,
                               content_settings=ContentSettings(content_type=writer.content_type))
         self._record(None, "ok", None, started, model=model, rows=rows,
                      endpoint=job.endpoint, variant=variant,
@@ -331,8 +361,8 @@ class BatchJobs:
                     pass
         raise AssertionError("unreachable")
 
-    def _committed_output(self, out: BlobClient, job: BlobJob,
-                          started: float) -> dict[str, Any] | None:
+    def _committed_output(self, out: BlobClient, job: BlobJob, started: float,
+                          loaded: LoadedModel | None = None) -> dict[str, Any] | None:
         """The result of an earlier delivery whose output is committed, from its metadata."""
         try:
             meta = out.get_blob_properties().metadata or {}
@@ -350,6 +380,9 @@ class BatchJobs:
                               output=(job.output.container, job.output.blob))
         result.update(model=model, elapsed_ms=elapsed_ms,
                       rows_per_second=_rate(rows, elapsed_ms / 1000))
+        if loaded is not None:
+            add_unseen(result, decode_unseen(meta.get(f"{_META}unseen")),
+                       loaded.info.feature_names)
         return result
 
     # -- results ---------------------------------------------------------------------------
@@ -410,28 +443,60 @@ class BatchJobs:
             log.debug("batch telemetry failed", exc_info=True)
 
 
+def add_unseen(result: dict[str, Any], unseen: dict[int, int], names: Sequence[str]) -> None:
+    """Put the unseen category values' counts in a job's result (only when there are some):
+    the app sees how many values were read as missing."""
+    summary = unseen_summary(unseen, names)
+    if summary:
+        result["unseen_categories"] = summary
+
+
 def _rate(rows: int, seconds: float) -> float | None:
     return round(rows / seconds, 1) if seconds > 0 and rows else None
 
 
 def parse_units(stream: Iterable[bytes], chunk_rows: int, *, layout: CsvLayout | None,
-                feature_names: tuple[str, ...], id_column: str | None,
-                first_line: int) -> Iterator[tuple[np.ndarray, Ids | None, bool]]:
+                feature_names: Features, id_column: str | None, first_line: int,
+                unseen: dict[int, int] | None = None
+                ) -> Iterator[tuple[np.ndarray, Ids | None, bool]]:
     """The rows of a CSV (``layout``; ``stream`` after the header) or JSON Lines stream, as
     ``(X, ids, ends_block)`` per unit of at most ``UNIT_ROWS`` lines; ``ends_block`` marks
-    the last unit of each chunk of ``chunk_rows`` lines (one output block)."""
+    the last unit of each chunk of ``chunk_rows`` lines (one output block).
+    ``feature_names``: the model's schema (or plain names); category values the model was not
+    trained on are counted in ``unseen`` (by feature index)."""
+    schema = as_schema(feature_names)
     # Columns of a CSV are those of its header; a JSON Lines record may name each feature
     # and the id column (other fields are refused).
-    columns = layout.columns if layout is not None else (*feature_names, id_column or "id")
+    columns = layout.columns if layout is not None else (*schema.names, id_column or "id")
     for unit in line_chunks(stream, chunk_rows, first_line=first_line, unit_rows=UNIT_ROWS,
                             first_unit_rows=FIRST_UNIT_ROWS,
                             max_line_bytes=max_line_bytes(columns),
                             code="invalid_csv" if layout is not None else "invalid_json"):
         if layout is not None:
-            X, ids = parse_csv_chunk(unit, layout)
+            X, ids = parse_csv_chunk(unit, layout, unseen)
         else:
-            X, ids = parse_jsonl_chunk(unit, feature_names, id_column)
+            X, ids = parse_jsonl_chunk(unit, schema, id_column, unseen)
         yield X, ids, unit.ends_block
+
+
+def unseen_summary(unseen: dict[int, int], names: Sequence[str]) -> dict[str, int]:
+    """Unseen category values by feature name (only features that had some), in feature
+    order: what a job's result reports as ``unseen_categories``."""
+    return {names[j]: count for j, count in sorted(unseen.items()) if count}
+
+
+def encode_unseen(unseen: dict[int, int]) -> str:
+    """Counts by feature index as ``j:count,...`` (ASCII: blob metadata)."""
+    return ",".join(f"{j}:{count}" for j, count in sorted(unseen.items()) if count)
+
+
+def decode_unseen(text: str | None) -> dict[int, int]:
+    found: dict[int, int] = {}
+    for part in (text or "").split(","):
+        j, _, count = part.partition(":")
+        if j.isdigit() and count.isdigit():
+            found[int(j)] = found.get(int(j), 0) + int(count)
+    return found
 
 
 def score_units(units: Iterable[tuple[np.ndarray, Ids | None, bool]], model: LoadedModel,

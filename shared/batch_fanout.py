@@ -156,7 +156,7 @@ class FanOut:
         header: str | None = None
         if job.input.format == "csv":
             raw_header, data_start = read_first_line(read, size)
-            csv_layout(raw_header, pinned.info.feature_names, job.id_column)  # fails early
+            csv_layout(raw_header, pinned.info.schema, job.id_column)  # fails early
             header = raw_header.decode("utf-8")
             code = "invalid_csv"
         else:
@@ -183,6 +183,8 @@ class FanOut:
                        "format": job.output.format},
             "id_column": job.id_column, "options": {"raw_score": job.options.raw_score},
             "header": header, "num_outputs": info.num_outputs,
+            "categorical": {str(c.index): info.feature_names[c.index]
+                            for c in info.schema.categorical},
             "chunk_rows": self.settings.batch_chunk_rows,
             "chunk_bytes": self.settings.batch_fanout_chunk_bytes,
             "chunks": len(ranges), "ranges": [list(r) for r in ranges],
@@ -276,7 +278,7 @@ class FanOut:
         status, rows = "skipped", 0
         if not self.batch.get_blob_client(marker_name(msg.job_id, msg.index)).exists():
             try:
-                rows, blocks, predict_seconds, started = self._score(msg, plan)
+                rows, blocks, predict_seconds, unseen, started = self._score(msg, plan)
             except ScoreError as exc:
                 if not exc.permanent:
                     log.warning("job %s: %s failed (%s, delivery %d); the queue will retry it",
@@ -285,7 +287,7 @@ class FanOut:
                 failed = self._fail(msg, plan, exc.code, exc.message, message_id)
                 return ChunkOutcome(msg.job_id, msg.index, "failed" if failed else "duplicate")
             elapsed = time.perf_counter() - started
-            self._write_marker(msg, rows, blocks, elapsed)
+            self._write_marker(msg, rows, blocks, elapsed, unseen)
             self._record(plan, started, rows=rows, predict_seconds=predict_seconds)
             log.info("job %s: %s scored, %d rows in %.0f ms", msg.job_id, msg.describe(), rows,
                      elapsed * 1000)
@@ -328,10 +330,11 @@ class FanOut:
                 self._plans.popitem(last=False)
         return plan
 
-    def _score(self, msg: ChunkMessage, plan: dict[str, Any]) -> tuple[int, int, float, float]:
+    def _score(self, msg: ChunkMessage,
+               plan: dict[str, Any]) -> tuple[int, int, float, dict[int, int], float]:
         """Score the chunk's byte range and stage its blocks: (rows, blocks, predict seconds,
-        the ``perf_counter`` its work started at, after the wait for a slot). A failure is
-        measured (by its code) before it is raised."""
+        unseen category values by feature index, the ``perf_counter`` its work started at,
+        after the wait for a slot). A failure is measured (by its code) before it is raised."""
         if not self._slots.acquire(timeout=SLOT_WAIT_SECONDS):
             raise JobBusy(f"job {msg.job_id}: no free chunk slot in {SLOT_WAIT_SECONDS:.0f} s")
         started = time.perf_counter()
@@ -344,9 +347,10 @@ class FanOut:
         finally:
             self._slots.release()
 
-    def _score_range(self, msg: ChunkMessage, plan: dict[str, Any]) -> tuple[int, int, float]:
+    def _score_range(self, msg: ChunkMessage,
+                     plan: dict[str, Any]) -> tuple[int, int, float, dict[int, int]]:
         model = self._pinned_model(plan)
-        names = model.info.feature_names
+        schema = model.info.schema
         source_ref, output_ref = plan["input"], plan["output"]
         source = self.blobs.get_blob_client(source_ref["container"], source_ref["blob"])
         out = self.blobs.get_blob_client(output_ref["container"], output_ref["blob"])
@@ -354,18 +358,21 @@ class FanOut:
         stream = range_blocks(_range_reader(source, source_ref["etag"], where), msg.start, msg.end)
         layout = None
         if plan["header"] is not None:
-            layout = csv_layout(plan["header"].encode("utf-8"), names, plan["id_column"])
+            layout = csv_layout(plan["header"].encode("utf-8"), schema, plan["id_column"])
         from .batch import parse_units, score_units
 
+        unseen: dict[int, int] = {}
         units = parse_units(stream, plan["chunk_rows"], layout=layout,
-                            feature_names=names, id_column=plan["id_column"],
-                            first_line=2 if msg.index == 0 and layout is not None else 1)
+                            feature_names=schema, id_column=plan["id_column"],
+                            first_line=2 if msg.index == 0 and layout is not None else 1,
+                            unseen=unseen)
         writer = writer_for(output_ref["format"], plan["id_column"], model.info.num_outputs)
         options = Options(raw_score=bool(plan["options"].get("raw_score")))
-        return score_units(  # the CSV header goes in chunk 0's first block only
+        rows, blocks, predict_seconds = score_units(  # the CSV header: chunk 0's first block only
             units, model, options, writer, self.settings,
             header=writer.header if msg.index == 0 else b"",
             stage=lambda sub, data: self._stage(out, msg, sub, data, output_ref["container"]))
+        return rows, blocks, predict_seconds, unseen
 
     def _stage(self, out: BlobClient, msg: ChunkMessage, sub: int, data: bytes,
                container: str) -> None:
@@ -411,10 +418,19 @@ class FanOut:
                     self._models.popitem(last=False)
         return model
 
-    def _write_marker(self, msg: ChunkMessage, rows: int, blocks: int, elapsed: float) -> None:
+    def _write_marker(self, msg: ChunkMessage, rows: int, blocks: int, elapsed: float,
+                      unseen: dict[int, int] | None = None) -> None:
         meta = {"token": msg.token, "rows": str(rows), "blocks": str(blocks),
                 "elapsed_ms": f"{elapsed * 1000:.1f}"}
-        body = orjson.dumps({"chunk": msg.index, "start": msg.start, "end": msg.end, **meta})
+        extra: dict[str, Any] = {}
+        if unseen:
+            from .batch import MAX_UNSEEN_METADATA, encode_unseen
+
+            text = encode_unseen(unseen)
+            meta["unseen"] = text if len(text) <= MAX_UNSEEN_METADATA else "body"
+            extra["unseen"] = text
+        body = orjson.dumps({"chunk": msg.index, "start": msg.start, "end": msg.end, **meta,
+                             **extra})
         self.batch.upload_blob(marker_name(msg.job_id, msg.index), body, overwrite=True,
                                metadata=meta,
                                content_settings=ContentSettings(content_type="application/json"))
@@ -493,11 +509,25 @@ class FanOut:
                 f"{_META}elapsed_ms": f"{elapsed * 1000:.1f}", f"{_META}plan": plan["token"],
                 f"{_META}chunks": str(plan["chunks"])},
                 content_settings=ContentSettings(content_type=writer.content_type))
-        result = self._result(plan, "succeeded", rows, elapsed)
+        result = self._result(plan, "succeeded", rows, elapsed,
+                              unseen=self._unseen(job_id, markers.values()))
         self._conclude(claim, plan, result)
         log.info("job %s succeeded: %d rows in %d chunks, %.1f s (%s rows/s)", job_id, rows,
                  plan["chunks"], elapsed, result["rows_per_second"])
         return True
+
+    def _unseen(self, job_id: str, markers: Any) -> dict[int, int]:
+        """The job's unseen category values by feature index, summed over its chunks."""
+        from .batch import decode_unseen
+
+        total: dict[int, int] = {}
+        for marker in markers:
+            text = marker.unseen
+            if text == "body":
+                text = (read_json(self.batch, marker_name(job_id, marker.index)) or {}).get("unseen")
+            for j, count in decode_unseen(text).items():
+                total[j] = total.get(j, 0) + count
+        return total
 
     @staticmethod
     def _already_committed(out: BlobClient, plan: dict[str, Any]) -> bool:
@@ -546,7 +576,8 @@ class FanOut:
 
     @staticmethod
     def _result(plan: dict[str, Any], status: str, rows: int, elapsed: float, *,
-                error: dict[str, Any] | None = None) -> dict[str, Any]:
+                error: dict[str, Any] | None = None,
+                unseen: dict[int, int] | None = None) -> dict[str, Any]:
         result: dict[str, Any] = {
             "id": plan["id"], "status": status, "rows": rows,
             "output_blob": plan["output"]["blob"], "output_container": plan["output"]["container"],
@@ -557,6 +588,12 @@ class FanOut:
         }
         if plan.get("id_generated"):
             result["id_generated"] = True
+        if unseen:
+            names = plan.get("categorical") or {}
+            summary = {names.get(str(j), f"feature {j}"): count
+                       for j, count in sorted(unseen.items()) if count}
+            if summary:
+                result["unseen_categories"] = summary
         return result
 
     def status(self, job_id: str) -> dict[str, Any] | None:

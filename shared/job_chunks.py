@@ -20,7 +20,10 @@ and then lives in the batch container under ``jobs/{id}/``:
 
 - ``jobs/{id}/model-{token}.txt``: the pinned model's text (every chunk scores with it).
 - ``jobs/{id}/chunks/{index:06d}``: one marker per scored chunk, written after its output
-  blocks are staged; metadata ``token``, ``rows``, ``blocks``, ``elapsed_ms``.
+  blocks are staged; metadata ``token``, ``rows``, ``blocks``, ``elapsed_ms``, and
+  ``unseen`` when the chunk had category values the model was not trained on
+  (``j:count,...`` by feature index; ``body`` when too long for metadata: then the marker's
+  JSON body holds them). The plan's ``categorical`` names those features by index.
 
 Chunk messages (base64 JSON on ``CHUNK_QUEUE_NAME``) are small and self-describing::
 
@@ -155,6 +158,7 @@ class Marker:
     rows: int
     blocks: int
     elapsed_ms: float
+    unseen: str = ""  # unseen category values, "j:count,..." (or "body": in the marker's body)
 
 
 def list_markers(container: ContainerClient, job_id: str) -> dict[int, Marker]:
@@ -167,7 +171,8 @@ def list_markers(container: ContainerClient, job_id: str) -> dict[int, Marker]:
             try:
                 index = int(item.name[len(prefix):])
                 found[index] = Marker(index, meta.get("token", ""), int(meta.get("rows", 0)),
-                                      int(meta.get("blocks", 0)), float(meta.get("elapsed_ms", 0)))
+                                      int(meta.get("blocks", 0)), float(meta.get("elapsed_ms", 0)),
+                                      meta.get("unseen", ""))
             except ValueError:
                 continue
     except ResourceNotFoundError:

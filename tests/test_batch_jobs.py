@@ -316,6 +316,80 @@ def test_a_job_leased_by_a_live_worker_is_waited_for(rig):
     assert rig.run(message, message_id="m-holder", dequeue_count=3).status == "succeeded"
 
 
+# -- job ids: one id, one job ---------------------------------------------------------------
+
+def test_an_id_reused_by_a_different_job_fails_that_message_and_leaves_the_job_alone(rig):
+    first = {"id": "job-reuse", "endpoint": "price", "rows": [[1, 2, 3, 4, 5, 6]]}
+    assert rig.run(first, message_id="m-1").status == "succeeded"
+    record = rig.jobs.records.read("job-reuse")
+    outcome = rig.run({**first, "rows": [[6, 5, 4, 3, 2, 1]]}, message_id="m-2")
+    assert (outcome.status, outcome.scored) == ("failed", False)
+    error = outcome.result["error"]
+    assert error["code"] == "job_id_reused" and "'job-reuse'" in error["message"]
+    assert "new id" in error["message"]
+    assert [r["status"] for r in rig.sent_results()] == ["succeeded", "failed"]
+    assert rig.sent_results()[1] == outcome.result and "predictions" not in outcome.result
+    assert rig.jobs.records.read("job-reuse") == record  # the first job's record is untouched
+    # The first job's message again (redelivered, sent twice, or with its fields in another
+    # order) is the same job: acknowledged, its result stands.
+    assert rig.run(first, message_id="m-1", dequeue_count=2).status == "duplicate"
+    assert rig.run(orjson.dumps({"rows": [[1, 2, 3, 4, 5, 6]], "id": "job-reuse",
+                                 "endpoint": "price"}), message_id="m-3").status == "duplicate"
+    assert len(rig.sent_results()) == 2
+
+
+def test_a_blob_job_id_reused_with_another_input_fails_and_keeps_the_first_output(rig):
+    rig.upload("inputs/a.csv", to_csv(sample(8, 20, seed=1), CHURN))
+    rig.upload("inputs/b.csv", to_csv(sample(8, 30, seed=2), CHURN))
+    assert rig.run(blob_job("job-blob-reuse", "inputs/a.csv")).status == "succeeded"
+    out = rig.blobs.get_blob_client(rig.settings.batch_container, "predictions/job-blob-reuse.csv")
+    etag = out.get_blob_properties().etag
+    outcome = rig.run(blob_job("job-blob-reuse", "inputs/b.csv"), message_id="m-2")
+    assert outcome.status == "failed" and outcome.result["error"]["code"] == "job_id_reused"
+    assert outcome.result["output_blob"] is None and outcome.result["rows"] == 0
+    assert out.get_blob_properties().etag == etag
+
+
+def test_a_different_job_under_the_id_of_a_running_job_fails_without_waiting(rig):
+    from shared.job_messages import job_digest
+
+    running = {"id": "job-running", "endpoint": "price", "rows": [[1, 2, 3, 4, 5, 6]]}
+    holder = rig.jobs.records.claim("job-running", message_id="m-holder", digest="x",
+                                    job_digest=job_digest(running))
+    waited = []
+    rig.jobs.records = JobRecords(rig.batch, sleep=waited.append)
+    try:
+        outcome = rig.run({**running, "options": {"raw_score": True}}, message_id="m-other")
+        assert outcome.result["error"]["code"] == "job_id_reused" and waited == []
+        assert "now running" in outcome.result["error"]["message"]
+    finally:
+        holder.release()
+    assert rig.jobs.records.read("job-running")["message_id"] == "m-holder"
+    assert rig.run(running, message_id="m-holder", dequeue_count=2).status == "succeeded"
+
+
+def test_a_poisoned_copy_of_a_reusing_message_fails_it_and_not_the_job(rig):
+    first = {"id": "job-p", "endpoint": "price", "rows": [[1, 2, 3, 4, 5, 6]]}
+    assert rig.run(first).status == "succeeded"
+    record = rig.jobs.records.read("job-p")
+    outcome = rig.jobs.handle_poison(orjson.dumps({**first, "key": "tenant-2"}), message_id="m-9")
+    assert outcome.status == "failed" and outcome.result["error"]["code"] == "job_id_reused"
+    assert rig.jobs.records.read("job-p") == record
+    assert rig.jobs.handle_poison(orjson.dumps(first), message_id="m-1").status == "duplicate"
+
+
+def test_a_record_from_before_job_digests_keeps_acknowledging(rig):
+    """Records written before this rule have no job digest: a different message is only
+    logged, as before (nothing to compare it with)."""
+    claim = rig.jobs.records.claim("job-old", message_id="m-old", digest="x")
+    claim.commit({"id": "job-old", "status": "succeeded"})
+    claim.mark_done()
+    claim.release()
+    assert "job_sha256" not in rig.jobs.records.read("job-old")
+    message = {"id": "job-old", "endpoint": "price", "rows": [[1, 2, 3, 4, 5, 6]]}
+    assert rig.run(message, message_id="m-new").status == "duplicate"
+
+
 # -- failures ------------------------------------------------------------------------------
 
 BAD = {
