@@ -5,6 +5,8 @@ Functions host: it takes the message off the queue and hands it to the core."""
 from __future__ import annotations
 
 import base64
+import threading
+from contextlib import contextmanager
 
 import orjson
 import pytest
@@ -81,3 +83,63 @@ def test_submit_checks_its_arguments(rig, tmp_path):
     big.write_bytes(orjson.dumps({"rows": [[1.25] * 8] * 4000}))
     with pytest.raises(SystemExit, match="--input"):
         jobs_cli(rig, "submit", "churn", "--rows-file", str(big))
+
+
+@contextmanager
+def worker(rig):
+    """A background host: runs every message put on the job queue while the CLI waits."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        while not stop.is_set():
+            try:
+                run_queued(rig)
+            except ResourceNotFoundError:  # no job queue yet: the CLI creates it
+                pass
+            stop.wait(0.2)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+def test_submit_wait_says_never_submitted_only_of_a_job_it_did_not_submit(rig, tmp_path, capsys):
+    body = tmp_path / "body.json"
+    body.write_bytes(orjson.dumps({"rows": [[1, 2, 3, 4, 5, 6]]}))
+    assert jobs_cli(rig, "submit", "price", "--rows-file", str(body), "--id", "cli-quick",
+                    "--wait", "--timeout", "1") == 3  # nobody runs the queue: times out
+    captured = capsys.readouterr()
+    assert "never submitted" not in captured.err + captured.out
+    assert "cli-quick: no result within 1 s (queued, not picked up yet)" in captured.err
+    with worker(rig):
+        assert jobs_cli(rig, "submit", "price", "--rows-file", str(body), "--id", "cli-waited",
+                        "--wait", "--timeout", "30") == 0
+        assert jobs_cli(rig, "wait", "cli-quick", "--timeout", "30") == 0
+    captured = capsys.readouterr()
+    assert "cli-waited succeeded: 1 rows" in captured.out and "cli-quick succeeded" in captured.out
+    assert "never submitted" not in captured.err + captured.out
+
+
+def test_submit_wait_reports_an_id_already_used_by_another_job(rig, tmp_path, capsys):
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    first.write_bytes(orjson.dumps({"rows": [[1, 2, 3, 4, 5, 6]]}))
+    second.write_bytes(orjson.dumps({"rows": [[9, 9, 9, 9, 9, 9]]}))
+    with worker(rig):
+        assert jobs_cli(rig, "submit", "price", "--rows-file", str(first), "--id", "cli-twice",
+                        "--wait", "--timeout", "30") == 0
+        capsys.readouterr()
+        # the same id with other rows: this message fails, never the first job's success
+        assert jobs_cli(rig, "submit", "price", "--rows-file", str(second), "--id", "cli-twice",
+                        "--wait", "--timeout", "30") == 1
+        out = capsys.readouterr().out
+        assert "cli-twice failed: job_id_reused: job id 'cli-twice' was already used" in out
+        # the first job's message again is that job: its result
+        assert jobs_cli(rig, "submit", "price", "--rows-file", str(first), "--id", "cli-twice",
+                        "--wait", "--timeout", "30") == 0
+    assert "cli-twice succeeded: 1 rows" in capsys.readouterr().out

@@ -121,7 +121,7 @@ def _names(args: argparse.Namespace) -> tuple[str, str, str]:
 def submit_job(args: argparse.Namespace) -> int:
     import orjson
 
-    from shared.job_messages import JOB_ID_RE, MAX_MESSAGE_BYTES
+    from shared.job_messages import JOB_ID_RE, MAX_MESSAGE_BYTES, job_digest
 
     if bool(args.rows_file) == bool(args.input or args.input_blob):
         raise SystemExit("give the rows with one of --rows-file (inline), --input (a local file "
@@ -164,7 +164,7 @@ def submit_job(args: argparse.Namespace) -> int:
     print(f"submitted {job_id} to queue {queue_name}")
     if args.wait:
         args.job_id = job_id
-        return wait_job(args)
+        return wait_job(args, submitted=job_digest(message))
     return 0
 
 
@@ -197,7 +197,10 @@ def _send(client, text: str) -> None:
 
 # -- wait ----------------------------------------------------------------------------------
 
-def wait_job(args: argparse.Namespace) -> int:
+def wait_job(args: argparse.Namespace, submitted: str | None = None) -> int:
+    """Wait for job ``args.job_id``. ``submitted``: the job digest of the message this command
+    just sent (``jobs submit --wait``): the job is known to be queued, and if its id already
+    names another job, only this message's ``job_id_reused`` failure is its result."""
     queue_name, results_name, container = _names(args)
     queues = queue_service(args)
     results = queues.get_queue_client(results_name)
@@ -208,13 +211,18 @@ def wait_job(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
     polls = 0
     while True:
-        result = _find_result(results, args.job_id, consume=args.consume)
-        record = _read_record(record_blob)
-        if result is None and record and record.get("state") in ("committed", "done") \
-                and isinstance(record.get("result"), dict):
-            # Sent (or about to be), but not among the messages we can see: e.g. another
-            # consumer took it, or more than 32 results are waiting.
-            result = record["result"]
+        record = _read_record(record_blob) if submitted is not None else None
+        reused = (submitted is not None and isinstance(record, dict)
+                  and record.get("job_sha256") not in (None, submitted))
+        result = _find_result(results, args.job_id, consume=args.consume,
+                              accept=_is_reuse_failure if reused else None)
+        if result is None and not reused:
+            record = _read_record(record_blob)
+            if record and record.get("state") in ("committed", "done") \
+                    and isinstance(record.get("result"), dict):
+                # Sent (or about to be), but not among the messages we can see: e.g. another
+                # consumer took it, or more than 32 results are waiting.
+                result = record["result"]
         if result is not None:
             progress.clear()
             return _report(result, args.json)
@@ -226,12 +234,18 @@ def wait_job(args: argparse.Namespace) -> int:
         if time.monotonic() > deadline:
             progress.clear()
             print(f"{args.job_id}: no result within {args.timeout:.0f} s "
-                  f"({_describe(record)})", file=sys.stderr)
+                  f"({_describe(record, submitted=submitted is not None, reused=reused)})",
+                  file=sys.stderr)
             return TIMEOUT_EXIT
-        status = _fanout_status(batch, args.job_id, record)
-        progress.show(f"{args.job_id}: {_describe(record, status)}")
+        status = None if reused else _fanout_status(batch, args.job_id, record)
+        progress.show(f"{args.job_id}: "
+                      f"{_describe(record, status, submitted=submitted is not None, reused=reused)}")
         polls += 1
         time.sleep(1.0)
+
+
+def _is_reuse_failure(doc: dict[str, Any]) -> bool:
+    return (doc.get("error") or {}).get("code") == "job_id_reused"
 
 
 def _fanout_status(batch, job_id: str, record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -253,8 +267,14 @@ def progress_bar(done: int, total: int, width: int = 24) -> str:
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
-def _describe(record: dict[str, Any] | None, status: dict[str, Any] | None = None) -> str:
+def _describe(record: dict[str, Any] | None, status: dict[str, Any] | None = None, *,
+              submitted: bool = False, reused: bool = False) -> str:
+    if reused:
+        return ("its id already names a different job: waiting for this message's "
+                "job_id_reused failure")
     if record is None:
+        if submitted:  # this command sent it: it is on the queue
+            return "queued, not picked up yet"
         return "no record yet (queued and not picked up, or never submitted)"
     if status is not None:
         done, total = status["chunks_done"], status["chunks"]
@@ -277,20 +297,25 @@ def _decode(content: str) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _find_result(results, job_id: str, *, consume: bool) -> dict[str, Any] | None:
+def _find_result(results, job_id: str, *, consume: bool,
+                 accept=None) -> dict[str, Any] | None:
+    """The first result message of ``job_id`` (that ``accept`` takes, when given)."""
     from azure.core.exceptions import ResourceNotFoundError
+
+    def wanted(doc: dict[str, Any] | None) -> bool:
+        return doc is not None and doc.get("id") == job_id and (accept is None or accept(doc))
 
     try:
         if not consume:
             for message in results.peek_messages(max_messages=32):
                 doc = _decode(message.content)
-                if doc is not None and doc.get("id") == job_id:
+                if wanted(doc):
                     return doc
             return None
         found = None
         for message in results.receive_messages(max_messages=32, visibility_timeout=30):
             doc = _decode(message.content)
-            if found is None and doc is not None and doc.get("id") == job_id:
+            if found is None and wanted(doc):
                 results.delete_message(message)
                 found = doc
             else:  # someone else's: visible again at once
