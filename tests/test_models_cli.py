@@ -8,8 +8,12 @@ import gzip
 from scorefn.__main__ import main as cli
 
 
+# The latency check upload-model runs is kept short here (tests/test_latency_check.py checks it).
+QUICK = ("--seconds", "0.5")
+
+
 def upload(container, azurite, *args: str) -> int:
-    return cli(["upload-model", *args, "--container", container.container_name,
+    return cli(["upload-model", *args, *QUICK, "--container", container.container_name,
                 "--connection-string", azurite.connection_string])
 
 
@@ -47,7 +51,7 @@ def test_the_container_defaults_to_the_model_container_setting(azurite, blob_ser
 
     name = f"m{uuid.uuid4().hex[:12]}"
     monkeypatch.setenv("MODEL_CONTAINER", name)
-    assert cli(["upload-model", str(demo_models["churn"].path), "churn",
+    assert cli(["upload-model", str(demo_models["churn"].path), "churn", *QUICK,
                 "--connection-string", azurite.connection_string]) == 0
     client = blob_service.get_container_client(name)
     assert client.get_blob_client("churn.txt").exists()
@@ -61,7 +65,7 @@ def test_without_storage_options_the_app_settings_connection_is_used(container, 
     monkeypatch.setenv("MODEL_STORAGE_CONNECTION", "ModelStore")
     monkeypatch.setenv("ModelStore", azurite.connection_string)
     monkeypatch.setenv("MODEL_CONTAINER", container.container_name)
-    assert cli(["upload-model", str(demo_models["churn"].path), "churn"]) == 0
+    assert cli(["upload-model", str(demo_models["churn"].path), "churn", *QUICK]) == 0
     assert container.get_blob_client("churn.txt").exists()
 
 
@@ -117,3 +121,27 @@ def test_the_command_line_uses_your_login_even_where_the_app_forces_managed_iden
     assert conn.blob_service_uri == "https://acct.blob.core.windows.net"
     assert conn.credential is None  # DefaultAzureCredential: az login here, managed identity in Azure
     assert conn.client_id == "00000000-0000-0000-0000-000000000001"
+
+
+def test_upload_says_what_it_found_and_measured_before_uploading(container, azurite, demo_models,
+                                                                 capsys):
+    import lightgbm as lgb
+
+    path = demo_models["segment"].path
+    assert upload(container, azurite, str(path), "segment") == 0
+    out = capsys.readouterr().out
+    booster = lgb.Booster(model_file=str(path))
+    assert (f"found: LightGBM text model, {booster.num_trees()} trees, {booster.num_feature()} "
+            f"features, 0 categorical, multiclass, {booster.dump_model()['num_class']} classes"
+            ) in out
+    found, table, uploaded = (out.index("found:"), out.index("single row p99"),
+                              out.index("uploaded "))
+    assert found < table < uploaded
+
+
+def test_an_invalid_model_name_is_refused_before_measuring_or_uploading(container, azurite,
+                                                                       demo_models, capsys):
+    assert upload(container, azurite, str(demo_models["churn"].path), "../churn") == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("not uploaded: invalid_name:") and "latency" not in captured.out
+    assert list(container.list_blobs()) == []

@@ -11,15 +11,26 @@ from .storage_args import add_storage_args, app_settings, blob_service
 
 
 def register(subparsers) -> None:
-    up = subparsers.add_parser("upload-model", help="validate a LightGBM text model and upload it",
-                               description="Parse the model locally (so a broken file never "
-                                           "reaches production), then upload it as NAME.txt "
-                                           "(or NAME.txt.gz with --gzip).")
-    up.add_argument("file", type=Path, help="LightGBM text model (booster.save_model output)")
+    from .latency import add_latency_args
+
+    up = subparsers.add_parser(
+        "upload-model", help="validate a LightGBM model, check its latency and upload it",
+        description="Read the model (a LightGBM text model, plain or gzip, or an MLflow model "
+                    "folder of the lightgbm flavor; pickles and joblib files are refused, never "
+                    "unpickled), parse it locally as the app will (so a broken file never "
+                    "reaches production), measure its latency on this machine beside the "
+                    "reference model, then upload the text model as NAME.txt (or NAME.txt.gz "
+                    "with --gzip) with the figures as blob metadata. See docs/model-files.md "
+                    "and docs/latency-check.md.")
+    up.add_argument("file", type=Path,
+                    help="LightGBM text model (booster.save_model output) or MLflow model folder")
     up.add_argument("name", help="model name, e.g. churn or churn/v2")
     up.add_argument("--container", default=None, metavar="NAME",
                     help="models container (default $MODEL_CONTAINER or models)")
     up.add_argument("--gzip", action="store_true", help="store compressed (faster downloads)")
+    up.add_argument("--force", action="store_true",
+                    help="upload even when the single-row p99 is over --max-p99-ms")
+    add_latency_args(up)
     add_storage_args(up)
     up.set_defaults(run=upload_model)
 
@@ -29,33 +40,49 @@ def register(subparsers) -> None:
 
 
 def upload_model(args: argparse.Namespace) -> int:
-    from shared.errors import ScoreError
-    from shared.model import parse_model
+    from shared.errors import InvalidName
+    from shared.model_store import blob_candidates
 
-    try:
-        data = args.file.read_bytes()
-    except OSError as exc:
-        print(f"cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+    from .latency import parse_or_report, read_model_or_report, run_check, summary
+
+    found = read_model_or_report(args.file, "not uploaded")
+    if found is None:
+        return 1
+    model = parse_or_report(found.data, args.name, "not uploaded")
+    if model is None:
         return 1
     try:
-        model = parse_model(data, name=args.name, path=args.name, version="local",
-                            last_modified=None)
-    except ScoreError as exc:  # a broken file never reaches storage
+        blob_candidates(args.name)
+    except InvalidName as exc:
         print(f"not uploaded: {exc.code}: {exc.message}", file=sys.stderr)
         return 1
+    print(f"found: {summary(found.describe(), found.data, model)}")
+    # Storage is resolved before measuring: a missing or invalid connection fails at once.
+    container_name = args.container or app_settings().model_container
+    container = blob_service(args).get_container_client(container_name)
+    report = run_check(args, found.data, str(args.file))
+    if report is None:
+        print("not uploaded", file=sys.stderr)
+        return 1
+    if report.over_budget(args.max_p99_ms):
+        over = (f"single-row p99 {report.model.p99_ms:.3f} ms is over --max-p99-ms "
+                f"{args.max_p99_ms:g}")
+        if not args.force:
+            print(f"not uploaded: {over} (--force uploads it anyway)", file=sys.stderr)
+            return 1
+        print(f"uploading anyway (--force): {over}")
     blob_name = args.name if args.name.endswith((".txt", ".txt.gz")) else args.name + ".txt"
     if args.gzip and not blob_name.endswith(".gz"):
         blob_name += ".gz"
-    if blob_name.endswith(".gz"):
-        data = gzip.compress(data)
-    container_name = args.container or app_settings().model_container
-    container = blob_service(args).get_container_client(container_name)
+    data = gzip.compress(found.data) if blob_name.endswith(".gz") else found.data
     if not container.exists():
         container.create_container()
-    result = container.get_blob_client(blob_name).upload_blob(data, overwrite=True)
+    result = container.get_blob_client(blob_name).upload_blob(
+        data, overwrite=True, metadata=report.figures().to_metadata())
     info = model.info
     print(f"uploaded {container_name}/{blob_name} ({len(data):,} bytes): {info.objective}, "
-          f"{info.num_features} features, version {str(result.get('etag', '')).strip(chr(34))}")
+          f"{info.num_features} features, version {str(result.get('etag', '')).strip(chr(34))}, "
+          f"with its latency figures")
     return 0
 
 
