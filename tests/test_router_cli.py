@@ -4,6 +4,7 @@ load (and only over the version the user saw), and show what is in storage."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -136,3 +137,87 @@ def test_an_invalid_app_setting_in_the_shell_is_one_line_not_a_traceback(tmp_pat
                 "--connection-string", "UseDevelopmentStorage=true"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: app setting MAX_MODEL_MB") and "Traceback" not in err
+
+
+# -- latency budgets (max_p99_ms) --------------------------------------------------------------
+
+from tests.test_latency_check import QUICK, budget_below, slow_model  # noqa: E402,F401
+
+
+def upload_model(container, azurite, path, name: str) -> None:
+    """Upload through upload-model: the blob gets its latency figures."""
+    assert cli(["upload-model", str(path), name, *QUICK, "--container", container.container_name,
+                "--connection-string", azurite.connection_string]) == 0
+
+
+def budgeted(budget, control="churn_v1", candidate="churn"):
+    return {"endpoints": {"churn": {
+        "variants": [{"name": "control", "model": control, "weight": 3},
+                     {"name": "candidate", "model": candidate, "weight": 1}],
+        "shadow": [{"name": "next", "model": "price", "fraction": 0.1}],
+        "max_p99_ms": budget}}}
+
+
+def test_the_routing_table_shows_an_endpoints_latency_budget(tmp_path, capsys):
+    assert cli(["router", "validate", str(write(tmp_path, budgeted(5)))]) == 0
+    assert "endpoint churn: not sticky (weighted random); no overrides; latency budget p99 <= 5 ms" \
+        in capsys.readouterr().out
+
+
+def test_set_refuses_models_without_latency_figures_naming_each(models, azurite, tmp_path, capsys):
+    # The fixture's blobs were put there directly: no figures.
+    assert router_cli(models, azurite, "set", str(write(tmp_path, budgeted(1000)))) == 1
+    err = capsys.readouterr().err
+    assert "endpoints.churn: variant control (model churn_v1) has no latency figures" in err
+    assert "endpoints.churn: variant candidate (model churn) has no latency figures" in err
+    assert "check-latency --blob churn --save" in err and "not uploaded" in err
+    assert "price" not in err  # a shadow scores off the request path: no budget
+    assert not models.get_blob_client("config/router.json").exists()
+
+
+def test_validate_with_check_models_checks_budgets_too(models, azurite, tmp_path, capsys):
+    assert router_cli(models, azurite, "validate", str(write(tmp_path, budgeted(1000))),
+                      "--check-models") == 1
+    assert "has no latency figures" in capsys.readouterr().err
+
+
+def test_set_uploads_a_config_whose_models_are_within_budget(models, azurite, tmp_path, demo_models,
+                                                            capsys):
+    upload_model(models, azurite, demo_models["churn"].path, "churn")
+    upload_model(models, azurite, demo_models["churn_v1"].path, "churn_v1")
+    capsys.readouterr()
+    # A second per row: no model of this size misses it, however busy the machine.
+    assert router_cli(models, azurite, "set", str(write(tmp_path, budgeted(1000)))) == 0
+    out = capsys.readouterr().out
+    assert "latency budget of endpoints.churn (p99 <= 1000 ms): within: control" in out
+    assert models.get_blob_client("config/router.json").exists()
+
+
+def test_set_refuses_a_model_over_its_endpoints_budget_unless_forced(
+        models, azurite, tmp_path, slow_model, capsys):
+    upload_model(models, azurite, slow_model, "slow")
+    capsys.readouterr()
+    budget = round(budget_below(slow_model), 6)
+    path = write(tmp_path, {"endpoints": {"forecast": {
+        "variants": [{"name": "candidate", "model": "slow"}], "max_p99_ms": budget}}})
+    assert router_cli(models, azurite, "set", str(path)) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"endpoints\.forecast: variant candidate \(model slow\): single-row p99 "
+                     r"[0-9.]+ ms is over the budget of [0-9.e-]+ ms", err)
+    assert "--force" in err
+    assert not models.get_blob_client("config/router.json").exists()
+
+    assert router_cli(models, azurite, "set", str(path), "--force") == 0
+    captured = capsys.readouterr()
+    assert "warning: latency budget not met: endpoints.forecast: variant candidate (model slow)" \
+        in captured.err
+    assert "uploading anyway (--force)" in captured.out
+    assert json.loads(models.get_blob_client("config/router.json").download_blob().readall()) \
+        == json.loads(path.read_text())
+
+
+def test_set_without_checking_models_says_budgets_were_not_checked(models, azurite, tmp_path,
+                                                                   capsys):
+    assert router_cli(models, azurite, "set", str(write(tmp_path, budgeted(1000))),
+                      "--no-check-models") == 0
+    assert "latency budgets not checked (--no-check-models)" in capsys.readouterr().out

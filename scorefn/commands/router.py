@@ -5,6 +5,9 @@ sticky keys, shadows, overrides, the prediction log).
 is one the app accepts; with ``--check-models`` (and always for ``set``) it also loads every
 model the config names, as the app does before it swaps a config in (``ROUTER_CHECK_MODELS``).
 ``set`` uploads only a config that passed, optionally only over a known version (``--if-match``).
+An endpoint's latency budget (``max_p99_ms``) is checked against the latency figures stored
+with each variant's model blob (``shared/latency_figures.py``, written by ``upload-model``):
+``set`` refuses a model over its budget or without figures unless ``--force``.
 """
 
 from __future__ import annotations
@@ -31,22 +34,29 @@ def register(subparsers) -> None:
                     "variants and shares. Exit 0 when valid, 1 otherwise.")
     validate.add_argument("file", type=Path, help="router config (JSON)")
     validate.add_argument("--check-models", action="store_true",
-                          help="also load every model it names from storage and check that the "
-                               "variants of each endpoint take the same features")
+                          help="also load every model it names from storage, check that the "
+                               "variants of each endpoint take the same features and that their "
+                               "models' stored latency figures are within the endpoint's "
+                               "max_p99_ms")
     _add_location_args(validate)
     validate.set_defaults(run=validate_config)
 
     put = actions.add_parser(
         "set", help="validate a config file, check its models and upload it",
         description="Validate FILE, load every model it names (a config naming a missing or "
-                    "broken model would be refused by the app and the previous one kept), then "
-                    "upload it as the router config blob.")
+                    "broken model would be refused by the app and the previous one kept), check "
+                    "each endpoint's latency budget (max_p99_ms) against the figures stored with "
+                    "its variants' models, then upload it as the router config blob.")
     put.add_argument("file", type=Path, help="router config (JSON)")
     put.add_argument("--if-match", metavar="ETAG",
                      help="upload only if the config in storage is still this version (from "
                           "`router show`), so that a concurrent change is not overwritten")
     put.add_argument("--no-check-models", dest="check_models", action="store_false",
-                     help="upload without loading the models (the app still checks them)")
+                     help="upload without loading the models (the app still checks them) or "
+                          "checking latency budgets")
+    put.add_argument("--force", action="store_true",
+                     help="upload even when a variant's model is over its endpoint's max_p99_ms "
+                          "or has no latency figures")
     _add_location_args(put)
     put.set_defaults(run=set_config, check_models=True)
 
@@ -88,8 +98,10 @@ def validate_config(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.file}: valid")
     _print_table(config)
-    if args.check_models and not _models_load(args, config):
-        return 1
+    if args.check_models:
+        infos = _models_load(args, config)
+        if infos is None or not _budgets_met(config, infos, force=False):
+            return 1
     return 0
 
 
@@ -100,9 +112,16 @@ def set_config(args: argparse.Namespace) -> int:
     config = _parse_file(args.file)
     if config is None:
         return 1
-    if args.check_models and not _models_load(args, config):
-        print("not uploaded", file=sys.stderr)
-        return 1
+    if args.check_models:
+        infos = _models_load(args, config)
+        if infos is None:
+            print("not uploaded", file=sys.stderr)
+            return 1
+        if not _budgets_met(config, infos, force=args.force):
+            print("not uploaded (--force uploads it anyway)", file=sys.stderr)
+            return 1
+    elif any(ep.max_p99_ms is not None for ep in config.endpoints.values()):
+        print("latency budgets not checked (--no-check-models)")
     container_name, blob_name = _location(args)
     container = blob_service(args).get_container_client(container_name)
     if not container.exists():
@@ -185,9 +204,10 @@ def _parse_file(path: Path) -> Any:
     return None
 
 
-def _models_load(args: argparse.Namespace, config: Any) -> bool:
+def _models_load(args: argparse.Namespace, config: Any) -> dict[str, Any] | None:
     """Load every model ``config`` names (printing each as it goes), then apply the app's
-    check that an endpoint's variants take the same features. False after printing why."""
+    check that an endpoint's variants take the same features. The models' infos by name, or
+    ``None`` after printing why not."""
     from shared.blob_source import BlobSource
     from shared.errors import ScoreError
     from shared.model_store import ModelStore
@@ -199,6 +219,7 @@ def _models_load(args: argparse.Namespace, config: Any) -> bool:
                                   max_bytes), refresh_seconds=3600)
     names = sorted({m for ep in config.endpoints.values()
                     for m in [v.model for v in ep.variants] + [s.model for s in ep.shadow]})
+    infos: dict[str, Any] = {}
     try:
         for i, name in enumerate(names, start=1):
             print(f"  [{i}/{len(names)}] model {name} ... ", end="", flush=True)
@@ -207,16 +228,54 @@ def _models_load(args: argparse.Namespace, config: Any) -> bool:
             except ScoreError as exc:
                 print(f"{exc.code}")
                 print(f"model {name!r}: {exc.message}", file=sys.stderr)
-                return False
+                return None
+            infos[name] = info
             print(f"ok: version {info.version}, {info.num_features} features, {info.objective}")
         try:
             models_loadable(store)(config)
         except ScoreError as exc:
             print(f"invalid router config: {exc.message}", file=sys.stderr)
-            return False
-        return True
+            return None
+        return infos
     finally:
         store.close()
+
+
+def _budgets_met(config: Any, infos: dict[str, Any], *, force: bool) -> bool:
+    """Check each endpoint's ``max_p99_ms`` against the latency figures stored with its
+    variants' model blobs (shadows score off the request path: not counted). Prints each
+    endpoint's verdict; with ``force`` a fault is a warning. False when one is at fault."""
+    from shared.latency_figures import read_latency_figures
+    from shared.router.config import endpoint_path
+
+    faults = []
+    for ep in config.endpoints.values():
+        if ep.max_p99_ms is None:
+            continue
+        within = []
+        for v in ep.variants:
+            where = f"{endpoint_path(ep.name)}: variant {v.name} (model {v.model})"
+            figures = read_latency_figures(infos[v.model].blob_metadata)
+            if figures is None:
+                faults.append(f"{where} has no latency figures: upload it with `python -m "
+                              f"scorefn upload-model`, or run `python -m scorefn check-latency "
+                              f"--blob {v.model} --save`")
+            elif figures.single_row_p99_ms > ep.max_p99_ms:
+                faults.append(f"{where}: single-row p99 {figures.single_row_p99_ms:.3f} ms is "
+                              f"over the budget of {ep.max_p99_ms:g} ms (measured "
+                              f"{figures.measured_at} on {figures.machine}; reference p99 "
+                              f"{figures.reference_p99_ms:.3f} ms)")
+            else:
+                within.append(f"{v.name} {figures.single_row_p99_ms:.3f} ms")
+        if within:
+            print(f"latency budget of {endpoint_path(ep.name)} (p99 <= {ep.max_p99_ms:g} ms): "
+                  f"within: {', '.join(within)}")
+    for fault in faults:
+        print(f"{'warning: ' if force else ''}latency budget not met: {fault}", file=sys.stderr)
+    if faults and force:
+        print(f"uploading anyway (--force): {len(faults)} variant(s) over budget or without "
+              f"figures")
+    return force or not faults
 
 
 def _print_table(config: Any) -> None:
@@ -232,6 +291,9 @@ def _print_table(config: Any) -> None:
         if ep["log"]:
             notes.append(f"logged: {ep['log']['sample']:.0%} of requests"
                          f"{' with features' if ep['log']['features'] else ''}")
+        budget = config.endpoints[ep["name"]].max_p99_ms
+        if budget is not None:
+            notes.append(f"latency budget p99 <= {budget:g} ms")
         print(f"endpoint {ep['name']}: {'; '.join(notes)}")
         for v in ep["variants"]:
             print(f"  variant {v['name']:<16s} model {v['model']:<24s} weight {v['weight']:<8g} "
