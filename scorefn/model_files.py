@@ -175,7 +175,7 @@ def _check_text_model(data: bytes, path: Path, within: str) -> None:
     if stripped.startswith(b"{") and b'"tree_info"' in data:
         raise ModelFileError(f"{path}{within} is LightGBM's JSON dump (booster.dump_model()), "
                              f"which LightGBM cannot load back; {HOW_TO_SAVE}")
-    if data.startswith(b"\xef\xbb\xbftree\n") or data.startswith(b"tree\r\n"):
+    if data.removeprefix(b"\xef\xbb\xbf").startswith((b"tree\n", b"tree\r\n")):
         raise ModelFileError(f"{path}{within} looks like a LightGBM text model rewritten by an "
                              f"editor (a byte order mark or CRLF line ends); use the file "
                              f"booster.save_model wrote")

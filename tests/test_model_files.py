@@ -215,6 +215,26 @@ def test_lightgbms_json_dump_is_refused(cancer, tmp_path):
     assert "dump_model" in err.value.message and HOW_TO_SAVE in err.value.message
 
 
+@pytest.mark.parametrize("edit", [lambda t: b"\xef\xbb\xbf" + t, lambda t: t.replace(b"\n", b"\r\n"),
+                                  lambda t: b"\xef\xbb\xbf" + t.replace(b"\n", b"\r\n")],
+                         ids=["bom", "crlf", "bom-crlf"])
+def test_a_text_model_an_editor_rewrote_is_refused_saying_so(demo_models, tmp_path, edit):
+    path = tmp_path / "model.txt"
+    path.write_bytes(edit(demo_models["churn"].path.read_bytes()))
+    with pytest.raises(ModelFileError) as err:
+        read_model_file(path)
+    assert "rewritten by an editor" in err.value.message
+
+
+def test_a_zipped_mlflow_folder_is_refused_asking_to_unzip_it(mlflow_folders, tmp_path):
+    import shutil
+
+    archive = shutil.make_archive(str(tmp_path / "model"), "zip", mlflow_folders / "booster")
+    with pytest.raises(ModelFileError) as err:
+        read_model_file(tmp_path / "model.zip")
+    assert archive.endswith("model.zip") and "unzip it" in err.value.message
+
+
 def test_anything_else_is_refused_saying_what_a_text_model_is(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("hello\n")
