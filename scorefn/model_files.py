@@ -21,6 +21,7 @@ import bz2
 import io
 import lzma
 import pickletools
+import re
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -143,6 +144,9 @@ def _read_file(path: Path, max_bytes: int, *, within: str = "") -> tuple[bytes, 
     if compression is None:
         _check_text_model(data, path, within)
         return data, None
+    if compression == "lz4":
+        raise ModelFileError(f"{path}{within} is lz4-compressed (as joblib.dump(..., "
+                             f"compress='lz4') writes), not a LightGBM text model; {HOW_TO_SAVE}")
     inner = _decompress(data, compression, _PEEK)
     if not inner:  # not what its first bytes suggested (or damaged): judged as it is
         _check_text_model(data, path, within)
@@ -209,8 +213,9 @@ def _decompress(data: bytes, compression: str, limit: int) -> bytes:
             return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, limit)
         if compression == "zlib":
             return zlib.decompressobj().decompress(data, limit)
-        if compression == "zlib (old joblib)":
-            return zlib.decompressobj().decompress(data[2 + 16:], limit)  # after "ZF" + 16 bytes
+        if compression == "zlib (old joblib)":  # "ZF", the length in hex, then zlib
+            start = data.find(b"x", 2, 40)
+            return zlib.decompressobj().decompress(data[start:], limit) if start > 0 else b""
         if compression == "bz2":
             return bz2.BZ2Decompressor().decompress(data, limit)
         if compression in ("xz", "lzma"):
@@ -223,6 +228,7 @@ def _decompress(data: bytes, compression: str, limit: int) -> bytes:
 # -- pickles -------------------------------------------------------------------------------
 
 _PICKLE_START = {"PROTO", "GLOBAL", "MARK", "EMPTY_DICT", "EMPTY_LIST", "EMPTY_TUPLE"}
+_GLOBAL = re.compile(r"^[A-Za-z_][\w.]* [A-Za-z_][\w.]*$")  # "module qualname"
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING",
                "BINSTRING", "STRING"}
 
@@ -245,8 +251,11 @@ def _pickle_kind(data: bytes) -> str | None:
             if op.name in _STRING_OPS and isinstance(arg, (str, bytes)):
                 strings.append(arg if isinstance(arg, str) else arg.decode("latin-1"))
             elif op.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                if not _GLOBAL.match(arg):  # text that happens to start like a pickle
+                    return None if not magic else first_class
                 first_class = first_class or arg.replace(" ", ".")
-            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+            elif (op.name == "STACK_GLOBAL" and len(strings) >= 2
+                  and _GLOBAL.match(f"{strings[-2]} {strings[-1]}")):
                 first_class = first_class or f"{strings[-2]}.{strings[-1]}"
             if first_class.startswith("lightgbm."):
                 return first_class

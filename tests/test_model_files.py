@@ -235,6 +235,23 @@ def test_a_zipped_mlflow_folder_is_refused_asking_to_unzip_it(mlflow_folders, tm
     assert archive.endswith("model.zip") and "unzip it" in err.value.message
 
 
+@pytest.mark.parametrize("text", [b"class Model:\n    pass\n", b"(a note)\n", b"}\n"])
+def test_text_that_starts_like_a_protocol_0_pickle_is_not_called_one(tmp_path, text):
+    path = tmp_path / "model.py"
+    path.write_bytes(text)
+    with pytest.raises(ModelFileError) as err:
+        read_model_file(path)
+    assert type(err.value) is ModelFileError and "not a LightGBM text model" in err.value.message
+
+
+def test_an_lz4_file_is_named_as_such(tmp_path):
+    path = tmp_path / "model.joblib"
+    path.write_bytes(b"\x04\x22\x4d\x18" + bytes(64))  # the LZ4 frame magic number
+    with pytest.raises(ModelFileError) as err:
+        read_model_file(path)
+    assert "lz4-compressed" in err.value.message and HOW_TO_SAVE in err.value.message
+
+
 def test_anything_else_is_refused_saying_what_a_text_model_is(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("hello\n")
