@@ -17,6 +17,7 @@ from typing import Any, Callable, Literal, Mapping
 import numpy as np
 
 from .errors import OverrideNotAllowed, PayloadTooLarge, ScoreError, UnsupportedMediaType
+from .latency_figures import read_latency_figures
 from .model import LoadedModel, ModelInfo
 from .model_store import ModelStore, NotCached
 from .payloads import ScoringInput, decode_json, parse_score_body, parse_v2
@@ -554,6 +555,9 @@ def _model_notes(info: ModelInfo) -> dict[str, Any]:
                                       "it: LightGBM stored each space as '_'")
     if info.schema.mapping == "unknown":
         notes["categories"] = f"send codes: {info.schema.mapping_problem}"
+    figures = read_latency_figures(info.blob_metadata)
+    if figures is not None:
+        notes["latency_check"] = figures.to_dict()
     return notes
 
 

@@ -36,7 +36,7 @@ QUEUE_ONLY_CODES = {"input_not_found", "input_too_large", "invalid_blob_name", "
                     "invalid_format", "invalid_job_id", "invalid_message", "job_busy",
                     "message_too_large", "missing_id_column", "output_container_not_found",
                     "unknown_column", "invalid_chunk", "input_changed", "pinned_model_missing",
-                    "container_not_allowed"}
+                    "container_not_allowed", "job_id_reused"}
 # Codes of background model refreshes (logged and counted), never a response.
 REFRESH_ONLY_CODES = {"feature_mismatch"}
 

@@ -313,3 +313,24 @@ def test_another_reference_may_be_given(container, azurite, demo_models, capsys)
     booster = lgb.Booster(model_file=str(demo_models["churn_v1"].path))
     figures = read_latency_figures(container.get_blob_client("churn.txt").get_blob_properties().metadata)
     assert figures.reference_model.startswith(f"{booster.num_trees()} trees")
+
+
+def test_v2_metadata_and_endpoints_show_the_stored_figures(container, demo_models):
+    from shared.blob_source import BlobSource
+    from shared.model_store import ModelStore
+    from shared.service import ScoringService
+    from shared.settings import Settings
+
+    container.upload_blob("price.txt", demo_models["price"].path.read_bytes(),
+                          metadata=FIGURES.to_metadata())
+    put_blob(container, "segment.txt", demo_models["segment"].path)  # never checked
+    service = ScoringService(Settings.from_env({}),
+                             ModelStore(BlobSource(container, 64 << 20), refresh_seconds=3600))
+    try:
+        assert service.metadata("price")["parameters"]["latency_check"] == FIGURES.to_dict()
+        assert "latency_check" not in service.metadata("segment")["parameters"]
+        loaded = {m["name"]: m for m in service.endpoints()["loaded_models"]}
+        assert loaded["price"]["latency_check"]["single_row_p99_ms"] == FIGURES.single_row_p99_ms
+        assert "latency_check" not in loaded["segment"]
+    finally:
+        service.close()

@@ -128,6 +128,7 @@ class Router:
                 "sticky": sticky,
                 "allow_override": ep.allow_override,
                 "log": {"sample": ep.log.sample, "features": ep.log.features} if ep.log else None,
+                "max_p99_ms": ep.max_p99_ms,
             })
         return {"mode": "configured" if self.config is not None else "single-model",
                 "endpoints": endpoints,
