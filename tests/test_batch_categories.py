@@ -16,6 +16,8 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared.batch import BatchJobs
 from shared.batch_io import (Chunk, csv_layout, line_chunks, parse_csv_chunk, parse_jsonl_chunk,
@@ -101,7 +103,7 @@ def parse_csv(data: bytes, schema, id_column=None, chunk_rows=4):
     layout = csv_layout(header, schema, id_column)
     unseen: dict[int, int] = {}
     parts = [parse_csv_chunk(c, layout, unseen)[0] for c in line_chunks(rest, chunk_rows, first_line=2)]
-    return np.vstack(parts), unseen
+    return (np.vstack(parts) if parts else np.empty((0, 4))), unseen
 
 
 # -- parsing ---------------------------------------------------------------------------------
@@ -279,6 +281,29 @@ def test_a_jsonl_job_equals_booster_predict_and_counts_unseen_values(rig, booste
     assert outcome.result["unseen_categories"] == unseen
 
 
+def test_a_result_rebuilt_after_a_crash_still_counts_unseen_values(rig, booster, monkeypatch):
+    """A worker that died after committing the output: the next delivery rebuilds the result
+    from the output's metadata, counts included."""
+    from shared.job_records import Claim
+
+    rig.upload_model("shapes", booster)
+    rig.upload("inputs/crash.csv", csv_input())
+    message = {"id": "cat-crash", "endpoint": "shapes", "input": {"blob": "inputs/crash.csv"},
+               "id_column": "id"}
+    real_commit = Claim.commit
+
+    def crash(self, result):
+        raise ConnectionError("died after committing the output")
+
+    monkeypatch.setattr(Claim, "commit", crash)
+    with pytest.raises(ConnectionError):
+        rig.run(message)
+    monkeypatch.setattr(Claim, "commit", real_commit)
+    outcome = rig.run(message, dequeue_count=2)
+    assert (outcome.status, outcome.scored) == ("succeeded", False), outcome.result["error"]
+    assert outcome.result["unseen_categories"] == {"colour": 3, "grade": 1}
+
+
 def test_a_job_without_unseen_values_reports_none(rig, booster):
     rig.upload_model("shapes", booster)
     rig.upload("inputs/seen.csv", b"colour,mean radius\nred,1\nNA,2\n,3\n")
@@ -316,3 +341,41 @@ def test_fanned_out_or_not_a_category_job_gives_the_same_output_and_counts(rig, 
         assert result["unseen_categories"] == unseen
         assert np.array_equal(predictions_csv(rig.download("predictions/fan-csv.csv"))[1],
                               booster.predict(ref))
+
+
+# -- anything else is a typed error ------------------------------------------------------------
+
+_CELL = st.one_of(st.sampled_from(COLOURS + ["violet", "NA", "", " ", "n/a", "1", "2.0", "-0",
+                                             "inf", "1_0", '"red"', '"a,b"', "\u0661", "true"]),
+                  st.text(max_size=6))
+_JSON = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-10, 10), st.floats(
+    allow_nan=False, allow_infinity=False), st.sampled_from(COLOURS + ["violet", "x"])),
+    lambda inner: st.lists(inner, max_size=5), max_leaves=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(header=st.permutations(["id", "colour", "mean radius", "grade", "size"]),
+       rows=st.lists(st.lists(_CELL, min_size=5, max_size=5), max_size=6))
+def test_any_csv_parses_or_fails_with_a_typed_error(model, header, rows):
+    text = ",".join(header) + "\n" + "".join(",".join(r) + "\n" for r in rows)
+    try:
+        parse_csv(text.encode("utf-8", "surrogatepass"), model.info.schema, "id")
+    except InvalidPayload as exc:
+        assert exc.code in {"non_numeric_value", "invalid_category_value", "invalid_csv",
+                            "wrong_row_width"}, exc
+
+
+@settings(max_examples=200, deadline=None)
+@given(lines=st.lists(st.one_of(
+    st.dictionaries(st.sampled_from(["mean radius", "mean_radius", "colour", "grade", "size",
+                                     "key", "other"]), _JSON, max_size=5),
+    st.lists(_JSON, min_size=3, max_size=5), _JSON), max_size=6), id_column=st.sampled_from([None, "key"]))
+def test_any_json_lines_parse_or_fail_with_a_typed_error(model, lines, id_column):
+    data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
+    try:
+        X, _ = parse_jsonl_chunk(Chunk(data, 1), model.info.schema, id_column)
+    except InvalidPayload as exc:
+        assert exc.code in {"non_numeric_value", "invalid_category_value", "invalid_records",
+                            "wrong_row_width", "unknown_feature", "ambiguous_feature"}, exc
+    else:
+        assert X.shape == (len(lines), 4)
