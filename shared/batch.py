@@ -72,7 +72,10 @@ MAX_BLOCKS = 50_000  # committed blocks per block blob
 UNIT_ROWS = 8192
 FIRST_UNIT_ROWS = 2048
 PREFETCH_UNITS = 2  # parsed units queued ahead of the one being predicted
-MAX_UNSEEN_METADATA = 2048  # unseen counts kept in the output's metadata (8 KiB in all)
+# Unseen category counts ("j:count,...") kept in blob metadata (8 KiB in all): longer ones go
+# in a chunk marker's body; an output's metadata leaves them out (then only a result rebuilt
+# after a crash between commit and record lacks them).
+MAX_UNSEEN_METADATA = 2048
 _META = "scorefn_"
 T = TypeVar("T")
 

@@ -311,8 +311,13 @@ def test_a_job_without_unseen_values_reports_none(rig, booster):
     assert outcome.status == "succeeded" and "unseen_categories" not in outcome.result
 
 
-@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
-def test_fanned_out_or_not_a_category_job_gives_the_same_output_and_counts(rig, booster, fmt):
+@pytest.mark.parametrize("fmt,in_body", [("csv", False), ("jsonl", False), ("csv", True)])
+def test_fanned_out_or_not_a_category_job_gives_the_same_output_and_counts(rig, booster, fmt,
+                                                                          in_body, monkeypatch):
+    import shared.batch as batch_module
+
+    if in_body:  # counts too long for a chunk marker's metadata are kept in its body
+        monkeypatch.setattr(batch_module, "MAX_UNSEEN_METADATA", 0)
     rig.upload_model("shapes", booster)
     if fmt == "csv":
         data = csv_input(repeat=400)
@@ -333,6 +338,9 @@ def test_fanned_out_or_not_a_category_job_gives_the_same_output_and_counts(rig, 
     result = next(r for r in rig.sent_results() if r["id"] == f"fan-{fmt}")
     assert result["status"] == "succeeded" and result["chunks"] == len(outcomes) > 3
     assert result["unseen_categories"] == single.result["unseen_categories"]
+    from shared.job_chunks import list_markers
+
+    assert {m.unseen == "body" for m in list_markers(rig.batch, f"fan-{fmt}").values()} == {in_body}
     assert rig.download(f"predictions/fan-{fmt}.{fmt}") == \
         rig.download(f"predictions/one-{fmt}.{fmt}")
     if fmt == "csv":
