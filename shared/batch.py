@@ -3,8 +3,9 @@
 :func:`handle_message` is all the queue handler calls. For each delivery it
 
 1. decodes the message (``shared.job_messages``) and claims the job's record
-   (``shared.job_records``: a redelivered or duplicate job is acknowledged here, and a job
-   whose output was committed but whose result was not sent gets its result sent);
+   (``shared.job_records``: a redelivered or duplicate job is acknowledged here, a job
+   whose output was committed but whose result was not sent gets its result sent, and a
+   different message under an id already used fails with ``job_id_reused``);
 2. resolves the endpoint to one model for the whole job (``ScoringService.model``);
 3. inline jobs: parses the rows with the HTTP payload parsers and predicts them; the
    predictions go in the result message when it stays under ~47 KiB, else in

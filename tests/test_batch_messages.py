@@ -106,3 +106,18 @@ def test_the_largest_message_accepted_still_fits_a_queue_message_once_base64_enc
     assert len(base64.b64encode(largest)) <= 64 * 1024  # the queue's limit on message text
     with pytest.raises(PayloadTooLarge):
         decode_message(largest + b" ")
+
+
+def test_the_job_digest_is_what_defines_the_job_not_how_it_is_written():
+    from shared.job_messages import job_digest
+
+    job = {"id": "j", "endpoint": "churn", "input": {"blob": "a.csv", "format": "csv"},
+           "options": {"raw_score": True}}
+    same = orjson.loads(b'{"options": {"raw_score": true}, "input": {"format": "csv", '
+                        b'"blob": "a.csv"},   "endpoint": "churn", "id": "j"}')
+    assert job_digest(job) == job_digest(same) == job_digest({**job, "id": "other-id"})
+    for change in ({"input": {"blob": "b.csv", "format": "csv"}}, {"key": "tenant-1"},
+                   {"options": {"raw_score": False}}, {"endpoint": "price"}, {"id_column": "k"}):
+        assert job_digest({**job, **change}) != job_digest(job), change
+    assert job_digest(None, b"not json") == job_digest(None, b"not json") != \
+        job_digest(None, b"not json!")
