@@ -703,6 +703,8 @@ def parse_jsonl_chunk(chunk: Chunk, features: Features, id_column: str | None,
     for piece in pieces(chunk):
         records, lines = _jsonl_records(piece)
         n = len(records)
+        if n == 0:  # blank lines only
+            continue
         types = set(map(type, records))
         if types - {dict, list}:
             i = next(i for i, rec in enumerate(records) if type(rec) not in (dict, list))

@@ -251,6 +251,17 @@ def test_unreadable_csv_is_a_failed_job_with_a_code_not_a_crash(data, where):
     assert err.value.code == "invalid_csv" and where in str(err.value)
 
 
+@pytest.mark.parametrize("id_column", [None, "key"])
+def test_json_lines_of_blank_lines_only_are_no_rows(id_column):
+    X, ids = parse_jsonl_chunk(Chunk(b"\n \n\n", 1), NAMES, id_column)
+    assert X.shape == (0, 3) and (ids is None or ids.values == [])
+    lines = b'{"a": 1, "key": 5}\n\n\n[1, 2, 3, 4]\n' if id_column is None else \
+        b'{"a": 1, "key": 5}\n\n\n{"b": 2, "key": 6}\n'
+    X, ids = parse_jsonl_chunk(Chunk(lines, 1), (*NAMES, "key") if id_column is None else NAMES,
+                               id_column)
+    assert X.shape[0] == 2
+
+
 def test_a_bom_at_the_start_of_json_lines_is_ignored_as_in_csv():
     X, _ = parse_jsonl_chunk(Chunk(b'\xef\xbb\xbf{"a": 1, "b": 2, "c": 3}\n', 1), NAMES, None)
     assert X.tolist() == [[1.0, 2.0, 3.0]]
