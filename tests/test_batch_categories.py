@@ -373,17 +373,21 @@ def test_any_csv_parses_or_fails_with_a_typed_error(model, header, rows):
                             "wrong_row_width"}, exc
 
 
+_BLANK = object()  # a blank line
+
+
 @settings(max_examples=200, deadline=None)
 @given(lines=st.lists(st.one_of(
     st.dictionaries(st.sampled_from(["mean radius", "mean_radius", "colour", "grade", "size",
                                      "key", "other"]), _JSON, max_size=5),
-    st.lists(_JSON, min_size=3, max_size=5), _JSON), max_size=6), id_column=st.sampled_from([None, "key"]))
+    st.lists(_JSON, min_size=3, max_size=5), _JSON, st.just(_BLANK)), max_size=6),
+    id_column=st.sampled_from([None, "key"]))
 def test_any_json_lines_parse_or_fail_with_a_typed_error(model, lines, id_column):
-    data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
+    data = b"".join((b"" if line is _BLANK else orjson.dumps(line)) + b"\n" for line in lines)
     try:
         X, _ = parse_jsonl_chunk(Chunk(data, 1), model.info.schema, id_column)
     except InvalidPayload as exc:
         assert exc.code in {"non_numeric_value", "invalid_category_value", "invalid_records",
                             "wrong_row_width", "unknown_feature", "ambiguous_feature"}, exc
     else:
-        assert X.shape == (len(lines), 4)
+        assert X.shape == (sum(line is not _BLANK for line in lines), 4)
