@@ -55,6 +55,7 @@ from .job_messages import (JOB_ID_RE, BlobJob, InlineJob, JobIdentity, decode_me
 from .job_records import LEASE_SECONDS, Claim, JobRecords
 from .model import LoadedModel
 from .payloads import ScoringInput, dumps
+from .payloads.common import json_numbers
 from .payloads.common import Options
 from .scorer import predict
 from .router import Route
@@ -269,12 +270,13 @@ class BatchJobs:
                                     latency_ms=(time.perf_counter() - started) * 1000)
         rows = int(scored.request.X.shape[0])
         result = self._result(job.identity, "succeeded", started, rows=rows, model=model)
-        result["predictions"] = scored.predictions
+        predictions = json_numbers(scored.predictions)  # inf is "Infinity", never null
+        result["predictions"] = predictions
         if len(dumps(result)) > RESULT_MAX_BYTES:
             del result["predictions"]
             name = f"results/{job.identity.job_id}.json"
             body = dumps({"id": job.identity.job_id, "model": model.info.to_dict(),
-                          "predictions": scored.predictions})
+                          "predictions": predictions})
             self.batch.get_blob_client(name).upload_blob(
                 body, overwrite=True, metadata=self._metadata(job.identity, model, rows, result),
                 content_settings=ContentSettings(content_type="application/json"))
