@@ -22,9 +22,11 @@ from typing import Iterator, Sequence
 
 import uvicorn
 
-from .app_index import AppIndex, AppIndexError, index_app, load_function_app
+from . import worker_library
+from .app_index import (AppIndex, AppIndexError, index_app, index_worker_metadata,
+                        load_function_app, prepare_import)
 from .http_server import AuthKeys, FunctionsHttpApp
-from .invocation import Invoker, default_thread_count
+from .invocation import BuiltinInvoker, Invoker, default_thread_count
 from .local_settings import ConfigError, config_get, load_host_json, load_local_settings
 from .queue_runner import QueueOptions, QueueRunner
 from .routing import RouteTable, RouteTemplateError
@@ -53,6 +55,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shutdown-timeout", type=float, default=SHUTDOWN_TIMEOUT_SECONDS,
                         help="on SIGTERM/SIGINT, how long to wait for queue messages being "
                              "processed before abandoning them (exit status 1)")
+    parser.add_argument("--worker", choices=("auto", "library", "builtin"), default="auto",
+                        help="who loads and invokes the functions: Microsoft's worker library "
+                             "(azure-functions-runtime, Python 3.13+), devhost's own code "
+                             "(builtin), or the library when it can be loaded (auto)")
     parser.add_argument("--verbose", action="store_true", help="log every invocation")
     return parser.parse_args(argv)
 
@@ -78,6 +84,42 @@ def _configure_logging(host: dict, verbose: bool) -> None:
     logging.getLogger("azure").setLevel(logging.WARNING)
 
 
+def http_parser() -> str:
+    """uvicorn's HTTP/1.1 implementation: httptools (llhttp, in C) when installed, else h11."""
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return "h11"
+    return "httptools"
+
+
+def server_config(app: FunctionsHttpApp, port: int) -> uvicorn.Config:
+    return uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                          access_log=False, server_header=False, http=http_parser(),
+                          timeout_graceful_shutdown=int(GRACE_SECONDS))
+
+
+async def load_app(args: argparse.Namespace, app_dir: Path,
+                   host: dict) -> tuple[Invoker, AppIndex]:
+    """Index the app and load its functions with Microsoft's worker library when it can be
+    loaded (``--worker auto``/``library``), else with devhost's own code."""
+    options = dict(host_config=host, resolve_queues=not args.no_queues)
+    if args.worker != "builtin":
+        try:
+            worker = worker_library.create(app_dir)
+        except worker_library.WorkerUnavailable as exc:
+            if args.worker == "library":
+                raise AppIndexError(f"--worker library: {exc}") from None
+            log.info("Microsoft's worker library is not used: %s", exc)
+        else:
+            prepare_import(app_dir)
+            index = index_worker_metadata(await worker.start(), app_dir, os.environ, **options)
+            await worker.load([*index.http, *index.queues])
+            return worker, index
+    index = index_app(load_function_app(app_dir), app_dir, os.environ, **options)
+    return BuiltinInvoker(default_thread_count(), str(app_dir)), index
+
+
 def _build_routes(index: AppIndex, prefix: str) -> RouteTable:
     routes: RouteTable = RouteTable(prefix)
     for function in index.http:
@@ -100,8 +142,7 @@ async def serve(args: argparse.Namespace) -> int:
     load_local_settings(settings, os.environ, required=args.settings is not None)
     host = load_host_json(app_dir)
     _configure_logging(host, args.verbose)
-    index = index_app(load_function_app(app_dir), app_dir, os.environ, host_config=host,
-                      resolve_queues=not args.no_queues)
+    invoker, index = await load_app(args, app_dir, host)
     prefix = config_get(host, "extensions", "http", "routePrefix", default="api")
     prefix = "api" if prefix is None else str(prefix)
     auth = AuthKeys(enabled=not args.no_auth,
@@ -110,7 +151,6 @@ async def serve(args: argparse.Namespace) -> int:
     warning = auth.missing_keys_warning(f.auth_level for f in index.http)
     if warning:
         log.warning(warning)
-    invoker = Invoker(default_thread_count())
     http_app = FunctionsHttpApp(_build_routes(index, prefix), invoker, auth, str(app_dir))
 
     # proto=IPPROTO_TCP so that asyncio sets TCP_NODELAY on accepted connections; without it
@@ -119,9 +159,7 @@ async def serve(args: argparse.Namespace) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", args.port))
     port = sock.getsockname()[1]
-    server = _Server(uvicorn.Config(http_app, host="127.0.0.1", port=port, log_level="warning",
-                                    lifespan="off", access_log=False, server_header=False,
-                                    timeout_graceful_shutdown=int(GRACE_SECONDS)))
+    server = _Server(server_config(http_app, port))
 
     stop, abandon = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -140,6 +178,10 @@ async def serve(args: argparse.Namespace) -> int:
             return 1
         await asyncio.sleep(0.01)
     url = f"http://127.0.0.1:{port}"
+    log.info("functions loaded and invoked by %s", invoker.description)
+    protocol = server.config.http_protocol_class
+    log.info("HTTP/1.1 parser: %s (%s.%s)", server.config.http, protocol.__module__,
+             protocol.__qualname__)
     _describe(index, url, prefix)
     print(f"DEVHOST READY {url}", flush=True)
 

@@ -1,22 +1,24 @@
-"""Import a v2-model function app and describe its functions, as the worker's indexing does.
+"""Describe a v2-model function app's functions as the host sees them after the worker's indexing.
 
-Nothing here knows a particular app: functions come from ``FunctionApp.get_functions()``.
+Nothing here knows a particular app: functions come from the worker's function metadata
+(``RpcFunctionMetadata``, with Microsoft's worker library) or from ``FunctionApp.get_functions()``
+(devhost's own code); either way each function is its name and raw bindings, the JSON the
+worker sends the host.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import logging
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import azure.functions as func
-from azure.functions.decorators.http import HttpOutput, HttpTrigger
-from azure.functions.decorators.queue import QueueTrigger
 
 log = logging.getLogger("devhost")
 _EXPRESSION = re.compile(r"%([^%]+)%")
@@ -30,11 +32,13 @@ class AppIndexError(RuntimeError):
 
 @dataclass(frozen=True)
 class FunctionSpec:
-    """What every invocation needs: the callable, how to pass the trigger, async or not."""
+    """What every invocation needs. With Microsoft's worker library (``function_id`` set) the
+    worker calls the function; devhost's own invocation code uses the callable and flags."""
 
     name: str
     binding_name: str
-    user_function: Callable[..., Any]
+    function_id: str | None  # the worker's id of the function; None with devhost's own code
+    user_function: Callable[..., Any] | None
     wants_context: bool
     is_async: bool
 
@@ -59,8 +63,8 @@ class AppIndex:
     queues: list[QueueFunction]
 
 
-def load_function_app(app_dir: Path, module: str = "function_app") -> func.FunctionApp:
-    """Import ``function_app.py`` from ``app_dir`` and return its ``FunctionApp`` instance."""
+def prepare_import(app_dir: Path, module: str = "function_app") -> None:
+    """Make ``module`` importable from ``app_dir`` (the worker imports it by name)."""
     if not (app_dir / f"{module}.py").exists():
         raise AppIndexError(f"{app_dir} has no {module}.py")
     path = str(app_dir)
@@ -70,6 +74,11 @@ def load_function_app(app_dir: Path, module: str = "function_app") -> func.Funct
     if loaded is not None and Path(getattr(loaded, "__file__", "")).resolve() != (app_dir / f"{module}.py").resolve():
         # Another app's function_app is already imported (several apps in one test process).
         del sys.modules[module]
+
+
+def load_function_app(app_dir: Path, module: str = "function_app") -> func.FunctionApp:
+    """Import ``function_app.py`` from ``app_dir`` and return its ``FunctionApp`` instance."""
+    prepare_import(app_dir, module)
     mod = importlib.import_module(module)
     apps = [v for v in vars(mod).values() if isinstance(v, func.FunctionRegister)]
     if len(apps) != 1:
@@ -80,38 +89,68 @@ def load_function_app(app_dir: Path, module: str = "function_app") -> func.Funct
 def index_app(app: func.FunctionRegister, app_dir: Path, env: Mapping[str, str],
               *, host_config: Mapping[str, Any] | None = None,
               resolve_queues: bool = True) -> AppIndex:
-    """Describe the app's HTTP and queue functions. Functions disabled by the
-    ``AzureWebJobs.<name>.Disabled`` setting or left out of host.json ``functions`` are skipped;
-    other trigger types are skipped with a warning. Queue names are resolved from ``env``
-    only when ``resolve_queues``."""
+    """Describe the app's HTTP and queue functions from ``app.get_functions()`` (for devhost's
+    own invocation code). See :func:`index_functions`."""
+    described = []
+    for function in app.get_functions():
+        user_function = function.get_user_function()
+        name = function.get_function_name() or user_function.__name__
+        bindings = [json.loads(raw) for raw in function.get_raw_bindings()]
+        described.append((name, bindings, None, user_function))
+    return index_functions(described, app_dir, env, host_config=host_config,
+                           resolve_queues=resolve_queues)
+
+
+def index_worker_metadata(metadata: Iterable[Any], app_dir: Path, env: Mapping[str, str],
+                          *, host_config: Mapping[str, Any] | None = None,
+                          resolve_queues: bool = True) -> AppIndex:
+    """Describe the app's functions from the worker's ``FunctionMetadataResponse`` results
+    (``RpcFunctionMetadata``: name, function_id, raw_bindings), as the host reads them."""
+    described = [(m.name, [json.loads(raw) for raw in m.raw_bindings], m.function_id, None)
+                 for m in metadata]
+    return index_functions(described, app_dir, env, host_config=host_config,
+                           resolve_queues=resolve_queues)
+
+
+def index_functions(functions: Iterable[tuple[str, list[dict[str, Any]], str | None,
+                                              Callable[..., Any] | None]],
+                    app_dir: Path, env: Mapping[str, str],
+                    *, host_config: Mapping[str, Any] | None = None,
+                    resolve_queues: bool = True) -> AppIndex:
+    """Describe HTTP and queue functions from their names and raw bindings (the JSON the worker
+    sends the host). Functions disabled by the ``AzureWebJobs.<name>.Disabled`` setting or left
+    out of host.json ``functions`` are skipped; other trigger types are skipped with a warning.
+    Queue names are resolved from ``env`` only when ``resolve_queues``."""
     only = (host_config or {}).get("functions")
     allowed = None if only is None else {str(n).casefold() for n in only}
     http: list[HttpFunction] = []
     queues: list[QueueFunction] = []
-    for function in app.get_functions():
-        name = function.get_function_name() or function.get_user_function().__name__
+    for name, bindings, function_id, user_function in functions:
         if _disabled(name, env) or (allowed is not None and name.casefold() not in allowed):
             log.info("function %s is disabled", name)
             continue
-        trigger = function.get_trigger()
-        common = _common(name, function, trigger)
-        if isinstance(trigger, HttpTrigger):
-            http.append(HttpFunction(**common, route=trigger.route or name,
-                                     methods=_methods(trigger.methods),
-                                     auth_level=_auth_level(name, trigger.auth_level)))
-        elif isinstance(trigger, QueueTrigger):
-            queue = trigger.queue_name
+        trigger = next((b for b in bindings if str(b.get("type", "")).endswith("Trigger")), None)
+        if trigger is None:
+            log.warning("function %s has no trigger; skipped", name)
+            continue
+        common = _common(name, trigger, function_id, user_function)
+        kind = trigger["type"]
+        if kind == "httpTrigger":
+            http.append(HttpFunction(**common, route=trigger.get("route") or name,
+                                     methods=_methods(trigger.get("methods")),
+                                     auth_level=_auth_level(name, trigger.get("authLevel"))))
+        elif kind == "queueTrigger":
+            queue = str(trigger.get("queueName", ""))
             if resolve_queues:
                 queue = normalize_queue_name(
                     resolve_expressions(queue, env, what=f"function {name} queue name"),
                     what=f"function {name}")
             queues.append(QueueFunction(**common, queue_name=queue,
-                                        connection=trigger.connection or "AzureWebJobsStorage"))
+                                        connection=trigger.get("connection") or "AzureWebJobsStorage"))
         else:
-            log.warning("function %s: %s triggers are not run by devhost; skipped",
-                        name, type(trigger).__name__)
+            log.warning("function %s: %s triggers are not run by devhost; skipped", name, kind)
             continue
-        _warn_unsupported_bindings(name, function, trigger)
+        _warn_unsupported_bindings(name, bindings, trigger)
     return AppIndex(app_dir=app_dir, http=http, queues=queues)
 
 
@@ -141,22 +180,26 @@ def is_valid_queue_name(name: str) -> bool:
     return 3 <= len(name) <= 63 and bool(_QUEUE_NAME.match(name))
 
 
-def _common(name: str, function: func.Function, trigger: Any) -> dict[str, Any]:
-    user_function = function.get_user_function()
-    params = inspect.signature(user_function).parameters
-    return dict(name=name, binding_name=trigger.name, user_function=user_function,
-                wants_context="context" in params and trigger.name != "context",
-                is_async=inspect.iscoroutinefunction(user_function))
+def _common(name: str, trigger: Mapping[str, Any], function_id: str | None,
+            user_function: Callable[..., Any] | None) -> dict[str, Any]:
+    binding_name = str(trigger.get("name", ""))
+    wants_context = is_async = False
+    if user_function is not None:
+        params = inspect.signature(user_function).parameters
+        wants_context = "context" in params and binding_name != "context"
+        is_async = inspect.iscoroutinefunction(user_function)
+    return dict(name=name, binding_name=binding_name, function_id=function_id,
+                user_function=user_function, wants_context=wants_context, is_async=is_async)
 
 
 def _methods(methods: Any) -> frozenset[str] | None:
     if not methods:
         return None
-    return frozenset(str(getattr(m, "value", m)).upper() for m in methods)
+    return frozenset(str(m).upper() for m in methods)
 
 
 def _auth_level(name: str, level: Any) -> str:
-    text = str(getattr(level, "value", level) or "function").lower()
+    text = str(level or "function").lower()
     if text not in _AUTH_LEVELS:
         raise AppIndexError(f"function {name}: unknown auth level {text!r}")
     return text
@@ -171,11 +214,12 @@ def _disabled(name: str, env: Mapping[str, str]) -> bool:
                for key, value in env.items())
 
 
-def _warn_unsupported_bindings(name: str, function: func.Function, trigger: Any) -> None:
-    for binding in function.get_bindings():
+def _warn_unsupported_bindings(name: str, bindings: list[dict[str, Any]],
+                               trigger: Mapping[str, Any]) -> None:
+    for binding in bindings:
         if binding is trigger:
             continue
-        if isinstance(binding, HttpOutput) and binding.name == "$return":
+        if binding.get("type") == "http" and binding.get("name") == "$return":
             continue
         log.warning("function %s: binding %r (%s) is not supported by devhost",
-                    name, binding.name, type(binding).__name__)
+                    name, binding.get("name"), binding.get("type"))

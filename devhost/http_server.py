@@ -1,4 +1,6 @@
-"""A plain ASGI app serving the HTTP functions the way the Functions host does."""
+"""A plain ASGI app serving the HTTP functions the way the Functions host does: routing, keys
+and the request limits are devhost's; the invocation is the invoker's (the worker library or
+devhost's own code)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,8 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Mapping
 from urllib.parse import parse_qsl
 
-import azure.functions as func
-
 from .app_index import HttpFunction
-from .invocation import InvocationContext, Invoker, TraceContext, user_traceback
+from .invocation import HttpCall, InvocationFailed, Invoker, TraceContext
 from .routing import BadRequestPath, RouteTable, request_path
 
 log = logging.getLogger("devhost.http")
@@ -94,22 +94,21 @@ class FunctionsHttpApp:
         if body is None:
             await _respond(send, 413)
             return
-        request = func.HttpRequest(method=method, url=_url(scope, headers), headers=headers,
-                                   params=params, route_params=route_params, body=body)
-        context = InvocationContext(function.name, self.app_dir,
-                                    TraceContext.from_headers(headers, function.name))
+        call = HttpCall(method=method, url=_url(scope, headers), headers=headers, query=params,
+                        route_params=route_params, body=body,
+                        trace_context=TraceContext.from_headers(headers, function.name))
         started = time.perf_counter()
         try:
-            result = await self.invoker.invoke(function, request, context)
-            status, response_headers, response_body = _response_parts(result)
-        except Exception as exc:
+            invocation_id, (status, response_headers, response_body) = \
+                await self.invoker.invoke_http(function, call)
+        except InvocationFailed as exc:
             log.error("Executed 'Functions.%s' (Failed, Id=%s)\n%s", function.name,
-                      context.invocation_id, user_traceback(exc))
+                      exc.invocation_id, exc.detail)
             await _respond(send, 500)
             return
         if log.isEnabledFor(logging.DEBUG):
             log.debug("Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%.0fms)", function.name,
-                      context.invocation_id, (time.perf_counter() - started) * 1000)
+                      invocation_id, (time.perf_counter() - started) * 1000)
         await _respond(send, status, response_headers, response_body)
 
 
@@ -118,25 +117,6 @@ def _routed_path(scope: Scope) -> str:
     so an escaped "/" never splits a segment; uvicorn's ``path`` decodes it)."""
     raw = scope.get("raw_path")
     return request_path(raw) if raw else scope["path"]
-
-
-def _response_parts(result: Any) -> tuple[int, list[tuple[str, str]], bytes]:
-    """Status, headers and body of what the function returned (as the worker encodes it)."""
-    if isinstance(result, func.HttpResponse):
-        headers = [(k, v) for k, v in result.headers.items()
-                   if k.lower() not in ("content-length", "transfer-encoding")]
-        if not any(k.lower() == "content-type" for k, _ in headers):
-            mimetype = result.mimetype
-            content_type = (f"{mimetype}; charset={result.charset}"
-                            if mimetype.startswith("text/") else mimetype)
-            headers.append(("content-type", content_type))
-        return result.status_code, headers, result.get_body() or b""
-    if isinstance(result, str):
-        return 200, [("content-type", "text/plain; charset=utf-8")], result.encode("utf-8")
-    # The worker encodes only these two (azure.functions' HttpResponseConverter): None, bytes or
-    # anything else fails the invocation there, so it fails here too (500).
-    raise TypeError(f"an HTTP function returned {type(result).__name__}, "
-                    "expected func.HttpResponse or str (the Python worker cannot encode it)")
 
 
 async def _respond(send: Send, status: int, headers: list[tuple[str, str]] | None = None,

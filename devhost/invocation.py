@@ -1,5 +1,8 @@
-"""Calling user functions as the Python worker does: keyword arguments by binding name, a
-``context`` argument when asked for, sync functions in a thread pool, async ones awaited."""
+"""Invoking functions. :class:`Invoker` is the interface the HTTP server and the queue runner
+use; this module's :class:`BuiltinInvoker` calls user functions as the Python worker does
+(keyword arguments by binding name, a ``context`` argument when asked for, sync functions in a
+thread pool, async ones awaited, the result encoded as azure.functions encodes it). It is the
+fallback when Microsoft's worker library cannot be used (see ``worker_library.py``)."""
 
 from __future__ import annotations
 
@@ -14,10 +17,13 @@ import threading
 import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Mapping
 
 import azure.functions as func
 from azure.functions import _abc
+from azure.functions.queue import QueueMessage
 
 from .app_index import FunctionSpec
 
@@ -123,26 +129,83 @@ def default_thread_count(environ: Mapping[str, str] = os.environ) -> int:
     return min(32, (os.cpu_count() or 1) + 4)
 
 
-class Invoker:
-    """Runs invocations; counts those in flight so shutdown can wait for them."""
+@dataclass(frozen=True)
+class HttpCall:
+    """One HTTP request as the host hands it to the worker (``RpcHttp``)."""
 
-    def __init__(self, threads: int) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="devhost-fn")
+    method: str
+    url: str
+    headers: dict[str, str]  # lower-cased names
+    query: dict[str, str]
+    route_params: dict[str, str]
+    body: bytes
+    trace_context: TraceContext
+
+
+@dataclass(frozen=True)
+class QueueCall:
+    """One queue message as the host hands it to the worker: its text and trigger metadata."""
+
+    id: str
+    body: bytes
+    dequeue_count: int
+    inserted_on: datetime | None
+    expires_on: datetime | None
+    next_visible_on: datetime | None
+    pop_receipt: str
+    trace_context: TraceContext
+
+
+class InvocationFailed(Exception):
+    """The invocation failed; ``detail`` is what the host logs (message and stack trace)."""
+
+    def __init__(self, invocation_id: str, detail: str) -> None:
+        super().__init__(detail)
+        self.invocation_id, self.detail = invocation_id, detail
+
+
+HttpResult = tuple[int, list[tuple[str, str]], bytes]
+
+
+class Invoker:
+    """Runs invocations; counts those in flight so shutdown can wait for them. Subclasses
+    implement ``_http`` and ``_queue``; both raise :class:`InvocationFailed` when the
+    function fails, and return the invocation id."""
+
+    description = "?"
+
+    def __init__(self) -> None:
         self.active = 0
 
-    async def invoke(self, spec: FunctionSpec, trigger_value: Any,
-                     context: InvocationContext) -> Any:
-        kwargs: dict[str, Any] = {spec.binding_name: trigger_value}
-        if spec.wants_context:
-            kwargs["context"] = context
+    async def invoke_http(self, function: FunctionSpec, call: HttpCall) -> tuple[str, HttpResult]:
+        """(invocation id, (status, headers, body)) of the function's response."""
         self.active += 1
         try:
-            if spec.is_async:
-                return await spec.user_function(**kwargs)
-            call = functools.partial(_run_sync, spec, kwargs, context)
-            return await asyncio.get_running_loop().run_in_executor(self.executor, call)
+            return await self._http(function, call)
+        except InvocationFailed:
+            raise
+        except Exception as exc:  # a fault of the invoker itself: the function failed anyway
+            raise InvocationFailed("-", "".join(traceback.format_exception(exc))) from exc
         finally:
             self.active -= 1
+
+    async def invoke_queue(self, function: FunctionSpec, call: QueueCall) -> str:
+        """Runs the function on one message; returns the invocation id."""
+        self.active += 1
+        try:
+            return await self._queue(function, call)
+        except InvocationFailed:
+            raise
+        except Exception as exc:
+            raise InvocationFailed("-", "".join(traceback.format_exception(exc))) from exc
+        finally:
+            self.active -= 1
+
+    async def _http(self, function: FunctionSpec, call: HttpCall) -> tuple[str, HttpResult]:
+        raise NotImplementedError
+
+    async def _queue(self, function: FunctionSpec, call: QueueCall) -> str:
+        raise NotImplementedError
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for in-flight invocations; True when none is left."""
@@ -153,7 +216,74 @@ class Invoker:
         return not self.active
 
     def shutdown(self) -> None:
+        """Stop the thread pool without waiting for invocations still running."""
+
+
+class BuiltinInvoker(Invoker):
+    """devhost's own invocation code: calls the user functions directly."""
+
+    description = "devhost's own invocation code"
+
+    def __init__(self, threads: int, app_dir: str) -> None:
+        super().__init__()
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="devhost-fn")
+        self.app_dir = app_dir
+
+    async def _http(self, function: FunctionSpec, call: HttpCall) -> tuple[str, HttpResult]:
+        request = func.HttpRequest(method=call.method, url=call.url, headers=call.headers,
+                                   params=call.query, route_params=call.route_params,
+                                   body=call.body)
+        context = InvocationContext(function.name, self.app_dir, call.trace_context)
+        try:
+            result = await self.invoke(function, request, context)
+            return context.invocation_id, response_parts(result)
+        except Exception as exc:
+            raise InvocationFailed(context.invocation_id, user_traceback(exc)) from exc
+
+    async def _queue(self, function: FunctionSpec, call: QueueCall) -> str:
+        context = InvocationContext(function.name, self.app_dir, call.trace_context)
+        message = QueueMessage(id=call.id, body=call.body, dequeue_count=call.dequeue_count,
+                               expiration_time=call.expires_on, insertion_time=call.inserted_on,
+                               time_next_visible=call.next_visible_on,
+                               pop_receipt=call.pop_receipt)
+        try:
+            await self.invoke(function, message, context)
+        except Exception as exc:
+            raise InvocationFailed(context.invocation_id, user_traceback(exc)) from exc
+        return context.invocation_id
+
+    async def invoke(self, spec: FunctionSpec, trigger_value: Any,
+                     context: InvocationContext) -> Any:
+        assert spec.user_function is not None
+        kwargs: dict[str, Any] = {spec.binding_name: trigger_value}
+        if spec.wants_context:
+            kwargs["context"] = context
+        if spec.is_async:
+            return await spec.user_function(**kwargs)
+        call = functools.partial(_run_sync, spec, kwargs, context)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, call)
+
+    def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def response_parts(result: Any) -> HttpResult:
+    """Status, headers and body of what the function returned (as the worker encodes it)."""
+    if isinstance(result, func.HttpResponse):
+        headers = [(k, v) for k, v in result.headers.items()
+                   if k.lower() not in ("content-length", "transfer-encoding")]
+        if not any(k.lower() == "content-type" for k, _ in headers):
+            mimetype = result.mimetype
+            content_type = (f"{mimetype}; charset={result.charset}"
+                            if mimetype.startswith("text/") else mimetype)
+            headers.append(("content-type", content_type))
+        return result.status_code, headers, result.get_body() or b""
+    if isinstance(result, str):
+        return 200, [("content-type", "text/plain; charset=utf-8")], result.encode("utf-8")
+    # The worker encodes only these two (azure.functions' HttpResponseConverter): None, bytes or
+    # anything else fails the invocation there, so it fails here too (500).
+    raise TypeError(f"an HTTP function returned {type(result).__name__}, "
+                    "expected func.HttpResponse or str (the Python worker cannot encode it)")
 
 
 def _run_sync(spec: FunctionSpec, kwargs: dict[str, Any], context: InvocationContext) -> Any:

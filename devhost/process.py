@@ -27,13 +27,14 @@ class DevHost:
                  auth: bool = True, queues: bool = True, lease_seconds: int = 600,
                  settings_file: str | Path | None = None, port: int = 0,
                  log_path: str | Path | None = None,
-                 shutdown_timeout: float | None = None) -> None:
+                 shutdown_timeout: float | None = None, worker: str | None = None) -> None:
         self.app_dir = Path(app_dir).resolve()
         self.env = dict(env or {})
         self.auth, self.queues, self.lease_seconds = auth, queues, lease_seconds
         self.settings_file = Path(settings_file).resolve() if settings_file else None
         self.port = port
         self.shutdown_timeout = shutdown_timeout
+        self.worker = worker  # --worker: auto (None), library or builtin
         if log_path is None:
             fd, name = tempfile.mkstemp(prefix="devhost-", suffix=".log")
             os.close(fd)
@@ -54,6 +55,8 @@ class DevHost:
             cmd += ["--settings", str(self.settings_file)]
         if self.shutdown_timeout is not None:
             cmd += ["--shutdown-timeout", str(self.shutdown_timeout)]
+        if self.worker:
+            cmd += ["--worker", self.worker]
         if not self.auth:
             cmd.append("--no-auth")
         if not self.queues:

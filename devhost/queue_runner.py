@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, TypeVar
 
 from azure.core.exceptions import HttpResponseError, ResourceExistsError
-from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient
 from azure.storage.queue import QueueMessage as StorageMessage
 
 from .app_index import QueueFunction, is_valid_queue_name
-from .invocation import InvocationContext, Invoker, TraceContext, new_traceparent, user_traceback
+from .invocation import InvocationFailed, Invoker, QueueCall, TraceContext, new_traceparent
 from .local_settings import ConfigError, config_get, parse_duration
 
 log = logging.getLogger("devhost.queues")
@@ -281,21 +280,19 @@ class _Poller:
             await self._exhausted(message, lease)
             return
         lease.start_renewing()
-        context = InvocationContext(name, self.runner.app_dir,
-                                    TraceContext(new_traceparent(), "", {"OperationName": name}))
+        call = QueueCall(id=message.id, body=body, dequeue_count=message.dequeue_count,
+                         inserted_on=message.inserted_on, expires_on=message.expires_on,
+                         next_visible_on=message.next_visible_on, pop_receipt=message.pop_receipt,
+                         trace_context=TraceContext(new_traceparent(), "",
+                                                    {"OperationName": name}))
         try:
-            await self.runner.invoker.invoke(self.function, QueueMessage(
-                id=message.id, body=body, dequeue_count=message.dequeue_count,
-                expiration_time=message.expires_on, insertion_time=message.inserted_on,
-                time_next_visible=message.next_visible_on, pop_receipt=message.pop_receipt),
-                context)
-        except Exception as exc:
+            invocation_id = await self.runner.invoker.invoke_queue(self.function, call)
+        except InvocationFailed as exc:
             log.error("Executed 'Functions.%s' (Failed, Id=%s, message %s, dequeue count %d)\n%s",
-                      name, context.invocation_id, message.id, message.dequeue_count,
-                      user_traceback(exc))
+                      name, exc.invocation_id, message.id, message.dequeue_count, exc.detail)
             await self._failed(message, lease)
             return
-        log.debug("Executed 'Functions.%s' (Succeeded, Id=%s)", name, context.invocation_id)
+        log.debug("Executed 'Functions.%s' (Succeeded, Id=%s)", name, invocation_id)
         await lease.finish(self._delete)
 
     async def _undecodable(self, message: StorageMessage, lease: "_Lease") -> None:

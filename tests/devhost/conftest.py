@@ -17,6 +17,25 @@ MASTER_KEY = "test-master-key"
 T = TypeVar("T")
 
 
+def worker_library_unavailable() -> str | None:
+    """Why Microsoft's worker library cannot drive the functions in this interpreter (None when
+    it can): it needs Python 3.13+, azure-functions-runtime and the FunctionRpc messages."""
+    from devhost import worker_library
+
+    try:
+        worker_library.load_runtime()
+        worker_library.load_protos()
+    except worker_library.WorkerUnavailable as exc:
+        return str(exc)
+    return None
+
+
+WORKERS = [pytest.param("library", marks=pytest.mark.skipif(
+               worker_library_unavailable() is not None,
+               reason=f"worker library unavailable: {worker_library_unavailable()}")),
+           "builtin"]
+
+
 def unique(prefix: str) -> str:
     """A fresh storage name (lowercase letters, digits and dashes)."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"

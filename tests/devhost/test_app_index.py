@@ -101,3 +101,58 @@ def test_binding_expressions_may_sit_inside_text():
 def test_a_directory_without_function_app_is_refused(tmp_path):
     with pytest.raises(AppIndexError, match="no function_app.py"):
         load_function_app(tmp_path)
+
+
+def _metadata(name, *bindings, function_id=None):
+    """An RpcFunctionMetadata as the worker returns it: name, function_id, raw_bindings."""
+    import json
+    from types import SimpleNamespace
+
+    return SimpleNamespace(name=name, function_id=function_id or f"id-{name}",
+                           raw_bindings=[json.dumps(b) for b in bindings])
+
+
+def test_the_worker_metadata_is_read_as_the_host_reads_it():
+    from devhost.app_index import index_worker_metadata
+
+    out = {"direction": "OUT", "type": "http", "name": "$return"}
+    index = index_worker_metadata([
+        _metadata("score", {"direction": "IN", "type": "httpTrigger", "name": "req",
+                            "methods": ["post"], "authLevel": "FUNCTION",
+                            "route": "score/{*name}"}, out),
+        _metadata("hello", {"direction": "IN", "type": "httpTrigger", "name": "req",
+                            "authLevel": "ANONYMOUS"}, out),
+        _metadata("jobs", {"direction": "IN", "type": "queueTrigger", "name": "msg",
+                           "queueName": "%Q%-In", "connection": "Storage"}),
+        _metadata("tick", {"direction": "IN", "type": "timerTrigger", "name": "t",
+                           "schedule": "0 * * * * *"}),
+    ], SAMPLE_APP, {"Q": "Jobs"})
+    score, hello = index.http
+    assert (score.function_id, score.route, score.methods, score.auth_level,
+            score.binding_name) == ("id-score", "score/{*name}", {"POST"}, "function", "req")
+    assert (hello.route, hello.methods, hello.auth_level) == ("hello", None, "anonymous")
+    assert score.user_function is None  # the worker calls the functions
+    [jobs] = index.queues
+    assert (jobs.function_id, jobs.queue_name, jobs.connection) == ("id-jobs", "jobs-in", "Storage")
+    assert [f.name for f in index.http + index.queues] == ["score", "hello", "jobs"]  # no timer
+
+
+def test_both_indexings_describe_the_sample_app_alike(sample_app):
+
+    from types import SimpleNamespace
+
+    from devhost.app_index import index_worker_metadata
+
+    env = {"SAMPLE_QUEUE": "q-1"}
+    functions = sample_app.get_functions()
+    own = index_app(SimpleNamespace(get_functions=lambda: functions), SAMPLE_APP, env)
+    worker = index_worker_metadata(
+        [SimpleNamespace(name=f.get_function_name(), function_id=f.get_function_name(),
+                         raw_bindings=f.get_raw_bindings()) for f in functions], SAMPLE_APP, env)
+
+    def shape(index):
+        return [(f.name, f.binding_name, getattr(f, "route", None), getattr(f, "methods", None),
+                 getattr(f, "auth_level", None), getattr(f, "queue_name", None))
+                for f in index.http + index.queues]
+
+    assert shape(own) == shape(worker)

@@ -11,19 +11,22 @@ import pytest
 
 from devhost.process import DevHost
 
-from .conftest import FUNCTION_KEY, MASTER_KEY, SAMPLE_APP, wait_for
+from .conftest import (FUNCTION_KEY, MASTER_KEY, SAMPLE_APP, WORKERS, wait_for,
+                       worker_library_unavailable)
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    """A host with auth on; its keys and two SAMPLE_* values come from a settings file."""
+@pytest.fixture(scope="module", params=WORKERS)
+def host(request, tmp_path_factory):
+    """A host with auth on; its keys and two SAMPLE_* values come from a settings file. Every
+    test runs against Microsoft's worker library (where it can be loaded) and devhost's own
+    invocation code."""
     tmp = tmp_path_factory.mktemp("http")
     settings = tmp / "local.settings.json"
     settings.write_text(json.dumps({"IsEncrypted": False, "Values": {
         "DEVHOST_FUNCTION_KEY": FUNCTION_KEY, "DEVHOST_MASTER_KEY": MASTER_KEY,
         "SAMPLE_FROM_FILE": "file", "SAMPLE_OVERRIDDEN": "file"}}))
     with DevHost(SAMPLE_APP, {"SAMPLE_OVERRIDDEN": "env"}, queues=False, settings_file=settings,
-                 log_path=tmp / "devhost.log") as running:
+                 log_path=tmp / "devhost.log", worker=request.param) as running:
         yield running
 
 
@@ -35,6 +38,30 @@ def client(host):
 
 def test_it_listens_on_loopback_only(host):
     assert urlsplit(host.url).hostname == "127.0.0.1"
+
+
+def test_http_is_parsed_by_httptools(host):
+    # What the running uvicorn instantiates for each connection, as devhost reports it.
+    assert ("HTTP/1.1 parser: httptools (uvicorn.protocols.http.httptools_impl.HttpToolsProtocol)"
+            in host.log_path.read_text())
+
+
+def test_the_server_configuration_selects_the_httptools_protocol():
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from devhost.__main__ import server_config
+
+    config = server_config(lambda scope, receive, send: None, 0)
+    config.load()
+    assert config.http_protocol_class is HttpToolsProtocol
+
+
+def test_the_functions_are_invoked_by_the_chosen_worker(host):
+    log = host.log_path.read_text()
+    if host.worker == "library":
+        assert "invoked by Microsoft's Python worker, azure-functions-runtime" in log
+    else:
+        assert "invoked by devhost's own invocation code" in log
 
 
 def test_routes_sit_under_the_prefix_and_pass_route_and_query_parameters(client, host):
@@ -55,7 +82,7 @@ def test_returning_what_the_worker_cannot_encode_fails_the_invocation(client, ho
     # azure.functions encodes an HttpResponse or a str only: None or bytes is a 500 in Azure.
     assert (client.get("/api/nothing").status_code, client.get("/api/nothing?bytes=1").status_code) \
         == (500, 500)
-    assert "returned NoneType" in host.log_path.read_text()
+    assert "NoneType" in host.log_path.read_text()  # each worker says it in its own words
 
 
 def test_the_request_body_and_headers_reach_the_function(client):
@@ -209,3 +236,41 @@ def test_a_bad_thread_count_setting_is_warned_about_and_the_default_kept(caplog)
         assert default_thread_count({"PYTHON_THREADPOOL_THREAD_COUNT": "many"}) == default
         assert default_thread_count({"PYTHON_THREADPOOL_THREAD_COUNT": "0"}) == default
     assert caplog.text.count("PYTHON_THREADPOOL_THREAD_COUNT") == 2
+
+
+def test_by_default_the_worker_library_is_used_when_it_can_be_loaded(start_host):
+    host = start_host({}, queues=False)
+    log = host.log_path.read_text()
+    reason = worker_library_unavailable()
+    if reason is None:
+        assert "invoked by Microsoft's Python worker" in log
+    else:
+        assert "invoked by devhost's own invocation code" in log
+        assert "Microsoft's worker library is not used" in log
+
+
+@pytest.mark.skipif(worker_library_unavailable() is None, reason="the worker library is available")
+def test_asking_for_the_worker_library_where_it_cannot_be_loaded_is_a_startup_error(start_host):
+    with pytest.raises(RuntimeError, match="--worker library: "):
+        start_host({}, queues=False, worker="library")
+
+
+@pytest.mark.skipif(worker_library_unavailable() is not None,
+                    reason=f"worker library unavailable: {worker_library_unavailable()}")
+def test_the_worker_checks_the_functions_signatures_at_load(tmp_path, start_host):
+    # The worker refuses a trigger parameter whose annotation does not match its binding;
+    # devhost's own code would only fail when the function is called.
+    app = tmp_path / "bad_app"
+    app.mkdir()
+    (app / "host.json").write_text('{"version": "2.0"}')
+    (app / "function_app.py").write_text(
+        "import azure.functions as func\n"
+        "app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)\n"
+        "@app.route(route='bad')\n"
+        "def bad(req: int) -> func.HttpResponse:\n"
+        "    return func.HttpResponse('never')\n")
+    host = DevHost(app, {}, queues=False, log_path=tmp_path / "bad.log", worker="library")
+    with pytest.raises(RuntimeError, match="exited"):
+        host.start(timeout=30)
+    log = host.log_path.read_text()
+    assert "the worker could not index" in log and "FunctionLoadError" in log

@@ -79,7 +79,7 @@ def test_a_message_is_passed_with_its_metadata_and_deleted_after_success(queue, 
     sent = queue.send_message(encoded(f"{token} ok"))
     done = wait_for(lambda: deliveries(results_container, token).get("1-done"), timeout=10)
     assert (done["id"], done["body"], done["dequeue_count"]) == (sent.id, f"{token} ok", 1)
-    assert done["has_pop_receipt"] and done["insertion_time"]
+    assert done["has_pop_receipt"] and done["insertion_time"].endswith("+00:00")  # aware, UTC
     wait_for(lambda: message_count(queue) == 0, timeout=5)
 
 
