@@ -75,10 +75,10 @@ def build_jobs(conn: str, settings_env: dict[str, str]):
     from azure.storage.blob import BlobServiceClient
     from azure.storage.queue import QueueServiceClient
 
-    from shared.batch import BatchJobs
-    from shared.blob_source import BlobSource
-    from shared.model_store import ModelStore
-    from shared.service import ScoringService
+    from shared.batch.runner import BatchJobs
+    from shared.models.blob_source import BlobSource
+    from shared.models.store import ModelStore
+    from shared.scoring.service import ScoringService
     from shared.settings import Settings
 
     settings = Settings.from_env(settings_env)
@@ -153,8 +153,8 @@ def through_queue(conn: str, env: dict[str, str], settings, message: bytes,
 
 def parse_seconds(body: bytes, feature_names: list[str]) -> float:
     """CPU seconds one thread takes to split and parse the whole CSV as a job does."""
-    from shared.batch import parse_units
-    from shared.batch_io import csv_layout, split_first_line
+    from shared.batch.runner import parse_units
+    from shared.batch.io import csv_layout, split_first_line
 
     start = time.thread_time()
     header, rest = split_first_line([body])
@@ -203,8 +203,8 @@ def main() -> None:
     from azure.storage.blob import BlobServiceClient
 
     from devhost.azurite import Azurite
-    from shared.batch import UNIT_ROWS
-    from shared.scorer import threads_for
+    from shared.batch.runner import UNIT_ROWS
+    from shared.scoring.predict import threads_for
 
     model_path = bench_model_path()
     booster = lgb.Booster(model_file=str(model_path))

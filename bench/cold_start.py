@@ -5,7 +5,7 @@ Each figure is measured in fresh Python processes (median of several), in one ru
 - first prediction through the app's service (imports, download, parse, predict) vs the
   sum of the same parts done bare, two ways: with the lightgbm package (import lightgbm + SDK,
   download, Booster(model_str), predict) and as the app does them, with LightGBM's C library
-  loaded directly (``shared/lgbm_native.py``: import numpy + SDK, download, parse, predict);
+  loaded directly (``shared/models/native.py``: import numpy + SDK, download, parse, predict);
 - the app runs from a copy laid out as deployed, with the bytecode ``azure.yaml``'s
   prepackage hook compiles (the package is mounted read-only: Python cannot cache what it
   compiles), and from a copy without it, which compiles the app on every cold start;
@@ -32,7 +32,7 @@ import time, json; t = time.perf_counter(); import {module}; print(json.dumps({{
 FIRST_PREDICTION_APP = """
 import json, os, time
 t0 = time.perf_counter()
-from shared.service import get_service
+from shared.scoring.service import get_service
 import orjson
 service = get_service()
 result = service.score("bench", orjson.dumps({"rows": [[0.1] * 100]}))
@@ -56,7 +56,7 @@ print(json.dumps({"s": imports + download + parse + predict, "imports": imports,
 FIRST_PREDICTION_PARTS_NATIVE = """
 import json, os, time
 t = time.perf_counter(); import numpy; from azure.storage.blob import BlobServiceClient
-from shared.lgbm_native import NativeBooster, library; library()
+from shared.models.native import NativeBooster, library; library()
 imports = time.perf_counter() - t
 t = time.perf_counter()
 data = BlobServiceClient.from_connection_string(os.environ["AzureWebJobsStorage"]) \\
@@ -70,7 +70,7 @@ print(json.dumps({"s": imports + download + parse + predict, "imports": imports,
 
 COMPILE_COST = """
 import json, sys, time
-from shared.service import get_service
+from shared.scoring.service import get_service
 import function_app
 here = __import__("os").getcwd()
 modules = [m for m in list(sys.modules.values()) if (getattr(m, "__file__", None) or "").startswith(here)]
@@ -86,7 +86,7 @@ print(json.dumps({"s": best, "modules": len(modules)}))
 
 MEMORY = """
 import json, os, psutil, orjson
-from shared.service import get_service
+from shared.scoring.service import get_service
 proc = psutil.Process()
 base = proc.memory_info().rss
 service = get_service()
@@ -136,7 +136,7 @@ def main() -> None:
 
     from bench.common import bench_model_path
     from devhost.azurite import Azurite
-    from scorefn.demo_models import train_demo_models
+    from scorefn.demo.models import train_demo_models
 
     model = bench_model_path()
     with Azurite() as azurite, tempfile.TemporaryDirectory() as tmp:

@@ -15,7 +15,7 @@ CACHE = ROOT / "bench" / ".cache"
 
 def bench_model_path() -> Path:
     """The reference model (500 trees, 63 leaves, 100 features), trained once and cached."""
-    from scorefn.demo_models import train_bench_model
+    from scorefn.demo.models import train_bench_model
 
     path = CACHE / "bench_500x63x100.txt"
     if not path.exists():

@@ -28,7 +28,7 @@ from bench.common import CACHE, bench_model_path, bench_rows, interleaved, summa
 
 def compiled_forest(path: Path, model):
     """The checked compiled forest of the bench model, and its compile time (cached)."""
-    from shared import compiled
+    from shared.models.compiled import core as compiled
 
     text = model.booster.model_to_string(num_iteration=model.num_iteration)
     traits = compiled.analyse(text, model.info.num_features, model.info.num_outputs)
@@ -60,10 +60,10 @@ def main() -> None:
     from azure.storage.blob import BlobServiceClient
 
     from devhost.azurite import Azurite
-    from shared.blob_source import BlobSource
-    from shared.model_store import ModelStore
+    from shared.models.blob_source import BlobSource
+    from shared.models.store import ModelStore
     from shared.payloads import encode_score_response
-    from shared.service import ScoringService
+    from shared.scoring.service import ScoringService
     from shared.settings import Settings
 
     path = bench_model_path()

@@ -44,13 +44,13 @@ def main() -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-    from shared.blob_source import BlobContent
-    from shared.model_store import ModelStore
+    from shared.models.blob_source import BlobContent
+    from shared.models.store import ModelStore
     from shared.payloads import encode_score_response
     from shared.router import RouterConfigSource, RouterHolder
-    from shared.service import ScoringService
+    from shared.scoring.service import ScoringService
     from shared.settings import Settings
-    from shared.telemetry import Telemetry
+    from shared.telemetry.core import Telemetry
 
     path = bench_model_path()
     text = path.read_bytes()
@@ -76,7 +76,7 @@ def main() -> None:
     store = ModelStore(Source(), refresh_seconds=3600)
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(BatchSpanProcessor(Discard()))
-    # Exemplars off, as shared/telemetry.py configures the Azure Monitor pipeline.
+    # Exemplars off, as shared/telemetry/core.py configures the Azure Monitor pipeline.
     deployed_telemetry = Telemetry(MeterProvider(metric_readers=[InMemoryMetricReader()],
                                                  exemplar_filter=AlwaysOffExemplarFilter()),
                                    tracer_provider, trace_sample_ratio=0.05)
@@ -105,7 +105,7 @@ def main() -> None:
                              headers=headers[i % 4096], encode=encode).body
 
     # Same rows through the fast C API directly: LightGBM's own floor for one row.
-    from shared.lgbm_native import library
+    from shared.models.native import library
     _LIB = library()
     config = model._new_fast_slot(0)[0]
     out = np.empty(1)

@@ -38,12 +38,12 @@ def main() -> None:
     from azure.storage.blob import BlobServiceClient
 
     from devhost.azurite import DEV_ACCOUNT, DEV_KEY, Azurite
-    from shared.blob_source import BlobSource
-    from shared.model_store import ModelStore
+    from shared.models.blob_source import BlobSource
+    from shared.models.store import ModelStore
     from shared.payloads import encode_score_response
-    from shared.prediction_log import AppendTarget, BufferedLogWriter, PredictionLog
+    from shared.ablog.predictions import AppendTarget, BufferedLogWriter, PredictionLog
     from shared.router import RouterConfigSource, RouterHolder
-    from shared.service import ScoringService
+    from shared.scoring.service import ScoringService
     from shared.settings import Settings, StorageConnection
     from shared.storage import blob_service
 

@@ -17,12 +17,12 @@ from bench.common import bench_model_path, bench_rows, interleaved, summary_us  
 
 
 def main() -> None:
-    from shared.blob_source import BlobContent
-    from shared.model_store import ModelStore
+    from shared.models.blob_source import BlobContent
+    from shared.models.store import ModelStore
     from shared.router import RouterConfigSource, RouterHolder, ShadowRunner
-    from shared.service import ScoringService
+    from shared.scoring.service import ScoringService
     from shared.settings import Settings
-    from shared.telemetry import Telemetry
+    from shared.telemetry.core import Telemetry
 
     data = bench_model_path().read_bytes()
 

@@ -25,7 +25,7 @@ import json, time
 t = time.perf_counter()
 import function_app
 imported = time.perf_counter() - t
-from shared.telemetry import get_telemetry
+from shared.telemetry.core import get_telemetry
 get_telemetry()
 print(json.dumps({"import": imported, "configured": time.perf_counter() - t}))
 """
@@ -37,12 +37,12 @@ def main() -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-    from shared.blob_source import BlobContent
-    from shared.model_store import ModelStore
+    from shared.models.blob_source import BlobContent
+    from shared.models.store import ModelStore
     from shared.payloads import encode_score_response
-    from shared.service import ScoringService
+    from shared.scoring.service import ScoringService
     from shared.settings import Settings
-    from shared.telemetry import Telemetry
+    from shared.telemetry.core import Telemetry
 
     path = bench_model_path()
 

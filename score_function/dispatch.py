@@ -14,7 +14,7 @@ import asyncio
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 if TYPE_CHECKING:
-    from shared.service import ScoringService
+    from shared.scoring.service import ScoringService
 
 T = TypeVar("T")
 
@@ -22,11 +22,11 @@ T = TypeVar("T")
 async def run_scoring(endpoint: str, body: bytes, score: Callable[["ScoringService"], T]) -> T:
     """``score(service)`` inline when the service can score ``endpoint`` without storage,
     else in a worker thread (which also builds the service on first use)."""
-    from shared.service import built_service, get_service
+    from shared.scoring.service import built_service, get_service
 
     service = built_service()
     if service is not None and service.can_score_inline(endpoint, len(body)):
-        from shared.model_store import _CACHE_ONLY, NotCached  # imported once: sys.modules
+        from shared.models.store import _CACHE_ONLY, NotCached  # imported once: sys.modules
 
         token = _CACHE_ONLY.set(True)  # as cache_only(), without a generator per request
         try:

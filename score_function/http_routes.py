@@ -45,7 +45,7 @@ def _without(path: str, last: str) -> str | None:
 
 
 def _service():
-    from shared.service import get_service
+    from shared.scoring.service import get_service
 
     return get_service()
 
@@ -198,7 +198,7 @@ def metrics_latency(req: func.HttpRequest) -> func.HttpResponse:
     try:
         from shared.errors import NotEnabled
         from shared.payloads import dumps
-        from shared.telemetry import get_telemetry, latency_summary
+        from shared.telemetry.core import get_telemetry, latency_summary
 
         get_telemetry()
         summary = latency_summary()

@@ -1,4 +1,4 @@
-"""Queue triggers for batch scoring jobs: hand the message to ``shared.batch``, nothing else.
+"""Queue triggers for batch scoring jobs: hand the message to ``shared.batch.runner``, nothing else.
 
 Returning normally deletes the message (the job succeeded, or failed permanently and its
 ``failed`` result was sent); raising makes the host retry it after ``visibilityTimeout``
@@ -20,8 +20,8 @@ bp = func.Blueprint()
 
 @bp.queue_trigger(arg_name="msg", queue_name="%SCORE_QUEUE_NAME%", connection="AzureWebJobsStorage")
 def score_job(msg: func.QueueMessage) -> None:
-    """Run one batch scoring job (see shared/batch.py for the message and result schemas)."""
-    from shared.batch import handle_message
+    """Run one batch scoring job (see shared/batch/runner.py for the message and result schemas)."""
+    from shared.batch.runner import handle_message
 
     handle_message(msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count or 1)
 
@@ -30,15 +30,15 @@ def score_job(msg: func.QueueMessage) -> None:
                   connection="AzureWebJobsStorage")
 def job_poisoned(msg: func.QueueMessage) -> None:
     """A job whose message failed on every delivery: send its ``failed`` result (``job_failed``)."""
-    from shared.batch import handle_job_poison
+    from shared.batch.runner import handle_job_poison
 
     handle_job_poison(msg.get_body(), message_id=msg.id)
 
 
 @bp.queue_trigger(arg_name="msg", queue_name="%CHUNK_QUEUE_NAME%", connection="AzureWebJobsStorage")
 def score_chunk(msg: func.QueueMessage) -> None:
-    """Score one chunk of a fanned-out job (see shared/batch_fanout.py)."""
-    from shared.batch import handle_chunk_message
+    """Score one chunk of a fanned-out job (see shared/batch/fanout.py)."""
+    from shared.batch.runner import handle_chunk_message
 
     handle_chunk_message(msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count or 1)
 
@@ -47,6 +47,6 @@ def score_chunk(msg: func.QueueMessage) -> None:
                   connection="AzureWebJobsStorage")
 def chunk_poisoned(msg: func.QueueMessage) -> None:
     """A chunk that failed on every delivery: fail its job with ``chunk_failed``."""
-    from shared.batch import handle_chunk_poison
+    from shared.batch.runner import handle_chunk_poison
 
     handle_chunk_poison(msg.get_body(), message_id=msg.id)

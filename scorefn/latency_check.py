@@ -4,7 +4,7 @@ What is measured, for the model and for the project's reference model (the bench
 500 trees, 63 leaves, 100 features, shipped here as ``reference_model.txt.gz``) in the same
 run, calls of the two interleaved round by round so that both see the same machine:
 
-- **parse**: the model text to a loaded model (``shared.model.parse_model``, as the app loads
+- **parse**: the model text to a loaded model (``shared.models.model.parse_model``, as the app loads
   a blob), the median of a few parses;
 - **memory**: the resident memory the loaded model added (RSS before and after, freed memory
   handed back to the system first); a rough figure, ``None`` where RSS cannot be read;
@@ -38,9 +38,9 @@ from typing import Callable
 
 import numpy as np
 
-from shared.latency_figures import LatencyFigures
+from shared.models.latency_figures import LatencyFigures
 
-from .model_files import ModelShape, model_shape
+from scorefn.model_files import ModelShape, model_shape
 
 REFERENCE_MODEL = Path(__file__).with_name("reference_model.txt.gz")
 REFERENCE_NAME = "reference (bench model)"
@@ -92,7 +92,7 @@ class LatencyReport:
         return max_p99_ms is not None and self.model.p99_ms > max_p99_ms
 
     def figures(self) -> LatencyFigures:
-        """The model's figures as stored with its blob (see ``shared.latency_figures``)."""
+        """The model's figures as stored with its blob (see ``shared.models.latency_figures``)."""
         m, r = self.model, self.reference
         return LatencyFigures(
             single_row_p50_ms=m.p50_ms, single_row_p99_ms=m.p99_ms,
@@ -152,7 +152,7 @@ def check_latency(model_text: bytes, *, label: str = "model", reference: bytes |
     """Measure ``model_text`` (a LightGBM text model) beside ``reference`` (default: the
     project's reference model) on this machine; the timing loops take about ``seconds``."""
     from shared.errors import ScoreError
-    from shared.model import parse_model
+    from shared.models.model import parse_model
 
     say = progress or (lambda _message: None)
     started = time.perf_counter()
@@ -248,7 +248,7 @@ class _Memory:
         self.texts = texts
 
     def fetch(self, path: str, etag: str | None = None):
-        from shared.blob_source import BlobContent
+        from shared.models.blob_source import BlobContent
 
         if etag:
             return None
@@ -268,10 +268,10 @@ def _service(texts: dict[str, bytes]):
     and the request bodies of each model: single rows and batches."""
     import orjson
 
-    from shared.model_store import ModelStore
-    from shared.service import ScoringService
+    from shared.models.store import ModelStore
+    from shared.scoring.service import ScoringService
     from shared.settings import Settings
-    from shared.telemetry import Telemetry
+    from shared.telemetry.core import Telemetry
 
     settings = Settings.from_env({})
     store = ModelStore(_Memory(texts), refresh_seconds=3600)

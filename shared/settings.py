@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping
 
-from .errors import SettingsError
+from shared.errors import SettingsError
 
 _CONTAINER_RE = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
 _QUEUE_RE = _CONTAINER_RE
@@ -530,7 +530,7 @@ def resolve_connection(name: str, env: Mapping[str, str] | None = None) -> Stora
 
 @dataclass(frozen=True)
 class TelemetrySettings:
-    """How telemetry is exported (see shared/telemetry.py)."""
+    """How telemetry is exported (see shared/telemetry/core.py)."""
 
     connection_string: str | None
     aad_client_id: str | None  # None: no Entra ID; "": system-assigned identity

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from .settings import GROUPS, HOST_SETTINGS, RULES, SPEC, TELEMETRY_SPEC, MiB, Setting
+from shared.settings import GROUPS, HOST_SETTINGS, RULES, SPEC, TELEMETRY_SPEC, MiB, Setting
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
 COMMAND = "python -m shared.settings_doc"

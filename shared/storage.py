@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 from azure.storage.blob import BlobServiceClient
 from azure.storage.blob import LinearRetry as BlobLinearRetry
 
-from .errors import SettingsError
-from .settings import StorageConnection
+from shared.errors import SettingsError
+from shared.settings import StorageConnection
 
 if TYPE_CHECKING:
     from azure.storage.queue import QueueServiceClient

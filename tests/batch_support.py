@@ -15,10 +15,10 @@ import numpy as np
 import orjson
 import pytest
 
-from shared.batch import BatchJobs, JobOutcome
-from shared.blob_source import BlobSource
-from shared.model_store import ModelStore
-from shared.service import ScoringService
+from shared.batch.runner import BatchJobs, JobOutcome
+from shared.models.blob_source import BlobSource
+from shared.models.store import ModelStore
+from shared.scoring.service import ScoringService
 from shared.settings import Settings
 
 MODELS = ("churn", "price", "segment")
@@ -223,7 +223,7 @@ def metered(rig, settings=None):
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-    from shared.telemetry import Telemetry
+    from shared.telemetry.core import Telemetry
 
     reader = InMemoryMetricReader()
     telemetry = Telemetry(MeterProvider(metric_readers=[reader]))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from devhost.azurite import Azurite
-from scorefn.demo_models import DemoModel, train_demo_models
+from scorefn.demo.models import DemoModel, train_demo_models
 
 
 @pytest.fixture(scope="session")

@@ -455,8 +455,10 @@ class Oracle:
         elif datatype in _INT_RANGES:
             bits = _INT_RANGES[datatype]
             lo, hi = (0, 2 ** bits - 1) if datatype.startswith("U") else (-2 ** (bits - 1), 2 ** (bits - 1) - 1)
-            for v in flat:  # exactly, as Python ints (in float64, 2**63 would pass as INT64)
-                if not (type(v) is int or type(v) is float and v.is_integer()) \
+            # Exactly, as Python ints (in float64, 2**63 would pass as INT64); a float only below
+            # 2**53, where it cannot be a literal that JSON parsing rounded.
+            for v in flat:
+                if not (type(v) is int or type(v) is float and v.is_integer() and abs(v) < 2 ** 53) \
                         or not lo <= int(v) <= hi:
                     raise NotScorable("integer")
         return name, shape, datatype, values

@@ -21,8 +21,8 @@ import pytest
 
 from devhost.process import DevHost
 from scorefn.__main__ import main as scorefn_main
-from scorefn.demo_ab import wait_for_log
-from scorefn.demo_models import churn_features, churn_probability
+from scorefn.demo.ab import wait_for_log
+from scorefn.demo.models import churn_features, churn_probability
 from tests.conftest import upload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -235,7 +235,7 @@ def test_bad_outcome_posts_are_4xx_over_http(client, experiment):
 
 
 def test_the_demo_function_runs_against_a_host(azurite, models, client, experiment, tmp_path):
-    from scorefn.demo_ab import run_ab_demo
+    from scorefn.demo.ab import run_ab_demo
 
     lines: list[str] = []
     analysis = run_ab_demo(client, azurite.connection_string, models.container_name, lines.append,

@@ -16,14 +16,14 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from shared.blob_source import BlobSource
-from shared.model_store import ModelStore
-from shared.prediction_log import (AppendTarget, BufferedLogWriter, PredictionLog, hour_prefix,
+from shared.models.blob_source import BlobSource
+from shared.models.store import ModelStore
+from shared.ablog.predictions import (AppendTarget, BufferedLogWriter, PredictionLog, hour_prefix,
                                    instance_name, pack_lines)
 from shared.router import RouterConfigSource, RouterHolder, ShadowRunner
-from shared.service import ScoringService
+from shared.scoring.service import ScoringService
 from shared.settings import Settings
-from shared.telemetry import Telemetry
+from shared.telemetry.core import Telemetry
 from tests.conftest import upload
 
 ROW = [12, 70.5, 1, 12, 40, 33.2, None, 5]
@@ -82,7 +82,7 @@ def logged(container) -> list[dict]:
 
 
 def dropped_points(reader) -> dict[tuple[str, str], int]:
-    from shared.telemetry import flush_all
+    from shared.telemetry.core import flush_all
 
     flush_all()  # measurements are recorded off the request thread
     data = reader.get_metrics_data()
@@ -300,7 +300,7 @@ def test_instance_names_and_block_packing():
 
 
 def test_big_records_keep_predictions_and_drop_features(models, container, blob_service):
-    from shared.prediction_log import MAX_BLOCK_BYTES
+    from shared.ablog.predictions import MAX_BLOCK_BYTES
 
     log_container = blob_service.get_container_client(container.container_name + "log")
     writer = BufferedLogWriter(lambda: AppendTarget(log_container, "big"), flush_seconds=3600)

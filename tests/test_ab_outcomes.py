@@ -9,12 +9,12 @@ import time
 import orjson
 import pytest
 
-from shared.blob_source import BlobSource
+from shared.models.blob_source import BlobSource
 from shared.errors import ScoreError
-from shared.model_store import ModelStore
-from shared.outcomes import MAX_OUTCOMES, OutcomeLog
-from shared.prediction_log import AppendTarget, hour_prefix
-from shared.service import ScoringService
+from shared.models.store import ModelStore
+from shared.ablog.outcomes import MAX_OUTCOMES, OutcomeLog
+from shared.ablog.predictions import AppendTarget, hour_prefix
+from shared.scoring.service import ScoringService
 from shared.settings import Settings
 
 

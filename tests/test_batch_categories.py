@@ -19,11 +19,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.batch import BatchJobs
-from shared.batch_io import (Chunk, csv_layout, line_chunks, parse_csv_chunk, parse_jsonl_chunk,
+from shared.batch.runner import BatchJobs
+from shared.batch.io import (Chunk, csv_layout, line_chunks, parse_csv_chunk, parse_jsonl_chunk,
                              split_first_line)
 from shared.errors import InvalidPayload
-from shared.model import parse_model
+from shared.models.model import parse_model
 from tests.batch_support import read_csv, rig  # noqa: F401
 
 FEATURES = ["mean radius", "colour", "grade", "size"]  # as trained; stored "mean_radius"
@@ -127,7 +127,7 @@ def test_csv_category_cells_are_values_read_as_pandas_and_lightgbm_read_them(mod
 
 
 def test_plain_category_columns_keep_the_fast_path(model, booster, monkeypatch):
-    import shared.batch_io as batch_io
+    import shared.batch.io as batch_io
 
     rng = np.random.default_rng(3)
     n = 500
@@ -284,7 +284,7 @@ def test_a_jsonl_job_equals_booster_predict_and_counts_unseen_values(rig, booste
 def test_a_result_rebuilt_after_a_crash_still_counts_unseen_values(rig, booster, monkeypatch):
     """A worker that died after committing the output: the next delivery rebuilds the result
     from the output's metadata, counts included."""
-    from shared.job_records import Claim
+    from shared.batch.records import Claim
 
     rig.upload_model("shapes", booster)
     rig.upload("inputs/crash.csv", csv_input())
@@ -314,7 +314,7 @@ def test_a_job_without_unseen_values_reports_none(rig, booster):
 @pytest.mark.parametrize("fmt,in_body", [("csv", False), ("jsonl", False), ("csv", True)])
 def test_fanned_out_or_not_a_category_job_gives_the_same_output_and_counts(rig, booster, fmt,
                                                                           in_body, monkeypatch):
-    import shared.batch as batch_module
+    import shared.batch.runner as batch_module
 
     if in_body:  # counts too long for a chunk marker's metadata are kept in its body
         monkeypatch.setattr(batch_module, "MAX_UNSEEN_METADATA", 0)
@@ -338,7 +338,7 @@ def test_fanned_out_or_not_a_category_job_gives_the_same_output_and_counts(rig, 
     result = next(r for r in rig.sent_results() if r["id"] == f"fan-{fmt}")
     assert result["status"] == "succeeded" and result["chunks"] == len(outcomes) > 3
     assert result["unseen_categories"] == single.result["unseen_categories"]
-    from shared.job_chunks import list_markers
+    from shared.batch.chunks import list_markers
 
     assert {m.unseen == "body" for m in list_markers(rig.batch, f"fan-{fmt}").values()} == {in_body}
     assert rig.download(f"predictions/fan-{fmt}.{fmt}") == \

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pandas._libs.parsers import STR_NA_VALUES
 
-import shared.batch_io as batch_io
-from shared.batch_io import NA_TOKENS, csv_layout, csv_number, line_chunks, parse_csv_chunk, \
+import shared.batch.io as batch_io
+from shared.batch.io import NA_TOKENS, csv_layout, csv_number, line_chunks, parse_csv_chunk, \
     split_first_line
 from shared.errors import InvalidPayload
 

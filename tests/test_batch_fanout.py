@@ -14,11 +14,11 @@ import orjson
 import pytest
 from azure.storage.blob import BlobClient
 
-import shared.batch_fanout as fanout_module
-from shared.batch import BatchJobs
-from shared.job_records import Claim
-from shared.batch_io import byte_ranges, line_start_at_or_after, read_first_line
-from shared.job_chunks import decode_chunk, list_markers, marker_name, plan_name, read_status
+import shared.batch.fanout as fanout_module
+from shared.batch.runner import BatchJobs
+from shared.batch.records import Claim
+from shared.batch.io import byte_ranges, line_start_at_or_after, read_first_line
+from shared.batch.chunks import decode_chunk, list_markers, marker_name, plan_name, read_status
 from tests.batch_support import read_csv, reference, rig, sample, to_csv, to_jsonl  # noqa: F401
 
 CHURN = ("tenure_months", "monthly_charges", "support_calls", "contract_months", "age",
@@ -374,7 +374,7 @@ def test_a_pinned_model_copy_over_the_model_size_limit_fails_the_job_without_bei
 
 
 def test_job_records_and_plans_are_read_only_up_to_their_bound(rig):
-    from shared.job_chunks import MAX_PLAN_BYTES, read_json
+    from shared.batch.chunks import MAX_PLAN_BYTES, read_json
     from shared.storage import MAX_RECORD_BYTES
 
     rig.upload("jobs/huge/plan.json", b'{"kind": "scorefn.plan"' + b" " * MAX_PLAN_BYTES + b"}")
@@ -388,7 +388,7 @@ def test_job_records_and_plans_are_read_only_up_to_their_bound(rig):
 
 def test_a_plan_too_large_for_its_chunks_to_read_fails_the_job_at_planning(rig, churn_csv,
                                                                           monkeypatch):
-    import shared.batch_fanout as fanout
+    import shared.batch.fanout as fanout
 
     monkeypatch.setattr(fanout, "MAX_PLAN_BYTES", 200)  # as if the ranges were ~50,000
     outcome = fanout_jobs(rig).handle(blob_job("fan-huge", "inputs/big.csv", id_column="customer_id"),

@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
-from shared.batch_io import (Chunk, CsvWriter, JsonlWriter, csv_layout, line_chunks,
+from shared.batch.io import (Chunk, CsvWriter, JsonlWriter, csv_layout, line_chunks,
                              max_line_bytes, parse_csv_chunk, parse_jsonl_chunk, prediction_texts,
                              range_blocks, split_first_line, unit_sizes)
 from shared.errors import InvalidPayload
@@ -81,7 +81,7 @@ def test_range_blocks_read_a_byte_range_in_order_only_when_consumed():
 
 
 def test_csv_values_equal_python_float_of_their_text(monkeypatch):
-    import shared.batch_io as batch_io
+    import shared.batch.io as batch_io
 
     monkeypatch.setattr(batch_io, "_csv_piece_slow", None)  # all of these take the fast path
     texts = ["0", "-1", "3.14159", "1e-7", "-2.5E+10", "123456789012345678", "0.1", "5e-324",
@@ -194,7 +194,7 @@ def test_prediction_text_round_trips_exactly():
 
 
 def test_writers_keep_ids_and_write_one_column_per_class():
-    from shared.batch_io import Ids
+    from shared.batch.io import Ids
 
     ids = Ids("json", ["a,b", 7, None])
     csv_out = CsvWriter("key", 2)
@@ -316,7 +316,7 @@ def test_non_finite_predictions_are_inf_in_csv_and_proto3_strings_in_json():
 
     import pandas as pd
 
-    from shared.batch_io import Ids
+    from shared.batch.io import Ids
 
     values = np.array([0.25, np.inf, -np.inf, np.nan, -0.0, 1e308])
     csv_rows = CsvWriter("key", 1).rows(values, Ids("json", list("abcdef")))

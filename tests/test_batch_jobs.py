@@ -11,13 +11,13 @@ import orjson
 import pytest
 from azure.core.exceptions import AzureError
 
-import shared.batch as batch_module
-from shared.batch import BatchJobs
-from shared.blob_source import BlobSource
+import shared.batch.runner as batch_module
+from shared.batch.runner import BatchJobs
+from shared.models.blob_source import BlobSource
 from shared.errors import JobBusy, ModelUnavailable
-from shared.job_records import Claim, JobRecords
-from shared.model_store import ModelStore
-from shared.service import ScoringService
+from shared.batch.records import Claim, JobRecords
+from shared.models.store import ModelStore
+from shared.scoring.service import ScoringService
 from shared.settings import StorageConnection
 from shared.storage import blob_service
 from tests.batch_support import (make_rig, read_csv, reference, rig, sample, to_csv,  # noqa: F401
@@ -67,7 +67,7 @@ def test_inline_records_and_options(rig, demo_models):
 
 
 def test_inline_predictions_too_large_for_a_message_go_to_a_blob(rig, demo_models):
-    from shared.job_messages import MAX_MESSAGE_BYTES
+    from shared.batch.messages import MAX_MESSAGE_BYTES
 
     X = np.random.default_rng(5).integers(0, 99, size=(3000, 4)).astype(float)
     message = orjson.dumps({"id": "job-big", "endpoint": "segment", "rows": X.astype(int).tolist()})
@@ -351,7 +351,7 @@ def test_a_blob_job_id_reused_with_another_input_fails_and_keeps_the_first_outpu
 
 
 def test_a_different_job_under_the_id_of_a_running_job_fails_without_waiting(rig):
-    from shared.job_messages import job_digest
+    from shared.batch.messages import job_digest
 
     running = {"id": "job-running", "endpoint": "price", "rows": [[1, 2, 3, 4, 5, 6]]}
     holder = rig.jobs.records.claim("job-running", message_id="m-holder", digest="x",
@@ -519,7 +519,7 @@ def test_a_whole_job_gets_one_variant_routed_by_its_key_or_id(azurite, demo_mode
 
 
 def test_inline_jobs_are_in_the_prediction_log_like_requests(azurite, demo_models):
-    from shared.prediction_log import AppendTarget, BufferedLogWriter, PredictionLog
+    from shared.ablog.predictions import AppendTarget, BufferedLogWriter, PredictionLog
     from shared.router import RouterConfigSource, RouterHolder
 
     rig = make_rig(azurite, demo_models, models=("churn", "churn_v1"))

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from shared.errors import InvalidJson, InvalidPayload, PayloadTooLarge
-from shared.job_messages import BlobJob, InlineJob, decode_message, job_identity, parse_job
+from shared.batch.messages import BlobJob, InlineJob, decode_message, job_identity, parse_job
 
 
 def parse(doc, message_id="m-1", allowed=("inputs", "outputs")):
@@ -98,7 +98,7 @@ def test_undecodable_messages_are_typed_errors():
 def test_the_largest_message_accepted_still_fits_a_queue_message_once_base64_encoded():
     import base64
 
-    from shared.job_messages import MAX_MESSAGE_BYTES
+    from shared.batch.messages import MAX_MESSAGE_BYTES
 
     largest = orjson.dumps({"endpoint": "churn", "rows": [[1]] * 1})
     largest += b" " * (MAX_MESSAGE_BYTES - len(largest))
@@ -109,7 +109,7 @@ def test_the_largest_message_accepted_still_fits_a_queue_message_once_base64_enc
 
 
 def test_the_job_digest_is_what_defines_the_job_not_how_it_is_written():
-    from shared.job_messages import job_digest
+    from shared.batch.messages import job_digest
 
     job = {"id": "j", "endpoint": "churn", "input": {"blob": "a.csv", "format": "csv"},
            "options": {"raw_score": True}}

@@ -18,12 +18,12 @@ import numpy as np
 import orjson
 import pytest
 
-from scorefn.demo_models import CHURN_FEATURES, churn_features, price_features, segment_features
-from shared import compiled
-from shared.blob_source import BlobSource
-from shared.compiled import Compiler, blob_path, cache_key, header_of, pack, unpack
-from shared.model_store import ModelStore
-from shared.service import ScoringService
+from scorefn.demo.models import CHURN_FEATURES, churn_features, price_features, segment_features
+from shared.models.compiled import core as compiled
+from shared.models.blob_source import BlobSource
+from shared.models.compiled.core import Compiler, blob_path, cache_key, header_of, pack, unpack
+from shared.models.store import ModelStore
+from shared.scoring.service import ScoringService
 from shared.settings import Settings
 from tests.conftest import upload
 

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from shared import compiled
+from shared.models.compiled import core as compiled
 from shared.errors import SettingsError
 from shared.settings import Settings
 

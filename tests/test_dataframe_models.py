@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 
 from devhost.process import DevHost
-from scorefn.demo_models import PLAN_CONTRACTS, PLAN_PAYMENTS, plans_frame
-from shared.blob_source import BlobSource
+from scorefn.demo.models import PLAN_CONTRACTS, PLAN_PAYMENTS, plans_frame
+from shared.models.blob_source import BlobSource
 from shared.errors import InvalidPayload
-from shared.model import parse_model
-from shared.model_store import ModelStore
-from shared.service import ScoringService
+from shared.models.model import parse_model
+from shared.models.store import ModelStore
+from shared.scoring.service import ScoringService
 from shared.settings import Settings
 from tests.conftest import upload
 

@@ -7,7 +7,7 @@ several classes), a small model is trained here and scored two ways on the same 
 - the reference: ``lightgbm.Booster(model_str=text).predict(X)`` (and ``raw_score=True``,
   ``pred_contrib=True``), where ``text`` is the model text scorefn serves (and which predicts
   as the booster ``lgb.train`` returned: checked first);
-- scorefn: ``shared.model.parse_model(text).predict`` on the float64 matrix (the whole batch,
+- scorefn: ``shared.models.model.parse_model(text).predict`` on the float64 matrix (the whole batch,
   and one row at a time, which takes LightGBM's single-row fast path), and a real
   :class:`ScoringService` reading the model from Azurite, fed the JSON body a client writes
   with orjson: ``{"rows": ...}``, ``{"records": ...}`` and V2 (one tensor, or one per
@@ -42,12 +42,12 @@ import numpy as np
 import orjson
 import pytest
 
-from shared.blob_source import BlobSource
+from shared.models.blob_source import BlobSource
 from shared.errors import InvalidPayload, ScoreError
-from shared.model import LoadedModel, parse_model
-from shared.model_store import ModelStore
+from shared.models.model import LoadedModel, parse_model
+from shared.models.store import ModelStore
 from shared.payloads import encode_score_response, encode_v2_response
-from shared.service import ScoringService
+from shared.scoring.service import ScoringService
 from shared.settings import Settings
 
 # -- the model kinds ------------------------------------------------------------------------
@@ -577,7 +577,7 @@ def test_json_body_equals_booster_predict(service, monkeypatch, kind_id, fmt, ou
         def no_decoding(body):
             raise AssertionError("a body of plain numbers should be read directly")
 
-        monkeypatch.setattr("shared.service.decode_json", no_decoding)
+        monkeypatch.setattr("shared.scoring.service.decode_json", no_decoding)
     result = service(kind_id, doc, protocol)
     assert_same_bits(result.request.X, X)  # the values arrived exactly
     expected = t.expected(which, output)

@@ -9,12 +9,12 @@ import threading
 
 import pytest
 
-import shared.service as service_module
+import shared.scoring.service as service_module
 from score_function.dispatch import run_scoring
-from shared.blob_source import BlobSource
-from shared.model_store import ModelStore
+from shared.models.blob_source import BlobSource
+from shared.models.store import ModelStore
 from shared.router import RouterConfigSource, RouterHolder
-from shared.service import INLINE_MAX_BYTES, ScoringService
+from shared.scoring.service import INLINE_MAX_BYTES, ScoringService
 from shared.settings import Settings
 from tests.conftest import upload
 

@@ -29,6 +29,6 @@ def test_http_functions_routes_methods_and_auth_levels(app_functions):
 
 def test_importing_the_app_loads_no_heavy_module():
     code = ("import sys, function_app; heavy = [m for m in ('numpy', 'lightgbm', 'azure.storage.blob', "
-            "'azure.identity', 'shared.service') if m in sys.modules]; print(heavy)")
+            "'azure.identity', 'shared.scoring.service') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

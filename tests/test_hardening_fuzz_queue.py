@@ -28,7 +28,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from devhost.process import DevHost
-from shared.job_messages import JOB_ID_RE
+from shared.batch.messages import JOB_ID_RE
 from tests.batch_support import make_rig, sample, to_csv, to_jsonl
 from tests.hardening_support import MODELS, ROOT, Oracle, hypothesis_settings, report
 

@@ -21,9 +21,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.blob_source import BlobSource
+from shared.models.blob_source import BlobSource
 from shared.errors import InvalidRouterConfig
-from shared.model_store import ModelStore
+from shared.models.store import ModelStore
 from shared.router import (MAX_CONFIG_BYTES, Router, RouterConfigSource, RouterHolder,
                            models_loadable, parse_config)
 from tests.hardening_support import Pairs, Raw, emit, hypothesis_settings, report, unique

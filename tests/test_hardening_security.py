@@ -275,7 +275,7 @@ def test_size_limits_on_every_input(limits_host, models):
         assert s.recv(100).startswith(b"HTTP/1.1 413")
     c.close()
     # Router config: a document over 256 KiB is refused before it is downloaded.
-    from shared.blob_source import BlobSource
+    from shared.models.blob_source import BlobSource
     from shared.errors import InvalidRouterConfig
     from shared.router import MAX_CONFIG_BYTES, RouterConfigSource, RouterHolder, parse_config
 

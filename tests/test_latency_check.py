@@ -15,7 +15,7 @@ import pytest
 from scorefn.__main__ import main as cli
 from scorefn.latency_check import check_latency, reference_text
 from scorefn.model_files import model_shape
-from shared.latency_figures import (LATENCY_METADATA_KEYS, LatencyFigures, read_latency_figures,
+from shared.models.latency_figures import (LATENCY_METADATA_KEYS, LatencyFigures, read_latency_figures,
                                     without_latency_figures)
 from tests.conftest import upload as put_blob
 
@@ -123,7 +123,7 @@ def test_the_json_view_carries_the_figures_and_the_reference():
 # -- the measurement ---------------------------------------------------------------------------
 
 def test_the_shipped_reference_is_the_bench_model_shape():
-    from scorefn.demo_models import train_bench_model
+    from scorefn.demo.models import train_bench_model
 
     defaults = {k: p.default for k, p in inspect.signature(train_bench_model).parameters.items()}
     booster = lgb.Booster(model_str=reference_text().decode())
@@ -263,8 +263,8 @@ def test_upload_model_stores_the_figures_it_printed_with_the_blob(container, azu
 
 
 def test_the_figures_reach_the_loaded_model_as_the_app_loads_it(container, azurite, demo_models):
-    from shared.blob_source import BlobSource
-    from shared.model_store import ModelStore
+    from shared.models.blob_source import BlobSource
+    from shared.models.store import ModelStore
 
     assert upload(container, azurite, str(demo_models["price"].path), "price", "--gzip") == 0
     store = ModelStore(BlobSource(container, 64 << 20), refresh_seconds=3600)
@@ -316,9 +316,9 @@ def test_another_reference_may_be_given(container, azurite, demo_models, capsys)
 
 
 def test_v2_metadata_and_endpoints_show_the_stored_figures(container, demo_models):
-    from shared.blob_source import BlobSource
-    from shared.model_store import ModelStore
-    from shared.service import ScoringService
+    from shared.models.blob_source import BlobSource
+    from shared.models.store import ModelStore
+    from shared.scoring.service import ScoringService
     from shared.settings import Settings
 
     container.upload_blob("price.txt", demo_models["price"].path.read_bytes(),

@@ -11,7 +11,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from shared.lgbm_native import PREDICT_CONTRIB, PREDICT_RAW, NativeBooster, NativeError
+from shared.models.native import PREDICT_CONTRIB, PREDICT_RAW, NativeBooster, NativeError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +42,7 @@ def test_serving_a_prediction_imports_neither_lightgbm_nor_scipy(demo_models):
     code = f"""
 import sys
 import numpy as np
-from shared.model import parse_model
+from shared.models.model import parse_model
 text = open({str(demo_models["price"].path)!r}, "rb").read()
 model = parse_model(text, name="price", path="price.txt", version="1", last_modified=None)
 model.predict(np.ones((1, 6))); model.predict(np.ones((50, 6)), num_threads=2)

@@ -17,7 +17,7 @@ from scorefn.__main__ import main as cli
 from scorefn.model_files import (InvalidMlflowModel, ModelFileError, PickledModel,
                                  UnsupportedMlflowModel, model_shape, read_model_file)
 from shared.errors import InvalidModel
-from shared.model import parse_model
+from shared.models.model import parse_model
 
 lgb = pytest.importorskip("lightgbm")
 datasets = pytest.importorskip("sklearn.datasets")
@@ -322,8 +322,8 @@ def upload(container, azurite, *args: str) -> int:
 
 def test_upload_model_takes_an_mlflow_folder_and_the_uploaded_model_serves(
         mlflow_folders, cancer, container, azurite, capsys):
-    from shared.blob_source import BlobSource
-    from shared.model_store import ModelStore
+    from shared.models.blob_source import BlobSource
+    from shared.models.store import ModelStore
 
     clf, X = cancer
     folder = mlflow_folders / "booster"

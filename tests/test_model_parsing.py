@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 from shared.errors import InvalidModel
-from shared.model import parse_model
+from shared.models.model import parse_model
 
 
 def test_each_demo_model_parses_with_its_metadata(demo_models):
@@ -35,7 +35,7 @@ def test_non_models_are_invalid(data):
 CHILD = textwrap.dedent("""
     import json, random, sys
     from shared.errors import InvalidModel
-    from shared.model import parse_model
+    from shared.models.model import parse_model
     text = open(sys.argv[1], "rb").read()
     rng = random.Random(11)
     cases = [text[:rng.randrange(len(text))] for _ in range(150)]

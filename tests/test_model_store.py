@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from azure.storage.blob import ContainerClient
 
-from shared.blob_source import BlobSource
+from shared.models.blob_source import BlobSource
 from shared.errors import InvalidModel, InvalidName, ModelNotFound, ModelUnavailable
-from shared.model_store import ModelStore, blob_candidates
+from shared.models.store import ModelStore, blob_candidates
 from tests.conftest import upload
 
 MB = 1024 * 1024
@@ -227,7 +227,7 @@ def test_a_model_larger_than_the_bound_still_serves_alone(container, demo_models
 
 
 def test_inside_cache_only_a_model_not_cached_is_refused_not_loaded(container, demo_models):
-    from shared.model_store import NotCached, cache_only
+    from shared.models.store import NotCached, cache_only
 
     upload(container, "churn.txt", demo_models["churn"].path)
     store = ModelStore(BlobSource(container, 64 * 1024 * 1024), refresh_seconds=3600)

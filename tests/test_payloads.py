@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from shared.errors import InvalidJson, InvalidPayload, PayloadTooLarge
-from shared.features import FeatureSchema
+from shared.models.schema import FeatureSchema
 from shared.payloads import decode_json, encode_v2_response, parse_score_body, parse_v2
 from shared.payloads.common import dumps
 

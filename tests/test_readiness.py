@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from shared.blob_source import BlobSource
-from shared.model_store import ModelStore
-from shared.service import ScoringService
+from shared.models.blob_source import BlobSource
+from shared.models.store import ModelStore
+from shared.scoring.service import ScoringService
 from shared.settings import Settings
 
 
@@ -55,7 +55,7 @@ class HeldPings(SlowPings):
 
 
 def test_a_stale_report_is_served_while_one_probe_refreshes_it(container, monkeypatch):
-    import shared.service as service_module
+    import shared.scoring.service as service_module
 
     source = HeldPings(container)
     service = ScoringService(Settings.from_env({}), ModelStore(source, refresh_seconds=3600))

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from shared.blob_source import BlobSource
+from shared.models.blob_source import BlobSource
 from shared.errors import InvalidRouterConfig, ModelNotFound, SettingsError
-from shared.model_store import ModelStore
+from shared.models.store import ModelStore
 from shared.router import MAX_CONFIG_BYTES, RouterConfigSource, RouterHolder, models_loadable
 from tests.conftest import upload
 

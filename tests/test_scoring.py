@@ -8,11 +8,11 @@ import numpy as np
 import orjson
 import pytest
 
-from shared.blob_source import BlobSource
+from shared.models.blob_source import BlobSource
 from shared.errors import PayloadTooLarge, UnsupportedMediaType
-from shared.model_store import ModelStore
+from shared.models.store import ModelStore
 from shared.payloads import encode_score_response, encode_v2_response
-from shared.service import ScoringService
+from shared.scoring.service import ScoringService
 from shared.settings import Settings
 from tests.conftest import upload
 
@@ -154,7 +154,7 @@ def read_directly(monkeypatch):
     def no_decoding(body):
         raise AssertionError("this body should have been read directly")
 
-    monkeypatch.setattr("shared.service.decode_json", no_decoding)
+    monkeypatch.setattr("shared.scoring.service.decode_json", no_decoding)
 
 
 @pytest.mark.parametrize("name", KINDS)

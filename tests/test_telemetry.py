@@ -13,12 +13,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from shared.blob_source import BlobSource
+from shared.models.blob_source import BlobSource
 from shared.errors import ModelNotFound, ScoreError
-from shared.model_store import ModelStore
-from shared.service import ScoringService
+from shared.models.store import ModelStore
+from shared.scoring.service import ScoringService
 from shared.settings import Settings
-from shared.telemetry import Telemetry
+from shared.telemetry.core import Telemetry
 from tests.conftest import upload
 from tests.ingestion_support import Ingestion
 
@@ -43,7 +43,7 @@ def service(container, demo_models, readers):
 
 
 def points(reader, name):
-    from shared.telemetry import flush_all
+    from shared.telemetry.core import flush_all
 
     flush_all()  # measurements are recorded off the request thread
     data = reader.get_metrics_data()
@@ -221,7 +221,7 @@ def test_metrics_are_recorded_off_the_request_thread_and_bounded(readers):
 
 
 def test_percentiles_from_buckets_stay_within_what_was_observed(readers):
-    from shared.telemetry import _bucket_quantile
+    from shared.telemetry.core import _bucket_quantile
 
     telemetry, reader, _ = readers
     attrs = {"trigger": "http", "endpoint": "e", "outcome": "ok"}
@@ -253,7 +253,7 @@ def test_a_shadow_failing_unexpectedly_is_counted_and_its_log_line_quotes_no_req
         container, demo_models, readers, monkeypatch, caplog):
     import json
 
-    from shared.model import LoadedModel
+    from shared.models.model import LoadedModel
     from shared.router import RouterConfigSource, RouterHolder, ShadowRunner
 
     telemetry, reader, _ = readers

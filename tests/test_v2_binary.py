@@ -9,7 +9,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import serialize_byte_tensor
 
 from shared.errors import BadRequest, InvalidPayload
-from shared.features import FeatureSchema
+from shared.models.schema import FeatureSchema
 from shared.payloads import parse_v2
 from shared.payloads.v2_binary import (HEADER, decode_binary_request, encode_binary_response,
                                        header_length_of, wants_binary_output)

@@ -207,7 +207,7 @@ def read_outcomes_csv(path: Path, *, now: float | None = None) -> list[dict[str,
     ``label``, optional ``time`` (ISO 8601) and ``row``. Raises ``ValueError`` naming the
     line of the first bad one."""
     from shared.errors import InvalidOutcome
-    from shared.outcomes import validate_outcome
+    from shared.ablog.outcomes import validate_outcome
 
     now = time.time() if now is None else now
     out: list[dict[str, Any]] = []

@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .data import Dataset
-from .stats import METRICS
+from scorefn.ab.data import Dataset
+from scorefn.ab.stats import METRICS
 
 METHOD = (
     "AUC is the rank (Mann-Whitney) statistic with DeLong's variance; log loss, Brier score, "

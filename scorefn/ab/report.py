@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from . import stats
-from .data import (Dataset, Progress, build_dataset, iter_days, outcome_from_log, read_log,
+from scorefn.ab import stats
+from scorefn.ab.data import (Dataset, Progress, build_dataset, iter_days, outcome_from_log, read_log,
                    read_outcomes_csv, time_prefixes)
 
 DAILY_MIN_OUTCOMES = 20
@@ -93,7 +93,7 @@ def make_report(predictions_container: Any, outcomes_container: Any, options: Re
                           "damaged_lines": pstats.bad_lines, "outcomes": len(outcomes),
                           "seconds": round(time.monotonic() - started, 2)},
                     notes=analysis["notes"] + list(options.notes))
-    from .render import write_report
+    from scorefn.ab.render import write_report
 
     write_report(options.out, analysis, dataset, title=options.title)
     if options.json_out is not None:

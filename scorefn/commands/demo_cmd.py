@@ -17,6 +17,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
+    from scorefn.demo.run import run_demo
 
     return run_demo(requests=args.requests)

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .storage_args import JOBS, add_storage_args, app_settings, blob_service, queue_service
+from scorefn.commands.storage_args import JOBS, add_storage_args, app_settings, blob_service, queue_service
 
 TIMEOUT_EXIT = 3
 
@@ -121,7 +121,7 @@ def _names(args: argparse.Namespace) -> tuple[str, str, str]:
 def submit_job(args: argparse.Namespace) -> int:
     import orjson
 
-    from shared.job_messages import JOB_ID_RE, MAX_MESSAGE_BYTES, job_digest
+    from shared.batch.messages import JOB_ID_RE, MAX_MESSAGE_BYTES, job_digest
 
     if bool(args.rows_file) == bool(args.input or args.input_blob):
         raise SystemExit("give the rows with one of --rows-file (inline), --input (a local file "
@@ -254,7 +254,7 @@ def _fanout_status(batch, job_id: str, record: dict[str, Any] | None) -> dict[st
         return None
     from azure.core.exceptions import AzureError
 
-    from shared.job_chunks import read_status
+    from shared.batch.chunks import read_status
 
     try:
         return read_status(batch, job_id)

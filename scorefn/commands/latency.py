@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .storage_args import add_storage_args, app_settings, blob_service
+from scorefn.commands.storage_args import add_storage_args, app_settings, blob_service
 
 
 def register(subparsers) -> None:
@@ -40,7 +40,7 @@ def register(subparsers) -> None:
 
 
 def add_latency_args(parser: argparse.ArgumentParser) -> None:
-    from ..latency_check import DEFAULT_SECONDS
+    from scorefn.latency_check import DEFAULT_SECONDS
 
     group = parser.add_argument_group("latency check")
     group.add_argument("--max-p99-ms", type=_positive_ms, default=None, metavar="MS",
@@ -56,7 +56,7 @@ def add_latency_args(parser: argparse.ArgumentParser) -> None:
 
 def check_latency_command(args: argparse.Namespace) -> int:
     from shared.errors import ScoreError
-    from shared.latency_figures import read_latency_figures
+    from shared.models.latency_figures import read_latency_figures
 
     if (args.model is None) == (args.blob is None):
         print("error: give a model file or folder, or --blob NAME (one of them)", file=sys.stderr)
@@ -108,7 +108,7 @@ def read_model_or_report(path: Path, refused: str) -> Any:
     saying why not (``refused`` starts it: ``not uploaded``)."""
     from shared.errors import ScoreError
 
-    from ..model_files import read_model_file
+    from scorefn.model_files import read_model_file
 
     try:
         return read_model_file(path)
@@ -122,7 +122,7 @@ def read_model_or_report(path: Path, refused: str) -> Any:
 def parse_or_report(data: bytes, name: str, refused: str) -> Any:
     """The model parsed as the app parses it, or ``None`` after one line saying why not."""
     from shared.errors import ScoreError
-    from shared.model import parse_model
+    from shared.models.model import parse_model
 
     try:
         return parse_model(data, name=name, path=name, version="local", last_modified=None)
@@ -133,7 +133,7 @@ def parse_or_report(data: bytes, name: str, refused: str) -> Any:
 
 def summary(description: str, data: bytes, model: Any) -> str:
     """``LightGBM text model (...), 500 trees, 100 features, 2 categorical, binary``."""
-    from ..model_files import model_shape
+    from scorefn.model_files import model_shape
 
     shape = model_shape(data)
     info = model.info
@@ -148,7 +148,7 @@ def run_check(args: argparse.Namespace, data: bytes, label: str) -> Any:
     line when it could not run (a reference that is not a model, a model that cannot score)."""
     from shared.errors import ScoreError
 
-    from ..latency_check import check_latency
+    from scorefn.latency_check import check_latency
 
     reference = None
     reference_label = None
@@ -175,9 +175,9 @@ def run_check(args: argparse.Namespace, data: bytes, label: str) -> Any:
 def _fetch_blob(args: argparse.Namespace) -> tuple[str, Any, Any]:
     """(blob path, content, container client) of the model ``--blob`` names, found as the
     app finds it (``NAME.txt``, then ``NAME.txt.gz``)."""
-    from shared.blob_source import BlobSource
+    from shared.models.blob_source import BlobSource
     from shared.errors import ModelNotFound
-    from shared.model_store import blob_candidates
+    from shared.models.store import blob_candidates
 
     settings = app_settings()
     container_name = args.container or settings.model_container
@@ -198,7 +198,7 @@ def _save(args: argparse.Namespace, container: Any, blob_path: str, etag: str,
     from azure.core import MatchConditions
     from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
-    from shared.latency_figures import without_latency_figures
+    from shared.models.latency_figures import without_latency_figures
 
     merged = {**without_latency_figures(metadata), **report.figures().to_metadata()}
     try:

@@ -7,11 +7,11 @@ import gzip
 import sys
 from pathlib import Path
 
-from .storage_args import add_storage_args, app_settings, blob_service
+from scorefn.commands.storage_args import add_storage_args, app_settings, blob_service
 
 
 def register(subparsers) -> None:
-    from .latency import add_latency_args
+    from scorefn.commands.latency import add_latency_args
 
     up = subparsers.add_parser(
         "upload-model", help="validate a LightGBM model, check its latency and upload it",
@@ -41,9 +41,9 @@ def register(subparsers) -> None:
 
 def upload_model(args: argparse.Namespace) -> int:
     from shared.errors import InvalidName
-    from shared.model_store import blob_candidates
+    from shared.models.store import blob_candidates
 
-    from .latency import parse_or_report, read_model_or_report, run_check, summary
+    from scorefn.commands.latency import parse_or_report, read_model_or_report, run_check, summary
 
     found = read_model_or_report(args.file, "not uploaded")
     if found is None:
@@ -87,7 +87,7 @@ def upload_model(args: argparse.Namespace) -> int:
 
 
 def train_demo(args: argparse.Namespace) -> int:
-    from .. import demo_models
+    from scorefn import demo_models
 
     for model in demo_models.train_demo_models(args.out_dir).values():
         print(f"{model.name:10s} {model.objective:11s} {model.path}")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .storage_args import LOGS, add_storage_args, app_settings, blob_service
+from scorefn.commands.storage_args import LOGS, add_storage_args, app_settings, blob_service
 
 
 def register(subparsers) -> None:
@@ -73,8 +73,8 @@ def _container_name(value: str | None, setting: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..ab.data import parse_when
-    from ..ab.report import ReportOptions, make_report
+    from scorefn.ab.data import parse_when
+    from scorefn.ab.report import ReportOptions, make_report
 
     if args.no_outcome_log and not args.outcomes_csv:
         raise SystemExit("--no-outcome-log needs --outcomes-csv")
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
 def print_summary(analysis: dict, out: Path, say=print) -> None:
     """A few lines: per variant the deciding metric, then the verdicts and the file."""
-    from ..ab.stats import METRICS
+    from scorefn.ab.stats import METRICS
 
     metric = analysis["primary_metric"]
     label = METRICS[metric].label

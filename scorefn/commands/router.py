@@ -6,7 +6,7 @@ is one the app accepts; with ``--check-models`` (and always for ``set``) it also
 model the config names, as the app does before it swaps a config in (``ROUTER_CHECK_MODELS``).
 ``set`` uploads only a config that passed, optionally only over a known version (``--if-match``).
 An endpoint's latency budget (``max_p99_ms``) is checked against the latency figures stored
-with each variant's model blob (``shared/latency_figures.py``, written by ``upload-model``):
+with each variant's model blob (``shared/models/latency_figures.py``, written by ``upload-model``):
 ``set`` refuses a model over its budget or without figures unless ``--force``.
 """
 
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .storage_args import add_storage_args, app_settings, blob_service
+from scorefn.commands.storage_args import add_storage_args, app_settings, blob_service
 
 
 def register(subparsers) -> None:
@@ -208,9 +208,9 @@ def _models_load(args: argparse.Namespace, config: Any) -> dict[str, Any] | None
     """Load every model ``config`` names (printing each as it goes), then apply the app's
     check that an endpoint's variants take the same features. The models' infos by name, or
     ``None`` after printing why not."""
-    from shared.blob_source import BlobSource
+    from shared.models.blob_source import BlobSource
     from shared.errors import ScoreError
-    from shared.model_store import ModelStore
+    from shared.models.store import ModelStore
     from shared.router import models_loadable
 
     container_name, _ = _location(args)
@@ -245,7 +245,7 @@ def _budgets_met(config: Any, infos: dict[str, Any], *, force: bool) -> bool:
     """Check each endpoint's ``max_p99_ms`` against the latency figures stored with its
     variants' model blobs (shadows score off the request path: not counted). Prints each
     endpoint's verdict; with ``force`` a fault is a warning. False when one is at fault."""
-    from shared.latency_figures import read_latency_figures
+    from shared.models.latency_figures import read_latency_figures
     from shared.router.config import endpoint_path
 
     faults = []

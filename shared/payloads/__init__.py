@@ -7,11 +7,11 @@ names the fault. ``null`` is a missing value (NaN) in every format.
 
 from __future__ import annotations
 
-from .common import Options, ScoringInput, decode_json, dumps
-from .records import parse_records
-from .rows import parse_rows
-from .score_body import encode_score_response, parse_score_body
-from .v2 import encode_v2_response, parse_v2
+from shared.payloads.common import Options, ScoringInput, decode_json, dumps
+from shared.payloads.records import parse_records
+from shared.payloads.rows import parse_rows
+from shared.payloads.score_body import encode_score_response, parse_score_body
+from shared.payloads.v2 import encode_v2_response, parse_v2
 
 __all__ = ["Options", "ScoringInput", "decode_json", "dumps", "parse_rows", "parse_records",
            "parse_v2", "encode_v2_response", "parse_score_body", "encode_score_response"]

@@ -10,8 +10,8 @@ from typing import Any, Sequence
 import numpy as np
 import orjson
 
-from ..errors import InvalidJson, InvalidPayload, PayloadTooLarge
-from ..features import FeatureSchema
+from shared.errors import InvalidJson, InvalidPayload, PayloadTooLarge
+from shared.models.schema import FeatureSchema
 
 _NUMBER_TYPES = frozenset((float, int, type(None)))
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidPayload
-from ..features import FeatureSchema
-from .common import check_count, rows_to_matrix
+from shared.errors import InvalidPayload
+from shared.models.schema import FeatureSchema
+from shared.payloads.common import check_count, rows_to_matrix
 
 
 def parse_records(records: Any, schema: FeatureSchema, max_rows: int) -> np.ndarray:

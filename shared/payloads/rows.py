@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import simdjson
 
-from ..features import FeatureSchema
-from . import simd
-from .common import rows_to_matrix
+from shared.models.schema import FeatureSchema
+from shared.payloads import simd
+from shared.payloads.common import rows_to_matrix
 
 
 def parse_rows(rows: Any, schema: FeatureSchema, max_rows: int) -> np.ndarray:

@@ -6,11 +6,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidPayload
-from ..features import FeatureSchema
-from .common import DEFAULT_OPTIONS, ScoringInput, dumps, json_numbers, parse_options
-from .records import parse_records
-from .rows import parse_rows
+from shared.errors import InvalidPayload
+from shared.models.schema import FeatureSchema
+from shared.payloads.common import DEFAULT_OPTIONS, ScoringInput, dumps, json_numbers, parse_options
+from shared.payloads.records import parse_records
+from shared.payloads.rows import parse_rows
 
 _FIELDS = frozenset(("rows", "records", "options"))
 

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import simdjson
 
-from ..errors import InvalidPayload
-from ..features import FeatureSchema
-from . import simd
-from .v2_binary import OUTPUT_NAME, wants_binary_output  # noqa: F401 (OUTPUT_NAME re-exported)
-from .common import DEFAULT_OPTIONS, ScoringInput, check_count, dumps, json_numbers, parse_options
+from shared.errors import InvalidPayload
+from shared.models.schema import FeatureSchema
+from shared.payloads import simd
+from shared.payloads.v2_binary import OUTPUT_NAME, wants_binary_output  # noqa: F401 (OUTPUT_NAME re-exported)
+from shared.payloads.common import DEFAULT_OPTIONS, ScoringInput, check_count, dumps, json_numbers, parse_options
 
 _NUMERIC = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
             "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,

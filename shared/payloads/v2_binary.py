@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidJson, InvalidPayload
-from .common import decode_json, dumps
+from shared.errors import InvalidJson, InvalidPayload
+from shared.payloads.common import decode_json, dumps
 
 HEADER = "Inference-Header-Content-Length"
 OUTPUT_NAME = "predict"  # the one output tensor of every model

@@ -11,12 +11,12 @@ Nothing here imports the storage SDK; the service passes in a blob fetcher.
 
 from __future__ import annotations
 
-from .config import (MAX_CONFIG_BYTES, EndpointConfig, LogConfig, RouterConfig, Shadow, Sticky,
+from shared.router.config import (MAX_CONFIG_BYTES, EndpointConfig, LogConfig, RouterConfig, Shadow, Sticky,
                      Variant, parse_config, validate_config)
-from .holder import HolderStats, RouterHolder, feature_parity, models_loadable
-from .router import OVERRIDE_HEADER, Route, Router, ShadowTarget, header, sticky_key
-from .shadow import ShadowRunner, ShadowStats
-from .source import ConfigVersion, RouterConfigSource
+from shared.router.holder import HolderStats, RouterHolder, feature_parity, models_loadable
+from shared.router.router import OVERRIDE_HEADER, Route, Router, ShadowTarget, header, sticky_key
+from shared.router.shadow import ShadowRunner, ShadowStats
+from shared.router.source import ConfigVersion, RouterConfigSource
 
 __all__ = ["MAX_CONFIG_BYTES", "EndpointConfig", "LogConfig", "RouterConfig", "Shadow", "Sticky",
            "Variant", "parse_config", "validate_config", "HolderStats", "RouterHolder",

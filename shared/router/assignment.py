@@ -32,7 +32,7 @@ import math
 from itertools import accumulate
 from typing import Callable
 
-from .config import EndpointConfig
+from shared.router.config import EndpointConfig
 
 _SCALE = 2.0 ** -53
 

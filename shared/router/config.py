@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, NoReturn
 
-from ..errors import InvalidName, InvalidRouterConfig
-from ..model_store import blob_candidates
+from shared.errors import InvalidName, InvalidRouterConfig
+from shared.models.store import blob_candidates
 
 MAX_CONFIG_BYTES = 256 * 1024
 MAX_ENDPOINTS = 500
@@ -78,7 +78,7 @@ class EndpointConfig:
     shadow: tuple[Shadow, ...] = ()
     log: LogConfig | None = None
     # The latency budget: the most single-row p99 (milliseconds) the variants' models may have
-    # in the pre-deployment figures stored with their blobs (shared/latency_figures.py).
+    # in the pre-deployment figures stored with their blobs (shared/models/latency_figures.py).
     # Checked by `python -m scorefn router set`; the app itself does not act on it.
     max_p99_ms: float | None = None
 

@@ -35,10 +35,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import InvalidModel, InvalidRouterConfig, ScoreError
-from .config import RouterConfig, endpoint_path
-from .router import Router
-from .source import ConfigVersion, RouterConfigSource
+from shared.errors import InvalidModel, InvalidRouterConfig, ScoreError
+from shared.router.config import RouterConfig, endpoint_path
+from shared.router.router import Router
+from shared.router.source import ConfigVersion, RouterConfigSource
 
 log = logging.getLogger("scorefn.router")
 
@@ -260,7 +260,7 @@ def feature_parity(routing: RouterHolder, store: Any) -> Callable[[str, Any], No
 
 
 def models_loadable(store: Any) -> CheckModels:
-    """A ``check_models`` over a :class:`~shared.model_store.ModelStore`: every model of a
+    """A ``check_models`` over a :class:`~shared.models.store.ModelStore`: every model of a
     config must load (which also warms the cache before the config is used), and all
     variants of an endpoint must take the same features in the same order, since callers
     send one payload whichever variant scores it (with ``rows``, a different order would

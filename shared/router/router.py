@@ -10,10 +10,10 @@ import random as _random
 from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple
 
-from ..errors import InvalidPayload, OverrideNotAllowed, UnknownVariant
-from ..model_store import blob_candidates
-from .assignment import EndpointPlan
-from .config import DEFAULT_VARIANT, EndpointConfig, RouterConfig
+from shared.errors import InvalidPayload, OverrideNotAllowed, UnknownVariant
+from shared.models.store import blob_candidates
+from shared.router.assignment import EndpointPlan
+from shared.router.config import DEFAULT_VARIANT, EndpointConfig, RouterConfig
 
 OVERRIDE_HEADER = "x-scorefn-variant"
 # Sticky keys whose routes a router remembers, over all its endpoints (~200 bytes each): a

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import ScoreError
+from shared.errors import ScoreError
 
 log = logging.getLogger("scorefn.shadow")
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..errors import InvalidModel, InvalidName, InvalidRouterConfig, ModelNotFound, SettingsError
-from ..model_store import blob_candidates
-from .config import RouterConfig, parse_config
+from shared.errors import InvalidModel, InvalidName, InvalidRouterConfig, ModelNotFound, SettingsError
+from shared.models.store import blob_candidates
+from shared.router.config import RouterConfig, parse_config
 
 
 class BlobFetcher(Protocol):
-    """What :class:`shared.blob_source.BlobSource` offers: ``fetch(path, etag)`` returning
+    """What :class:`shared.models.blob_source.BlobSource` offers: ``fetch(path, etag)`` returning
     ``BlobContent(data, etag, last_modified)`` or ``None`` when unchanged, raising
     :class:`ModelNotFound` / :class:`ModelUnavailable`."""
 

@@ -32,8 +32,8 @@ from typing import Any, Union
 
 import orjson
 
-from .errors import InvalidJson, InvalidPayload, PayloadTooLarge
-from .payloads.common import Options, parse_options
+from shared.errors import InvalidJson, InvalidPayload, PayloadTooLarge
+from shared.payloads.common import Options, parse_options
 
 # A queue message holds 64 KiB of text; the host's base64 makes that 48 KiB of JSON.
 MAX_MESSAGE_BYTES = 48 * 1024

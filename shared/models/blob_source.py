@@ -12,7 +12,7 @@ from azure.core.exceptions import (AzureError, ResourceModifiedError, ResourceNo
                                    ServiceRequestError, ServiceResponseError, HttpResponseError)
 from azure.storage.blob import ContainerClient
 
-from .errors import InvalidModel, ModelNotFound, ModelUnavailable
+from shared.errors import InvalidModel, ModelNotFound, ModelUnavailable
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,14 @@ from typing import Callable
 
 import numpy as np
 
-from .demo_models import churn_features
+from scorefn.demo.models import churn_features
 
 
 def run_queue_demo(azurite, models, boosters, say: Callable[[str], None]) -> None:
     """Submit jobs with the CLI (as a user would), wait for their results, check the output."""
     from azure.storage.blob import BlobServiceClient
 
-    from .__main__ import main as cli
+    from scorefn.__main__ import main as cli
 
     storage = ["--connection-string", azurite.connection_string]
     rng = np.random.default_rng(21)

@@ -1,6 +1,6 @@
 """Fanned-out batch jobs in storage: the plan, the chunk messages, chunk markers and status.
 
-A blob job whose input is over ``BATCH_FANOUT_BYTES`` is planned once (``shared.batch_fanout``)
+A blob job whose input is over ``BATCH_FANOUT_BYTES`` is planned once (``shared.batch.fanout``)
 and then lives in the batch container under ``jobs/{id}/``:
 
 - ``jobs/{id}/plan.json``: the plan, created once with If-None-Match (a redelivered planner
@@ -46,10 +46,10 @@ import orjson
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
-from .errors import InvalidPayload
-from .job_messages import JOB_ID_RE, MAX_MESSAGE_BYTES
-from .job_records import RECORDS_PREFIX
-from .storage import BlobTooLarge, read_at_most
+from shared.errors import InvalidPayload
+from shared.batch.messages import JOB_ID_RE, MAX_MESSAGE_BYTES
+from shared.batch.records import RECORDS_PREFIX
+from shared.storage import BlobTooLarge, read_at_most
 
 CHUNK_KIND = "scorefn.chunk"
 PLAN_KIND = "scorefn.plan"

@@ -8,7 +8,7 @@ batch and single rows. Anything lleaves cannot do (categorical splits, linear tr
 objectives), ``pred_contrib`` requests, a failed or timed-out compilation and a failed check
 leave the model on LightGBM.
 
-Compilation runs in a child process (``shared/compile_worker.py``) at a lower CPU priority, one
+Compilation runs in a child process (``shared/models/compiled/worker.py``) at a lower CPU priority, one
 at a time, with a time limit. Artifacts are cached on local disk and as blobs under
 ``.compiled/`` in the models container, keyed by the model's blob path and version (ETag), the
 container, lleaves/llvmlite/LLVM versions, the compile options and the host CPU (name and
@@ -62,7 +62,7 @@ LOCAL_CACHE_MAX_BYTES = 2 * 1024 * 1024 * 1024
 COMPILE_OPTIONS = {"fblocksize": 34, "codemodel": "large", "speed_level": 3, "raw_score": True,
                    "fp64": True}
 _MAGIC = b"scorefn-compiled-trees\n"
-_ROOT = Path(__file__).resolve().parent.parent
+_ROOT = Path(__file__).resolve().parents[3]  # the app folder (shared/models/compiled/..)
 _ENTRY = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_double),
                           ctypes.c_int32, ctypes.c_int32)
 _ELF_MACHINES = {"x86_64": 62, "aarch64": 183, "arm64": 183}
@@ -482,7 +482,7 @@ def compile_in_child(text: str, target: dict[str, str], timeout: float,
         env["PYTHONPATH"] = os.pathsep.join([str(_ROOT)] + [p for p in sys.path if p])
         spec = json.dumps({**target, **COMPILE_OPTIONS})
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "shared.compile_worker", model_file, out_file,
+        proc = subprocess.Popen([sys.executable, "-m", "shared.models.compiled.worker", model_file, out_file,
                                  spec], cwd=str(_ROOT), env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         if on_start is not None:
@@ -566,14 +566,14 @@ class BlobCache:
     key so that one instance compiles while the others wait for its artifact."""
 
     def __init__(self, container: Any) -> None:
-        from .blob_source import BlobSource
+        from shared.models.blob_source import BlobSource
 
         self.container = container
         self.reader = BlobSource(container, MAX_ARTIFACT_BYTES)
         self.source_id = container.url.split("?", 1)[0]
 
     def read(self, path: str) -> bytes | None:
-        from .errors import ModelNotFound, ScoreError
+        from shared.errors import ModelNotFound, ScoreError
 
         try:
             content = self.reader.fetch(path)

@@ -436,7 +436,7 @@ class PredictionLog:
                output: str, rows: int, features: np.ndarray | None = None,
                variant_index: int | None = None, shadow: bool = False,
                pinned: bool = False) -> bool:
-        """Enqueue one record (``model`` is a :class:`~shared.model.ModelInfo`; the arrays
+        """Enqueue one record (``model`` is a :class:`~shared.models.model.ModelInfo`; the arrays
         are kept by reference, never modified afterwards). ``pinned``: the caller chose the
         variant (``x-scorefn-variant``), so the request was not randomised."""
         size = 320 + 24 * predictions.size + len(request_id or "") + len(key or "")
@@ -498,12 +498,12 @@ def build_logs(settings: Any, telemetry: Any = None) -> tuple[PredictionLog, Any
     """The prediction log and the outcome log the app settings describe. Nothing connects
     to storage until the first record or outcome; a bad connection setting shows then
     (as dropped records, or a 500 on the outcomes route), never as a failed scoring."""
-    from .outcomes import OutcomeLog
+    from shared.ablog.outcomes import OutcomeLog
 
     def target(container_name: str) -> Callable[[], AppendTarget]:
         def make() -> AppendTarget:
-            from .settings import resolve_connection
-            from .storage import blob_service
+            from shared.settings import resolve_connection
+            from shared.storage import blob_service
 
             conn = resolve_connection(settings.prediction_log_connection)
             service = blob_service(conn, min(settings.storage_timeout_seconds, 10.0))

@@ -6,7 +6,7 @@ worker renews while it runs. Its ``state`` moves
 
     running  ->  committed (output in place; the result message to send is in the record)
              ->  done      (result message sent)
-    running  ->  fanned_out (a large input split into chunks: ``shared.batch_fanout``)
+    running  ->  fanned_out (a large input split into chunks: ``shared.batch.fanout``)
              ->  committed  ->  done   (by whichever chunk delivery completes the job)
 
 A delivery that finds ``done`` acknowledges without doing anything. One that finds
@@ -20,7 +20,7 @@ same message (its visibility lapsed while it was processed), the delivery fails 
 retries it later.
 
 A job id names one job. The record keeps ``job_sha256``, the digest of the message that
-created it (``shared.job_messages.job_digest``: its fields but ``id``); a delivery whose
+created it (``shared.batch.messages.job_digest``: its fields but ``id``); a delivery whose
 message has another digest gets the state ``reused`` whatever the record's state, and
 nothing of the record is changed: that message fails (``job_id_reused``), the job it
 collided with goes on. The same message delivered again (at-least-once queues) has the
@@ -48,8 +48,8 @@ from azure.core.exceptions import (HttpResponseError, ResourceExistsError,
                                    ResourceNotFoundError)
 from azure.storage.blob import BlobClient, BlobLeaseClient, ContainerClient, ContentSettings
 
-from .errors import JobBusy
-from .storage import MAX_RECORD_BYTES, BlobTooLarge, read_at_most
+from shared.errors import JobBusy
+from shared.storage import MAX_RECORD_BYTES, BlobTooLarge, read_at_most
 
 log = logging.getLogger("scorefn.batch")
 
@@ -184,7 +184,7 @@ class JobRecords:
     def claim(self, job_id: str, *, message_id: str | None, digest: str,
               job_digest: str | None = None) -> Claim:
         """This delivery's claim on job ``job_id``. ``digest``: the message's bytes' SHA-256;
-        ``job_digest``: what defines the job (``shared.job_messages.job_digest``), compared
+        ``job_digest``: what defines the job (``shared.batch.messages.job_digest``), compared
         with the record's to tell a redelivery from another job sent with the same id."""
         blob = self.blob(job_id)
         fresh = {"id": job_id, "state": "running", "message_id": message_id,

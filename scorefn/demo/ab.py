@@ -3,7 +3,7 @@ prediction log on, simulated users, outcomes drawn from the generating process, 
 
 Called by the demo at the end, with the demo's HTTP client to the local host::
 
-    from .demo_ab import run_ab_demo
+    from scorefn.demo.ab import run_ab_demo
     run_ab_demo(client, azurite.connection_string, "models", say)
 
 The host must watch the router config blob (app settings ``ROUTER_CONFIG_BLOB=
@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG_BLOB = "config/router.json"
 
 
@@ -47,7 +47,7 @@ def send_traffic(client: Any, endpoint: str, *, users: int, rows_per_request: in
                  repeat_share: float, seed: int, say: Callable[[str], None]) -> list[dict[str, Any]]:
     """One request per user (``rows_per_request`` rows each), then a second one for a share
     of them. Returns what was sent and answered: user, request id, variant, rows, times."""
-    from .demo_models import churn_features
+    from scorefn.demo.models import churn_features
 
     rng = np.random.default_rng(seed)
     plan = [f"user-{i:05d}" for i in range(users)]
@@ -73,7 +73,7 @@ def draw_outcomes(sent: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]
     """One label per scored row, drawn from the true churn probability. Half of them are
     reported by request id, half by user key (with the time of the request they belong
     to, so that a user's later request does not take them)."""
-    from .demo_models import churn_probability
+    from scorefn.demo.models import churn_probability
 
     rng = np.random.default_rng(seed + 1)
     outcomes = []
@@ -142,9 +142,9 @@ def run_ab_demo(client: Any, azurite_connection_string: str, models_container: s
     (``None`` when the host does not watch ``config_blob``)."""
     from azure.storage.blob import BlobServiceClient
 
-    from .ab.data import Progress
-    from .ab.report import ReportOptions, make_report
-    from .commands.report import print_summary
+    from scorefn.ab.data import Progress
+    from scorefn.ab.report import ReportOptions, make_report
+    from scorefn.commands.report import print_summary
 
     report_path = report_path or ROOT / ".demo" / "ab-report.html"
     blobs = BlobServiceClient.from_connection_string(azurite_connection_string)

@@ -16,20 +16,20 @@ from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 
-from .errors import OverrideNotAllowed, PayloadTooLarge, ScoreError, UnsupportedMediaType
-from .latency_figures import read_latency_figures
-from .model import LoadedModel, ModelInfo
-from .model_store import ModelStore, NotCached
-from .payloads import ScoringInput, decode_json, parse_score_body, parse_v2
-from .payloads.common import DEFAULT_OPTIONS
-from .payloads.rows import read_rows_body
-from .payloads.v2 import OUTPUT_NAME, read_v2_body
-from .prediction_log import PredictionLog, build_logs, output_kind
-from .router import (OVERRIDE_HEADER, EndpointConfig, Route, RouterHolder, ShadowRunner, header,
+from shared.errors import OverrideNotAllowed, PayloadTooLarge, ScoreError, UnsupportedMediaType
+from shared.models.latency_figures import read_latency_figures
+from shared.models.model import LoadedModel, ModelInfo
+from shared.models.store import ModelStore, NotCached
+from shared.payloads import ScoringInput, decode_json, parse_score_body, parse_v2
+from shared.payloads.common import DEFAULT_OPTIONS
+from shared.payloads.rows import read_rows_body
+from shared.payloads.v2 import OUTPUT_NAME, read_v2_body
+from shared.ablog.predictions import PredictionLog, build_logs, output_kind
+from shared.router import (OVERRIDE_HEADER, EndpointConfig, Route, RouterHolder, ShadowRunner, header,
                      sticky_key)
-from .scorer import predict_with_backend
-from .settings import Settings, resolve_connection
-from .telemetry import NO_TRACE, RequestTrace, Telemetry, get_telemetry
+from shared.scoring.predict import predict_with_backend
+from shared.settings import Settings, resolve_connection
+from shared.telemetry.core import NO_TRACE, RequestTrace, Telemetry, get_telemetry
 
 log = logging.getLogger("scorefn.scoring")
 
@@ -169,7 +169,7 @@ class ScoringService:
                     direct = self._read_direct(body, fmt)
                     doc = decode_json(body) if direct is None else None
                 else:
-                    from .payloads.v2_binary import decode_binary_request
+                    from shared.payloads.v2_binary import decode_binary_request
 
                     self.check_body(body, None)  # the extension's body is not JSON
                     direct, doc = None, decode_binary_request(body, binary_header_length)
@@ -381,11 +381,11 @@ class ScoringService:
                 "scoring failed: %s (%d) on %s", exc.code, exc.status, attrs["endpoint"], extra=extra)
 
     def record_outcomes(self, endpoint: str, body: bytes, *, content_type: str | None = None) -> int:
-        """Validate an outcomes body (see :mod:`shared.outcomes`) for ``endpoint`` and append
+        """Validate an outcomes body (see :mod:`shared.ablog.outcomes`) for ``endpoint`` and append
         it to the outcome log; returns how many were stored. Raises typed errors: 4xx for a
         bad payload, 503 ``outcome_log_unavailable`` when storage cannot be written."""
-        from .errors import NotEnabled
-        from .outcomes import check_endpoint, parse_outcomes
+        from shared.errors import NotEnabled
+        from shared.ablog.outcomes import check_endpoint, parse_outcomes
 
         try:
             self.check_body(body, content_type)
@@ -487,7 +487,7 @@ class ScoringService:
         # Loading one may have evicted another (MODEL_CACHE_MAX_MB): ready only if all stayed.
         evicted = [n for n in names if not self.store.is_cached(n)]
         if evicted:
-            from .errors import ModelUnavailable
+            from shared.errors import ModelUnavailable
 
             raise ModelUnavailable(f"the models of {endpoint!r} do not fit the model cache "
                                    f"together (MODEL_CACHE_MAX_MB): {evicted[0]!r} was evicted")
@@ -567,18 +567,18 @@ _service_lock = threading.Lock()
 
 def build_service(settings: Settings) -> ScoringService:
     """A service reading models from the blob container the settings name."""
-    from .blob_source import BlobSource
-    from .storage import blob_service
+    from shared.models.blob_source import BlobSource
+    from shared.storage import blob_service
 
     conn = resolve_connection(settings.storage_connection)
     container = blob_service(conn, settings.storage_timeout_seconds).get_container_client(
         settings.model_container)
-    from .router import MAX_CONFIG_BYTES, RouterConfigSource, feature_parity, models_loadable
+    from shared.router import MAX_CONFIG_BYTES, RouterConfigSource, feature_parity, models_loadable
 
     source = BlobSource(container, settings.max_model_mb * 1024 * 1024)
     compiler = None
     if settings.compiled_models:  # opt-in compiled trees (lleaves); None when not installed
-        from .compiled import make_compiler
+        from shared.models.compiled.core import make_compiler
 
         compiler = make_compiler(settings, container)
     telemetry = get_telemetry()

@@ -1,7 +1,7 @@
 """A loaded LightGBM model: metadata plus predict(), with LightGBM's fast single-row path.
 
 Models are parsed and scored by LightGBM's C library called directly
-(:mod:`shared.lgbm_native`): the ``lightgbm`` Python package, and the ``scipy`` it imports,
+(:mod:`shared.models.native`): the ``lightgbm`` Python package, and the ``scipy`` it imports,
 are never imported to serve, which takes ~165 ms off a cold start.
 """
 
@@ -18,9 +18,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import InvalidModel, InvalidPayload
-from .features import FeatureSchema, read_schema
-from .lgbm_native import (DTYPE_FLOAT64, PREDICT_CONTRIB, PREDICT_NORMAL, PREDICT_RAW,
+from shared.errors import InvalidModel, InvalidPayload
+from shared.models.schema import FeatureSchema, read_schema
+from shared.models.native import (DTYPE_FLOAT64, PREDICT_CONTRIB, PREDICT_NORMAL, PREDICT_RAW,
                           NativeBooster, NativeError, check, library)
 
 
@@ -63,7 +63,7 @@ def _header(text: str) -> dict[str, str]:
 class LoadedModel:
     """A parsed LightGBM booster. Thread-safe: ``predict`` may be called concurrently.
 
-    When the model is opted in to compiled trees (``shared/compiled.py``), a checked compiled
+    When the model is opted in to compiled trees (``shared/models/compiled/core.py``), a checked compiled
     forest may be attached later; it then serves predictions and raw scores, and LightGBM
     keeps serving ``pred_contrib``.
     """

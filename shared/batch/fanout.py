@@ -17,7 +17,7 @@ of instances score in parallel, and exactly one delivery commits the output and 
 
 **Chunks** (:meth:`FanOut.handle_chunk`, the ``%CHUNK_QUEUE_NAME%`` trigger): stream the byte
 range and score it with the pinned model as a single-invocation job does
-(``shared.batch.score_units``), staging each sub-block of ``BATCH_CHUNK_ROWS`` rows as a block
+(``shared.batch.runner.score_units``), staging each sub-block of ``BATCH_CHUNK_ROWS`` rows as a block
 of the output blob under a deterministic id (``{token}-{chunk}-{sub}``: a redelivered chunk
 overwrites its own blocks), then write the chunk's marker ``jobs/{id}/chunks/{chunk}``.
 A chunk whose marker exists is not scored again.
@@ -56,21 +56,21 @@ from azure.core.exceptions import (HttpResponseError, ResourceExistsError, Resou
                                    ResourceNotFoundError)
 from azure.storage.blob import BlobBlock, BlobClient, ContentSettings
 
-from .batch_io import byte_ranges, csv_layout, range_blocks, read_first_line, writer_for
-from .errors import InputNotFound, InvalidModel, InvalidPayload, JobBusy, PayloadTooLarge, ScoreError
-from .job_chunks import (MAX_CHUNKS, MAX_PLAN_BYTES, PLAN_KIND, ChunkMessage, block_id,
+from shared.batch.io import byte_ranges, csv_layout, range_blocks, read_first_line, writer_for
+from shared.errors import InputNotFound, InvalidModel, InvalidPayload, JobBusy, PayloadTooLarge, ScoreError
+from shared.batch.chunks import (MAX_CHUNKS, MAX_PLAN_BYTES, PLAN_KIND, ChunkMessage, block_id,
                          count_markers, decode_chunk, job_prefix, list_markers, marker_name,
                          model_copy_name, peek_job_id, plan_name, read_json, read_status)
-from .job_messages import BlobJob
-from .job_records import Claim
-from .model import LoadedModel, parse_model
-from .payloads.common import Options
-from .storage import BlobTooLarge, read_at_most
+from shared.batch.messages import BlobJob
+from shared.batch.records import Claim
+from shared.models.model import LoadedModel, parse_model
+from shared.payloads.common import Options
+from shared.storage import BlobTooLarge, read_at_most
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobProperties
 
-    from .batch import BatchJobs
+    from shared.batch.runner import BatchJobs
 
 log = logging.getLogger("scorefn.batch")
 
@@ -95,7 +95,7 @@ class ChunkOutcome:
 
 
 class FanOut:
-    """Plans, scores and completes fanned-out jobs for a :class:`~shared.batch.BatchJobs`."""
+    """Plans, scores and completes fanned-out jobs for a :class:`~shared.batch.runner.BatchJobs`."""
 
     def __init__(self, jobs: "BatchJobs") -> None:
         self.jobs = jobs
@@ -359,7 +359,7 @@ class FanOut:
         layout = None
         if plan["header"] is not None:
             layout = csv_layout(plan["header"].encode("utf-8"), schema, plan["id_column"])
-        from .batch import parse_units, score_units
+        from shared.batch.runner import parse_units, score_units
 
         unseen: dict[int, int] = {}
         units = parse_units(stream, plan["chunk_rows"], layout=layout,
@@ -424,7 +424,7 @@ class FanOut:
                 "elapsed_ms": f"{elapsed * 1000:.1f}"}
         extra: dict[str, Any] = {}
         if unseen:
-            from .batch import MAX_UNSEEN_METADATA, encode_unseen
+            from shared.batch.runner import MAX_UNSEEN_METADATA, encode_unseen
 
             text = encode_unseen(unseen)
             meta["unseen"] = text if len(text) <= MAX_UNSEEN_METADATA else "body"
@@ -494,7 +494,7 @@ class FanOut:
         if not self._already_committed(out, plan):
             blocks = [BlobBlock(block_id=block_id(plan["token"], i, s))
                       for i in range(plan["chunks"]) for s in range(markers[i].blocks)]
-            from .batch import MAX_BLOCKS
+            from shared.batch.runner import MAX_BLOCKS
 
             if len(blocks) > MAX_BLOCKS:
                 result = self._result(plan, "failed", 0, elapsed, error={
@@ -518,7 +518,7 @@ class FanOut:
 
     def _unseen(self, job_id: str, markers: Any) -> dict[int, int]:
         """The job's unseen category values by feature index, summed over its chunks."""
-        from .batch import decode_unseen
+        from shared.batch.runner import decode_unseen
 
         total: dict[int, int] = {}
         for marker in markers:
@@ -597,7 +597,7 @@ class FanOut:
         return result
 
     def status(self, job_id: str) -> dict[str, Any] | None:
-        """The job's progress from storage (see :func:`shared.job_chunks.read_status`)."""
+        """The job's progress from storage (see :func:`shared.batch.chunks.read_status`)."""
         return read_status(self.batch, job_id)
 
 

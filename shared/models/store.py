@@ -7,7 +7,7 @@
   only once it has parsed. A blob that fails to download or parse never replaces a model
   that works; the failure is logged and retried at the next interval.
 - Beyond ``max_cache_bytes`` the least recently used models are evicted.
-- With a ``compiler`` (``shared/compiled.py``, opt-in), opted-in models are queued for
+- With a ``compiler`` (``shared/models/compiled/core.py``, opt-in), opted-in models are queued for
   compilation once loaded or swapped in; LightGBM serves them until a checked compiled forest
   takes over. A swapped-out or evicted model lets go of its compiled code.
 - Inside :func:`cache_only` a model that is not cached is never loaded: :class:`NotCached`
@@ -28,8 +28,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
-from .errors import InvalidName, ModelNotFound, ScoreError
-from .model import LoadedModel, ModelInfo, parse_model
+from shared.errors import InvalidName, ModelNotFound, ScoreError
+from shared.models.model import LoadedModel, ModelInfo, parse_model
 
 log = logging.getLogger("scorefn.models")
 
@@ -266,7 +266,7 @@ class ModelStore:
                 log.debug("refresh failure callback failed", exc_info=True)
 
     def _compile_later(self, name: str, model: LoadedModel) -> None:
-        """Queue an opted-in model for compilation (never blocks; see shared/compiled.py)."""
+        """Queue an opted-in model for compilation (never blocks; see shared/models/compiled/core.py)."""
         compiler = self.compiler
         if compiler is not None and compiler.wants(name, model.info.path):
             compiler.submit(name, model, lambda m: self._is_current(name, m))

@@ -349,7 +349,7 @@ def get_telemetry() -> Telemetry:
     if _telemetry is None:
         with _lock:
             if _telemetry is None:
-                from .settings import telemetry_settings
+                from shared.settings import telemetry_settings
 
                 settings = telemetry_settings(os.environ)
                 mode = configure(os.environ)
@@ -395,7 +395,7 @@ def configure(env: Mapping[str, str]) -> str:
       (with Entra ID when ``APPLICATIONINSIGHTS_AUTHENTICATION_STRING`` says ``Authorization=AAD``).
     - ``none``: nothing exported (the OpenTelemetry API's no-op, or a provider set by the caller).
     """
-    from .settings import telemetry_settings
+    from shared.settings import telemetry_settings
 
     settings = telemetry_settings(env)
     if settings.worker_managed:

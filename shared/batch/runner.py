@@ -2,8 +2,8 @@
 
 :func:`handle_message` is all the queue handler calls. For each delivery it
 
-1. decodes the message (``shared.job_messages``) and claims the job's record
-   (``shared.job_records``: a redelivered or duplicate job is acknowledged here, a job
+1. decodes the message (``shared.batch.messages``) and claims the job's record
+   (``shared.batch.records``: a redelivered or duplicate job is acknowledged here, a job
    whose output was committed but whose result was not sent gets its result sent, and a
    different message under an id already used fails with ``job_id_reused``);
 2. resolves the endpoint to one model for the whole job (``ScoringService.model``);
@@ -19,7 +19,7 @@
 
 A blob input larger than ``BATCH_FANOUT_BYTES`` is not scored here: step 3 becomes planning,
 and chunk deliveries on ``CHUNK_QUEUE_NAME`` score it on any number of instances
-(``shared.batch_fanout``; :func:`handle_chunk_message`, :func:`handle_chunk_poison`).
+(``shared.batch.fanout``; :func:`handle_chunk_message`, :func:`handle_chunk_poison`).
 
 Permanent faults (a bad message, unknown model, bad rows, missing or too large input) end
 the job: one ``failed`` result, one log line with the code (never the payload), and the
@@ -46,21 +46,21 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobBlock, BlobClient, BlobServiceClient, ContentSettings
 from azure.storage.queue import QueueServiceClient
 
-from .batch_io import (CsvLayout, CsvWriter, Features, Ids, JsonlWriter, as_schema, csv_layout,
+from shared.batch.io import (CsvLayout, CsvWriter, Features, Ids, JsonlWriter, as_schema, csv_layout,
                        line_chunks, max_line_bytes, parse_csv_chunk, parse_jsonl_chunk,
                        range_blocks, split_first_line, writer_for)
-from .errors import InputNotFound, InvalidPayload, PayloadTooLarge, ScoreError
-from .job_messages import (JOB_ID_RE, BlobJob, InlineJob, JobIdentity, decode_message,
+from shared.errors import InputNotFound, InvalidPayload, PayloadTooLarge, ScoreError
+from shared.batch.messages import (JOB_ID_RE, BlobJob, InlineJob, JobIdentity, decode_message,
                            job_digest, job_identity, parse_job)
-from .job_records import LEASE_SECONDS, Claim, JobRecords
-from .model import LoadedModel
-from .payloads import ScoringInput, dumps
-from .payloads.common import json_numbers
-from .payloads.common import Options
-from .scorer import predict
-from .router import Route
-from .service import ScoringService
-from .settings import Settings
+from shared.batch.records import LEASE_SECONDS, Claim, JobRecords
+from shared.models.model import LoadedModel
+from shared.payloads import ScoringInput, dumps
+from shared.payloads.common import json_numbers
+from shared.payloads.common import Options
+from shared.scoring.predict import predict
+from shared.router import Route
+from shared.scoring.service import ScoringService
+from shared.settings import Settings
 
 log = logging.getLogger("scorefn.batch")
 
@@ -110,9 +110,9 @@ class BatchJobs:
 
     @property
     def fanout(self) -> Any:
-        """The fan-out of large jobs (``shared.batch_fanout.FanOut``), built on first use."""
+        """The fan-out of large jobs (``shared.batch.fanout.FanOut``), built on first use."""
         if self._fanout is None:
-            from .batch_fanout import FanOut
+            from shared.batch.fanout import FanOut
 
             self._fanout = FanOut(self)
         return self._fanout
@@ -587,9 +587,9 @@ def get_batch_jobs() -> BatchJobs:
     if _jobs is None:
         with _jobs_lock:
             if _jobs is None:
-                from .service import get_service
-                from .settings import resolve_connection
-                from .storage import blob_service, queue_service
+                from shared.scoring.service import get_service
+                from shared.settings import resolve_connection
+                from shared.storage import blob_service, queue_service
 
                 service = get_service()
                 settings = service.settings

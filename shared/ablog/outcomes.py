@@ -27,8 +27,8 @@ from typing import Any
 
 import orjson
 
-from .errors import InvalidName, InvalidOutcome, OutcomeLogUnavailable, PayloadTooLarge
-from .prediction_log import MAX_BLOCK_BYTES, AppendTarget, hour_prefix, iso_time, pack_lines
+from shared.errors import InvalidName, InvalidOutcome, OutcomeLogUnavailable, PayloadTooLarge
+from shared.ablog.predictions import MAX_BLOCK_BYTES, AppendTarget, hour_prefix, iso_time, pack_lines
 
 MAX_OUTCOMES = 10_000
 MAX_ID_CHARS = 128
@@ -39,7 +39,7 @@ _FIELDS = frozenset({"request_id", "key", "label", "time", "row"})
 
 def check_endpoint(endpoint: str) -> None:
     """Outcome endpoints are router endpoint names (letters, digits, ``.``, ``_``, ``-``)."""
-    from .router.config import NAME_RE
+    from shared.router.config import NAME_RE
 
     if not isinstance(endpoint, str) or not NAME_RE.match(endpoint):
         raise InvalidName(f"{str(endpoint)[:64]!r} is not a valid endpoint name: use up to 64 "

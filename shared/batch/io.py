@@ -40,8 +40,8 @@ import numpy as np
 import orjson
 import simdjson
 
-from .errors import InvalidPayload
-from .features import Categories, FeatureSchema
+from shared.errors import InvalidPayload
+from shared.models.schema import Categories, FeatureSchema
 
 PIECE_BYTES = 1 << 20
 _NUMBER_TYPES = frozenset((float, int, type(None)))

@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 
-from .model import LoadedModel
-from .payloads import ScoringInput
+from shared.models.model import LoadedModel
+from shared.payloads import ScoringInput
 
 
 def threads_for(rows: int, parallel_min_rows: int, max_threads: int) -> int:

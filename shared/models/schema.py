@@ -29,7 +29,7 @@ from typing import Any, Iterable, Literal, Sequence
 import numpy as np
 import orjson
 
-from .errors import InvalidModel, InvalidPayload
+from shared.errors import InvalidModel, InvalidPayload
 
 CategoryKind = Literal["str", "int", "float", "bool"]
 CategoryMapping = Literal["none", "mapped", "unknown"]

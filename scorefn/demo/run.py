@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def say(text: str = "") -> None:
@@ -27,7 +27,7 @@ def run_demo(requests: int = 2000) -> int:
     from devhost.azurite import Azurite
     from devhost.process import DevHost
 
-    from .demo_models import train_demo_models
+    from scorefn.demo.models import train_demo_models
 
     key = secrets.token_urlsafe(24)
     master_key = secrets.token_urlsafe(24)
@@ -60,7 +60,7 @@ def run_demo(requests: int = 2000) -> int:
         _latency(client, models, requests)
         _server_latency(client, master_key)
         _queue_part(stack, azurite, models, boosters)
-        from .demo_ab import run_ab_demo
+        from scorefn.demo.ab import run_ab_demo
 
         run_ab_demo(client, azurite.connection_string, "models", say)
     say("\nstopped the local host and Azurite")
@@ -75,7 +75,7 @@ def _post(client, path: str, body: dict, **kwargs):
 
 def _http_examples(client, models, boosters) -> None:
     rng = np.random.default_rng(5)
-    from .demo_models import churn_features, price_features, segment_features
+    from scorefn.demo.models import churn_features, price_features, segment_features
 
     X = {"churn": churn_features(3, rng), "price": price_features(3, rng),
          "segment": segment_features(3, rng)}
@@ -122,7 +122,7 @@ def _dataframe_examples(client, boosters) -> None:
     import pandas as pd
     from sklearn.datasets import load_breast_cancer
 
-    from .demo_models import plans_frame
+    from scorefn.demo.models import plans_frame
 
     say("\nModels trained from pandas DataFrames, scored by the DataFrame's names and values")
     cancer = load_breast_cancer(as_frame=True).data.iloc[[0, 100, 200]]
@@ -153,7 +153,7 @@ def _dataframe_examples(client, boosters) -> None:
 
 
 def _latency(client, models, requests: int) -> None:
-    from .demo_models import churn_features
+    from scorefn.demo.models import churn_features
 
     rows = churn_features(1024, np.random.default_rng(9))
     bodies = [{"rows": [[None if np.isnan(v) else float(v) for v in row]]} for row in rows]
@@ -183,10 +183,10 @@ def _server_latency(client, master_key: str) -> None:
 
 def _queue_part(stack, azurite, models, boosters) -> None:
     try:
-        from .commands import jobs  # noqa: F401  (the queue part needs the batch feature)
+        from scorefn.commands import jobs  # noqa: F401  (the queue part needs the batch feature)
     except ImportError:
         return
-    from .demo_queue import run_queue_demo
+    from scorefn.demo.queue import run_queue_demo
 
     run_queue_demo(azurite, models, boosters, say)
 

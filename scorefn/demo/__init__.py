@@ -1,0 +1,1 @@
+"""The demo `make demo` runs: models, HTTP, queue and A/B parts."""

@@ -1,0 +1,1 @@
+"""Telemetry: OpenTelemetry metrics and traces of every scoring, exported to Application Insights."""
