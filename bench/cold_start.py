@@ -32,9 +32,9 @@ import time, json; t = time.perf_counter(); import {module}; print(json.dumps({{
 FIRST_PREDICTION_APP = """
 import json, os, time
 t0 = time.perf_counter()
-from shared.scoring.service import get_service
+from shared.app import get_app
 import orjson
-service = get_service()
+service = get_app().service
 result = service.score("bench", orjson.dumps({"rows": [[0.1] * 100]}))
 print(json.dumps({"s": time.perf_counter() - t0}))
 """
@@ -70,7 +70,7 @@ print(json.dumps({"s": imports + download + parse + predict, "imports": imports,
 
 COMPILE_COST = """
 import json, sys, time
-from shared.scoring.service import get_service
+from shared.app import get_app
 import function_app
 here = __import__("os").getcwd()
 modules = [m for m in list(sys.modules.values()) if (getattr(m, "__file__", None) or "").startswith(here)]
@@ -86,10 +86,10 @@ print(json.dumps({"s": best, "modules": len(modules)}))
 
 MEMORY = """
 import json, os, psutil, orjson
-from shared.scoring.service import get_service
+from shared.app import get_app
 proc = psutil.Process()
 base = proc.memory_info().rss
-service = get_service()
+service = get_app().service
 sizes = {}
 for name, width in (("churn", 8), ("churn_v1", 8), ("price", 6), ("segment", 4)):
     before = proc.memory_info().rss

@@ -28,29 +28,35 @@ from bench.common import CACHE, bench_model_path, bench_rows, interleaved, summa
 
 def compiled_forest(path: Path, model):
     """The checked compiled forest of the bench model, and its compile time (cached)."""
-    from shared.models.compiled import core as compiled
+    from shared.models.compiled.artifact import cache_key, pack, unpack
+    from shared.models.compiled.caches import LocalCache
+    from shared.models.compiled.check import check
+    from shared.models.compiled.compiler import compile_in_child
+    from shared.models.compiled.forest import CompiledForest
+    from shared.models.compiled.target import host_target, versions
+    from shared.models.compiled.traits import analyse
 
     text = model.booster.model_to_string(num_iteration=model.num_iteration)
-    traits = compiled.analyse(text, model.info.num_features, model.info.num_outputs)
+    traits = analyse(text, model.info.num_features, model.info.num_outputs)
     assert traits.unsupported is None, traits.unsupported
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    key, inputs = compiled.cache_key(source="bench", path=path.name, version=digest,
-                                     target=compiled.host_target(), tool_versions=compiled.versions())
-    cache = compiled.LocalCache(CACHE / "compiled")
+    key, inputs = cache_key(source="bench", path=path.name, version=digest,
+                            target=host_target(), tool_versions=versions())
+    cache = LocalCache(CACHE / "compiled")
     data = cache.read(key)
     origin = "cached artifact"
     if data is None:
         print("compiling the bench model with lleaves (takes a while; cached afterwards)...", flush=True)
-        obj, seconds = compiled.compile_in_child(text, compiled.host_target(), timeout=3600)
-        data = compiled.pack(obj, key, inputs, seconds)
+        obj, seconds = compile_in_child(text, host_target(), timeout=3600)
+        data = pack(obj, key, inputs, seconds)
         cache.write(key, data)
         origin = "compiled in this run"
-    obj, header = compiled.unpack(data, key, inputs)
+    obj, header = unpack(data, key, inputs)
     start = time.perf_counter()
-    forest = compiled.CompiledForest(obj, traits)
+    forest = CompiledForest(obj, traits)
     load_ms = (time.perf_counter() - start) * 1000
     start = time.perf_counter()
-    compiled.check(model, forest, text)
+    check(model, forest, text)
     check_ms = (time.perf_counter() - start) * 1000
     return forest, header["compile_seconds"], origin, len(obj), load_ms, check_ms
 
@@ -62,7 +68,6 @@ def main() -> None:
     from devhost.azurite import Azurite
     from shared.models.blob_source import BlobSource
     from shared.models.store import ModelStore
-    from shared.payloads import encode_score_response
     from shared.scoring.service import ScoringService
     from shared.settings import Settings
 
@@ -90,8 +95,8 @@ def main() -> None:
 
         def core(service):
             def run(i: int) -> bytes:
-                result = service.score("bench", bodies[i % 4096], content_type="application/json")
-                return encode_score_response(result.predictions, result.model.to_dict(), "bench")
+                return service.score("bench", bodies[i % 4096], content_type="application/json",
+                                     request_id="bench").body
             return run
 
         assert cmp_service.score("bench", bodies[0]).backend == "compiled"

@@ -46,7 +46,6 @@ def main() -> None:
 
     from shared.models.blob_source import BlobContent
     from shared.models.store import ModelStore
-    from shared.payloads import encode_score_response
     from shared.router import RouterConfigSource, RouterHolder
     from shared.scoring.service import ScoringService
     from shared.settings import Settings
@@ -96,13 +95,9 @@ def main() -> None:
         compiled_case = ScoringService(settings, compiled_store, telemetry=deployed_telemetry,
                                        routing=routing)
 
-    def encode(result) -> bytes:
-        return encode_score_response(result.predictions, result.model.to_dict(), "bench",
-                                     {"variant": result.variant})
-
     def core(service, i: int, body: bytes) -> bytes:
         return service.score("bench", body, content_type="application/json",
-                             headers=headers[i % 4096], encode=encode).body
+                             headers=headers[i % 4096], request_id="bench").body
 
     # Same rows through the fast C API directly: LightGBM's own floor for one row.
     from shared.models.native import library

@@ -40,8 +40,9 @@ def main() -> None:
     from devhost.azurite import DEV_ACCOUNT, DEV_KEY, Azurite
     from shared.models.blob_source import BlobSource
     from shared.models.store import ModelStore
-    from shared.payloads import encode_score_response
-    from shared.ablog.predictions import AppendTarget, BufferedLogWriter, PredictionLog
+    from shared.ablog.blobs import AppendTarget
+    from shared.ablog.predictions import PredictionLog
+    from shared.ablog.writer import BufferedLogWriter
     from shared.router import RouterConfigSource, RouterHolder
     from shared.scoring.service import ScoringService
     from shared.settings import Settings, StorageConnection
@@ -76,9 +77,8 @@ def main() -> None:
                                                  timeout=2).get_container_client("predictions"), "down"))
 
         def core(svc: ScoringService, endpoint: str, body: bytes, i: int) -> bytes:
-            result = svc.score(endpoint, body, content_type="application/json",
-                               headers=headers[i % 4096], request_id=f"r{i}")
-            return encode_score_response(result.predictions, result.model.to_dict(), "bench")
+            return svc.score(endpoint, body, content_type="application/json",
+                             headers=headers[i % 4096], request_id=f"r{i}").body
 
         for body in bodies[:200]:  # warm up (and load the model)
             core(live, "off", body, 0)

@@ -39,7 +39,6 @@ def main() -> None:
 
     from shared.models.blob_source import BlobContent
     from shared.models.store import ModelStore
-    from shared.payloads import encode_score_response
     from shared.scoring.service import ScoringService
     from shared.settings import Settings
     from shared.telemetry.core import Telemetry
@@ -74,8 +73,7 @@ def main() -> None:
     bodies = [orjson.dumps({"rows": [r.tolist()]}) for r in rows]
     def case(service):
         def run(i):
-            service.score("bench", bodies[i % 4096],
-                          encode=lambda r: encode_score_response(r.predictions, r.model.to_dict(), "r"))
+            service.score("bench", bodies[i % 4096], request_id="r")
         return run
 
     for service in services.values():

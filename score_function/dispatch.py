@@ -5,34 +5,30 @@ back costs about as much again, and under load the hop (not the scoring) bounds 
 A request that may read storage (first use, a model or router config not loaded yet) or
 carries a large body runs in the loop's default executor, so the loop never blocks on I/O.
 A model evicted between the check and the scoring is not loaded on the loop either: the
-store refuses (``cache_only``) and the request is scored again in a thread.
+service scores from the cache only (``score_cached``) and, when the model has left it, the
+request is scored again in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from shared.scoring.service import ScoringService
-
-T = TypeVar("T")
+    from shared.scoring.result import ScoreResult
 
 
-async def run_scoring(endpoint: str, body: bytes, score: Callable[["ScoringService"], T]) -> T:
-    """``score(service)`` inline when the service can score ``endpoint`` without storage,
-    else in a worker thread (which also builds the service on first use)."""
-    from shared.scoring.service import built_service, get_service
+async def run_scoring(endpoint: str, body: bytes, options: dict[str, Any]) -> ScoreResult:
+    """``service.score(endpoint, body, **options)``: inline when the service can score
+    ``endpoint`` without storage, else in a worker thread (which also builds the app on
+    first use)."""
+    from shared.app import built_app, get_app
 
-    service = built_service()
-    if service is not None and service.can_score_inline(endpoint, len(body)):
-        from shared.models.store import _CACHE_ONLY, NotCached  # imported once: sys.modules
-
-        token = _CACHE_ONLY.set(True)  # as cache_only(), without a generator per request
-        try:
-            return score(service)
-        except NotCached:
-            pass  # a model left the cache (or a new router config names another) since the check
-        finally:
-            _CACHE_ONLY.reset(token)
-    return await asyncio.get_running_loop().run_in_executor(None, lambda: score(get_service()))
+    app = built_app()
+    if app is not None and app.service.can_score_inline(endpoint, len(body)):
+        result = app.service.score_cached(endpoint, body, **options)
+        if result is not None:
+            return result
+        # A model left the cache (or a new router config names another) since the check.
+    return await asyncio.get_running_loop().run_in_executor(
+        None, lambda: get_app().service.score(endpoint, body, **options))

@@ -45,9 +45,9 @@ def _without(path: str, last: str) -> str | None:
 
 
 def _service():
-    from shared.scoring.service import get_service
+    from shared.app import get_app
 
-    return get_service()
+    return get_app().service
 
 
 @bp.route(route="score/{*name}", methods=["POST"])
@@ -58,15 +58,10 @@ async def score(req: func.HttpRequest, context: func.Context) -> func.HttpRespon
         return not_found()
     request_id = request_id_of(req)
     try:
-        from shared.payloads import encode_score_response
-
         body = req.get_body()
-        result = await run_scoring(name, body, lambda service: service.score(
-            name, body, content_type=req.headers.get("content-type"),
-            carrier=trace_carrier(req, context), headers=req.headers, query=req.params,
-            request_id=request_id,
-            encode=lambda r: encode_score_response(r.predictions, r.model.to_dict(), request_id,
-                                                   {"variant": r.variant})))
+        result = await run_scoring(name, body, dict(
+            content_type=req.headers.get("content-type"), carrier=trace_carrier(req, context),
+            headers=req.headers, query=req.params, request_id=request_id))
         return json_response(result.body, request_id, headers={"x-scorefn-variant": result.variant})
     except Exception as exc:
         return error_response(exc, request_id, "score")
@@ -81,31 +76,19 @@ async def v2_infer(req: func.HttpRequest, context: func.Context) -> func.HttpRes
         return not_found()
     request_id = request_id_of(req)
     try:
-        from shared.payloads import encode_v2_response
-        from shared.payloads.v2_binary import encode_binary_response, header_length_of
+        from shared.payloads.v2_binary import header_length_of
 
         declared = req.headers.get(BINARY_HEADER)
-        binary_length = header_length_of(declared) if declared is not None else None
         body = req.get_body()
-        binary_header: list[int] = []  # the response's JSON header length, when binary
-
-        def encode(r: Any) -> bytes:
-            fields = dict(model_name=name, model_version=r.model.version,
-                          request_id=r.request.request_id or request_id,
-                          parameters={"variant": r.variant, "model": r.model.name})
-            if r.request.binary_output:
-                encoded, length = encode_binary_response(r.predictions, **fields)
-                binary_header.append(length)
-                return encoded
-            return encode_v2_response(r.predictions, **fields)
-
-        result = await run_scoring(name, body, lambda service: service.score(
-            name, body, fmt="v2", content_type=req.headers.get("content-type"),
+        result = await run_scoring(name, body, dict(
+            fmt="v2", content_type=req.headers.get("content-type"),
             carrier=trace_carrier(req, context), headers=req.headers, query=req.params,
-            request_id=request_id, encode=encode, binary_header_length=binary_length))
+            request_id=request_id,
+            binary_header_length=header_length_of(declared) if declared is not None else None))
         headers = {"x-scorefn-variant": result.variant}
-        if binary_header:
-            return binary_response(result.body, request_id, binary_header[-1], headers=headers)
+        if result.binary_header_length is not None:
+            return binary_response(result.body, request_id, result.binary_header_length,
+                                   headers=headers)
         return json_response(result.body, request_id, headers=headers)
     except Exception as exc:
         return error_response(exc, request_id, "v2_infer")
@@ -148,8 +131,8 @@ def v2_model(req: func.HttpRequest) -> func.HttpResponse:
         return not_found()
     name = _without(path, "ready")
     if name is not None:
-        return _service_json(req, "v2_model_ready", lambda s: s.model_ready(name))
-    return _service_json(req, "v2_metadata", lambda s: s.metadata(path))
+        return _service_json(req, "v2_model_ready", lambda s: s.status.model_ready(name))
+    return _service_json(req, "v2_metadata", lambda s: s.status.metadata(path))
 
 
 @bp.route(route="v2", methods=["GET"])
@@ -161,7 +144,7 @@ def v2_server_metadata(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="endpoints", methods=["GET"])
 def endpoints(req: func.HttpRequest) -> func.HttpResponse:
     """Endpoints with their variants and weights, and the loaded model versions."""
-    return _service_json(req, "endpoints", lambda s: s.endpoints())
+    return _service_json(req, "endpoints", lambda s: s.status.endpoints())
 
 
 @bp.route(route="v2/health/live", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -177,7 +160,7 @@ def health_ready(req: func.HttpRequest) -> func.HttpResponse:
     try:
         from shared.payloads import dumps
 
-        report = _service().readiness()
+        report = _service().status.readiness()
         return json_response(dumps(report), request_id, 200 if report["ready"] else 503)
     except Exception as exc:
         return error_response(exc, request_id, "health_ready", anonymous=True)

@@ -1,4 +1,4 @@
-"""Queue triggers for batch scoring jobs: hand the message to ``shared.batch.runner``, nothing else.
+"""Queue triggers for batch scoring jobs: hand the message to the app's job runner, nothing else.
 
 Returning normally deletes the message (the job succeeded, or failed permanently and its
 ``failed`` result was sent); raising makes the host retry it after ``visibilityTimeout``
@@ -21,32 +21,33 @@ bp = func.Blueprint()
 @bp.queue_trigger(arg_name="msg", queue_name="%SCORE_QUEUE_NAME%", connection="AzureWebJobsStorage")
 def score_job(msg: func.QueueMessage) -> None:
     """Run one batch scoring job (see shared/batch/runner.py for the message and result schemas)."""
-    from shared.batch.runner import handle_message
+    from shared.app import get_app
 
-    handle_message(msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count or 1)
+    get_app().jobs.handle(msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count or 1)
 
 
 @bp.queue_trigger(arg_name="msg", queue_name="%SCORE_QUEUE_NAME%-poison",
                   connection="AzureWebJobsStorage")
 def job_poisoned(msg: func.QueueMessage) -> None:
     """A job whose message failed on every delivery: send its ``failed`` result (``job_failed``)."""
-    from shared.batch.runner import handle_job_poison
+    from shared.app import get_app
 
-    handle_job_poison(msg.get_body(), message_id=msg.id)
+    get_app().jobs.handle_poison(msg.get_body(), message_id=msg.id)
 
 
 @bp.queue_trigger(arg_name="msg", queue_name="%CHUNK_QUEUE_NAME%", connection="AzureWebJobsStorage")
 def score_chunk(msg: func.QueueMessage) -> None:
     """Score one chunk of a fanned-out job (see shared/batch/fanout.py)."""
-    from shared.batch.runner import handle_chunk_message
+    from shared.app import get_app
 
-    handle_chunk_message(msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count or 1)
+    get_app().jobs.fanout.handle_chunk(msg.get_body(), message_id=msg.id,
+                                       dequeue_count=msg.dequeue_count or 1)
 
 
 @bp.queue_trigger(arg_name="msg", queue_name="%CHUNK_QUEUE_NAME%-poison",
                   connection="AzureWebJobsStorage")
 def chunk_poisoned(msg: func.QueueMessage) -> None:
     """A chunk that failed on every delivery: fail its job with ``chunk_failed``."""
-    from shared.batch.runner import handle_chunk_poison
+    from shared.app import get_app
 
-    handle_chunk_poison(msg.get_body(), message_id=msg.id)
+    get_app().jobs.fanout.handle_poison(msg.get_body(), message_id=msg.id)

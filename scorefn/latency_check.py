@@ -183,7 +183,8 @@ def check_latency(model_text: bytes, *, label: str = "model", reference: bytes |
     service, bodies, batch_bodies, batch_rows = _service(texts)
     try:
         for key in texts:  # load, and warm each body once
-            service.score(key, bodies[key][0], content_type="application/json", encode=_encode)
+            service.score(key, bodies[key][0], content_type="application/json",
+                          request_id="latency-check")
         cases = {key: _caller(service, key, bodies[key]) for key in texts}
         warm = min(DISTINCT_ROWS, 256)
         for i in range(warm):
@@ -293,17 +294,10 @@ def _service(texts: dict[str, bytes]):
     return service, bodies, batch_bodies, batch_rows
 
 
-def _encode(result) -> bytes:
-    from shared.payloads import encode_score_response
-
-    return encode_score_response(result.predictions, result.model.to_dict(), "latency-check",
-                                 {"variant": result.variant})
-
-
 def _caller(service, key: str, bodies: list[bytes]) -> Callable[[int], None]:
     def call(i: int) -> None:
         service.score(key, bodies[i % len(bodies)], content_type="application/json",
-                      encode=_encode)
+                      request_id="latency-check")
     return call
 
 

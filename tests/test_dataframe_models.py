@@ -128,14 +128,14 @@ class TestCategoriesByValue:
         assert err.value.code == "unsupported_datatype"
 
     def test_metadata_shows_each_category_in_code_order(self, service, demo_models):
-        meta = service.metadata("plans")
+        meta = service.status.metadata("plans")
         by_name = {i["name"]: i for i in meta["inputs"]}
         assert by_name["contract"]["datatype"] == "BYTES"
         assert by_name["contract"]["parameters"]["categories"] == sorted(PLAN_CONTRACTS)
         assert meta["inputs"][0]["parameters"]["category_codes"]["payment_method"] == \
             {"type": "str", "categories": sorted(PLAN_PAYMENTS)}
         service.score("plans", orjson.dumps({"records": [{"contract": "year"}]}))
-        loaded = {m["name"]: m for m in service.endpoints()["loaded_models"]}
+        loaded = {m["name"]: m for m in service.status.endpoints()["loaded_models"]}
         assert loaded["plans"]["categorical_features"]["contract"]["categories"] == \
             sorted(PLAN_CONTRACTS)
 

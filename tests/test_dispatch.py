@@ -9,12 +9,13 @@ import threading
 
 import pytest
 
-import shared.scoring.service as service_module
+import shared.app as app_module
 from score_function.dispatch import run_scoring
 from shared.models.blob_source import BlobSource
 from shared.models.store import ModelStore
 from shared.router import RouterConfigSource, RouterHolder
 from shared.scoring.service import INLINE_MAX_BYTES, ScoringService
+from shared.app import App
 from shared.settings import Settings
 from tests.conftest import upload
 
@@ -62,30 +63,62 @@ def test_a_routed_endpoint_is_inline_only_once_its_config_and_every_variant_are_
         routing.close()
 
 
-def where_it_ran(monkeypatch, service: ScoringService | None, endpoint: str, body: bytes) -> str:
-    monkeypatch.setattr(service_module, "_service", service)
+def use_app(monkeypatch, service: ScoringService | None, built: ScoringService | None = None):
+    """The process-wide app as the handlers see it: ``service`` already built (or none yet),
+    ``built`` what building it on first use gives."""
+    settings = Settings.from_env({})
+    monkeypatch.setattr(app_module, "_app", App(settings, service) if service else None)
+    later = built or service
+    monkeypatch.setattr(app_module, "get_app", lambda: App(settings, later))
 
-    async def main() -> str:
-        loop_thread = threading.get_ident()
-        ran_on = await run_scoring(endpoint, body, lambda s: threading.get_ident())
-        return "loop" if ran_on == loop_thread else "thread"
 
-    return asyncio.run(main())
+def threads_of(service: ScoringService, monkeypatch) -> list[str]:
+    """Where each scoring of ``service`` runs (its score and score_cached calls): "loop" when
+    on the thread that called :func:`where_it_ran`, else "thread"."""
+    seen: list[str] = []
+    for method in ("score", "score_cached"):
+        original = getattr(service, method)
+
+        def spy(*args, _original=original, **kwargs):
+            seen.append("loop" if threading.get_ident() == LOOP[0] else "thread")
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(service, method, spy)
+    return seen
+
+
+LOOP: list[int] = [0]
+
+
+def where_it_ran(endpoint: str, body: bytes, seen: list[str]) -> str:
+    async def main() -> None:
+        LOOP[0] = threading.get_ident()
+        try:
+            await run_scoring(endpoint, body, {})
+        except Exception:
+            pass  # where it ran is the question, not what it answered
+
+    seen.clear()
+    asyncio.run(main())
+    return seen[-1]
 
 
 def test_run_scoring_stays_on_the_loop_only_when_warm_and_small(monkeypatch, store):
     service = ScoringService(Settings.from_env({}), store)
-    assert where_it_ran(monkeypatch, service, "churn", b"{}") == "thread"  # cold
+    use_app(monkeypatch, service)
+    seen = threads_of(service, monkeypatch)
+    assert where_it_ran("churn", b"{}", seen) == "thread"  # cold
     store.get("churn")
-    assert where_it_ran(monkeypatch, service, "churn", b"{}") == "loop"
-    assert where_it_ran(monkeypatch, service, "churn", b" " * (INLINE_MAX_BYTES + 1)) == "thread"
+    assert where_it_ran("churn", b"{}", seen) == "loop"
+    assert where_it_ran("churn", b" " * (INLINE_MAX_BYTES + 1), seen) == "thread"
 
 
-def test_the_first_request_builds_the_service_in_a_thread(monkeypatch, store):
+def test_the_first_request_builds_the_app_in_a_thread(monkeypatch, store):
     built = ScoringService(Settings.from_env({}), store)
     store.get("churn")
-    monkeypatch.setattr(service_module, "get_service", lambda: built)
-    assert where_it_ran(monkeypatch, None, "churn", b"{}") == "thread"
+    use_app(monkeypatch, None, built)
+    seen = threads_of(built, monkeypatch)
+    assert where_it_ran("churn", b"{}", seen) == "thread"
 
 
 def test_a_model_evicted_after_the_warm_check_is_loaded_in_a_thread_not_on_the_loop(
@@ -100,28 +133,27 @@ def test_a_model_evicted_after_the_warm_check_is_loaded_in_a_thread_not_on_the_l
                        max_cache_bytes=1)
     service = ScoringService(Settings.from_env({}), store)
     store.get("churn")
-    monkeypatch.setattr(service_module, "_service", service)
-    monkeypatch.setattr(service_module, "get_service", lambda: service)
+    use_app(monkeypatch, service)
     row = np.random.default_rng(4).normal(size=(1, len(demo_models["churn"].feature_names)))
     body = json.dumps({"rows": row.tolist()}).encode()
     attempts: list[tuple[str, bool]] = []
+    score_cached, score = service.score_cached, service.score
 
-    def score(s: ScoringService):
-        on_loop = threading.get_ident() == loop_thread[0]
-        if not attempts:  # another request evicts churn between the check and this scoring
-            other = threading.Thread(target=store.get, args=("churn_v1",))
-            other.start()
-            other.join()
-        attempts.append(("loop" if on_loop else "thread", store.is_cached("churn")))
-        return s.score("churn", body)
+    def cached_after_an_eviction(*args, **kwargs):
+        # Another request evicts churn between the warm check and this scoring.
+        other = threading.Thread(target=store.get, args=("churn_v1",))
+        other.start()
+        other.join()
+        attempts.append(("loop", store.is_cached("churn")))
+        return score_cached(*args, **kwargs)
 
-    loop_thread: list[int] = []
+    def in_thread(*args, **kwargs):
+        attempts.append(("thread", store.is_cached("churn")))
+        return score(*args, **kwargs)
 
-    async def main():
-        loop_thread.append(threading.get_ident())
-        return await run_scoring("churn", body, score)
-
-    result = asyncio.run(main())
+    monkeypatch.setattr(service, "score_cached", cached_after_an_eviction)
+    monkeypatch.setattr(service, "score", in_thread)
+    result = asyncio.run(run_scoring("churn", body, {}))
     assert attempts == [("loop", False), ("thread", False)]  # the loop never loaded it
     assert result.cold and store.is_cached("churn")
     expected = lgb.Booster(model_file=str(demo_models["churn"].path)).predict(row)

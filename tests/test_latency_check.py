@@ -327,9 +327,9 @@ def test_v2_metadata_and_endpoints_show_the_stored_figures(container, demo_model
     service = ScoringService(Settings.from_env({}),
                              ModelStore(BlobSource(container, 64 << 20), refresh_seconds=3600))
     try:
-        assert service.metadata("price")["parameters"]["latency_check"] == FIGURES.to_dict()
-        assert "latency_check" not in service.metadata("segment")["parameters"]
-        loaded = {m["name"]: m for m in service.endpoints()["loaded_models"]}
+        assert service.status.metadata("price")["parameters"]["latency_check"] == FIGURES.to_dict()
+        assert "latency_check" not in service.status.metadata("segment")["parameters"]
+        loaded = {m["name"]: m for m in service.status.endpoints()["loaded_models"]}
         assert loaded["price"]["latency_check"]["single_row_p99_ms"] == FIGURES.single_row_p99_ms
         assert "latency_check" not in loaded["segment"]
     finally:

@@ -226,18 +226,13 @@ def test_a_model_larger_than_the_bound_still_serves_alone(container, demo_models
     assert [info.name for info in store.loaded()] == ["big"]
 
 
-def test_inside_cache_only_a_model_not_cached_is_refused_not_loaded(container, demo_models):
-    from shared.models.store import NotCached, cache_only
-
+def test_get_cached_answers_from_the_cache_and_never_loads(container, demo_models):
     upload(container, "churn.txt", demo_models["churn"].path)
     store = ModelStore(BlobSource(container, 64 * 1024 * 1024), refresh_seconds=3600)
-    with cache_only():
-        with pytest.raises(NotCached):
-            store.get("churn")
+    assert store.get_cached("churn") is None
     assert not store.is_cached("churn") and store.stats.downloads == 0
-    model, cold = store.get("churn")  # outside the block, loaded as usual
-    with cache_only():
-        assert store.get("churn") == (model, False)
+    model, cold = store.get("churn")  # get loads it as usual
+    assert store.get_cached("churn") is model
 
 
 def test_a_version_the_swap_check_refused_is_not_downloaded_again_until_the_blob_changes(

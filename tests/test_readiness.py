@@ -33,7 +33,7 @@ def test_concurrent_probes_ask_storage_once(container):
     source = SlowPings(container)
     service = ScoringService(Settings.from_env({}), ModelStore(source, refresh_seconds=3600))
     with ThreadPoolExecutor(8) as pool:
-        reports = list(pool.map(lambda _: service.readiness(), range(8)))
+        reports = list(pool.map(lambda _: service.status.readiness(), range(8)))
     assert source.pings == 1
     assert all(r == {"ready": True, "storage": "ok", "models_loaded": 0} for r in reports)
 
@@ -55,19 +55,19 @@ class HeldPings(SlowPings):
 
 
 def test_a_stale_report_is_served_while_one_probe_refreshes_it(container, monkeypatch):
-    import shared.scoring.service as service_module
+    import shared.scoring.status as service_module
 
     source = HeldPings(container)
     service = ScoringService(Settings.from_env({}), ModelStore(source, refresh_seconds=3600))
-    assert service.readiness()["ready"]
+    assert service.status.readiness()["ready"]
     monkeypatch.setattr(service_module, "READINESS_CACHE_SECONDS", 0.0)  # the report is stale now
     source.started.clear()
     source.release.clear()
-    refresher = threading.Thread(target=service.readiness)
+    refresher = threading.Thread(target=service.status.readiness)
     refresher.start()
     assert source.started.wait(10)  # the refresher is pinging, and stays there
     answer: dict = {}
-    other = threading.Thread(target=lambda: answer.update(service.readiness()))
+    other = threading.Thread(target=lambda: answer.update(service.status.readiness()))
     other.start()
     other.join(10)
     assert not other.is_alive() and answer["storage"] == "ok"  # the last report, not waiting
@@ -82,7 +82,7 @@ def test_the_anonymous_probe_counts_loaded_models_without_naming_them(container,
     container.upload_blob("churn.txt", demo_models["churn"].path.read_bytes())
     service = ScoringService(Settings.from_env({}), ModelStore(BlobSource(container, 1 << 22)))
     service.store.get("churn")
-    report = service.readiness()
+    report = service.status.readiness()
     assert report == {"ready": True, "storage": "ok", "models_loaded": 1}
     assert b"churn" not in orjson.dumps(report)
 
@@ -105,11 +105,11 @@ def test_a_model_is_ready_only_when_every_variant_loads_and_fits_the_cache(conta
         return ScoringService(Settings.from_env({}), store, routing=routing)
 
     roomy = service(64 << 20)
-    assert roomy.model_ready("churn") == {"name": "churn", "ready": True}
+    assert roomy.status.model_ready("churn") == {"name": "churn", "ready": True}
     assert roomy.store.is_cached("churn") and roomy.store.is_cached("churn_v1")
-    assert roomy.model_ready("churn_v1") == {"name": "churn_v1", "ready": True}  # unlisted: itself
+    assert roomy.status.model_ready("churn_v1") == {"name": "churn_v1", "ready": True}  # unlisted: itself
     with pytest.raises(ModelNotFound):
-        roomy.model_ready("gone")
+        roomy.status.model_ready("gone")
     one_fits = max(demo_models[n].path.stat().st_size for n in ("churn", "churn_v1")) + 1
     with pytest.raises(ModelUnavailable, match="MODEL_CACHE_MAX_MB"):
-        service(one_fits).model_ready("churn")
+        service(one_fits).status.model_ready("churn")

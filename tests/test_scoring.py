@@ -128,7 +128,7 @@ def test_oversized_body_is_413_before_parsing(container, demo_models):
 
 
 def test_v2_metadata_describes_inputs_and_outputs(service, demo_models):
-    meta = service.metadata("segment")
+    meta = service.status.metadata("segment")
     assert meta["name"] == "segment" and meta["platform"] == "lightgbm"
     assert meta["inputs"][0]["shape"] == [-1, 4]
     assert [i["name"] for i in meta["inputs"][1:]] == list(demo_models["segment"].feature_names)

@@ -7,12 +7,12 @@
   only once it has parsed. A blob that fails to download or parse never replaces a model
   that works; the failure is logged and retried at the next interval.
 - Beyond ``max_cache_bytes`` the least recently used models are evicted.
-- With a ``compiler`` (``shared/models/compiled/core.py``, opt-in), opted-in models are queued for
+- With a ``compiler`` (``shared/models/compiled/compiler.py``, opt-in), opted-in models are queued for
   compilation once loaded or swapped in; LightGBM serves them until a checked compiled forest
   takes over. A swapped-out or evicted model lets go of its compiled code.
-- Inside :func:`cache_only` a model that is not cached is never loaded: :class:`NotCached`
-  is raised instead (an event loop scoring a request it found warm must not download a
-  model that left the cache since).
+- :meth:`ModelStore.get_cached` answers from the cache only, never reading storage (an
+  event loop scoring a request it found warm must not download a model that left the
+  cache since).
 """
 
 from __future__ import annotations
@@ -23,10 +23,8 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Protocol
 
 from shared.errors import InvalidName, ModelNotFound, ScoreError
 from shared.models.model import LoadedModel, ModelInfo, parse_model
@@ -35,24 +33,6 @@ log = logging.getLogger("scorefn.models")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,255}$")
 MODEL_SUFFIXES = (".txt", ".txt.gz")
-_CACHE_ONLY: ContextVar[bool] = ContextVar("scorefn_cache_only", default=False)
-
-
-class NotCached(Exception):
-    """A model asked for inside :func:`cache_only` is not cached (it would need storage).
-    Not a scoring error: the caller scores the request again where it may wait."""
-
-
-@contextmanager
-def cache_only() -> Iterator[None]:
-    """Within this block (this thread or task), :meth:`ModelStore.get` answers from the
-    cache or raises :class:`NotCached`; it never reads storage."""
-    token = _CACHE_ONLY.set(True)
-    try:
-        yield
-    finally:
-        _CACHE_ONLY.reset(token)
-
 
 class Source(Protocol):
     def fetch(self, path: str, etag: str | None = None): ...
@@ -127,17 +107,10 @@ class ModelStore:
         Raises :class:`ModelNotFound`, :class:`ModelUnavailable` or :class:`InvalidModel`
         for a model that is not cached and cannot be loaded.
         """
-        now = self._clock()
         with self._lock:
-            entry = self._entries.get(name)
-            if entry is not None:
-                self._entries.move_to_end(name)
-                if now >= entry.next_check and not entry.refreshing:
-                    entry.refreshing = True
-                    self._refresh_pool().submit(self._refresh, name, entry)
-                return entry.model, False
-            if _CACHE_ONLY.get():
-                raise NotCached(name)
+            model = self._cached(name)
+            if model is not None:
+                return model, False
             flight = self._flights.get(name)
             leader = flight is None
             if leader:
@@ -150,6 +123,23 @@ class ModelStore:
             raise flight.error
         assert flight.model is not None
         return flight.model, True
+
+    def get_cached(self, name: str) -> LoadedModel | None:
+        """The model called ``name`` if it is cached, else ``None``; never reads storage."""
+        with self._lock:
+            return self._cached(name)
+
+    def _cached(self, name: str) -> LoadedModel | None:
+        """A cache hit (most recently used now; its revalidation started when due). Called
+        with the lock held."""
+        entry = self._entries.get(name)
+        if entry is None:
+            return None
+        self._entries.move_to_end(name)
+        if self._clock() >= entry.next_check and not entry.refreshing:
+            entry.refreshing = True
+            self._refresh_pool().submit(self._refresh, name, entry)
+        return entry.model
 
     def is_cached(self, name: str) -> bool:
         """Whether ``get(name)`` would answer from the cache, without storage access."""
@@ -266,7 +256,7 @@ class ModelStore:
                 log.debug("refresh failure callback failed", exc_info=True)
 
     def _compile_later(self, name: str, model: LoadedModel) -> None:
-        """Queue an opted-in model for compilation (never blocks; see shared/models/compiled/core.py)."""
+        """Queue an opted-in model for compilation (never blocks; see shared/models/compiled/compiler.py)."""
         compiler = self.compiler
         if compiler is not None and compiler.wants(name, model.info.path):
             compiler.submit(name, model, lambda m: self._is_current(name, m))

@@ -1,34 +1,36 @@
-"""The one scoring entry point every transport calls: resolve -> load -> parse -> predict.
+"""The one scoring entry point every transport calls: decode -> route -> load -> parse ->
+predict -> encode, in that order, with telemetry; then the prediction log and shadows.
 
 HTTP routes and queue jobs differ only in how they parse their trigger and shape the
-result; everything between is here. Built lazily from the app settings on first use.
+finished :class:`~shared.scoring.result.ScoreResult`; everything between is here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
-import threading
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal, Mapping
 
-import numpy as np
-
-from shared.errors import OverrideNotAllowed, PayloadTooLarge, ScoreError, UnsupportedMediaType
-from shared.models.latency_figures import read_latency_figures
+from shared.ablog.predictions import PredictionLog
+from shared.ablog.record import PredictionRecord, output_kind
+from shared.errors import NotEnabled, OverrideNotAllowed, PayloadTooLarge, ScoreError, UnsupportedMediaType
 from shared.models.model import LoadedModel, ModelInfo
-from shared.models.store import ModelStore, NotCached
-from shared.payloads import ScoringInput, decode_json, parse_score_body, parse_v2
+from shared.models.store import ModelStore
+from shared.payloads import (ScoringInput, decode_json, encode_score_response, encode_v2_response,
+                             parse_score_body, parse_v2)
 from shared.payloads.common import DEFAULT_OPTIONS
 from shared.payloads.rows import read_rows_body
-from shared.payloads.v2 import OUTPUT_NAME, read_v2_body
-from shared.ablog.predictions import PredictionLog, build_logs, output_kind
+from shared.payloads.v2 import read_v2_body
 from shared.router import (OVERRIDE_HEADER, EndpointConfig, Route, RouterHolder, ShadowRunner, header,
-                     sticky_key)
+                           sticky_key)
 from shared.scoring.predict import predict_with_backend
-from shared.settings import Settings, resolve_connection
+from shared.scoring.result import ScoreResult
+from shared.scoring.shadows import score_shadow
+from shared.scoring.status import ServiceStatus
+from shared.settings import Settings
 from shared.telemetry.core import NO_TRACE, RequestTrace, Telemetry, get_telemetry
 
 log = logging.getLogger("scorefn.scoring")
@@ -38,29 +40,6 @@ _NONE: frozenset[str] = frozenset()
 # Bodies up to this size may be scored on an event loop when warm: ~15 rows of 100 features,
 # ~1 ms of CPU at most; larger ones go to a thread so the loop keeps serving others.
 INLINE_MAX_BYTES = 32 * 1024
-READINESS_CACHE_SECONDS = 5.0
-
-
-@dataclass(slots=True)
-class ScoreResult:
-    """What a scoring produced, for the transport to shape."""
-
-    predictions: np.ndarray
-    model: ModelInfo
-    request: ScoringInput
-    cold: bool
-    predict_seconds: float
-    body: bytes | None = None
-    route: Route | None = None
-    request_id: str | None = None
-    logged: bool = False  # in the prediction log (its shadows are logged too)
-    log_features: bool = False  # ... with the request's features
-    backend: str = "lightgbm"  # what predicted: "lightgbm" or "compiled" (compiled trees)
-    parse_seconds: float = 0.0  # the body's rows to a matrix (after JSON decoding)
-
-    @property
-    def variant(self) -> str:
-        return self.route.variant if self.route is not None else "default"
 
 
 def check_content_type(content_type: str | None) -> None:
@@ -85,6 +64,23 @@ def _single_route(endpoint: str) -> Route:
     return Route(endpoint, "default", endpoint, (), None, "single")
 
 
+def encode_response(result: ScoreResult, fmt: Format, endpoint: str,
+                    request_id: str | None) -> tuple[bytes, int | None]:
+    """The response body of a scoring in its format (and, for V2 binary output, the length
+    of its JSON header)."""
+    if fmt == "score":
+        return encode_score_response(result.predictions, result.model.to_dict(), request_id,
+                                     {"variant": result.variant}), None
+    fields = dict(model_name=endpoint, model_version=result.model.version,
+                  request_id=result.request.request_id or request_id,
+                  parameters={"variant": result.variant, "model": result.model.name})
+    if result.request.binary_output:
+        from shared.payloads.v2_binary import encode_binary_response
+
+        return encode_binary_response(result.predictions, **fields)
+    return encode_v2_response(result.predictions, **fields), None
+
+
 class ScoringService:
     """Scores requests against models from a :class:`ModelStore`."""
 
@@ -99,8 +95,7 @@ class ScoringService:
         self.shadows = shadows
         self.prediction_log = prediction_log
         self.outcome_log = outcome_log
-        self._readiness: tuple[float, dict[str, Any]] | None = None
-        self._readiness_lock = threading.Lock()
+        self.status = ServiceStatus(store, routing)
 
     def can_score_inline(self, endpoint: str, body_bytes: int) -> bool:
         """Whether scoring this request needs neither storage nor much CPU: the body is at
@@ -132,10 +127,6 @@ class ScoringService:
             return None
         return self.routing.current().sticky_body_field(endpoint)
 
-    def model(self, endpoint: str, key: str | None = None) -> tuple[LoadedModel, bool]:
-        """The model serving ``endpoint`` for ``key`` (a queue job routes by its key or id)."""
-        return self.store.get(self.route(endpoint, key=key).model)
-
     def resolve(self, endpoint: str, key: str | None = None) -> tuple[Route, LoadedModel, bool]:
         """Route ``endpoint`` for ``key`` and load the chosen model: (route, model, cold)."""
         route = self.route(endpoint, key=key)
@@ -145,44 +136,60 @@ class ScoringService:
     def score(self, endpoint: str, body: bytes, *, fmt: Format = "score",
               content_type: str | None = None, trigger: str = "http",
               carrier: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None,
-              query: Mapping[str, str] | None = None,
-              encode: Callable[[ScoreResult], bytes] | None = None,
-              request_id: str | None = None,
+              query: Mapping[str, str] | None = None, request_id: str | None = None,
               binary_header_length: int | None = None) -> ScoreResult:
-        """Score a JSON request body for ``endpoint``: check, route, load, parse, predict,
-        encode (with the transport's ``encode``), record telemetry; then hand shadows a copy.
+        """Score a request body for ``endpoint``: check, decode, route, load, parse, predict,
+        encode the response, record telemetry; then offer it to the prediction log and hand
+        shadows a copy.
 
         ``headers``/``query`` carry the sticky key and the variant override, ``carrier`` the
-        caller's trace context (``traceparent``), ``request_id`` the id the prediction log
-        records (the transport's ``x-request-id``). ``binary_header_length``: a V2 body in
-        the binary tensor data extension, whose JSON header is that many bytes. Raises a :class:`ScoreError` subclass for
-        anything the caller got wrong or storage could not do; the failure is recorded and
-        logged once, with its code.
+        caller's trace context (``traceparent``), ``request_id`` the transport's request id
+        (``x-request-id``: in the response and the prediction log). ``binary_header_length``:
+        a V2 body in the binary tensor data extension, whose JSON header is that many bytes.
+        Raises a :class:`ScoreError` subclass for anything the caller got wrong or storage
+        could not do; the failure is recorded and logged once, with its code.
         """
+        result = self._score(endpoint, body, fmt, content_type, trigger, carrier, headers, query,
+                             request_id, binary_header_length, cached_only=False)
+        assert result is not None  # only a cached-only scoring stops short
+        return result
+
+    def score_cached(self, endpoint: str, body: bytes, *, fmt: Format = "score",
+                     content_type: str | None = None, trigger: str = "http",
+                     carrier: Mapping[str, str] | None = None,
+                     headers: Mapping[str, str] | None = None,
+                     query: Mapping[str, str] | None = None, request_id: str | None = None,
+                     binary_header_length: int | None = None) -> ScoreResult | None:
+        """As :meth:`score`, without ever reading storage: ``None`` when the model the
+        request routes to is not cached (an event loop then scores it in a thread)."""
+        return self._score(endpoint, body, fmt, content_type, trigger, carrier, headers, query,
+                           request_id, binary_header_length, cached_only=True)
+
+    def _score(self, endpoint: str, body: bytes, fmt: Format, content_type: str | None,
+               trigger: str, carrier: Mapping[str, str] | None,
+               headers: Mapping[str, str] | None, query: Mapping[str, str] | None,
+               request_id: str | None, binary_header_length: int | None,
+               cached_only: bool) -> ScoreResult | None:
         start = time.perf_counter()
         tel = self.telemetry
         attrs: dict[str, Any] = {"trigger": trigger, "endpoint": endpoint}
         with tel.request_span("scorefn.score", carrier, attrs) as request_trace:
             try:
-                if binary_header_length is None:
-                    self.check_body(body, content_type)
-                    direct = self._read_direct(body, fmt)
-                    doc = decode_json(body) if direct is None else None
-                else:
-                    from shared.payloads.v2_binary import decode_binary_request
-
-                    self.check_body(body, None)  # the extension's body is not JSON
-                    direct, doc = None, decode_binary_request(body, binary_header_length)
+                direct, doc = self._decode(body, fmt, content_type, binary_header_length)
                 decoded = time.perf_counter()
                 # A directly read body's only field besides its format's own (reserved, never
                 # a sticky key) is V2's "id", which a sticky key may name.
                 route, config = self._route_request(
                     endpoint, doc if doc is not None else direct[0].fields, headers, query)
                 attrs["variant"] = route.variant
-                model, cold = self._get_model(route.model, attrs, request_trace)
+                loaded = self._get_model(route.model, attrs, request_trace, cached_only)
+                if loaded is None:
+                    # Not a failure: the transport scores this request again in a thread.
+                    request_trace.set_attribute("scorefn.scored_again_in_thread", True)
+                    return None
+                model, cold = loaded
                 if direct is not None and _fits(direct, model.info):
-                    result = self._predict_parsed(model, direct[0], cold)
-                    result.route = route
+                    result = self.predict_parsed(model, direct[0], cold, route)
                 else:
                     if doc is None:  # e.g. the wrong width: the full parser says what is wrong
                         doc = decode_json(body)
@@ -192,14 +199,9 @@ class ScoringService:
                         extra_fields=frozenset((sticky,)) if sticky else _NONE)
                 attrs["backend"] = result.backend
                 scored = time.perf_counter()
-                if encode is not None:
-                    result.body = encode(result)
+                encoded, binary_length = encode_response(result, fmt, endpoint, request_id)
             except ScoreError as exc:
                 self._record_failure(exc, attrs, request_trace, start, body)
-                raise
-            except NotCached:
-                # Not a failure: the transport scores this request again in a thread.
-                request_trace.set_attribute("scorefn.scored_again_in_thread", True)
                 raise
             except Exception:
                 # A bug, not the caller's fault: counted as internal_error so that it shows in
@@ -219,13 +221,31 @@ class ScoringService:
                     "scorefn.serialize_ms": (end - scored) * 1000})
             tel.record(attrs, duration_ms=elapsed_ms, predict_ms=result.predict_seconds * 1000,
                        rows=result.request.X.shape[0])
-        result.request_id = request_id
+        logged_id, log_features = None, False
         if config is not None and config.log is not None and self.prediction_log is not None:
-            self._log_prediction(result, config, trigger, elapsed_ms)
+            logged_id, log_features = self._offer_to_log(result, config, trigger, elapsed_ms,
+                                                         request_id)
+        result = dataclasses.replace(
+            result, body=encoded, binary_header_length=binary_length,
+            request_id=logged_id or request_id, logged=logged_id is not None,
+            log_features=log_features)
         if route.shadows and self.shadows is not None:
             for target in route.shadows:
-                self.shadows.submit(self._run_shadow, target, doc, body, fmt, result, trigger)
+                self.shadows.submit(score_shadow, self, target, doc, body, fmt, result, trigger)
         return result
+
+    def _decode(self, body: bytes, fmt: Format, content_type: str | None,
+                binary_header_length: int | None
+                ) -> tuple[tuple[ScoringInput, str | None] | None, dict[str, Any] | None]:
+        """The body read directly (the common shapes) or decoded: (direct, document)."""
+        if binary_header_length is not None:
+            from shared.payloads.v2_binary import decode_binary_request
+
+            self.check_body(body, None)  # the extension's body is not JSON
+            return None, decode_binary_request(body, binary_header_length)
+        self.check_body(body, content_type)
+        direct = self._read_direct(body, fmt)
+        return direct, (decode_json(body) if direct is None else None)
 
     def _read_direct(self, body: bytes, fmt: Format) -> tuple[ScoringInput, str | None] | None:
         """The common bodies read without a Python object per value: ``{"rows": [[numbers]]}``,
@@ -261,73 +281,34 @@ class ScoringService:
             return
         config = self.routing.current().endpoint(result.route.endpoint)
         if config is not None and config.log is not None:
-            result.request_id = request_id
-            self._log_prediction(result, config, trigger, latency_ms)
+            self._offer_to_log(result, config, trigger, latency_ms, request_id)
 
-    def _log_prediction(self, result: ScoreResult, config: EndpointConfig, trigger: str,
-                        latency_ms: float) -> None:
+    def _offer_to_log(self, result: ScoreResult, config: EndpointConfig, trigger: str,
+                      latency_ms: float, request_id: str | None) -> tuple[str | None, bool]:
         """Hand the prediction log a record (the endpoint's config has a ``log`` block; the
-        request may be sampled out); never raises, never waits on storage."""
+        request may be sampled out): the request id it was logged under (``None``: not
+        logged) and whether with its features. Never raises, never waits on storage."""
+        assert self.prediction_log is not None and config.log is not None
         try:
             route = result.route
+            assert route is not None
             log_config = config.log
             if not self.prediction_log.wants(log_config, route.endpoint, route.key):
-                return
-            if result.request_id is None:
-                result.request_id = uuid.uuid4().hex
-            index = None
-            for i, v in enumerate(config.variants):
-                if v.name == route.variant:
-                    index = i
-                    break
-            result.logged = self.prediction_log.record(
-                endpoint=route.endpoint, request_id=result.request_id, key=route.key,
-                trigger=trigger, variant=route.variant, variant_index=index, model=result.model,
+                return None, False
+            request_id = request_id or uuid.uuid4().hex
+            index = next((i for i, v in enumerate(config.variants) if v.name == route.variant),
+                         None)
+            logged = self.prediction_log.offer(PredictionRecord.scored_by(
+                result.model, endpoint=route.endpoint, request_id=request_id, key=route.key,
+                trigger=trigger, variant=route.variant, variant_index=index,
                 predictions=result.predictions, latency_ms=latency_ms,
                 output=output_kind(result.request.options), rows=result.request.X.shape[0],
                 features=result.request.X if log_config.features else None,
-                pinned=route.how == "override")
-            result.log_features = log_config.features
+                pinned=route.how == "override"))
+            return (request_id if logged else None), log_config.features
         except Exception:  # the log must never fail a request
             log.exception("prediction log: could not record a prediction")
-
-    def _run_shadow(self, target: Any, doc: dict[str, Any] | None, body: bytes, fmt: Format,
-                    primary: ScoreResult, trigger: str) -> None:
-        """Score a shadow variant on a copy of the request, off the request path; its
-        latency and its disagreement with the answer are recorded, its failure only counted.
-        ``doc`` is the decoded body, or ``None`` when the request skipped decoding."""
-        start = time.perf_counter()
-        attrs: dict[str, Any] = {"trigger": trigger, "endpoint": primary.route.endpoint,
-                                 "variant": target.name, "shadow": True}
-        try:
-            model, cold = self.store.get(target.model)
-            attrs.update({"model.name": model.info.name, "model.version": model.info.version,
-                          "cold": cold})
-            if model.info.schema == primary.model.schema:
-                # Same features: reuse the answer's matrix. Parsing again would hold the GIL
-                # and slow the request threads; predict releases it.
-                result = self._predict_parsed(model, primary.request, cold)
-            else:  # the route: the sticky key's body field is allowed here as for the answer
-                result = self.score_document(model, doc if doc is not None else decode_json(body),
-                                             fmt=fmt, cold=cold, route=primary.route)
-        except Exception as exc:  # a bug or a native failure counts as score() counts it
-            attrs["outcome"] = exc.code if isinstance(exc, ScoreError) else "internal_error"
-            self.telemetry.record(attrs, duration_ms=(time.perf_counter() - start) * 1000)
-            raise
-        attrs["outcome"] = "ok"
-        self.telemetry.record(attrs, duration_ms=(time.perf_counter() - start) * 1000,
-                              predict_ms=result.predict_seconds * 1000,
-                              rows=result.request.X.shape[0])
-        if result.predictions.shape == primary.predictions.shape:
-            diff = float(np.mean(np.abs(result.predictions - primary.predictions)))
-            self.telemetry.record_shadow_difference(diff, attrs)
-        if primary.logged and self.prediction_log is not None:
-            self.prediction_log.record(
-                endpoint=primary.route.endpoint, request_id=primary.request_id,
-                key=primary.route.key, trigger=trigger, variant=target.name, model=result.model,
-                predictions=result.predictions, latency_ms=(time.perf_counter() - start) * 1000,
-                output=output_kind(result.request.options), rows=result.request.X.shape[0],
-                features=result.request.X if primary.log_features else None, shadow=True)
+            return None, False
 
     def _check_response_size(self, info: ModelInfo, request: ScoringInput) -> None:
         values = request.X.shape[0] * info.num_outputs
@@ -338,19 +319,29 @@ class ScoringService:
                                   f"{self.settings.max_response_values:,} (MAX_RESPONSE_VALUES): "
                                   f"send fewer rows", code="response_too_large")
 
-    def _predict_parsed(self, model: LoadedModel, request: ScoringInput, cold: bool) -> ScoreResult:
+    def predict_parsed(self, model: LoadedModel, request: ScoringInput, cold: bool,
+                       route: Route | None = None) -> ScoreResult:
+        """Predict an already parsed request with ``model``."""
         self._check_response_size(model.info, request)
         start = time.perf_counter()
         predictions, backend = predict_with_backend(
             model, request, parallel_min_rows=self.settings.predict_parallel_min_rows,
             max_threads=self.settings.predict_max_threads)
         return ScoreResult(predictions, model.info, request, cold, time.perf_counter() - start,
-                           backend=backend)
+                           route=route, backend=backend)
 
-    def _get_model(self, name: str, attrs: dict[str, Any],
-                   request_trace: RequestTrace = NO_TRACE) -> tuple[LoadedModel, bool]:
+    def _get_model(self, name: str, attrs: dict[str, Any], request_trace: RequestTrace,
+                   cached_only: bool) -> tuple[LoadedModel, bool] | None:
+        """The model and whether it was loaded now; ``None`` when ``cached_only`` and it is
+        not cached."""
         start = time.perf_counter()
-        model, cold = self.store.get(name)
+        if cached_only:
+            model = self.store.get_cached(name)
+            if model is None:
+                return None
+            cold = False
+        else:
+            model, cold = self.store.get(name)
         info = model.info
         attrs["model.name"] = info.name
         attrs["model.version"] = info.version
@@ -358,11 +349,10 @@ class ScoringService:
         if cold:
             load_ms = (time.perf_counter() - start) * 1000
             started_ns = time.time_ns() - int(load_ms * 1e6)
-            self.telemetry.record_load(load_ms, {"model.name": model.info.name,
-                                                 "model.version": model.info.version})
+            self.telemetry.record_load(load_ms, {"model.name": info.name,
+                                                 "model.version": info.version})
             # The load span is made after the fact: warm requests should not pay for one.
-            request_trace.child_after_the_fact("model.load", started_ns,
-                                               {"model.name": model.info.name})
+            request_trace.child_after_the_fact("model.load", started_ns, {"model.name": info.name})
         return model, cold
 
     def _record_failure(self, exc: ScoreError, attrs: dict[str, Any], request_trace: RequestTrace,
@@ -384,7 +374,6 @@ class ScoringService:
         """Validate an outcomes body (see :mod:`shared.ablog.outcomes`) for ``endpoint`` and append
         it to the outcome log; returns how many were stored. Raises typed errors: 4xx for a
         bad payload, 503 ``outcome_log_unavailable`` when storage cannot be written."""
-        from shared.errors import NotEnabled
         from shared.ablog.outcomes import check_endpoint, parse_outcomes
 
         try:
@@ -424,18 +413,8 @@ class ScoringService:
                 extra_fields = frozenset((sticky,)) if sticky else _NONE
             request = parse_score_body(doc, schema, limit, extra_fields=extra_fields)
         parsed = time.perf_counter()
-        self._check_response_size(model.info, request)
-        predictions, backend = predict_with_backend(
-            model, request, parallel_min_rows=self.settings.predict_parallel_min_rows,
-            max_threads=self.settings.predict_max_threads)
-        return ScoreResult(predictions, model.info, request, cold, time.perf_counter() - parsed,
-                           route=route, backend=backend, parse_seconds=parsed - start)
-
-    def endpoints(self) -> dict[str, Any]:
-        """Configured endpoints with their variants and weights, and the loaded model versions."""
-        routing = (self.routing.describe() if self.routing is not None
-                   else {"mode": "single-model", "endpoints": []})
-        return {**routing, "loaded_models": [_loaded_model(info) for info in self.store.loaded()]}
+        result = self.predict_parsed(model, request, cold, route)
+        return dataclasses.replace(result, parse_seconds=parsed - start)
 
     def close(self) -> None:
         """Stop background work: model refreshes, config refreshes, shadows; then write
@@ -447,180 +426,3 @@ class ScoringService:
             self.shadows.close()
         if self.prediction_log is not None:
             self.prediction_log.close()
-
-    def readiness(self) -> dict[str, Any]:
-        """Ready when model storage answers, or when models are loaded to serve meanwhile."""
-        cached = self._readiness
-        if cached is not None and time.monotonic() - cached[0] < READINESS_CACHE_SECONDS:
-            return cached[1]
-        # One probe asks storage at a time; the others answer with the last report meanwhile
-        # (or, before there is one, wait for it): probes must not hold every function thread.
-        if not self._readiness_lock.acquire(blocking=cached is None):
-            return cached[1]
-        try:
-            cached = self._readiness
-            if cached is not None and time.monotonic() - cached[0] < READINESS_CACHE_SECONDS:
-                return cached[1]  # made while this probe waited
-            try:
-                self.store.source.ping()
-                storage = "ok"
-            except ScoreError as exc:
-                storage = exc.code
-            # The probe is anonymous: a count, not the models' names and versions.
-            loaded = len(self.store.loaded())
-            report = {"ready": storage == "ok" or loaded > 0, "storage": storage,
-                      "models_loaded": loaded}
-            self._readiness = (time.monotonic(), report)
-            return report
-        finally:
-            self._readiness_lock.release()
-
-    def model_ready(self, endpoint: str) -> dict[str, Any]:
-        """V2 model readiness: ``{"name", "ready": true}`` once every model the endpoint may
-        route to is loaded (loading them now if need be); a model that cannot load raises its
-        typed error (404 ``model_not_found``, 422 ``invalid_model``, 503 ``model_unavailable``),
-        which the protocol reads as not ready."""
-        config = self.routing.current().endpoint(endpoint) if self.routing is not None else None
-        names = [v.model for v in config.variants] if config is not None else [endpoint]
-        for name in names:
-            self.store.get(name)
-        # Loading one may have evicted another (MODEL_CACHE_MAX_MB): ready only if all stayed.
-        evicted = [n for n in names if not self.store.is_cached(n)]
-        if evicted:
-            from shared.errors import ModelUnavailable
-
-            raise ModelUnavailable(f"the models of {endpoint!r} do not fit the model cache "
-                                   f"together (MODEL_CACHE_MAX_MB): {evicted[0]!r} was evicted")
-        return {"name": endpoint, "ready": True}
-
-    def metadata(self, endpoint: str) -> dict[str, Any]:
-        """V2 model metadata: inputs (both accepted shapes) and outputs."""
-        config = self.routing.current().endpoint(endpoint) if self.routing is not None else None
-        # The first variant's model: metadata must be stable, not a random pick.
-        model, _ = self.store.get(config.variants[0].model if config is not None else endpoint)
-        info = model.info
-        schema = info.schema
-        outputs_shape = [-1] if info.num_outputs == 1 else [-1, info.num_outputs]
-        matrix_params: dict[str, Any] = {"feature_names": list(info.feature_names)}
-        categorical = _categorical_features(info)
-        if categorical:
-            # In the matrix a categorical feature holds its code: its category's position.
-            matrix_params["category_codes"] = categorical
-        return {
-            "name": endpoint,
-            "versions": [info.version],
-            "platform": "lightgbm",
-            "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, info.num_features],
-                        "parameters": matrix_params}]
-                      + [_feature_input(schema, j, name) for j, name in enumerate(schema.names)],
-            "outputs": [{"name": OUTPUT_NAME, "datatype": "FP64", "shape": outputs_shape}],
-            "parameters": {"objective": info.objective, "num_classes": info.num_classes,
-                           "blob": info.path, **_model_notes(info)},
-        }
-
-
-def _loaded_model(info: ModelInfo) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "name": info.name, "version": info.version, "blob": info.path,
-        "last_modified": info.last_modified.isoformat() if info.last_modified else None}
-    categorical = _categorical_features(info)
-    if categorical:
-        entry["categorical_features"] = categorical
-    return {**entry, **_model_notes(info)}
-
-
-_CATEGORY_DATATYPES = {"str": "BYTES", "int": "INT64", "float": "FP64", "bool": "BOOL"}
-
-
-def _feature_input(schema: Any, j: int, name: str) -> dict[str, Any]:
-    """A feature's own V2 input: category values for a categorical feature."""
-    cats = schema.by_index.get(j)
-    if cats is None:
-        return {"name": name, "datatype": "FP64", "shape": [-1]}
-    return {"name": name, "datatype": _CATEGORY_DATATYPES[cats.kind], "shape": [-1],
-            "parameters": {"categories": list(cats.values)}}
-
-
-def _categorical_features(info: ModelInfo) -> dict[str, Any]:
-    """Each categorical feature's categories, in code order."""
-    return {c.name: c.describe() for c in info.schema.categorical}
-
-
-def _model_notes(info: ModelInfo) -> dict[str, Any]:
-    """What a caller should know beyond the inputs: names as trained, categories that could
-    not be placed, the pre-deployment latency figures stored with the model."""
-    notes: dict[str, Any] = {}
-    if any("_" in name for name in info.feature_names):
-        notes["feature_name_rule"] = ("a name may also be sent as the model was trained with "
-                                      "it: LightGBM stored each space as '_'")
-    if info.schema.mapping == "unknown":
-        notes["categories"] = f"send codes: {info.schema.mapping_problem}"
-    figures = read_latency_figures(info.blob_metadata)
-    if figures is not None:
-        notes["latency_check"] = figures.to_dict()
-    return notes
-
-
-_service: ScoringService | None = None
-_service_lock = threading.Lock()
-
-
-def build_service(settings: Settings) -> ScoringService:
-    """A service reading models from the blob container the settings name."""
-    from shared.models.blob_source import BlobSource
-    from shared.storage import blob_service
-
-    conn = resolve_connection(settings.storage_connection)
-    container = blob_service(conn, settings.storage_timeout_seconds).get_container_client(
-        settings.model_container)
-    from shared.router import MAX_CONFIG_BYTES, RouterConfigSource, feature_parity, models_loadable
-
-    source = BlobSource(container, settings.max_model_mb * 1024 * 1024)
-    compiler = None
-    if settings.compiled_models:  # opt-in compiled trees (lleaves); None when not installed
-        from shared.models.compiled.core import make_compiler
-
-        compiler = make_compiler(settings, container)
-    telemetry = get_telemetry()
-    store = ModelStore(source, refresh_seconds=settings.model_refresh_seconds,
-                       max_cache_bytes=settings.model_cache_max_mb * 1024 * 1024,
-                       compiler=compiler, on_refresh_failure=telemetry.record_refresh_failure)
-    routing = None
-    if settings.router_config or settings.router_config_blob:
-        config_source = RouterConfigSource(
-            inline=settings.router_config or None, blob_path=settings.router_config_blob or None,
-            blobs=BlobSource(container, MAX_CONFIG_BYTES))
-        routing = RouterHolder(config_source, refresh_seconds=settings.router_refresh_seconds,
-                               check_models=models_loadable(store) if settings.router_check_models
-                               else None)
-        if settings.router_check_models:
-            store.check_swap = feature_parity(routing, store)
-    shadows = (ShadowRunner(workers=settings.shadow_workers, max_pending=settings.shadow_max_pending)
-               if settings.shadow_workers else None)
-    prediction_log, outcome_log = build_logs(settings, telemetry)
-    return ScoringService(settings, store, telemetry, routing=routing, shadows=shadows,
-                          prediction_log=prediction_log, outcome_log=outcome_log)
-
-
-def get_service() -> ScoringService:
-    """The process-wide service, built on first use (never at import: cold start)."""
-    global _service
-    if _service is None:
-        with _service_lock:
-            if _service is None:
-                _service = build_service(Settings.from_env())
-    return _service
-
-
-def built_service() -> ScoringService | None:
-    """The process-wide service if it is built already, else ``None`` (builds nothing)."""
-    return _service
-
-
-def reset_service() -> None:
-    """Forget the process-wide service (tests and the local host use this after changing settings)."""
-    global _service
-    with _service_lock:
-        if _service is not None:
-            _service.close()
-        _service = None

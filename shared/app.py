@@ -1,0 +1,121 @@
+"""The composition root: the one place that builds the app's parts from its settings, and
+the process-wide app the function handlers use (built on first use, never at import: import
+time is cold-start time)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from shared.settings import Settings, resolve_connection
+
+if TYPE_CHECKING:
+    from shared.batch.runner import BatchJobs
+    from shared.scoring.service import ScoringService
+
+
+@dataclass
+class App:
+    """The scoring service, and the batch job runner built when a queue first needs it."""
+
+    settings: Settings
+    service: ScoringService
+    _jobs: BatchJobs | None = None
+    _jobs_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def jobs(self) -> BatchJobs:
+        """The batch job runner (queue and blob clients on the batch storage connection)."""
+        if self._jobs is None:
+            with self._jobs_lock:
+                if self._jobs is None:
+                    self._jobs = build_jobs(self.settings, self.service)
+        return self._jobs
+
+    def close(self) -> None:
+        self.service.close()
+
+
+def build_service(settings: Settings) -> ScoringService:
+    """A scoring service reading models from the blob container the settings name, with the
+    router, shadows, prediction and outcome logs the settings turn on."""
+    from shared.ablog.factory import build_logs
+    from shared.models.blob_source import BlobSource
+    from shared.models.store import ModelStore
+    from shared.router import (MAX_CONFIG_BYTES, RouterConfigSource, RouterHolder, ShadowRunner,
+                               feature_parity, models_loadable)
+    from shared.scoring.service import ScoringService
+    from shared.storage import blob_service
+    from shared.telemetry.core import get_telemetry
+
+    conn = resolve_connection(settings.storage_connection)
+    container = blob_service(conn, settings.storage_timeout_seconds).get_container_client(
+        settings.model_container)
+    source = BlobSource(container, settings.max_model_mb * 1024 * 1024)
+    compiler = None
+    if settings.compiled_models:  # opt-in compiled trees (lleaves); None when not installed
+        from shared.models.compiled.compiler import make_compiler
+
+        compiler = make_compiler(settings, container)
+    telemetry = get_telemetry()
+    store = ModelStore(source, refresh_seconds=settings.model_refresh_seconds,
+                       max_cache_bytes=settings.model_cache_max_mb * 1024 * 1024,
+                       compiler=compiler, on_refresh_failure=telemetry.record_refresh_failure)
+    routing = None
+    if settings.router_config or settings.router_config_blob:
+        config_source = RouterConfigSource(
+            inline=settings.router_config or None, blob_path=settings.router_config_blob or None,
+            blobs=BlobSource(container, MAX_CONFIG_BYTES))
+        routing = RouterHolder(config_source, refresh_seconds=settings.router_refresh_seconds,
+                               check_models=models_loadable(store) if settings.router_check_models
+                               else None)
+        if settings.router_check_models:
+            store.check_swap = feature_parity(routing, store)
+    shadows = (ShadowRunner(workers=settings.shadow_workers, max_pending=settings.shadow_max_pending)
+               if settings.shadow_workers else None)
+    prediction_log, outcome_log = build_logs(settings, telemetry)
+    return ScoringService(settings, store, telemetry, routing=routing, shadows=shadows,
+                          prediction_log=prediction_log, outcome_log=outcome_log)
+
+
+def build_jobs(settings: Settings, service: ScoringService) -> BatchJobs:
+    """The batch job runner, on the storage connection of the app's queues."""
+    from shared.batch.runner import BATCH_CONNECTION, BatchJobs
+    from shared.storage import blob_service, queue_service
+
+    conn = resolve_connection(BATCH_CONNECTION)
+    timeout = settings.storage_timeout_seconds
+    return BatchJobs(settings, service, blob_service(conn, timeout), queue_service(conn, timeout))
+
+
+def build_app(settings: Settings) -> App:
+    return App(settings, build_service(settings))
+
+
+_app: App | None = None
+_app_lock = threading.Lock()
+
+
+def get_app() -> App:
+    """The process-wide app, built from the environment's settings on first use."""
+    global _app
+    if _app is None:
+        with _app_lock:
+            if _app is None:
+                _app = build_app(Settings.from_env())
+    return _app
+
+
+def built_app() -> App | None:
+    """The process-wide app if it is built already, else ``None`` (builds nothing)."""
+    return _app
+
+
+def reset_app() -> None:
+    """Close and forget the process-wide app (tests, and the local host after settings change)."""
+    global _app
+    with _app_lock:
+        if _app is not None:
+            _app.close()
+        _app = None
