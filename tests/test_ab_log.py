@@ -18,12 +18,14 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from shared.models.blob_source import BlobSource
 from shared.models.store import ModelStore
-from shared.ablog.predictions import (AppendTarget, BufferedLogWriter, PredictionLog, hour_prefix,
-                                   instance_name, pack_lines)
+from shared.ablog.blobs import MAX_BLOCK_BYTES, AppendTarget, hour_prefix, instance_name, pack_lines
+from shared.ablog.predictions import PredictionLog
+from shared.ablog.record import PredictionRecord
+from shared.ablog.writer import BufferedLogWriter
 from shared.router import RouterConfigSource, RouterHolder, ShadowRunner
 from shared.scoring.service import ScoringService
 from shared.settings import Settings
-from shared.telemetry.core import Telemetry
+from shared.telemetry import Telemetry
 from tests.conftest import upload
 
 ROW = [12, 70.5, 1, 12, 40, 33.2, None, 5]
@@ -68,6 +70,14 @@ def make_service(models, config: str, log_container, telemetry=None, *, flush_se
                           prediction_log=PredictionLog(writer))
 
 
+def a_record(endpoint="churn", **fields) -> PredictionRecord:
+    """A prediction record made now, for the writer alone."""
+    made = dict(time=time.time(), endpoint=endpoint, request_id="r", trigger="http", variant="a",
+                model_name="m", model_version="1", objective="binary", rows=1,
+                predictions=np.zeros(1), latency_ms=1.0)
+    return PredictionRecord(**{**made, **fields})
+
+
 def score(service, endpoint="churn", user=None, request_id=None, rows=(ROW,)):
     headers = {"x-user-id": user} if user else {}
     return service.score(endpoint, orjson.dumps({"rows": list(rows)}), headers=headers,
@@ -82,10 +92,7 @@ def logged(container) -> list[dict]:
 
 
 def dropped_points(reader) -> dict[tuple[str, str], int]:
-    from shared.telemetry.core import flush_all
-
-    flush_all()  # measurements are recorded off the request thread
-    data = reader.get_metrics_data()
+    data = reader.get_metrics_data()  # scorefn.log.dropped is added at once, not deferred
     found = {}
     for rm in data.resource_metrics if data else []:
         for sm in rm.scope_metrics:
@@ -285,7 +292,7 @@ def test_records_after_close_are_counted_not_lost_silently(telemetry):
     tel, reader = telemetry
     writer = BufferedLogWriter(lambda: None, telemetry=tel)
     writer.close()
-    assert writer.enqueue("churn", time.time(), {"x": 1}) is False
+    assert writer.enqueue(a_record("churn")) is False
     assert writer.stats.dropped == {"closed": 1}
     assert dropped_points(reader) == {("churn", "closed"): 1}
 
@@ -300,13 +307,11 @@ def test_instance_names_and_block_packing():
 
 
 def test_big_records_keep_predictions_and_drop_features(models, container, blob_service):
-    from shared.ablog.predictions import MAX_BLOCK_BYTES
-
     log_container = blob_service.get_container_client(container.container_name + "log")
     writer = BufferedLogWriter(lambda: AppendTarget(log_container, "big"), flush_seconds=3600)
     features = np.random.default_rng(0).normal(size=(30_000, 8))
-    writer.enqueue("churn", time.time(), {"request_id": "big", "predictions": np.zeros(30_000),
-                                          "features": features, "feature_names": ["a"] * 8})
+    writer.enqueue(a_record(request_id="big", rows=30_000, predictions=np.zeros(30_000),
+                            features=features, feature_names=["a"] * 8))
     writer.close()
     (record,) = logged(log_container)
     assert record["features_omitted"] == "too_large" and "features" not in record
@@ -328,10 +333,10 @@ def test_close_does_not_hang_on_a_stuck_write_and_counts_what_it_gives_up(contai
 
     writer = BufferedLogWriter(lambda: Stuck(container, "stuck"), flush_seconds=0.05, telemetry=tel)
     for i in range(3):
-        writer.enqueue("churn", time.time(), {"i": i})
+        writer.enqueue(a_record(request_id=f"r{i}"))
     assert in_flight.wait(10)  # the three are in flight now
     for i in range(2):
-        writer.enqueue("churn", time.time(), {"i": i})
+        writer.enqueue(a_record(request_id=f"s{i}"))
     closer = threading.Thread(target=writer.close, kwargs={"timeout": 0.5})
     closer.start()
     closer.join(10)

@@ -12,8 +12,8 @@ import pytest
 from shared.models.blob_source import BlobSource
 from shared.errors import ScoreError
 from shared.models.store import ModelStore
+from shared.ablog.blobs import AppendTarget, hour_prefix
 from shared.ablog.outcomes import MAX_OUTCOMES, OutcomeLog
-from shared.ablog.predictions import AppendTarget, hour_prefix
 from shared.scoring.service import ScoringService
 from shared.settings import Settings
 

@@ -519,7 +519,9 @@ def test_a_whole_job_gets_one_variant_routed_by_its_key_or_id(azurite, demo_mode
 
 
 def test_inline_jobs_are_in_the_prediction_log_like_requests(azurite, demo_models):
-    from shared.ablog.predictions import AppendTarget, BufferedLogWriter, PredictionLog
+    from shared.ablog.blobs import AppendTarget
+    from shared.ablog.predictions import PredictionLog
+    from shared.ablog.writer import BufferedLogWriter
     from shared.router import RouterConfigSource, RouterHolder
 
     rig = make_rig(azurite, demo_models, models=("churn", "churn_v1"))

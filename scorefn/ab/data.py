@@ -40,6 +40,8 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import orjson
 
+from shared.ablog.record import PREDICT, DamagedRecord, PredictionRecord
+
 BINARY_OBJECTIVES = {"binary", "cross_entropy", "xentropy"}
 MULTICLASS_OBJECTIVES = {"multiclass", "softmax", "multiclassova", "multiclass_ova", "ova", "ovr"}
 
@@ -267,31 +269,9 @@ def outcome_from_log(doc: dict[str, Any]) -> dict[str, Any] | None:
 # -- the joined data --------------------------------------------------------------------------
 
 
-@dataclass
-class Prediction:
-    """One request's record in the prediction log."""
-
-    t: float
-    request_id: str
-    key: str | None
-    variant: str
-    variant_index: int | None
-    shadow: bool
-    model: str
-    version: str
-    objective: str
-    predictions: np.ndarray  # (rows,) or (rows, classes)
-    latency_ms: float
-    pinned: bool = False  # the caller chose the variant (x-scorefn-variant): not randomised
-
-    @property
-    def unit(self) -> str:
-        """The unit of randomisation: the sticky key (one user), else the request."""
-        return f"k:{self.key}" if self.key is not None else f"r:{self.request_id}"
-
-    @property
-    def rows(self) -> int:
-        return int(self.predictions.shape[0])
+def unit_of(record: PredictionRecord) -> str:
+    """The unit of randomisation of a request: the sticky key (one user), else the request."""
+    return f"k:{record.key}" if record.key is not None else f"r:{record.request_id}"
 
 
 @dataclass
@@ -300,7 +280,8 @@ class VariantData:
 
     name: str
     shadow: bool
-    records: list[Prediction] = field(default_factory=list)
+    # the prediction records: predict output, predictions (rows,) or (rows, classes)
+    records: list[PredictionRecord] = field(default_factory=list)
     # joined outcomes (answering variants), in prediction-time order of the requests
     y: np.ndarray = field(default_factory=lambda: np.empty(0))
     p: np.ndarray = field(default_factory=lambda: np.empty(0))
@@ -329,7 +310,7 @@ class VariantData:
         return np.concatenate([r.predictions for r in self.records])
 
     def models(self) -> list[dict[str, Any]]:
-        counts = Counter((r.model, r.version) for r in self.records)
+        counts = Counter((r.model_name, r.model_version) for r in self.records)
         return [{"name": m, "version": v, "requests": n} for (m, v), n in counts.most_common()]
 
 
@@ -390,9 +371,9 @@ def build_dataset(endpoint: str, prediction_docs: list[dict[str, Any]],
     excluded: Counter[str] = Counter()
     records = [r for r in (_prediction(doc, endpoint, excluded) for doc in prediction_docs)
                if r is not None]
-    records.sort(key=lambda r: r.t)
+    records.sort(key=lambda r: r.time)
     every_answer = [r for r in records if not r.shadow]
-    in_range = [r for r in records if lo <= r.t < hi]
+    in_range = [r for r in records if lo <= r.time < hi]
     if len(records) > len(in_range):
         excluded["outside the time range"] += len(records) - len(in_range)
     pinned = sum(1 for r in in_range if r.pinned and not r.shadow)
@@ -407,7 +388,7 @@ def build_dataset(endpoint: str, prediction_docs: list[dict[str, Any]],
     order: dict[str, tuple[int, float]] = {}
     for r in answers:
         idx = r.variant_index if r.variant_index is not None else 1_000
-        order[r.variant] = min(order.get(r.variant, (idx, r.t)), (idx, r.t))
+        order[r.variant] = min(order.get(r.variant, (idx, r.time)), (idx, r.time))
     latest_first = next((r.variant for r in reversed(answers) if r.variant_index == 0), None)
     variants = {name: VariantData(name, False) for name in sorted(order, key=order.get)}
     for r in answers:
@@ -419,9 +400,9 @@ def build_dataset(endpoint: str, prediction_docs: list[dict[str, Any]],
     by_id: dict[str, list[tuple[float, int]]] = defaultdict(list)
     by_key: dict[str, list[tuple[float, int]]] = defaultdict(list)
     for i, r in enumerate(every_answer):  # in time order: the lists stay sorted
-        by_id[r.request_id].append((r.t, i))
+        by_id[r.request_id].append((r.time, i))
         if r.key is not None:
-            by_key[r.key].append((r.t, i))
+            by_key[r.key].append((r.time, i))
 
     join = JoinStats(outcomes=len(outcomes))
     chosen: dict[tuple[int, int], tuple[float, float, float, str]] = {}
@@ -460,7 +441,7 @@ def build_dataset(endpoint: str, prediction_docs: list[dict[str, Any]],
     row_labels: dict[tuple[int, int], float] = {}
     for (i, row), (_, _, label, how) in chosen.items():
         r = every_answer[i]
-        if not lo <= r.t < hi:
+        if not lo <= r.time < hi:
             join.outside_range += 1
             continue
         if r.pinned:
@@ -476,8 +457,8 @@ def build_dataset(endpoint: str, prediction_docs: list[dict[str, Any]],
             join.by_request_id += 1
         else:
             join.by_key += 1
-        unit = unit_ids.setdefault(r.unit, len(unit_ids))
-        joined[r.variant].append((r.t, label, r.predictions[row], unit))
+        unit = unit_ids.setdefault(unit_of(r), len(unit_ids))
+        joined[r.variant].append((r.time, label, r.predictions[row], unit))
         row_labels[(i, row)] = label
     for name, items in joined.items():
         items.sort(key=lambda x: x[0])
@@ -492,39 +473,36 @@ def build_dataset(endpoint: str, prediction_docs: list[dict[str, Any]],
                    dict(excluded), latest_first)
 
 
-def _prediction(doc: dict[str, Any], endpoint: str, excluded: Counter) -> Prediction | None:
-    if doc.get("endpoint", endpoint) != endpoint:
-        excluded["another endpoint"] += 1
-        return None
-    if doc.get("output", "predict") != "predict":
-        excluded[f"{doc.get('output')} output (not predictions)"] += 1
-        return None
+def _prediction(doc: dict[str, Any], endpoint: str, excluded: Counter) -> PredictionRecord | None:
+    """The record of a logged line the join can use: of ``endpoint``, with predictions (a
+    value per row, or a row of values per row); ``None`` (counted in ``excluded``) else."""
     try:
-        preds = np.asarray(doc["predictions"], dtype=np.float64)
-        if preds.ndim == 0 or preds.shape[0] == 0:
-            raise ValueError
-        model = doc.get("model") or {}
-        return Prediction(
-            t=parse_when(doc["time"]).timestamp(), request_id=str(doc["request_id"]),
-            key=doc.get("key") if isinstance(doc.get("key"), str) else None,
-            variant=str(doc["variant"]), variant_index=doc.get("variant_index"),
-            shadow=bool(doc.get("shadow", False)), model=str(model.get("name", "?")),
-            version=str(model.get("version", "?")), objective=str(doc.get("objective", "unknown")),
-            predictions=preds, latency_ms=float(doc.get("latency_ms", math.nan)),
-            pinned=doc.get("pinned") is True)
-    except (KeyError, TypeError, ValueError):
+        record = PredictionRecord.from_json(doc, endpoint=endpoint)
+    except DamagedRecord:
         excluded["damaged"] += 1
         return None
+    if record.endpoint != endpoint:
+        excluded["another endpoint"] += 1
+        return None
+    if record.output != PREDICT:
+        excluded[f"{record.output} output (not predictions)"] += 1
+        return None
+    preds = record.predictions
+    if preds is None or preds.ndim == 0 or preds.shape[0] == 0 or preds.shape[0] != record.rows:
+        excluded["damaged"] += 1
+        return None
+    return record
 
 
-def _majority_family(records: list[Prediction]) -> str:
+def _majority_family(records: list[PredictionRecord]) -> str:
     counts = Counter(objective_family(r.objective) for r in records if not r.shadow)
     if not counts:
         return "binary"
     return counts.most_common(1)[0][0]
 
 
-def _label_check(family: str, answers: list[Prediction]) -> Callable[[float, Prediction], bool]:
+def _label_check(family: str, answers: list[PredictionRecord]
+                 ) -> Callable[[float, PredictionRecord], bool]:
     if family == "binary":
         return lambda label, r: label in (0.0, 1.0)
     if family == "multiclass":
@@ -543,22 +521,22 @@ def _pick(entries: list[tuple[float, int]] | None, t: float, *, allow_after: boo
     return entries[0][1] if allow_after else None
 
 
-def _shadow_pairs(shadows: list[Prediction], answers: list[Prediction],
+def _shadow_pairs(shadows: list[PredictionRecord], answers: list[PredictionRecord],
                   by_id: dict[str, list[tuple[float, int]]],
                   row_labels: dict[tuple[int, int], float],
                   unit_ids: dict[str, int]) -> list[ShadowPairs]:
     grouped: dict[tuple[str, str], list[tuple[float, np.ndarray, np.ndarray, np.ndarray, int]]] = \
         defaultdict(list)
     for s in shadows:
-        i = _pick(by_id.get(s.request_id), s.t, allow_after=True)
+        i = _pick(by_id.get(s.request_id), s.time, allow_after=True)
         if i is None:
             continue
         a = answers[i]
         if a.predictions.shape != s.predictions.shape:
             continue
         y = np.array([row_labels.get((i, row), np.nan) for row in range(a.rows)])
-        unit = unit_ids.setdefault(a.unit, len(unit_ids))
-        grouped[(s.variant, a.variant)].append((a.t, a.predictions, s.predictions, y, unit))
+        unit = unit_ids.setdefault(unit_of(a), len(unit_ids))
+        grouped[(s.variant, a.variant)].append((a.time, a.predictions, s.predictions, y, unit))
     pairs = []
     for (shadow, answer), items in sorted(grouped.items()):
         pairs.append(ShadowPairs(

@@ -23,12 +23,13 @@ from __future__ import annotations
 import math
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
+from shared.ablog.blobs import MAX_BLOCK_BYTES, AppendTarget, hour_prefix, pack_lines
+from shared.ablog.times import iso_time
 from shared.errors import InvalidName, InvalidOutcome, OutcomeLogUnavailable, PayloadTooLarge
-from shared.ablog.predictions import MAX_BLOCK_BYTES, AppendTarget, hour_prefix, iso_time, pack_lines
 
 MAX_OUTCOMES = 10_000
 MAX_ID_CHARS = 128
@@ -152,7 +153,7 @@ def encode_records(endpoint: str, outcomes: list[dict[str, Any]], received: floa
 class OutcomeLog:
     """Appends outcomes to the outcome log synchronously (the caller gets 202 once stored)."""
 
-    def __init__(self, target_factory) -> None:
+    def __init__(self, target_factory: Callable[[], AppendTarget]) -> None:
         self._target_factory = target_factory
         self._target: AppendTarget | None = None
 
