@@ -19,15 +19,17 @@ import orjson
 import pytest
 
 from scorefn.demo.models import CHURN_FEATURES, churn_features, price_features, segment_features
-from shared.models.compiled import core as compiled
 from shared.models.blob_source import BlobSource
-from shared.models.compiled.core import Compiler, blob_path, cache_key, header_of, pack, unpack
+from shared.models.compiled.artifact import blob_path, cache_key, header_of, pack, unpack
+from shared.models.compiled.check import sample_rows
+from shared.models.compiled.compiler import CompileStats, Compiler, make_compiler
+from shared.models.compiled.target import available, host_target, versions
 from shared.models.store import ModelStore
 from shared.scoring.service import ScoringService
 from shared.settings import Settings
 from tests.conftest import upload
 
-pytestmark = pytest.mark.skipif(not compiled.available(), reason="lleaves/llvmlite not installed")
+pytestmark = pytest.mark.skipif(not available(), reason="lleaves/llvmlite not installed")
 
 MB = 1024 * 1024
 MODELS = ("churn", "churn_v1", "price", "segment")
@@ -87,7 +89,7 @@ def warm(models_container, demo_models, tmp_path_factory):
 def test_off_never_compiles(container, demo_models, tmp_path):
     upload(container, "churn.txt", demo_models["churn"].path)
     store = ModelStore(BlobSource(container, 64 * MB), refresh_seconds=3600,
-                       compiler=compiled.make_compiler(Settings.from_env({}), container))
+                       compiler=make_compiler(Settings.from_env({}), container))
     assert store.compiler is None
     service = ScoringService(Settings.from_env({}), store)
     result = service.score("churn", orjson.dumps({"rows": rows_for("churn", 3).tolist()}))
@@ -95,7 +97,7 @@ def test_off_never_compiles(container, demo_models, tmp_path):
     # Opted in, but for other models only: nothing is queued, no child process is started.
     other = make_store(container, tmp_path, patterns=("price*",))
     model, _ = other.get("churn")
-    assert other.compiler.wait_idle(5) and other.compiler.stats == compiled.CompileStats()
+    assert other.compiler.wait_idle(5) and other.compiler.stats == CompileStats()
     assert model.backend == "lightgbm" and artifacts(container) == []
     other.close()
 
@@ -119,7 +121,7 @@ def test_compiled_predictions_equal_booster_predict_within_1e_12(warm, demo_mode
     store, _ = warm
     model, _ = store.get(name)
     booster = lgb.Booster(model_file=str(demo_models[name].path))
-    X = np.vstack([rows_for(name), compiled.sample_rows(
+    X = np.vstack([rows_for(name), sample_rows(
         model.booster.model_to_string(), model.info.num_features, n=256, seed=5)])
     for raw in (False, True):
         got, backend = model.predict_with_backend(X, raw_score=raw)
@@ -214,7 +216,7 @@ def test_a_foreign_artifact_is_refused_or_fails_the_check(warm, models_container
     upload(container, "m.txt", demo_models["churn_v1"].path)
     version = container.get_blob_client("m.txt").get_blob_properties().etag.strip('"')
     key, inputs = cache_key(source=container.url.split("?")[0], path="m.txt", version=version,
-                            target=compiled.host_target(), tool_versions=compiled.versions())
+                            target=host_target(), tool_versions=versions())
     path = blob_path("m.txt", key)
     booster = lgb.Booster(model_file=str(demo_models["churn_v1"].path))
     X = rows_for("churn_v1")

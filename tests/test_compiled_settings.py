@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from shared.models.compiled import core as compiled
+from shared.models.compiled import compiler
 from shared.errors import SettingsError
 from shared.settings import Settings
 
@@ -15,7 +15,7 @@ from shared.settings import Settings
 def test_compiled_settings_default_off_and_are_validated():
     settings = Settings.from_env({})
     assert settings.compiled_models == () and settings.compiled_cache_dir == ""
-    assert compiled.make_compiler(settings, None) is None
+    assert compiler.make_compiler(settings, None) is None
     parsed = Settings.from_env({"COMPILED_MODELS": " churn , churn/*,seg?ent ",
                                 "COMPILED_CACHE_DIR": "/var/cache/scorefn",
                                 "COMPILED_TIMEOUT_SECONDS": "120"})
@@ -29,8 +29,8 @@ def test_compiled_settings_default_off_and_are_validated():
 
 
 def test_lleaves_missing_logs_one_warning_and_keeps_lightgbm(monkeypatch, caplog):
-    monkeypatch.setattr(compiled, "available", lambda: False)
+    monkeypatch.setattr(compiler, "available", lambda: False)
     with caplog.at_level(logging.WARNING, logger="scorefn.compiled"):
-        assert compiled.make_compiler(Settings.from_env({"COMPILED_MODELS": "*"}), None) is None
+        assert compiler.make_compiler(Settings.from_env({"COMPILED_MODELS": "*"}), None) is None
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "requirements-compiled.txt" in warnings[0].getMessage()

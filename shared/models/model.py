@@ -63,7 +63,7 @@ def _header(text: str) -> dict[str, str]:
 class LoadedModel:
     """A parsed LightGBM booster. Thread-safe: ``predict`` may be called concurrently.
 
-    When the model is opted in to compiled trees (``shared/models/compiled/core.py``), a checked compiled
+    When the model is opted in to compiled trees (``shared/models/compiled/``), a checked compiled
     forest may be attached later; it then serves predictions and raw scores, and LightGBM
     keeps serving ``pred_contrib``.
     """

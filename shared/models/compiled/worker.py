@@ -1,6 +1,6 @@
 """Child process that compiles one LightGBM text model to native code with lleaves.
 
-Started by :mod:`shared.models.compiled.core` as ``python -m shared.models.compiled.worker MODEL OUT TARGET_JSON``
+Started by :mod:`shared.models.compiled.compiler` as ``python -m shared.models.compiled.worker MODEL OUT TARGET_JSON``
 at a lower CPU priority. It imports nothing else from scorefn, so a crash, a runaway
 compilation or LLVM's memory never touch the serving process, and the parent can kill it
 when it takes too long.
@@ -12,7 +12,7 @@ pass manager (O3; the tree functions are private and called once, so they are in
 lets MCJIT emit the object code, as lleaves' ``compile(cache=...)`` would have stored it.
 
 The forest is compiled for raw scores (no objective function): scorefn applies LightGBM's
-output transformation itself (``shared/models/compiled/core.py``), so one artifact serves predictions
+output transformation itself (``shared/models/compiled/traits.py``), so one artifact serves predictions
 and raw scores.
 
 Exit status: 0 compiled (the object is written to OUT, a JSON line with timings on stdout),
