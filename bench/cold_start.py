@@ -10,6 +10,11 @@ Each figure is measured in fresh Python processes (median of several), in one ru
   prepackage hook compiles (the package is mounted read-only: Python cannot cache what it
   compiles), and from a copy without it, which compiles the app on every cold start;
 - resident memory after loading the demo models, and per model.
+
+``--python PATH`` (twice or more) compares Python versions instead, in one run: for each
+interpreter (each with the app's dependencies installed for it), ``import function_app``,
+the first prediction through the app and resident memory, from a deployed copy holding
+each version's bytecode, runs interleaved.
 """
 
 from __future__ import annotations
@@ -104,8 +109,10 @@ COMPILE_APP = ["-m", "compileall", "-q", "-f", "--invalidation-mode", "checked-h
                "function_app.py", "score_function", "shared"]
 
 
-def deployment(folder: Path, *, bytecode: bool) -> Path:
-    """The app's files as the deployment package holds them, compiled as the hook does or not."""
+def deployment(folder: Path, *, bytecode: bool, pythons: tuple[str, ...] = (sys.executable,)
+               ) -> Path:
+    """The app's files as the deployment package holds them, compiled as the hook does (by
+    each of ``pythons``: bytecode files are named by version) or not."""
     folder.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("function_app.py", "host.json"):
@@ -113,14 +120,15 @@ def deployment(folder: Path, *, bytecode: bool) -> Path:
     for name in ("score_function", "shared"):
         shutil.copytree(ROOT / name, folder / name, ignore=ignore)
     if bytecode:
-        subprocess.run([sys.executable, *COMPILE_APP], cwd=folder, check=True)
+        for python in pythons:
+            subprocess.run([python, *COMPILE_APP], cwd=folder, check=True)
     return folder
 
 
-def run(code: str, env: dict[str, str], cwd: Path = ROOT) -> dict:
+def run(code: str, env: dict[str, str], cwd: Path = ROOT, python: str = sys.executable) -> dict:
     # A read-only package: nothing compiled on import can be written back.
     env = {**env, "PYTHONDONTWRITEBYTECODE": "1"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
+    out = subprocess.run([python, "-c", code], cwd=cwd, env=env, capture_output=True,
                          text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -129,8 +137,62 @@ def median_of(code: str, env: dict[str, str], n: int) -> float:
     return statistics.median(run(code, env)["s"] for _ in range(n))
 
 
+VERSION = """
+import json, sys; print(json.dumps({"v": "%d.%d.%d" % sys.version_info[:3]}))
+"""
+
+
+def compare_pythons(pythons: list[str], rounds: int = 7) -> None:
+    """Cold start of the same app on each interpreter, in one run, interleaved."""
+    import os
+
+    from azure.storage.blob import BlobServiceClient
+
+    from bench.common import bench_model_path
+    from devhost.azurite import Azurite
+    from scorefn.demo.models import train_demo_models
+
+    model = bench_model_path()
+    with Azurite() as azurite, tempfile.TemporaryDirectory() as tmp:
+        container = BlobServiceClient.from_connection_string(
+            azurite.connection_string).get_container_client("models")
+        container.create_container()
+        container.upload_blob("bench.txt", model.read_bytes())
+        for demo in train_demo_models(Path(tmp) / "models").values():
+            container.upload_blob(f"{demo.name}.txt", demo.path.read_bytes())
+        env = {**os.environ, "AzureWebJobsStorage": azurite.connection_string}
+        deployed = deployment(Path(tmp) / "deployed", bytecode=True, pythons=tuple(pythons))
+        figures: dict[str, dict[str, list[float]]] = {
+            p: {"import": [], "first": [], "base": [], "after": []} for p in pythons}
+        for _ in range(rounds):
+            for python in pythons:
+                got = figures[python]
+                got["import"].append(run(IMPORT.format(module="function_app"), env, deployed,
+                                         python)["s"])
+                got["first"].append(run(FIRST_PREDICTION_APP, env, deployed, python)["s"])
+                memory = run(MEMORY, env, deployed, python)
+                got["base"].append(memory["base"])
+                got["after"].append(memory["after"])
+        versions = {p: run(VERSION, env, deployed, p)["v"] for p in pythons}
+    base = pythons[0]
+    print(f"\nCold start by Python version ({rounds} fresh processes each, interleaved, medians)\n")
+    print(f"{'Python':8s} {'import function_app':>19s} {'first prediction':>17s} "
+          f"{'RSS at start':>13s} {'RSS, 4 models':>14s} {'first / ' + versions[base]:>16s}")
+    mb = 1024 * 1024
+    for python in pythons:
+        got = {k: statistics.median(v) for k, v in figures[python].items()}
+        ratio = got["first"] / statistics.median(figures[base]["first"])
+        print(f"{versions[python]:8s} {got['import'] * 1000:16.1f} ms {got['first'] * 1000:14.1f} ms "
+              f"{got['base'] / mb:10.0f} MB {got['after'] / mb:11.0f} MB {ratio:16.2f}")
+
+
 def main() -> None:
     import os
+
+    if "--python" in sys.argv:
+        args = sys.argv[1:]
+        compare_pythons([args[i + 1] for i, a in enumerate(args) if a == "--python"])
+        return
 
     from azure.storage.blob import BlobServiceClient
 

@@ -1,4 +1,4 @@
-// scorefn on Azure Functions (Flex Consumption, Python 3.11), identity only.
+// scorefn on Azure Functions (Flex Consumption, Python 3.13), identity only.
 //
 // One resource group holds: a storage account (models, batch data, logs, the deployment
 // package, the host's own blobs/queues/tables, the batch job queues) reachable with Entra ID

@@ -573,7 +573,7 @@ def test_function_app_runs_python_311_on_flex_consumption_with_the_identity(dep)
     props = site["properties"]
     assert props["httpsOnly"] is True and props["siteConfig"]["minTlsVersion"] == "1.2"
     config = props["functionAppConfig"]
-    assert config["runtime"] == {"name": "python", "version": "3.11"}
+    assert config["runtime"] == {"name": "python", "version": "3.13"}
     storage = config["deployment"]["storage"]
     assert storage["type"] == "blobContainer"
     assert storage["value"] == "${storage.properties.primaryEndpoints.blob}${deploymentContainerName}"

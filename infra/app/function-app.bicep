@@ -1,4 +1,4 @@
-// The Flex Consumption plan and the function app of scorefn (Python 3.11), its app settings and
+// The Flex Consumption plan and the function app of scorefn (Python 3.13), its app settings and
 // its publishing policies. Storage, Application Insights and the identity are declared elsewhere
 // (storage.bicep, monitoring.bicep, main.bicep) and referenced here by name; main.bicep deploys
 // this module after the role assignments (rbac.bicep), the containers and the queues exist.
@@ -199,7 +199,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       }
       runtime: {
         name: 'python'
-        version: '3.11'
+        version: '3.13'
       }
     }
     siteConfig: {
