@@ -49,7 +49,7 @@ def main() -> None:
     from shared.router import RouterConfigSource, RouterHolder
     from shared.scoring.service import ScoringService
     from shared.settings import Settings
-    from shared.telemetry.core import Telemetry
+    from shared.telemetry import Telemetry
 
     path = bench_model_path()
     text = path.read_bytes()
@@ -75,7 +75,7 @@ def main() -> None:
     store = ModelStore(Source(), refresh_seconds=3600)
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(BatchSpanProcessor(Discard()))
-    # Exemplars off, as shared/telemetry/core.py configures the Azure Monitor pipeline.
+    # Exemplars off, as shared/telemetry/setup.py configures the Azure Monitor pipeline.
     deployed_telemetry = Telemetry(MeterProvider(metric_readers=[InMemoryMetricReader()],
                                                  exemplar_filter=AlwaysOffExemplarFilter()),
                                    tracer_provider, trace_sample_ratio=0.05)

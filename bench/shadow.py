@@ -22,7 +22,7 @@ def main() -> None:
     from shared.router import RouterConfigSource, RouterHolder, ShadowRunner
     from shared.scoring.service import ScoringService
     from shared.settings import Settings
-    from shared.telemetry.core import Telemetry
+    from shared.telemetry import Telemetry
 
     data = bench_model_path().read_bytes()
 

@@ -25,7 +25,7 @@ import json, time
 t = time.perf_counter()
 import function_app
 imported = time.perf_counter() - t
-from shared.telemetry.core import get_telemetry
+from shared.telemetry import get_telemetry
 get_telemetry()
 print(json.dumps({"import": imported, "configured": time.perf_counter() - t}))
 """
@@ -41,7 +41,7 @@ def main() -> None:
     from shared.models.store import ModelStore
     from shared.scoring.service import ScoringService
     from shared.settings import Settings
-    from shared.telemetry.core import Telemetry
+    from shared.telemetry import Telemetry
 
     path = bench_model_path()
 

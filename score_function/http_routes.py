@@ -181,7 +181,7 @@ def metrics_latency(req: func.HttpRequest) -> func.HttpResponse:
     try:
         from shared.errors import NotEnabled
         from shared.payloads import dumps
-        from shared.telemetry.core import get_telemetry, latency_summary
+        from shared.telemetry import get_telemetry, latency_summary
 
         get_telemetry()
         summary = latency_summary()

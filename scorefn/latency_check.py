@@ -272,7 +272,7 @@ def _service(texts: dict[str, bytes]):
     from shared.models.store import ModelStore
     from shared.scoring.service import ScoringService
     from shared.settings import Settings
-    from shared.telemetry.core import Telemetry
+    from shared.telemetry import Telemetry
 
     settings = Settings.from_env({})
     store = ModelStore(_Memory(texts), refresh_seconds=3600)

@@ -47,7 +47,7 @@ def build_service(settings: Settings) -> ScoringService:
                                feature_parity, models_loadable)
     from shared.scoring.service import ScoringService
     from shared.storage import blob_service
-    from shared.telemetry.core import get_telemetry
+    from shared.telemetry import get_telemetry
 
     conn = resolve_connection(settings.storage_connection)
     container = blob_service(conn, settings.storage_timeout_seconds).get_container_client(

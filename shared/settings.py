@@ -530,7 +530,7 @@ def resolve_connection(name: str, env: Mapping[str, str] | None = None) -> Stora
 
 @dataclass(frozen=True)
 class TelemetrySettings:
-    """How telemetry is exported (see shared/telemetry/core.py)."""
+    """How telemetry is exported (see shared/telemetry/setup.py)."""
 
     connection_string: str | None
     aad_client_id: str | None  # None: no Entra ID; "": system-assigned identity

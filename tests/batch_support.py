@@ -223,7 +223,7 @@ def metered(rig, settings=None):
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-    from shared.telemetry.core import Telemetry
+    from shared.telemetry import Telemetry
 
     reader = InMemoryMetricReader()
     telemetry = Telemetry(MeterProvider(metric_readers=[reader]))

@@ -4,6 +4,7 @@ real Azure Monitor exporter sending to a local capture server."""
 from __future__ import annotations
 
 import logging
+import threading
 
 import orjson
 import pytest
@@ -18,11 +19,23 @@ from shared.errors import ModelNotFound, ScoreError
 from shared.models.store import ModelStore
 from shared.scoring.service import ScoringService
 from shared.settings import Settings
-from shared.telemetry.core import Telemetry
+from shared.telemetry import Telemetry, get_telemetry, set_telemetry
 from tests.conftest import upload
 from tests.ingestion_support import Ingestion
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+class FlushedReader:
+    """A metric reader read only after the telemetry's queued measurements are recorded
+    (they are recorded off the request thread)."""
+
+    def __init__(self, telemetry, reader):
+        self.telemetry, self.reader = telemetry, reader
+
+    def get_metrics_data(self):
+        self.telemetry.flush()
+        return self.reader.get_metrics_data()
 
 
 @pytest.fixture
@@ -32,7 +45,7 @@ def readers():
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
     telemetry = Telemetry(MeterProvider(metric_readers=[metric_reader]), tracer_provider)
-    return telemetry, metric_reader, spans
+    return telemetry, FlushedReader(telemetry, metric_reader), spans
 
 
 @pytest.fixture
@@ -43,9 +56,6 @@ def service(container, demo_models, readers):
 
 
 def points(reader, name):
-    from shared.telemetry.core import flush_all
-
-    flush_all()  # measurements are recorded off the request thread
     data = reader.get_metrics_data()
     found = []
     for rm in data.resource_metrics if data else []:
@@ -106,8 +116,7 @@ def test_sub_millisecond_and_millisecond_scorings_land_in_different_buckets(read
 
 def test_one_span_per_request_with_stage_times_continuing_the_callers_trace(service, readers):
     _, _, spans = readers
-    service.score("price", body(), carrier={"traceparent": TRACEPARENT},
-                  encode=lambda r: b"{}")
+    service.score("price", body(), carrier={"traceparent": TRACEPARENT})
     finished = spans.get_finished_spans()
     root = next(s for s in finished if s.name == "scorefn.score")
     assert format(root.context.trace_id, "032x") == "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -178,14 +187,17 @@ def test_the_request_span_carries_the_metric_attributes(service, readers):
     assert root.attributes["outcome"] == "ok" and root.attributes["cold"] is True
 
 
-def test_an_unexpected_fault_is_counted_as_internal_error(service, readers):
+def test_an_unexpected_fault_is_counted_as_internal_error(service, readers, monkeypatch):
+    import shared.scoring.service as service_module
+
     _, reader, spans = readers
 
-    def broken_encoder(result):
+    def broken_encoder(*args):
         raise RuntimeError("bug")
 
+    monkeypatch.setattr(service_module, "encode_response", broken_encoder)
     with pytest.raises(RuntimeError):
-        service.score("price", body(), encode=broken_encoder)
+        service.score("price", body())
     errors = {p.attributes["outcome"]: p.value for _, p in points(reader, "scorefn.errors")}
     assert errors == {"internal_error": 1}
     root = next(s for s in spans.get_finished_spans() if s.name == "scorefn.score")
@@ -212,27 +224,75 @@ def test_unsampled_requests_make_no_span_and_a_sampled_caller_is_always_traced(s
 def test_metrics_are_recorded_off_the_request_thread_and_bounded(readers):
     telemetry, reader, _ = readers
     attrs = {"trigger": "http", "endpoint": "e", "outcome": "ok"}
-    telemetry._deferred._max_pending = 3
+    threads, recorded = [], threading.Event()
+    telemetry.deferred.put(lambda: (threads.append(threading.current_thread().name),
+                                    recorded.set()))
+    assert recorded.wait(10) and threads == ["scorefn-metrics"]  # no flush: the drainer did it
+
+    telemetry.deferred.max_pending = 3
+    busy, release = threading.Event(), threading.Event()
+    telemetry.deferred.put(lambda: (busy.set(), release.wait(10)))  # the drainer is held here
+    assert busy.wait(10)
     for _ in range(5):
         telemetry.record(attrs, duration_ms=1.0)
-    assert telemetry._deferred.dropped >= 2  # bounded: never an unlimited queue
+    assert telemetry.deferred.dropped == 2  # bounded: never an unlimited queue
+    release.set()
     (_, point), = points(reader, "scorefn.request.duration")
-    assert 1 <= point.count <= 3
+    assert point.count == 3
+
+
+def test_a_flush_returns_once_every_measurement_before_it_is_recorded(readers):
+    telemetry, reader, _ = readers
+    attrs = {"trigger": "http", "endpoint": "e", "outcome": "ok"}
+    for i in range(2000):
+        telemetry.record(attrs, duration_ms=0.1, rows=1)
+        if i % 500 == 0:
+            telemetry.flush()
+    (_, point), = points(reader, "scorefn.request.duration")
+    (_, rows), = points(reader, "scorefn.rows")
+    assert point.count == 2000 and rows.value == 2000  # counter sums added by the flush too
 
 
 def test_percentiles_from_buckets_stay_within_what_was_observed(readers):
-    from shared.telemetry.core import _bucket_quantile
+    from shared.telemetry.summary import bucket_quantile
 
     telemetry, reader, _ = readers
     attrs = {"trigger": "http", "endpoint": "e", "outcome": "ok"}
     telemetry.record(attrs, duration_ms=180.0)
     (_, single), = points(reader, "scorefn.request.duration")
-    assert _bucket_quantile(single, 0.5) == 180.0  # one sample reads as itself
+    assert bucket_quantile(single, 0.5) == 180.0  # one sample reads as itself
     for value in [0.12] * 90 + [0.4] * 9 + [3.0]:
         telemetry.record(attrs, duration_ms=value)
     (_, many), = points(reader, "scorefn.request.duration")
-    p50, p99 = _bucket_quantile(many, 0.5), _bucket_quantile(many, 0.99)
+    p50, p99 = bucket_quantile(many, 0.5), bucket_quantile(many, 0.99)
     assert 0.1 <= p50 <= 0.15 and 0.3 <= p99 <= 180.0 and p50 < p99
+
+
+def test_the_latency_summary_keeps_its_json_fields_and_their_order(readers):
+    from shared.payloads import dumps
+    from shared.telemetry.summary import summarize
+
+    telemetry, reader, _ = readers
+    attrs = {"trigger": "http", "endpoint": "e", "model.name": "m", "model.version": "v1",
+             "outcome": "ok", "cold": False}
+    telemetry.record(attrs, duration_ms=0.2)
+    telemetry.record({**attrs, "outcome": "invalid_json"}, duration_ms=0.1)
+    (row,) = orjson.loads(dumps({"latency": summarize(reader.get_metrics_data())}))["latency"]
+    assert list(row) == ["trigger", "endpoint", "model", "version", "cold", "count", "mean_ms",
+                         "p50_ms", "p90_ms", "p99_ms"]
+    assert row["count"] == 1 and row["model"] == "m" and row["p50_ms"] == 0.2
+
+
+def test_the_process_wide_telemetry_can_be_replaced(readers):
+    from shared.telemetry.process import current_setup
+
+    telemetry, _, _ = readers
+    before = current_setup()
+    set_telemetry(telemetry)
+    try:
+        assert get_telemetry() is telemetry
+    finally:
+        set_telemetry(before.telemetry if before else None)
 
 
 def test_a_failed_background_refresh_is_counted_by_model_and_code(container, demo_models, readers):
@@ -288,14 +348,14 @@ def test_a_shadow_failing_unexpectedly_is_counted_and_its_log_line_quotes_no_req
     runner2 = ShadowRunner(workers=1)
     service.shadows = runner2
     monkeypatch.setattr(LoadedModel, "_predict_one", real)
-    predict_parsed = service._predict_parsed
+    predict_parsed = service.predict_parsed
 
-    def refusing(model, request, cold):
+    def refusing(model, request, cold, route=None):
         if model.info.path == "price/next.txt":
             raise ScoreError("unknown field(s) ['secret_field_name']", code="invalid_payload")
-        return predict_parsed(model, request, cold)
+        return predict_parsed(model, request, cold, route)
 
-    monkeypatch.setattr(service, "_predict_parsed", refusing)
+    monkeypatch.setattr(service, "predict_parsed", refusing)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="scorefn.shadow"):
         assert service.score("price", body()).predictions.shape == (1,)

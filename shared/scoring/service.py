@@ -31,7 +31,7 @@ from shared.scoring.result import ScoreResult
 from shared.scoring.shadows import score_shadow
 from shared.scoring.status import ServiceStatus
 from shared.settings import Settings
-from shared.telemetry.core import NO_TRACE, RequestTrace, Telemetry, get_telemetry
+from shared.telemetry import NO_TRACE, RequestTrace, Telemetry, get_telemetry
 
 log = logging.getLogger("scorefn.scoring")
 
