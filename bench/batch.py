@@ -153,8 +153,9 @@ def through_queue(conn: str, env: dict[str, str], settings, message: bytes,
 
 def parse_seconds(body: bytes, feature_names: list[str]) -> float:
     """CPU seconds one thread takes to split and parse the whole CSV as a job does."""
-    from shared.batch.runner import parse_units
-    from shared.batch.io import csv_layout, split_first_line
+    from shared.batch.units import parse_units
+    from shared.batch.csv_layout import csv_layout
+    from shared.batch.lines import split_first_line
 
     start = time.thread_time()
     header, rest = split_first_line([body])
@@ -203,7 +204,7 @@ def main() -> None:
     from azure.storage.blob import BlobServiceClient
 
     from devhost.azurite import Azurite
-    from shared.batch.runner import UNIT_ROWS
+    from shared.batch.units import UNIT_ROWS
     from shared.scoring.predict import threads_for
 
     model_path = bench_model_path()

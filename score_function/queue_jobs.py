@@ -20,7 +20,7 @@ bp = func.Blueprint()
 
 @bp.queue_trigger(arg_name="msg", queue_name="%SCORE_QUEUE_NAME%", connection="AzureWebJobsStorage")
 def score_job(msg: func.QueueMessage) -> None:
-    """Run one batch scoring job (see shared/batch/runner.py for the message and result schemas)."""
+    """Run one batch scoring job (see shared/batch/messages.py and results.py for the schemas)."""
     from shared.app import get_app
 
     get_app().jobs.handle(msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count or 1)
@@ -37,10 +37,10 @@ def job_poisoned(msg: func.QueueMessage) -> None:
 
 @bp.queue_trigger(arg_name="msg", queue_name="%CHUNK_QUEUE_NAME%", connection="AzureWebJobsStorage")
 def score_chunk(msg: func.QueueMessage) -> None:
-    """Score one chunk of a fanned-out job (see shared/batch/fanout.py)."""
+    """Score one chunk of a fanned-out job (see shared/batch/fanout/)."""
     from shared.app import get_app
 
-    get_app().jobs.fanout.handle_chunk(msg.get_body(), message_id=msg.id,
+    get_app().jobs.chunk_worker.handle(msg.get_body(), message_id=msg.id,
                                        dequeue_count=msg.dequeue_count or 1)
 
 
@@ -50,4 +50,4 @@ def chunk_poisoned(msg: func.QueueMessage) -> None:
     """A chunk that failed on every delivery: fail its job with ``chunk_failed``."""
     from shared.app import get_app
 
-    get_app().jobs.fanout.handle_poison(msg.get_body(), message_id=msg.id)
+    get_app().jobs.chunk_worker.handle_poison(msg.get_body(), message_id=msg.id)

@@ -125,7 +125,7 @@ class BatchRig:
     def run_chunk(self, message, jobs: BatchJobs | None = None, *, dequeue_count: int = 1,
                   delete: bool = True):
         """Deliver one received chunk message to the chunk handler (as the host would)."""
-        outcome = (jobs or self.jobs).fanout.handle_chunk(
+        outcome = (jobs or self.jobs).chunk_worker.handle(
             base64.b64decode(message.content), message_id=message.id, dequeue_count=dequeue_count)
         if delete:
             self.chunk_queue.delete_message(message)

@@ -19,9 +19,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shared.batch.csv_input import parse_csv_chunk
+from shared.batch.csv_layout import csv_layout
+from shared.batch.jsonl_input import parse_jsonl_chunk
+from shared.batch.lines import Chunk, line_chunks, split_first_line
 from shared.batch.runner import BatchJobs
-from shared.batch.io import (Chunk, csv_layout, line_chunks, parse_csv_chunk, parse_jsonl_chunk,
-                             split_first_line)
 from shared.errors import InvalidPayload
 from shared.models.model import parse_model
 from tests.batch_support import read_csv, rig  # noqa: F401
@@ -102,7 +104,7 @@ def parse_csv(data: bytes, schema, id_column=None, chunk_rows=4):
     header, rest = split_first_line([data])
     layout = csv_layout(header, schema, id_column)
     unseen: dict[int, int] = {}
-    parts = [parse_csv_chunk(c, layout, unseen)[0] for c in line_chunks(rest, chunk_rows, first_line=2)]
+    parts = [parse_csv_chunk(c, layout, unseen).X for c in line_chunks(rest, chunk_rows, first_line=2)]
     return (np.vstack(parts) if parts else np.empty((0, 4))), unseen
 
 
@@ -127,7 +129,7 @@ def test_csv_category_cells_are_values_read_as_pandas_and_lightgbm_read_them(mod
 
 
 def test_plain_category_columns_keep_the_fast_path(model, booster, monkeypatch):
-    import shared.batch.io as batch_io
+    import shared.batch.csv_input as csv_input
 
     rng = np.random.default_rng(3)
     n = 500
@@ -138,7 +140,7 @@ def test_plain_category_columns_keep_the_fast_path(model, booster, monkeypatch):
     frame = pd.DataFrame(values)[["colour", "mean radius", "grade", "size"]]
     data = ("key," + ",".join(frame.columns) + "\n" + "".join(
         f"k{i}," + ",".join(row) + "\n" for i, row in enumerate(frame.itertuples(index=False)))).encode()
-    monkeypatch.setattr(batch_io, "_csv_piece_slow", None)  # every piece parses fast
+    monkeypatch.setattr(csv_input, "parse_piece_by_value", None)  # every piece parses fast
     X, unseen = parse_csv(data, model.info.schema, "key", chunk_rows=1000)
     ref, expected_unseen = reference_frame(booster, pd.read_csv(io.BytesIO(data)))
     assert np.array_equal(booster.predict(X), booster.predict(ref))
@@ -175,7 +177,7 @@ JSON_RECORDS = [
 def test_jsonl_objects_take_category_values_and_names_as_trained(model, booster):
     data = b"".join(orjson.dumps(r) + b"\n" for r in JSON_RECORDS)
     unseen: dict[int, int] = {}
-    X, _ = parse_jsonl_chunk(Chunk(data, 1), model.info.schema, None, unseen)
+    X = parse_jsonl_chunk(Chunk(data, 1), model.info.schema, None, unseen).X
     records = [{("mean radius" if k == "mean_radius" else k): v for k, v in r.items()}
                for r in JSON_RECORDS]
     expected, expected_unseen = jsonl_reference(booster, records)
@@ -192,7 +194,7 @@ def test_jsonl_lists_take_codes_as_a_matrix_does_or_values(model, booster):
     valued = [[8, "blue", 3, 3], [7, "violet", 1, 1], [6, "n/a color", None, 0]]
     data = b"".join(orjson.dumps(r) + b"\n" for r in coded + valued)
     unseen: dict[int, int] = {}
-    X, _ = parse_jsonl_chunk(Chunk(data, 1), model.info.schema, None, unseen)
+    X = parse_jsonl_chunk(Chunk(data, 1), model.info.schema, None, unseen).X
     codes = as_trained([row[1] for row in valued], cats["colour"]).codes
     matrix = np.array([[np.nan if v is None else v for v in row] for row in coded] +
                       [[row[0], np.nan if c < 0 else c, np.nan if row[2] is None else row[2], row[3]]
@@ -314,10 +316,10 @@ def test_a_job_without_unseen_values_reports_none(rig, booster):
 @pytest.mark.parametrize("fmt,in_body", [("csv", False), ("jsonl", False), ("csv", True)])
 def test_fanned_out_or_not_a_category_job_gives_the_same_output_and_counts(rig, booster, fmt,
                                                                           in_body, monkeypatch):
-    import shared.batch.runner as batch_module
+    import shared.batch.unseen as unseen_module
 
     if in_body:  # counts too long for a chunk marker's metadata are kept in its body
-        monkeypatch.setattr(batch_module, "MAX_UNSEEN_METADATA", 0)
+        monkeypatch.setattr(unseen_module, "MAX_UNSEEN_METADATA", 0)
     rig.upload_model("shapes", booster)
     if fmt == "csv":
         data = csv_input(repeat=400)
@@ -338,7 +340,7 @@ def test_fanned_out_or_not_a_category_job_gives_the_same_output_and_counts(rig, 
     result = next(r for r in rig.sent_results() if r["id"] == f"fan-{fmt}")
     assert result["status"] == "succeeded" and result["chunks"] == len(outcomes) > 3
     assert result["unseen_categories"] == single.result["unseen_categories"]
-    from shared.batch.chunks import list_markers
+    from shared.batch.fanout.markers import list_markers
 
     assert {m.unseen == "body" for m in list_markers(rig.batch, f"fan-{fmt}").values()} == {in_body}
     assert rig.download(f"predictions/fan-{fmt}.{fmt}") == \
@@ -385,7 +387,7 @@ _BLANK = object()  # a blank line
 def test_any_json_lines_parse_or_fail_with_a_typed_error(model, lines, id_column):
     data = b"".join((b"" if line is _BLANK else orjson.dumps(line)) + b"\n" for line in lines)
     try:
-        X, _ = parse_jsonl_chunk(Chunk(data, 1), model.info.schema, id_column)
+        X = parse_jsonl_chunk(Chunk(data, 1), model.info.schema, id_column).X
     except InvalidPayload as exc:
         assert exc.code in {"non_numeric_value", "invalid_category_value", "invalid_records",
                             "wrong_row_width", "unknown_feature", "ambiguous_feature"}, exc

@@ -14,9 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pandas._libs.parsers import STR_NA_VALUES
 
-import shared.batch.io as batch_io
-from shared.batch.io import NA_TOKENS, csv_layout, csv_number, line_chunks, parse_csv_chunk, \
-    split_first_line
+import shared.batch.csv_input as csv_input
+from shared.batch.cells import NA_TOKENS, csv_number
+from shared.batch.csv_input import parse_csv_chunk
+from shared.batch.csv_layout import csv_layout
+from shared.batch.lines import line_chunks, split_first_line
 from shared.errors import InvalidPayload
 
 TEXT = "text"  # what pandas reads as text (or a boolean): an error here
@@ -40,7 +42,7 @@ def ours(data: str) -> float | str:
     layout = csv_layout(header, ("a", "b"), None)
     try:
         [chunk] = list(line_chunks(rest, 10, first_line=2))
-        X, _ = parse_csv_chunk(chunk, layout)
+        X = parse_csv_chunk(chunk, layout).X
     except InvalidPayload as exc:
         assert exc.code == "non_numeric_value", exc
         assert "line 2, column 'a'" in exc.message, exc.message
@@ -125,15 +127,15 @@ def test_the_fast_path_and_the_per_value_path_read_the_same_numbers(monkeypatch)
     expected = pd.read_csv(io.StringIO(data), dtype="float64").to_numpy()
     header, rest = split_first_line([data.encode()])
     layout = csv_layout(header, ("a", "b"), None)
-    got = np.vstack([parse_csv_chunk(c, layout)[0] for c in line_chunks(rest, 50, first_line=2)])
+    got = np.vstack([parse_csv_chunk(c, layout).X for c in line_chunks(rest, 50, first_line=2)])
     assert np.array_equal(got, expected, equal_nan=True)
     assert np.array_equal(np.signbit(got), np.signbit(expected))
     # plain numbers alone never leave the fast path (an integer "-0" does: simdjson reads 0)
-    monkeypatch.setattr(batch_io, "_csv_piece_slow", None)
+    monkeypatch.setattr(csv_input, "parse_piece_by_value", None)
     plain = [c for c in plain if c != "-0"]
     plain_data = "a,b\n" + "".join(f"{x},{y}\n" for x, y in zip(plain, plain[::-1]))
     header, rest = split_first_line([plain_data.encode()])
-    fast = np.vstack([parse_csv_chunk(c, layout)[0] for c in line_chunks(rest, 50, first_line=2)])
+    fast = np.vstack([parse_csv_chunk(c, layout).X for c in line_chunks(rest, 50, first_line=2)])
     assert np.array_equal(fast, pd.read_csv(io.StringIO(plain_data), dtype="float64").to_numpy(),
                           equal_nan=True)
 

@@ -14,11 +14,15 @@ import orjson
 import pytest
 from azure.storage.blob import BlobClient
 
-import shared.batch.fanout as fanout_module
-from shared.batch.runner import BatchJobs
+import shared.batch.fanout.chunk_worker as chunk_worker_module
+from shared.batch.fanout.chunk_messages import decode_chunk
+from shared.batch.fanout.job_blobs import marker_name, plan_name
+from shared.batch.fanout.markers import list_markers
+from shared.batch.fanout.status import read_status
+from shared.batch.ranges import byte_ranges, line_start_at_or_after, read_first_line
 from shared.batch.records import Claim
-from shared.batch.io import byte_ranges, line_start_at_or_after, read_first_line
-from shared.batch.chunks import decode_chunk, list_markers, marker_name, plan_name, read_status
+from shared.batch.results import ResultQueue
+from shared.batch.runner import BatchJobs
 from tests.batch_support import read_csv, reference, rig, sample, to_csv, to_jsonl  # noqa: F401
 
 CHURN = ("tenure_months", "monthly_charges", "support_calls", "contract_months", "age",
@@ -113,6 +117,53 @@ def test_a_large_csv_job_is_planned_into_chunk_messages(rig, churn_csv):
     assert (status["chunks_done"], status["chunks"], status["rows"]) == (0, plan["chunks"], 0)
 
 
+# The plan's keys in the order every version writes them: plans of jobs in flight stay readable.
+PLAN_KEYS = ["kind", "v", "id", "token", "created", "created_at", "endpoint", "variant",
+             "id_generated", "model", "input", "output", "id_column", "options", "header",
+             "num_outputs", "categorical", "chunk_rows", "chunk_bytes", "chunks", "ranges"]
+
+
+def test_a_stored_plan_reads_back_as_a_record_that_writes_the_same_bytes(rig, churn_csv):
+    from shared.batch.fanout.plan import Plan, read_plan
+
+    fanout_jobs(rig).handle(blob_job("fan-json", "inputs/big.csv", id_column="customer_id"),
+                            message_id="m-json")
+    stored = rig.download(plan_name("fan-json"))
+    doc = orjson.loads(stored)
+    assert list(doc) == PLAN_KEYS and list(doc["model"]) == ["name", "version", "path", "copy"]
+    assert list(doc["input"]) == ["container", "blob", "format", "etag", "size"]
+    plan = read_plan(rig.batch, "fan-json")
+    assert plan is not None and orjson.dumps(plan.to_json()) == stored
+    assert Plan.from_json(doc) == plan and plan.chunks == len(doc["ranges"])
+    assert (plan.input.size, plan.output.blob, plan.model.copy) == \
+        (doc["input"]["size"], "predictions/fan-json.csv", doc["model"]["copy"])
+    # A plan written before "categorical" and "id_generated" existed reads as having none.
+    older = {k: v for k, v in doc.items() if k not in ("categorical", "id_generated")}
+    assert Plan.from_json(older).categorical == {} and not Plan.from_json(older).id_generated
+
+
+@pytest.mark.parametrize("damage", [
+    lambda d: d.pop("token"), lambda d: d.update(token="not-a-token"),
+    lambda d: d.update(chunks=d["chunks"] + 1), lambda d: d.update(ranges=[[0, "x"]]),
+    lambda d: d["model"].pop("copy"), lambda d: d["input"].update(size="7"),
+    lambda d: d.update(options=None), lambda d: d.update(categorical={"x": "colour"}),
+    lambda d: d.update(header=3), lambda d: d.update(v=2),
+])
+def test_a_damaged_plan_is_refused_when_read_back(rig, churn_csv, damage):
+    from shared.batch.fanout.plan import InvalidPlan, Plan, read_plan
+
+    fanout_jobs(rig).handle(blob_job("fan-bad-plan", "inputs/big.csv", id_column="customer_id"),
+                            message_id="m-bad-plan")
+    doc = orjson.loads(rig.download(plan_name("fan-bad-plan")))
+    damage(doc)
+    with pytest.raises(InvalidPlan):
+        Plan.from_json(doc)
+    rig.upload(plan_name("fan-bad-plan"), orjson.dumps(doc))
+    assert read_plan(rig.batch, "fan-bad-plan") is None  # no plan: its chunks are orphans
+    [message] = rig.chunk_messages()[:1]
+    assert rig.run_chunk(message, fanout_jobs(rig)).status == "orphan"
+
+
 def test_a_job_under_the_threshold_runs_in_one_invocation(rig, churn_csv):
     jobs = fanout_jobs(rig, fanout_bytes=10**9)
     outcome = jobs.handle(blob_job("fan-small", "inputs/big.csv", id_column="customer_id"),
@@ -191,7 +242,7 @@ def test_redelivered_chunks_and_planner_do_not_duplicate_rows(rig, churn_csv, de
     message = blob_job("fan-again", "inputs/big.csv", id_column="customer_id")
     real_fan_out = Claim.fan_out
 
-    def crash(self, summary):
+    def crash(self, **summary):
         raise ConnectionError("the planner died after sending the chunks")
 
     monkeypatch.setattr(Claim, "fan_out", crash)
@@ -232,16 +283,16 @@ def test_two_workers_finishing_the_last_chunks_together_commit_once(rig, churn_c
         return real_commit(self, *args, **kwargs)
 
     monkeypatch.setattr(BlobClient, "commit_block_list", counting_commit)
-    real_marker = fanout_module.FanOut._write_marker
+    real_marker = chunk_worker_module.write_marker
     barrier = threading.Barrier(2, timeout=30)
     racing = set()
 
-    def marker_then_wait(self, msg, *args):
-        real_marker(self, msg, *args)
+    def marker_then_wait(container, msg, **kwargs):
+        real_marker(container, msg, **kwargs)
         if msg.index in racing:
             barrier.wait()  # both markers exist before either checks for completion
 
-    monkeypatch.setattr(fanout_module.FanOut, "_write_marker", marker_then_wait)
+    monkeypatch.setattr(chunk_worker_module, "write_marker", marker_then_wait)
     for round_ in range(3):
         job_id = f"fan-race-{round_}"
         fanout_jobs(rig).handle(blob_job(job_id, "inputs/big.csv", id_column="customer_id"),
@@ -275,16 +326,16 @@ def test_a_crash_between_commit_and_result_is_repaired_by_a_redelivery(rig, chur
     messages = rig.chunk_messages()
     for m in messages[:-1]:
         rig.run_chunk(m, jobs)
-    real_send = BatchJobs._send
+    real_send = ResultQueue.send
 
     def crash(self, result):
         raise ConnectionError("died before sending the result")
 
-    monkeypatch.setattr(BatchJobs, "_send", crash)
+    monkeypatch.setattr(ResultQueue, "send", crash)
     with pytest.raises(ConnectionError):
         rig.run_chunk(messages[-1], jobs, delete=False)
     assert jobs.records.read("fan-crash")["state"] == "committed" and rig.sent_results() == []
-    monkeypatch.setattr(BatchJobs, "_send", real_send)
+    monkeypatch.setattr(ResultQueue, "send", real_send)
     outcome = rig.run_chunk(messages[-1], fanout_jobs(rig), dequeue_count=2)
     assert (outcome.status, outcome.finished) == ("duplicate", True)
     [result] = rig.sent_results()
@@ -326,14 +377,14 @@ def test_a_poisoned_chunk_fails_the_job(rig, churn_csv):
     messages = rig.chunk_messages()
     for m in messages[1:]:
         rig.run_chunk(m, jobs)
-    outcome = jobs.fanout.handle_poison(base64.b64decode(messages[0].content), message_id="p")
+    outcome = jobs.chunk_worker.handle_poison(base64.b64decode(messages[0].content), message_id="p")
     assert outcome.status == "failed"
     [result] = rig.sent_results()
     assert result["status"] == "failed" and result["error"]["code"] == "chunk_failed"
     assert "chunk 0 of" in result["error"]["message"] and "-poison" in result["error"]["message"]
     assert not output(rig, "predictions/fan-poison.csv").exists()
     # The poison message delivered again (its handler's ack was lost): nothing more happens.
-    again = jobs.fanout.handle_poison(base64.b64decode(messages[0].content), message_id="p")
+    again = jobs.chunk_worker.handle_poison(base64.b64decode(messages[0].content), message_id="p")
     assert again.status == "duplicate" and len(rig.sent_results()) == 1
 
 
@@ -342,7 +393,7 @@ def test_a_poisoned_copy_of_a_scored_chunk_is_ignored(rig, churn_csv):
     jobs.handle(blob_job("fan-p2", "inputs/big.csv", id_column="customer_id"), message_id="m")
     messages = rig.chunk_messages()
     rig.run_chunk(messages[0], jobs)
-    outcome = jobs.fanout.handle_poison(base64.b64decode(messages[0].content), message_id="p")
+    outcome = jobs.chunk_worker.handle_poison(base64.b64decode(messages[0].content), message_id="p")
     assert outcome.status == "skipped" and rig.sent_results() == []
     for m in messages[1:]:
         rig.run_chunk(m, jobs)
@@ -374,23 +425,24 @@ def test_a_pinned_model_copy_over_the_model_size_limit_fails_the_job_without_bei
 
 
 def test_job_records_and_plans_are_read_only_up_to_their_bound(rig):
-    from shared.batch.chunks import MAX_PLAN_BYTES, read_json
+    from shared.batch.fanout.job_blobs import read_json
+    from shared.batch.fanout.plan import MAX_PLAN_BYTES
     from shared.storage import MAX_RECORD_BYTES
 
     rig.upload("jobs/huge/plan.json", b'{"kind": "scorefn.plan"' + b" " * MAX_PLAN_BYTES + b"}")
-    assert read_json(rig.batch, "jobs/huge/plan.json") is None
+    assert read_json(rig.batch, "jobs/huge/plan.json", MAX_PLAN_BYTES) is None
     # A plan may be larger than a job record: 50,000 chunks' ranges alone take ~1.4 MB.
     rig.upload("jobs/large/plan.json", b'{"kind": "scorefn.plan"' + b" " * MAX_RECORD_BYTES + b"}")
-    assert read_json(rig.batch, "jobs/large/plan.json") == {"kind": "scorefn.plan"}
+    assert read_json(rig.batch, "jobs/large/plan.json", MAX_PLAN_BYTES) == {"kind": "scorefn.plan"}
     rig.upload("jobs/small/plan.json", b'{"kind": "scorefn.plan"}')
-    assert read_json(rig.batch, "jobs/small/plan.json") == {"kind": "scorefn.plan"}
+    assert read_json(rig.batch, "jobs/small/plan.json", MAX_PLAN_BYTES) == {"kind": "scorefn.plan"}
 
 
 def test_a_plan_too_large_for_its_chunks_to_read_fails_the_job_at_planning(rig, churn_csv,
                                                                           monkeypatch):
-    import shared.batch.fanout as fanout
+    import shared.batch.fanout.planner as planner
 
-    monkeypatch.setattr(fanout, "MAX_PLAN_BYTES", 200)  # as if the ranges were ~50,000
+    monkeypatch.setattr(planner, "MAX_PLAN_BYTES", 200)  # as if the ranges were ~50,000
     outcome = fanout_jobs(rig).handle(blob_job("fan-huge", "inputs/big.csv", id_column="customer_id"),
                                       message_id="m")
     assert outcome.status == "failed" and outcome.result["error"]["code"] == "input_too_large"
@@ -442,7 +494,7 @@ def test_status_counts_chunks_and_rows_from_storage(rig, churn_csv):
     jobs.handle(blob_job("fan-status", "inputs/big.csv", id_column="customer_id"), message_id="m")
     messages = rig.chunk_messages()
     outcomes = [rig.run_chunk(m, jobs) for m in messages[:5]]
-    status = jobs.fanout.status("fan-status")
+    status = read_status(rig.batch, "fan-status")
     assert status["chunks_done"] == 5 and status["chunks"] == len(messages)
     assert status["rows"] == sum(o.rows for o in outcomes) > 0
     assert status["elapsed_s"] >= 0 and status["model"]["name"] == "churn"

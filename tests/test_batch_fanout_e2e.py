@@ -13,7 +13,7 @@ import pytest
 
 from devhost.process import DevHost
 from scorefn.__main__ import main as cli
-from shared.batch.chunks import read_status
+from shared.batch.fanout.status import read_status
 from tests.batch_support import make_rig, read_csv, reference, sample, to_csv
 from tests.test_batch_e2e import CHURN, queue_empty, send, wait_for
 

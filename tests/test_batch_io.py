@@ -10,9 +10,13 @@ import numpy as np
 import orjson
 import pytest
 
-from shared.batch.io import (Chunk, CsvWriter, JsonlWriter, csv_layout, line_chunks,
-                             max_line_bytes, parse_csv_chunk, parse_jsonl_chunk, prediction_texts,
-                             range_blocks, split_first_line, unit_sizes)
+from shared.batch.csv_input import parse_csv_chunk
+from shared.batch.csv_layout import csv_layout
+from shared.batch.jsonl_input import parse_jsonl_chunk
+from shared.batch.lines import Chunk, line_chunks, max_line_bytes, split_first_line, unit_sizes
+from shared.batch.output import CsvWriter, JsonlWriter, prediction_texts
+from shared.batch.parsed_rows import Ids
+from shared.batch.ranges import range_blocks
 from shared.errors import InvalidPayload
 from tests.batch_support import sample, to_csv, to_jsonl
 
@@ -24,8 +28,8 @@ def parse_csv(data: bytes, names=NAMES, id_column=None, chunk_rows=1000, block=1
     header, rest = split_first_line(blocks)
     layout = csv_layout(header, names, id_column)
     parts = [parse_csv_chunk(c, layout) for c in line_chunks(rest, chunk_rows, first_line=2)]
-    X = np.vstack([p[0] for p in parts]) if parts else np.empty((0, len(names)))
-    ids = [i for p in parts if p[1] is not None for i in p[1].values]
+    X = np.vstack([p.X for p in parts]) if parts else np.empty((0, len(names)))
+    ids = [i for p in parts if p.ids is not None for i in p.ids.values]
     return X, ids
 
 
@@ -81,9 +85,9 @@ def test_range_blocks_read_a_byte_range_in_order_only_when_consumed():
 
 
 def test_csv_values_equal_python_float_of_their_text(monkeypatch):
-    import shared.batch.io as batch_io
+    import shared.batch.csv_input as csv_input
 
-    monkeypatch.setattr(batch_io, "_csv_piece_slow", None)  # all of these take the fast path
+    monkeypatch.setattr(csv_input, "parse_piece_by_value", None)  # all take the fast path
     texts = ["0", "-1", "3.14159", "1e-7", "-2.5E+10", "123456789012345678", "0.1", "5e-324",
              "1.7976931348623157e308", "", "2.2250738585072014e-308", "9007199254740993",
              "0.30000000000000004", "-7.0e0"]
@@ -167,8 +171,8 @@ def test_jsonl_records_with_ids_of_any_json_type():
     X = sample(3, 30, seed=4)
     ids = [i if i % 2 else f"s{i}" for i in range(30)]
     data = to_jsonl(X, NAMES, ids, "key")
-    X2, ids2 = parse_jsonl_chunk(Chunk(data, 1), NAMES, "key")
-    assert np.array_equal(X2, X, equal_nan=True) and ids2.values == ids
+    parsed = parse_jsonl_chunk(Chunk(data, 1), NAMES, "key")
+    assert np.array_equal(parsed.X, X, equal_nan=True) and parsed.ids.values == ids
 
 
 @pytest.mark.parametrize("data,code,line", [
@@ -194,8 +198,6 @@ def test_prediction_text_round_trips_exactly():
 
 
 def test_writers_keep_ids_and_write_one_column_per_class():
-    from shared.batch.io import Ids
-
     ids = Ids("json", ["a,b", 7, None])
     csv_out = CsvWriter("key", 2)
     assert csv_out.header == b"key,p0,p1\n"
@@ -218,9 +220,9 @@ def test_an_id_column_that_is_also_a_feature_is_scored_and_copied_through_as_in_
     X, ids = parse_csv(b"a,b,c\n" + rows, id_column="a")
     assert X.tolist() == [[25.0, 1.0, 2.0], [85.0, 3.0, 4.0]]
     assert [bytes(i).strip(b'"') for i in ids] == [b"25", b"85"]
-    J, jids = parse_jsonl_chunk(Chunk(b'{"a": 25, "b": 1, "c": 2}\n{"a": 85, "b": 3, "c": 4}\n', 1),
-                                NAMES, "a")
-    assert np.array_equal(J, X) and jids.values == [25, 85]
+    parsed = parse_jsonl_chunk(Chunk(b'{"a": 25, "b": 1, "c": 2}\n{"a": 85, "b": 3, "c": 4}\n', 1),
+                               NAMES, "a")
+    assert np.array_equal(parsed.X, X) and parsed.ids.values == [25, 85]
 
 
 def test_a_blank_line_in_a_one_column_csv_is_refused_not_skipped():
@@ -253,17 +255,17 @@ def test_unreadable_csv_is_a_failed_job_with_a_code_not_a_crash(data, where):
 
 @pytest.mark.parametrize("id_column", [None, "key"])
 def test_json_lines_of_blank_lines_only_are_no_rows(id_column):
-    X, ids = parse_jsonl_chunk(Chunk(b"\n \n\n", 1), NAMES, id_column)
-    assert X.shape == (0, 3) and (ids is None or ids.values == [])
+    parsed = parse_jsonl_chunk(Chunk(b"\n \n\n", 1), NAMES, id_column)
+    assert parsed.X.shape == (0, 3) and (parsed.ids is None or parsed.ids.values == [])
     lines = b'{"a": 1, "key": 5}\n\n\n[1, 2, 3, 4]\n' if id_column is None else \
         b'{"a": 1, "key": 5}\n\n\n{"b": 2, "key": 6}\n'
-    X, ids = parse_jsonl_chunk(Chunk(lines, 1), (*NAMES, "key") if id_column is None else NAMES,
+    parsed = parse_jsonl_chunk(Chunk(lines, 1), (*NAMES, "key") if id_column is None else NAMES,
                                id_column)
-    assert X.shape[0] == 2
+    assert parsed.X.shape[0] == 2
 
 
 def test_a_bom_at_the_start_of_json_lines_is_ignored_as_in_csv():
-    X, _ = parse_jsonl_chunk(Chunk(b'\xef\xbb\xbf{"a": 1, "b": 2, "c": 3}\n', 1), NAMES, None)
+    X = parse_jsonl_chunk(Chunk(b'\xef\xbb\xbf{"a": 1, "b": 2, "c": 3}\n', 1), NAMES, None).X
     assert X.tolist() == [[1.0, 2.0, 3.0]]
 
 
@@ -315,8 +317,6 @@ def test_non_finite_predictions_are_inf_in_csv_and_proto3_strings_in_json():
     import io
 
     import pandas as pd
-
-    from shared.batch.io import Ids
 
     values = np.array([0.25, np.inf, -np.inf, np.nan, -0.0, 1e308])
     csv_rows = CsvWriter("key", 1).rows(values, Ids("json", list("abcdef")))

@@ -11,7 +11,8 @@ import orjson
 import pytest
 from azure.core.exceptions import AzureError
 
-import shared.batch.runner as batch_module
+import shared.batch.units as units_module
+from shared.batch.results import ResultQueue
 from shared.batch.runner import BatchJobs
 from shared.models.blob_source import BlobSource
 from shared.errors import JobBusy, ModelUnavailable
@@ -160,18 +161,18 @@ def test_small_units_are_predicted_and_each_chunk_is_staged_as_one_block(rig, de
     ids = [f"r{i}" for i in range(1010)]
     data = to_csv(X, CHURN, ids, "cid") if fmt == "csv" else to_jsonl(X, CHURN, ids, "cid")
     rig.upload(f"inputs/units.{fmt}", data)
-    real_predict, calls = batch_module.predict, []
+    real_predict, calls = units_module.predict, []
 
     def counting_predict(model, request, **kwargs):
         calls.append(request.X.shape[0])
         return real_predict(model, request, **kwargs)
 
-    monkeypatch.setattr(batch_module, "predict", counting_predict)
+    monkeypatch.setattr(units_module, "predict", counting_predict)
     jobs = with_settings(rig, batch_chunk_rows=100)
     outputs = {}
     for job_id, unit_rows, first_unit_rows in (("job-units", 16, 5), ("job-whole", 100, 100)):
-        monkeypatch.setattr(batch_module, "UNIT_ROWS", unit_rows)
-        monkeypatch.setattr(batch_module, "FIRST_UNIT_ROWS", first_unit_rows)
+        monkeypatch.setattr(units_module, "UNIT_ROWS", unit_rows)
+        monkeypatch.setattr(units_module, "FIRST_UNIT_ROWS", first_unit_rows)
         calls.clear()
         jobs.handle(orjson.dumps(blob_job(job_id, f"inputs/units.{fmt}", id_column="cid")),
                     message_id=job_id)
@@ -237,7 +238,7 @@ def test_a_crash_mid_job_is_completed_by_the_next_delivery(rig, demo_models, mon
     X = sample(8, 400, seed=8)
     rig.upload("inputs/in.csv", to_csv(X, CHURN))
     jobs = with_settings(rig, batch_chunk_rows=50)
-    real_predict, calls = batch_module.predict, []
+    real_predict, calls = units_module.predict, []
 
     def dying_predict(*args, **kwargs):
         calls.append(1)
@@ -245,14 +246,14 @@ def test_a_crash_mid_job_is_completed_by_the_next_delivery(rig, demo_models, mon
             raise RuntimeError("worker died")
         return real_predict(*args, **kwargs)
 
-    monkeypatch.setattr(batch_module, "predict", dying_predict)
+    monkeypatch.setattr(units_module, "predict", dying_predict)
     message = orjson.dumps(blob_job("job-crash"))
     with pytest.raises(RuntimeError):
         jobs.handle(message, message_id="m-1")
     out = rig.blobs.get_blob_client(rig.settings.batch_container, "predictions/job-crash.csv")
     assert not out.exists() and rig.sent_results() == []
     assert len(out.get_block_list("uncommitted")[1]) == 2  # staged, never committed
-    monkeypatch.setattr(batch_module, "predict", real_predict)
+    monkeypatch.setattr(units_module, "predict", real_predict)
     outcome = jobs.handle(message, message_id="m-1", dequeue_count=2)
     assert outcome.status == "succeeded" and outcome.result["rows"] == 400
     _, rows = read_csv(out.download_blob().readall())
@@ -281,16 +282,16 @@ def test_a_crash_after_commit_does_not_score_again(rig, monkeypatch):
 
 def test_a_crash_before_the_result_is_sent_sends_it_once_later(rig, monkeypatch):
     rig.upload("inputs/in.csv", to_csv(sample(8, 30), CHURN))
-    real_send = BatchJobs._send
+    real_send = ResultQueue.send
 
     def crash(self, result):
         raise ConnectionError("died before sending the result")
 
-    monkeypatch.setattr(BatchJobs, "_send", crash)
+    monkeypatch.setattr(ResultQueue, "send", crash)
     with pytest.raises(ConnectionError):
         rig.run(blob_job("job-send"))
     assert rig.jobs.records.read("job-send")["state"] == "committed"
-    monkeypatch.setattr(BatchJobs, "_send", real_send)
+    monkeypatch.setattr(ResultQueue, "send", real_send)
     outcome = rig.run(blob_job("job-send"), dequeue_count=2)
     assert (outcome.status, outcome.scored) == ("succeeded", False)
     assert rig.run(blob_job("job-send"), dequeue_count=3).status == "duplicate"
@@ -599,11 +600,11 @@ def test_a_failed_job_is_measured_with_its_code_and_the_model_it_was_routed_to(r
     assert jobs.handle(orjson.dumps(blob_job("m-bad", "inputs/bad.csv")), message_id="m1") \
         .status == "failed"
     # A retried (transient) failure and a bug are measured too, before the queue retries.
-    monkeypatch.setattr(jobs, "_run_blob", lambda *a: (_ for _ in ()).throw(
+    monkeypatch.setattr(jobs.blob_jobs, "run", lambda *a: (_ for _ in ()).throw(
         ModelUnavailable("storage is down")))
     with pytest.raises(ModelUnavailable):
         jobs.handle(orjson.dumps(blob_job("m-down", "inputs/bad.csv")), message_id="m2")
-    monkeypatch.setattr(jobs, "_run_blob", lambda *a: 1 / 0)
+    monkeypatch.setattr(jobs.blob_jobs, "run", lambda *a: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         jobs.handle(orjson.dumps(blob_job("m-bug", "inputs/bad.csv")), message_id="m3")
     by_outcome = {p["outcome"]: p for p in durations()}

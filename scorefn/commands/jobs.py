@@ -254,7 +254,7 @@ def _fanout_status(batch, job_id: str, record: dict[str, Any] | None) -> dict[st
         return None
     from azure.core.exceptions import AzureError
 
-    from shared.batch.chunks import read_status
+    from shared.batch.fanout.status import read_status
 
     try:
         return read_status(batch, job_id)

@@ -83,7 +83,17 @@ class Claim:
 
     @property
     def result(self) -> dict[str, Any] | None:
+        """The result message committed in the record (sent again as it is)."""
         return self.doc.get("result")
+
+    @property
+    def recorded_state(self) -> str:
+        """The state the record holds (a ``reused`` claim's is the other job's)."""
+        return self.doc.get("state", "running")
+
+    @property
+    def created(self) -> str | None:
+        return self.doc.get("created")
 
     def check(self) -> None:
         """Renew the lease now; raise :class:`JobBusy` if it was lost. Called right before
@@ -111,7 +121,8 @@ class Claim:
             log.info("job %s: progress update failed (%s)", self.job_id, type(exc).__name__)
 
     def commit(self, result: dict[str, Any]) -> None:
-        """The output is in place: store the result message to send."""
+        """The output is in place: store the result message to send
+        (``shared.batch.results.JobResult.to_json``)."""
         self.doc.update(state="committed", result=result)
         self.doc.pop("progress", None)
         self._write()
@@ -120,10 +131,10 @@ class Claim:
         self.doc["state"] = "done"
         self._write()
 
-    def fan_out(self, summary: dict[str, Any]) -> None:
-        """The job was split into chunks (``summary``: plan blob, chunk count); chunk
-        deliveries complete it."""
-        self.doc.update(state="fanned_out", fanout=summary)
+    def fan_out(self, *, plan: str, chunks: int, token: str) -> None:
+        """The job was split into ``chunks`` chunks (its plan: blob ``plan``, token ``token``);
+        chunk deliveries complete it."""
+        self.doc.update(state="fanned_out", fanout={"plan": plan, "chunks": chunks, "token": token})
         self.doc.pop("progress", None)
         self._write()
 
@@ -180,6 +191,12 @@ class JobRecords:
     def read(self, job_id: str) -> dict[str, Any] | None:
         """The job's record, or None when there is none."""
         return self._read(self.blob(job_id))
+
+    def state_of(self, job_id: str) -> str | None:
+        """The state in the job's record (``running`` when it says none, as for a claim), or
+        None when there is no record."""
+        doc = self.read(job_id)
+        return None if doc is None else doc.get("state", "running")
 
     def claim(self, job_id: str, *, message_id: str | None, digest: str,
               job_digest: str | None = None) -> Claim:
