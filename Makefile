@@ -10,7 +10,7 @@ VENV_STAMP := $(VENV)/.python-$(PYTHON_VERSION)
 PIP_STAMP := $(VENV)/.deps-installed
 NPM_STAMP := node_modules/.deps-installed
 
-.PHONY: install test demo bench clean lock
+.PHONY: install lint test demo bench clean lock
 
 install: $(PIP_STAMP) $(NPM_STAMP)
 
@@ -31,7 +31,7 @@ $(PIP_STAMP): requirements-dev.txt pyproject.toml | $(VENV_STAMP)
 
 # The locks, from their short input files: requirements.txt (what Azure installs) and
 # requirements-dev.txt (everything here, at requirements.txt's versions). `make test` checks
-# that each lock still matches its input (tests/test_requirements_lock.py).
+# that each lock still matches its input (tests/project/test_requirements_lock.py).
 LOCK := $(VENV)/bin/uv pip compile --universal --python-version $(PYTHON_VERSION) --generate-hashes --quiet \
 	--custom-compile-command "make lock"
 
@@ -44,7 +44,13 @@ $(NPM_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-test: install
+# The linter and the type checker (their configuration: pyproject.toml); `make test` fails on
+# their findings before it runs the tests.
+lint: $(PIP_STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test: install lint
 	$(PY) -m pytest
 
 demo: install
@@ -57,19 +63,21 @@ clean:
 	rm -rf $(VENV) node_modules .pytest_cache .demo *.egg-info
 
 # Hardening (README "Hardening"): `make test` runs every fuzz test, drill and the soak in a
-# bounded short form; these are the long runs.
+# bounded short form; these are the long runs. The suite is tests/hardening/, every test marked
+# `hardening` (pyproject.toml); each run picks its modules by name: test_fuzz_*.py and
+# test_security.py, test_drills.py, test_soak.py.
 .PHONY: fuzz drills soak hardening
 
+HARDENING := $(PY) -m pytest -m hardening tests/hardening
+
 fuzz: install
-	SCOREFN_FUZZ_SCALE=20 $(PY) -m pytest tests/test_hardening_fuzz_http.py \
-	    tests/test_hardening_fuzz_queue.py tests/test_hardening_fuzz_router.py \
-	    tests/test_hardening_security.py
+	SCOREFN_FUZZ_SCALE=20 $(HARDENING) -k "fuzz or security"
 
 drills: install
-	SCOREFN_KILL_CYCLES=10 $(PY) -m pytest tests/test_hardening_drills.py
+	SCOREFN_KILL_CYCLES=10 $(HARDENING) -k drills
 
 soak: install
-	SCOREFN_SOAK_SECONDS=600 $(PY) -m pytest tests/test_hardening_soak.py
+	SCOREFN_SOAK_SECONDS=600 $(HARDENING) -k soak
 
 hardening: fuzz drills soak
 
