@@ -1,5 +1,5 @@
 """The OpenAPI 3.1 document of the HTTP API (``openapi.json`` next to this module), served
-at ``GET /api/openapi.json``. ``tests/test_hardening_openapi.py`` checks it against the
+at ``GET /api/openapi.json``. ``tests/hardening/test_openapi.py`` checks it against the
 functions ``function_app.app`` registers and validates real responses against it."""
 
 from __future__ import annotations
