@@ -18,8 +18,8 @@ Run: ``.venv/bin/python bench/batch.py [--rows N] [--repeats R] [--memory-rows N
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import base64
+import importlib.util
 import os
 import resource
 import statistics
@@ -153,9 +153,9 @@ def through_queue(conn: str, env: dict[str, str], settings, message: bytes,
 
 def parse_seconds(body: bytes, feature_names: list[str]) -> float:
     """CPU seconds one thread takes to split and parse the whole CSV as a job does."""
-    from shared.batch.units import parse_units
     from shared.batch.csv_layout import csv_layout
     from shared.batch.lines import split_first_line
+    from shared.batch.units import parse_units
 
     start = time.thread_time()
     header, rest = split_first_line([body])

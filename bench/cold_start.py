@@ -31,7 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 IMPORT = """
-import time, json; t = time.perf_counter(); import {module}; print(json.dumps({{"s": time.perf_counter() - t}}))
+import time, json
+t = time.perf_counter(); import {module}
+print(json.dumps({{"s": time.perf_counter() - t}}))
 """
 
 FIRST_PREDICTION_APP = """
@@ -53,7 +55,8 @@ data = BlobServiceClient.from_connection_string(os.environ["AzureWebJobsStorage"
     .get_container_client("models").download_blob("bench.txt").readall()
 download = time.perf_counter() - t
 t = time.perf_counter(); booster = lightgbm.Booster(model_str=data.decode()); parse = time.perf_counter() - t
-t = time.perf_counter(); booster.predict(numpy.full((1, 100), 0.1), num_threads=1); predict = time.perf_counter() - t
+t = time.perf_counter(); booster.predict(numpy.full((1, 100), 0.1), num_threads=1)
+predict = time.perf_counter() - t
 print(json.dumps({"s": imports + download + parse + predict, "imports": imports,
                   "download": download, "parse": parse, "predict": predict}))
 """

@@ -113,7 +113,8 @@ def main() -> None:
             ctypes.c_void_p(out.ctypes.data))
 
     cases = {
-        "Booster.predict (numpy, 1 thread)": lambda i: booster.predict(rows[i % 4096:i % 4096 + 1], num_threads=1),
+        "Booster.predict (numpy, 1 thread)":
+            lambda i: booster.predict(rows[i % 4096:i % 4096 + 1], num_threads=1),
         "LightGBM fast C API (ctypes)": fast_c,
         "scorefn core path, bare": lambda i: core(bare, i, bodies[i % 4096]),
         "scorefn core path, as deployed": lambda i: core(deployed, i, bodies[i % 4096]),

@@ -38,11 +38,11 @@ def main() -> None:
     from azure.storage.blob import BlobServiceClient
 
     from devhost.azurite import DEV_ACCOUNT, DEV_KEY, Azurite
-    from shared.models.blob_source import BlobSource
-    from shared.models.store import ModelStore
     from shared.ablog.blobs import AppendTarget
     from shared.ablog.predictions import PredictionLog
     from shared.ablog.writer import BufferedLogWriter
+    from shared.models.blob_source import BlobSource
+    from shared.models.store import ModelStore
     from shared.router import RouterConfigSource, RouterHolder
     from shared.scoring.service import ScoringService
     from shared.settings import Settings, StorageConnection

@@ -83,7 +83,8 @@ def main() -> None:
     print(f"\nTelemetry overhead, single row, 500-tree model, {os.cpu_count()} cores\n")
     base = summary_us(samples["telemetry off"])[0]
     base_mean = float(np.mean(samples["telemetry off"])) * 1e6
-    print(f"{'case':40s} {'p50 us':>8s} {'p99 us':>8s} {'mean us':>8s} {'p50 ratio':>10s} {'mean ratio':>11s}")
+    print(f"{'case':40s} {'p50 us':>8s} {'p99 us':>8s} {'mean us':>8s} "
+          f"{'p50 ratio':>10s} {'mean ratio':>11s}")
     for name, values in samples.items():
         p50, _, p99 = summary_us(values)
         mean = float(np.mean(values)) * 1e6

@@ -40,7 +40,7 @@ class Azurite:
     table_port: int = 0
     process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60.0) -> "Azurite":
+    def start(self, timeout: float = 60.0) -> Azurite:
         script = ROOT / "node_modules" / "azurite" / "dist" / "src" / "azurite.js"
         if not script.exists():
             raise RuntimeError("Azurite is not installed: run `npm ci` (make does it for you)")
@@ -104,7 +104,7 @@ class Azurite:
         self.stop()
         self.start()
 
-    def __enter__(self) -> "Azurite":
+    def __enter__(self) -> Azurite:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -9,8 +9,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Mapping
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_PREFIX = "DEVHOST READY "
@@ -63,7 +64,7 @@ class DevHost:
             cmd.append("--no-queues")
         return cmd
 
-    def start(self, timeout: float = 60.0) -> "DevHost":
+    def start(self, timeout: float = 60.0) -> DevHost:
         """Spawn the host and wait for its READY line; raise (with the log's tail) otherwise."""
         if self.process is not None:
             raise RuntimeError("this DevHost is already started")
@@ -130,7 +131,7 @@ class DevHost:
         except ProcessLookupError:
             pass
 
-    def __enter__(self) -> "DevHost":
+    def __enter__(self) -> DevHost:
         return self if self.process is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -31,16 +31,15 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from shared.models.latency_figures import LatencyFigures
-
 from scorefn.model_files import ModelShape, model_shape
+from shared.models.latency_figures import LatencyFigures
 
 REFERENCE_MODEL = Path(__file__).with_name("reference_model.txt.gz")
 REFERENCE_NAME = "reference (bench model)"
@@ -410,7 +409,7 @@ def _cpu_model() -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _mb(value: float | None) -> str:

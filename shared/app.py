@@ -43,8 +43,14 @@ def build_service(settings: Settings) -> ScoringService:
     from shared.ablog.factory import build_logs
     from shared.models.blob_source import BlobSource
     from shared.models.store import ModelStore
-    from shared.router import (MAX_CONFIG_BYTES, RouterConfigSource, RouterHolder, ShadowRunner,
-                               feature_parity, models_loadable)
+    from shared.router import (
+        MAX_CONFIG_BYTES,
+        RouterConfigSource,
+        RouterHolder,
+        ShadowRunner,
+        feature_parity,
+        models_loadable,
+    )
     from shared.scoring.service import ScoringService
     from shared.storage import blob_service
     from shared.telemetry import get_telemetry

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from shared.errors import SettingsError
 
@@ -56,7 +57,7 @@ class Rule:
     """A rule between settings each valid alone: ``check`` raises :class:`SettingsError`."""
 
     doc: str
-    check: Callable[["Settings"], None]
+    check: Callable[[Settings], None]
 
 
 # -- kinds of value --------------------------------------------------------------------------
@@ -393,7 +394,7 @@ class Settings:
         "LightGBM.")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read and validate every setting from ``env`` (default: the process environment)."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}

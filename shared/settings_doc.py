@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from shared.settings import GROUPS, HOST_SETTINGS, RULES, SPEC, TELEMETRY_SPEC, MiB, Setting
 

@@ -66,7 +66,7 @@ def blob_service(conn: StorageConnection, timeout: float = 20.0) -> BlobServiceC
     return BlobServiceClient(conn.blob_service_uri, credential=credential_for(conn), **options)
 
 
-def queue_service(conn: StorageConnection, timeout: float = 20.0) -> "QueueServiceClient":
+def queue_service(conn: StorageConnection, timeout: float = 20.0) -> QueueServiceClient:
     """A queue service client for ``conn`` (the queue SDK is imported here: ~40 ms that an
     HTTP-only cold start does not pay)."""
     from azure.storage.queue import LinearRetry as QueueLinearRetry

@@ -80,7 +80,8 @@ def test_each_telemetry_default_is_a_value_the_setting_accepts():
 
 
 def test_overrides_skip_reading_but_not_the_rules_between_settings():
-    assert Settings.from_env({"MAX_ROWS_PER_REQUEST": "soon"}, max_rows_per_request=5).max_rows_per_request == 5
+    settings = Settings.from_env({"MAX_ROWS_PER_REQUEST": "soon"}, max_rows_per_request=5)
+    assert settings.max_rows_per_request == 5
     with pytest.raises(SettingsError) as err:
         Settings.from_env({}, max_model_mb=500)
     assert "MAX_MODEL_MB" in str(err.value)

@@ -9,9 +9,10 @@ import base64
 import html
 import io
 import math
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -127,10 +128,12 @@ def _tables(analysis: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
     j = analysis["join"]
     rows = [["outcomes read", _num(j["outcomes"])], ["joined by request id", _num(j["by_request_id"])],
             ["joined by key", _num(j["by_key"])],
-            ["no prediction (unknown id, or no prediction for the key before the outcome)", _num(j["unmatched"])],
+            ["no prediction (unknown id, or no prediction for the key before the outcome)",
+             _num(j["unmatched"])],
             ["ambiguous (multi-row request without a row)", _num(j["ambiguous"])],
             ["row out of range", _num(j["bad_row"])],
-            ["superseded (several outcomes for one prediction: the last received counts)", _num(j["superseded"])],
+            ["superseded (several outcomes for one prediction: the last received counts)",
+             _num(j["superseded"])],
             ["labels that do not fit the objective", _num(j["bad_label"])],
             ["the logged prediction is null (not a number)", _num(j.get("no_prediction", 0))],
             ["joined to a prediction outside [since, until)", _num(j.get("outside_range", 0))],
@@ -152,7 +155,7 @@ def _header_lines(analysis: dict[str, Any]) -> list[str]:
         f"({'higher' if metric.higher_is_better else 'lower'} is better); control: {analysis['control']}",
         f"Read {read.get('prediction_records', 0):,} prediction records from "
         f"{read.get('prediction_blobs', 0):,} blobs and {read.get('outcomes', 0):,} outcomes "
-        f"in {read.get('seconds', 0)} s; generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"in {read.get('seconds', 0)} s; generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
     ]
 
 
@@ -205,7 +208,7 @@ def html_page(analysis: dict[str, Any], plots: dict[str, bytes], plot_note: str 
         parts.append(table(by_title["Differences to the control"]))
     parts.append("<h2>Score distributions</h2>" + (img("scores", "score distributions") or "<p>No plot.</p>"))
     parts.append("<h2>Daily metric</h2>" + (img("daily", "daily metric") or
-                 f"<p class=note>No day with at least 20 joined outcomes per variant.</p>"))
+                 "<p class=note>No day with at least 20 joined outcomes per variant.</p>"))
     parts.append(table(by_title["Latency inside the function"]))
     parts.append(img("latency", "latency distribution"))
     if analysis["shadows"]:
@@ -231,7 +234,8 @@ def markdown(analysis: dict[str, Any], links: dict[str, str], plot_note: str | N
     def table(t: tuple[str, list[str], list[list[str]]]) -> list[str]:
         name, header, rows = t
         return (["", f"## {name}", "", "| " + " | ".join(cell(h) or " " for h in header) + " |",
-                 "|" + "---|" * len(header)] + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows])
+                 "|" + "---|" * len(header)]
+                + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows])
 
     def img(name: str, alt: str) -> list[str]:
         return ["", f"![{alt}]({links[name]})"] if name in links else []

@@ -10,15 +10,23 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from scorefn.ab import stats
-from scorefn.ab.data import (Dataset, Progress, build_dataset, iter_days, outcome_from_log, read_log,
-                   read_outcomes_csv, time_prefixes)
+from scorefn.ab.data import (
+    Dataset,
+    Progress,
+    build_dataset,
+    iter_days,
+    outcome_from_log,
+    read_log,
+    read_outcomes_csv,
+    time_prefixes,
+)
 
 DAILY_MIN_OUTCOMES = 20
 
@@ -43,7 +51,7 @@ class ReportOptions:
 
 
 def resolve_range(options: ReportOptions, now: datetime | None = None) -> tuple[datetime, datetime]:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     until = options.until or now
     since = options.since or (until - timedelta(days=7))
     if since >= until:
@@ -61,7 +69,7 @@ def make_report(predictions_container: Any, outcomes_container: Any, options: Re
     damaged = 0
     if options.use_outcome_log:
         # Outcomes arrive after their predictions: read from `since` up to now (or the bound).
-        o_until = options.outcomes_until or max(until, datetime.now(timezone.utc) + timedelta(hours=1))
+        o_until = options.outcomes_until or max(until, datetime.now(UTC) + timedelta(hours=1))
         odocs, ostats = read_log(outcomes_container, time_prefixes(options.endpoint, since, o_until),
                                  what="outcomes", progress=progress)
         bound = options.outcomes_until.timestamp() if options.outcomes_until else math.inf
@@ -79,8 +87,8 @@ def make_report(predictions_container: Any, outcomes_container: Any, options: Re
     key_times = [o["time"] for o in outcomes if "key" in o and math.isfinite(o["time"])]
     read_until = until
     if key_times and max(key_times) >= until.timestamp():
-        latest = datetime.fromtimestamp(max(key_times), timezone.utc) + timedelta(seconds=1)
-        read_until = min(max(until, latest), datetime.now(timezone.utc) + timedelta(hours=1))
+        latest = datetime.fromtimestamp(max(key_times), UTC) + timedelta(seconds=1)
+        read_until = min(max(until, latest), datetime.now(UTC) + timedelta(hours=1))
     docs, pstats = read_log(predictions_container, time_prefixes(options.endpoint, since, read_until),
                             what="predictions", progress=progress)
     dataset = build_dataset(options.endpoint, docs, outcomes, since=since, until=until,

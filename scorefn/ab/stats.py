@@ -372,7 +372,8 @@ def enough_outcomes(metric: str, y: np.ndarray, minimum: int = MIN_OUTCOMES,
     if metric in ("auc", "log_loss", "brier") and y.ndim == 1 and set(np.unique(y)) <= {0, 1}:
         pos = int((y == 1).sum())
         if min(pos, y.size - pos) < MIN_PER_CLASS:
-            return f"only {min(pos, y.size - pos)} outcomes of one class (a test needs at least {MIN_PER_CLASS} of each)"
+            return (f"only {min(pos, y.size - pos)} outcomes of one class "
+                    f"(a test needs at least {MIN_PER_CLASS} of each)")
     return None
 
 

@@ -106,9 +106,8 @@ def check_latency_command(args: argparse.Namespace) -> int:
 def read_model_or_report(path: Path, refused: str) -> Any:
     """The :class:`~scorefn.model_files.ModelFile` at ``path``, or ``None`` after one line
     saying why not (``refused`` starts it: ``not uploaded``)."""
-    from shared.errors import ScoreError
-
     from scorefn.model_files import read_model_file
+    from shared.errors import ScoreError
 
     try:
         return read_model_file(path)
@@ -146,9 +145,8 @@ def summary(description: str, data: bytes, model: Any) -> str:
 def run_check(args: argparse.Namespace, data: bytes, label: str) -> Any:
     """Run the latency check with progress lines and print its table; ``None`` after one
     line when it could not run (a reference that is not a model, a model that cannot score)."""
-    from shared.errors import ScoreError
-
     from scorefn.latency_check import check_latency
+    from shared.errors import ScoreError
 
     reference = None
     reference_label = None
@@ -175,8 +173,8 @@ def run_check(args: argparse.Namespace, data: bytes, label: str) -> Any:
 def _fetch_blob(args: argparse.Namespace) -> tuple[str, Any, Any]:
     """(blob path, content, container client) of the model ``--blob`` names, found as the
     app finds it (``NAME.txt``, then ``NAME.txt.gz``)."""
-    from shared.models.blob_source import BlobSource
     from shared.errors import ModelNotFound
+    from shared.models.blob_source import BlobSource
     from shared.models.store import blob_candidates
 
     settings = app_settings()

@@ -208,8 +208,8 @@ def _models_load(args: argparse.Namespace, config: Any) -> dict[str, Any] | None
     """Load every model ``config`` names (printing each as it goes), then apply the app's
     check that an endpoint's variants take the same features. The models' infos by name, or
     ``None`` after printing why not."""
-    from shared.models.blob_source import BlobSource
     from shared.errors import ScoreError
+    from shared.models.blob_source import BlobSource
     from shared.models.store import ModelStore
     from shared.router import models_loadable
 

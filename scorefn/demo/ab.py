@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -170,8 +171,8 @@ def run_ab_demo(client: Any, azurite_connection_string: str, models_container: s
                            f'"request_id":"ab-{seed}-'.encode(), len(sent))
     say(f"  prediction log: {written:,} records written in the background")
     options = ReportOptions(endpoint=endpoint, out=report_path,
-                            since=datetime.fromtimestamp(since, timezone.utc),
-                            until=datetime.now(timezone.utc))
+                            since=datetime.fromtimestamp(since, UTC),
+                            until=datetime.now(UTC))
     progress = Progress(None)  # the demo prints its own lines
     analysis = make_report(blobs.get_container_client(predictions_container),
                            blobs.get_container_client(outcomes_container), options, progress=progress)

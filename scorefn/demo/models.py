@@ -139,7 +139,7 @@ PLAN_CONTRACTS = ("month", "year", "two_year")  # listed as a person would; pand
 PLAN_PAYMENTS = ("card", "bank transfer", "check", "voucher")
 
 
-def plans_frame(n: int, seed: int = 0) -> "Any":
+def plans_frame(n: int, seed: int = 0) -> Any:
     """Customers as a DataFrame with ``category`` columns, as churn data is usually held."""
     import pandas as pd
 
@@ -153,7 +153,7 @@ def plans_frame(n: int, seed: int = 0) -> "Any":
     })
 
 
-def plans_churn_probability(frame: "Any") -> np.ndarray:
+def plans_churn_probability(frame: Any) -> np.ndarray:
     contract = {"month": 1.2, "year": -0.4, "two_year": -1.3}
     payment = {"card": 0.0, "bank transfer": -0.2, "check": 0.5, "voucher": 0.9}
     logit = (0.3 - 0.04 * frame["tenure months"].to_numpy() + 0.015 * (frame["monthly charges"]

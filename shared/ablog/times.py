@@ -4,7 +4,7 @@ and read back as epoch seconds."""
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 _second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
 
@@ -27,5 +27,5 @@ def epoch_seconds(text: str) -> float:
         raise ValueError(f"not an ISO 8601 time: {text!r}")
     value = datetime.fromisoformat(text.strip())
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return value.timestamp()

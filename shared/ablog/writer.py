@@ -15,8 +15,9 @@ import atexit
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from shared.ablog.blobs import MAX_BLOCK_BYTES, AppendTarget, hour_prefix, pack_lines
 

@@ -1,1 +1,2 @@
-"""Models: LightGBM's C library, a loaded model and its feature schema, the blob store that loads and refreshes them, compiled trees."""
+"""Models: LightGBM's C library, a loaded model and its feature schema, the blob store that loads
+and refreshes them, compiled trees."""

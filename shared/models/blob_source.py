@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Mapping
 
 from azure.core import MatchConditions
-from azure.core.exceptions import (AzureError, ResourceModifiedError, ResourceNotFoundError,
-                                   ServiceRequestError, ServiceResponseError, HttpResponseError)
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 from azure.storage.blob import ContainerClient
 
 from shared.errors import InvalidModel, ModelNotFound, ModelUnavailable
@@ -59,7 +65,8 @@ class BlobSource:
         except ResourceNotFoundError:
             raise ModelNotFound(f"no blob {path!r} in container {self.container.container_name!r}") from None
         except (ServiceRequestError, ServiceResponseError) as exc:
-            raise ModelUnavailable(f"storage unreachable while reading {path!r}: {type(exc).__name__}") from None
+            raise ModelUnavailable(f"storage unreachable while reading {path!r}: "
+                                   f"{type(exc).__name__}") from None
         except HttpResponseError as exc:
             if exc.status_code == 304:
                 return None

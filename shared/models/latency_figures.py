@@ -15,8 +15,9 @@ may read figures without loading the measuring code.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 # Blob metadata names must be C# identifiers (letters, digits, '_'); storage keeps them
 # case-insensitively, so they are read back case-insensitively.

@@ -12,16 +12,25 @@ import dataclasses
 import functools
 import queue
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from shared.errors import InvalidModel, InvalidPayload
+from shared.models.native import (
+    DTYPE_FLOAT64,
+    PREDICT_CONTRIB,
+    PREDICT_NORMAL,
+    PREDICT_RAW,
+    NativeBooster,
+    NativeError,
+    check,
+    library,
+)
 from shared.models.schema import FeatureSchema, read_schema
-from shared.models.native import (DTYPE_FLOAT64, PREDICT_CONTRIB, PREDICT_NORMAL, PREDICT_RAW,
-                          NativeBooster, NativeError, check, library)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import orjson

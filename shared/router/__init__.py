@@ -11,8 +11,17 @@ Nothing here imports the storage SDK; the service passes in a blob fetcher.
 
 from __future__ import annotations
 
-from shared.router.config import (MAX_CONFIG_BYTES, EndpointConfig, LogConfig, RouterConfig, Shadow, Sticky,
-                     Variant, parse_config, validate_config)
+from shared.router.config import (
+                     MAX_CONFIG_BYTES,
+                     EndpointConfig,
+                     LogConfig,
+                     RouterConfig,
+                     Shadow,
+                     Sticky,
+                     Variant,
+                     parse_config,
+                     validate_config,
+)
 from shared.router.holder import HolderStats, RouterHolder, feature_parity, models_loadable
 from shared.router.router import OVERRIDE_HEADER, Route, Router, ShadowTarget, header, sticky_key
 from shared.router.shadow import ShadowRunner, ShadowStats
@@ -20,5 +29,5 @@ from shared.router.source import ConfigVersion, RouterConfigSource
 
 __all__ = ["MAX_CONFIG_BYTES", "EndpointConfig", "LogConfig", "RouterConfig", "Shadow", "Sticky",
            "Variant", "parse_config", "validate_config", "HolderStats", "RouterHolder",
-           "feature_parity", "models_loadable", "OVERRIDE_HEADER", "Route", "Router", "ShadowTarget", "header",
-           "sticky_key", "ShadowRunner", "ShadowStats", "ConfigVersion", "RouterConfigSource"]
+           "feature_parity", "models_loadable", "OVERRIDE_HEADER", "Route", "Router", "ShadowTarget",
+           "header", "sticky_key", "ShadowRunner", "ShadowStats", "ConfigVersion", "RouterConfigSource"]

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import atexit
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from opentelemetry import metrics, trace
 
@@ -82,13 +83,12 @@ def configure(env: Mapping[str, str]) -> str:
         return "worker"
     if not settings.connection_string:
         return "none"
+    from azure.monitor.opentelemetry.exporter import AzureMonitorMetricExporter, AzureMonitorTraceExporter
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    from azure.monitor.opentelemetry.exporter import (AzureMonitorMetricExporter,
-                                                      AzureMonitorTraceExporter)
 
     credential = None
     if settings.aad_client_id is not None:

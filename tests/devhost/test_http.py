@@ -11,8 +11,7 @@ import pytest
 
 from devhost.process import DevHost
 
-from .conftest import (FUNCTION_KEY, MASTER_KEY, SAMPLE_APP, WORKERS, wait_for,
-                       worker_library_unavailable)
+from .conftest import FUNCTION_KEY, MASTER_KEY, SAMPLE_APP, WORKERS, wait_for, worker_library_unavailable
 
 
 @pytest.fixture(scope="module", params=WORKERS)

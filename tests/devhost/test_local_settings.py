@@ -4,8 +4,13 @@ import json
 
 import pytest
 
-from devhost.local_settings import (ConfigError, config_get, load_host_json,
-                                    load_local_settings, parse_duration)
+from devhost.local_settings import (
+    ConfigError,
+    config_get,
+    load_host_json,
+    load_local_settings,
+    parse_duration,
+)
 from devhost.queue_runner import QueueOptions, connection_string, processor_count
 
 

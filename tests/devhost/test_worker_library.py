@@ -1,7 +1,7 @@
 """Driving Microsoft's worker library: what devhost sends it and reads back (the end-to-end
 behaviour is checked by test_http.py and test_queues.py against both invokers)."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -15,7 +15,7 @@ needs_library = pytest.mark.skipif(worker_library_unavailable() is not None,
 
 
 def test_times_are_written_as_json_net_writes_a_datetimeoffset():
-    utc = timezone.utc
+    utc = UTC
     assert dotnet_datetimeoffset(datetime(2024, 5, 1, 12, 34, 56, tzinfo=utc)) == \
         "2024-05-01T12:34:56+00:00"
     assert dotnet_datetimeoffset(datetime(2024, 5, 1, 12, 34, 56, 120000, tzinfo=utc)) == \
@@ -44,13 +44,13 @@ def test_the_message_classes_are_functionrpc_and_hold_what_the_library_uses():
 def test_queue_metadata_is_decoded_by_azure_functions_as_sent():
     # The metadata devhost builds goes through the worker's own conversion (Datum) and
     # azure.functions' QueueMessageInConverter: a wrong format would come out as None.
-    from azure_functions_runtime.bindings.datumdef import Datum
     from azure.functions.queue import QueueMessageInConverter
+    from azure_functions_runtime.bindings.datumdef import Datum
 
     from devhost.worker_library import load_protos
 
     P, _ = load_protos()
-    inserted = datetime(2024, 5, 1, 12, 34, 56, tzinfo=timezone.utc)
+    inserted = datetime(2024, 5, 1, 12, 34, 56, tzinfo=UTC)
     metadata = {"Id": P.TypedData(string="m-1"), "DequeueCount": P.TypedData(json="3"),
                 "InsertionTime": P.TypedData(json=f'"{dotnet_datetimeoffset(inserted)}"'),
                 "PopReceipt": P.TypedData(string="pr")}

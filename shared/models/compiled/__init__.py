@@ -1,1 +1,2 @@
-"""Compiled trees (lleaves): a model's forest compiled to native code, checked against LightGBM before it serves."""
+"""Compiled trees (lleaves): a model's forest compiled to native code, checked against LightGBM
+before it serves."""

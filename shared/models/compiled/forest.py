@@ -10,8 +10,7 @@ import numpy as np
 
 from shared.models.compiled.errors import CompileError
 from shared.models.compiled.target import COMPILE_OPTIONS, host_target, llvm_binding
-from shared.models.compiled.traits import (ZERO_THRESHOLD, Traits, output_transform,
-                                           scalar_transform)
+from shared.models.compiled.traits import ZERO_THRESHOLD, Traits, output_transform, scalar_transform
 
 _ENTRY = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_double),
                           ctypes.c_int32, ctypes.c_int32)

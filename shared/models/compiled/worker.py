@@ -1,9 +1,9 @@
 """Child process that compiles one LightGBM text model to native code with lleaves.
 
-Started by :mod:`shared.models.compiled.compiler` as ``python -m shared.models.compiled.worker MODEL OUT TARGET_JSON``
-at a lower CPU priority. It imports nothing else from scorefn, so a crash, a runaway
-compilation or LLVM's memory never touch the serving process, and the parent can kill it
-when it takes too long.
+Started by :mod:`shared.models.compiled.compiler` as
+``python -m shared.models.compiled.worker MODEL OUT TARGET_JSON`` at a lower CPU priority. It
+imports nothing else from scorefn, so a crash, a runaway compilation or LLVM's memory never
+touch the serving process, and the parent can kill it when it takes too long.
 
 lleaves 1.3.0's own ``Model.compile`` calls APIs that llvmlite 0.45 removed (the legacy pass
 manager and ``llvm.initialize()``; lleaves issues #95 and #100). This worker therefore uses
