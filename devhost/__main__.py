@@ -17,14 +17,20 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import uvicorn
 
 from . import worker_library
-from .app_index import (AppIndex, AppIndexError, index_app, index_worker_metadata,
-                        load_function_app, prepare_import)
+from .app_index import (
+    AppIndex,
+    AppIndexError,
+    index_app,
+    index_worker_metadata,
+    load_function_app,
+    prepare_import,
+)
 from .http_server import AuthKeys, FunctionsHttpApp
 from .invocation import BuiltinInvoker, Invoker, default_thread_count
 from .local_settings import ConfigError, config_get, load_host_json, load_local_settings
@@ -103,7 +109,7 @@ async def load_app(args: argparse.Namespace, app_dir: Path,
                    host: dict) -> tuple[Invoker, AppIndex]:
     """Index the app and load its functions with Microsoft's worker library when it can be
     loaded (``--worker auto``/``library``), else with devhost's own code."""
-    options = dict(host_config=host, resolve_queues=not args.no_queues)
+    resolve_queues = not args.no_queues
     if args.worker != "builtin":
         try:
             worker = worker_library.create(app_dir)
@@ -113,10 +119,12 @@ async def load_app(args: argparse.Namespace, app_dir: Path,
             log.info("Microsoft's worker library is not used: %s", exc)
         else:
             prepare_import(app_dir)
-            index = index_worker_metadata(await worker.start(), app_dir, os.environ, **options)
+            index = index_worker_metadata(await worker.start(), app_dir, os.environ, host_config=host,
+                                          resolve_queues=resolve_queues)
             await worker.load([*index.http, *index.queues])
             return worker, index
-    index = index_app(load_function_app(app_dir), app_dir, os.environ, **options)
+    index = index_app(load_function_app(app_dir), app_dir, os.environ, host_config=host,
+                      resolve_queues=resolve_queues)
     return BuiltinInvoker(default_thread_count(), str(app_dir)), index
 
 

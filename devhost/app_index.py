@@ -14,9 +14,10 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import azure.functions as func
 
@@ -71,12 +72,13 @@ def prepare_import(app_dir: Path, module: str = "function_app") -> None:
     if path not in sys.path:
         sys.path.insert(0, path)
     loaded = sys.modules.get(module)
-    if loaded is not None and Path(getattr(loaded, "__file__", "")).resolve() != (app_dir / f"{module}.py").resolve():
+    if (loaded is not None
+            and Path(getattr(loaded, "__file__", "")).resolve() != (app_dir / f"{module}.py").resolve()):
         # Another app's function_app is already imported (several apps in one test process).
         del sys.modules[module]
 
 
-def load_function_app(app_dir: Path, module: str = "function_app") -> func.FunctionApp:
+def load_function_app(app_dir: Path, module: str = "function_app") -> func.FunctionRegister:
     """Import ``function_app.py`` from ``app_dir`` and return its ``FunctionApp`` instance."""
     prepare_import(app_dir, module)
     mod = importlib.import_module(module)

@@ -7,8 +7,9 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, Mapping
+from typing import Any
 from urllib.parse import parse_qsl
 
 from .app_index import HttpFunction
@@ -30,7 +31,7 @@ class AuthKeys:
     function_key: str | None = None
     master_key: str | None = None
 
-    def allows(self, level: str, presented: Iterable[str]) -> bool:
+    def allows(self, level: str, presented: Iterable[str | None]) -> bool:
         if not self.enabled or level == "anonymous":
             return True
         accepted = [self.master_key] if level == "admin" else [self.master_key, self.function_key]

@@ -16,10 +16,11 @@ import secrets
 import threading
 import traceback
 import uuid
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 import azure.functions as func
 from azure.functions import _abc
@@ -55,7 +56,7 @@ class TraceContext(_abc.TraceContext):
         return self._attributes
 
     @classmethod
-    def from_headers(cls, headers: Mapping[str, str], function_name: str) -> "TraceContext":
+    def from_headers(cls, headers: Mapping[str, str], function_name: str) -> TraceContext:
         """The incoming ``traceparent``/``tracestate``; a new trace when there is no valid one."""
         parent = headers.get("traceparent", "").strip().lower()
         if not _TRACEPARENT.match(parent):
@@ -70,7 +71,8 @@ class RetryContext(_abc.RetryContext):
 
     retry_count = 0
     max_retry_count = 0
-    exception = None
+    # azure.functions types it RpcException (never None); there is none on a first attempt.
+    exception = None  # type: ignore[assignment]
 
 
 class InvocationContext(func.Context):
@@ -106,8 +108,10 @@ class InvocationContext(func.Context):
     def retry_context(self) -> RetryContext:
         return RetryContext()
 
+    # azure.functions annotates it type[threading.local]; the worker's Context returns an
+    # instance, as this one does.
     @property
-    def thread_local_storage(self) -> threading.local:
+    def thread_local_storage(self) -> threading.local:  # type: ignore[override]
         if self._thread_local_storage is None:
             self._thread_local_storage = threading.local()
         return self._thread_local_storage
@@ -260,7 +264,7 @@ class BuiltinInvoker(Invoker):
             kwargs["context"] = context
         if spec.is_async:
             return await spec.user_function(**kwargs)
-        call = functools.partial(_run_sync, spec, kwargs, context)
+        call = functools.partial(_run_sync, spec.user_function, kwargs, context)
         return await asyncio.get_running_loop().run_in_executor(self.executor, call)
 
     def shutdown(self) -> None:
@@ -286,10 +290,10 @@ def response_parts(result: Any) -> HttpResult:
                     "expected func.HttpResponse or str (the Python worker cannot encode it)")
 
 
-def _run_sync(spec: FunctionSpec, kwargs: dict[str, Any], context: InvocationContext) -> Any:
+def _run_sync(function: Callable[..., Any], kwargs: dict[str, Any], context: InvocationContext) -> Any:
     # The worker sets this so that logging from user threads can name the invocation.
     context.thread_local_storage.invocation_id = context.invocation_id
-    return spec.user_function(**kwargs)
+    return function(**kwargs)
 
 
 def user_traceback(exc: BaseException) -> str:

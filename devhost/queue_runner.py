@@ -12,9 +12,10 @@ import binascii
 import functools
 import logging
 import os
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from azure.core.exceptions import HttpResponseError, ResourceExistsError
 from azure.storage.queue import QueueClient
@@ -47,14 +48,14 @@ class QueueOptions:
 
     @classmethod
     def from_host_json(cls, host: Mapping[str, Any],
-                       processors: int | None = None) -> "QueueOptions":
+                       processors: int | None = None) -> QueueOptions:
         """Read and check the options as the host's QueuesOptions does: a value it would reject
         at startup is a ConfigError. ``processors`` defaults to :func:`processor_count`."""
         section = config_get(host, "extensions", "queues", default={}) or {}
         batch_size = _int_option(section, "batchSize", 16)
         if not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise ConfigError("host.json extensions.queues.batchSize must be between 1 and 32")
-        threshold = _int_option(section, "newBatchThreshold", None)
+        threshold = _optional_int_option(section, "newBatchThreshold", None)
         if threshold is None:
             threshold = (batch_size // 2) * (processors or processor_count(os.environ))
         elif threshold < 0:
@@ -75,7 +76,14 @@ class QueueOptions:
                    max_dequeue_count=max_dequeue, message_encoding=encoding)
 
 
-def _int_option(section: Mapping[str, Any], key: str, default: int | None) -> int | None:
+def _int_option(section: Mapping[str, Any], key: str, default: int) -> int:
+    value = _optional_int_option(section, key, default)
+    if value is None:  # an explicit null
+        raise ConfigError(f"host.json extensions.queues.{key} must be an integer (got None)")
+    return value
+
+
+def _optional_int_option(section: Mapping[str, Any], key: str, default: int | None) -> int | None:
     value = config_get(section, key, default=default)
     if value is None or (isinstance(value, int) and not isinstance(value, bool)):
         return value
@@ -116,7 +124,9 @@ def lost_ownership(exc: BaseException) -> bool:
     pop receipt mismatch, message or queue not found, queue being deleted or disabled."""
     if not isinstance(exc, HttpResponseError):
         return False
-    code = getattr(exc.error_code, "value", exc.error_code)
+    # error_code is set by the storage SDK (process_storage_error), not by azure-core.
+    code = getattr(exc, "error_code", None)
+    code = getattr(code, "value", code)
     return (exc.status_code, code) in _OWNERSHIP_LOST
 
 
@@ -271,6 +281,8 @@ class _Poller:
 
     async def _process(self, message: StorageMessage) -> None:
         name, options = self.function.name, self.runner.options
+        # Get Messages always returns both; the SDK types them optional for the messages it sends.
+        assert message.dequeue_count is not None and message.pop_receipt is not None
         lease = _Lease(self, message)
         body = self._decode(message.content or "")
         if body is None:
@@ -295,7 +307,7 @@ class _Poller:
         log.debug("Executed 'Functions.%s' (Succeeded, Id=%s)", name, invocation_id)
         await lease.finish(self._delete)
 
-    async def _undecodable(self, message: StorageMessage, lease: "_Lease") -> None:
+    async def _undecodable(self, message: StorageMessage, lease: _Lease) -> None:
         """Not base64 (and it must be): the host moves it to the poison queue on receipt,
         without running the function; with no poison queue it is left hidden for the lease."""
         queue = self.function.queue_name
@@ -309,7 +321,7 @@ class _Poller:
                   "base64); moving it to %s", queue, message.id, self.poison.queue_name)
         await lease.finish(self._move_to_poison)
 
-    async def _exhausted(self, message: StorageMessage, lease: "_Lease") -> None:
+    async def _exhausted(self, message: StorageMessage, lease: _Lease) -> None:
         """Dequeued more than maxDequeueCount times (earlier deliveries never completed)."""
         queue, options = self.function.queue_name, self.runner.options
         if self.poison is None:
@@ -322,11 +334,12 @@ class _Poller:
                     message.id, message.dequeue_count, self.poison.queue_name)
         await lease.finish(self._move_to_poison)
 
-    async def _failed(self, message: StorageMessage, lease: "_Lease") -> None:
+    async def _failed(self, message: StorageMessage, lease: _Lease) -> None:
         """Retry after visibilityTimeout, or poison once maxDequeueCount deliveries failed.
         Without a poison queue the message is not released: it stays hidden until its lease
         runs out (so a failing message cannot loop fast)."""
         options, queue = self.runner.options, self.function.queue_name
+        assert message.dequeue_count is not None  # a received message (see _process)
         if self.poison is None:
             log.warning("queue %s: message %s failed; the queue has no poison queue, so it is "
                         "not released and is retried when its lease runs out", queue, message.id)
@@ -368,6 +381,7 @@ class _Lease:
 
     def __init__(self, poller: _Poller, message: StorageMessage) -> None:
         self.poller, self.message = poller, message
+        assert message.pop_receipt is not None  # a received message (see _Poller._process)
         self.pop_receipt: str = message.pop_receipt
         self.lock = asyncio.Lock()
         self.renewer: asyncio.Task[None] | None = None
@@ -387,6 +401,8 @@ class _Lease:
                 except Exception as exc:
                     self._renewal_failed(exc)
                     return
+                # Update Message answers with the new pop receipt, or fails.
+                assert updated.pop_receipt is not None
                 self.pop_receipt = updated.pop_receipt
 
     def _renewal_failed(self, exc: Exception) -> None:
@@ -448,7 +464,7 @@ async def _wait_all(tasks: list[asyncio.Task[None]], deadline: float,
     set; True when all are done. The tasks themselves are never cancelled here."""
     if not tasks:
         return True
-    waiters = {asyncio.ensure_future(asyncio.wait(tasks))}
+    waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(asyncio.wait(tasks))}
     if abandon is not None:
         waiters.add(asyncio.ensure_future(abandon.wait()))
     timeout = max(0.0, deadline - asyncio.get_running_loop().time())

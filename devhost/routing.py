@@ -6,9 +6,10 @@ specific template winning when several match."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable, Generic, Iterable, Iterator, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -84,11 +85,12 @@ def _check(constraint: str, template: str) -> Callable[[str], bool]:
         if name in ("int", "long"):
             bits = 31 if name == "int" else 63
             return _integer(-2 ** bits, 2 ** bits - 1)
-        simple = {"bool": lambda v: v.lower() in ("true", "false"),
-                  "alpha": lambda v: re.fullmatch(r"[a-z]+", v, re.IGNORECASE) is not None,
-                  "guid": lambda v: re.fullmatch(_GUID, v, re.IGNORECASE) is not None,
-                  "double": _number, "float": _number, "decimal": _number, "datetime": _date,
-                  "required": bool, "file": _is_file, "nonfile": lambda v: not _is_file(v)}
+        simple: dict[str, Callable[[str], bool]] = {
+            "bool": lambda v: v.lower() in ("true", "false"),
+            "alpha": lambda v: re.fullmatch(r"[a-z]+", v, re.IGNORECASE) is not None,
+            "guid": lambda v: re.fullmatch(_GUID, v, re.IGNORECASE) is not None,
+            "double": _number, "float": _number, "decimal": _number, "datetime": _date,
+            "required": bool, "file": _is_file, "nonfile": lambda v: not _is_file(v)}
         if name in simple and not paren:
             return simple[name]
         if name == "regex" and paren:
@@ -333,6 +335,7 @@ def _percent_decode(raw: bytes) -> bytes:
         else:  # not a lead byte
             bits, count, least = 0, 0, 0
         j = i + 3  # after the escapes read so far
+        sequence = bytearray((first,))  # the bytes they stand for
         ok = count > 0
         remaining = count - 1
         while ok and remaining > 0:
@@ -341,13 +344,14 @@ def _percent_decode(raw: bytes) -> bytes:
                 ok = False
                 break
             bits = (bits << 6) | (nxt & 0x3F)
+            sequence.append(nxt)
             remaining -= 1
             if (remaining == 1 and 0x360 <= bits <= 0x37F) or (remaining == 2 and bits >= 0x110):
                 ok = False  # a UTF-16 surrogate (U+D800-U+DFFF), or beyond U+10FFFF
                 break
             j += 3
         if ok and bits >= least:
-            out += bytes(_escaped_byte(raw, k) for k in range(i, j, 3))
+            out += sequence
         else:  # not UTF-8 (or an overlong form): the escapes read so far stay as written
             out += raw[i:j]
         i = j

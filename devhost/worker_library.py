@@ -27,10 +27,11 @@ import importlib
 import sys
 import types
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .app_index import AppIndexError, FunctionSpec
 from .invocation import HttpCall, HttpResult, InvocationFailed, Invoker, QueueCall
@@ -103,7 +104,7 @@ def load_protos() -> tuple[types.SimpleNamespace, str]:
     return types.SimpleNamespace(**messages), dist.version
 
 
-def create(app_dir: Path) -> "LibraryInvoker":
+def create(app_dir: Path) -> LibraryInvoker:
     """A worker for the app in ``app_dir``; :class:`WorkerUnavailable` when it cannot be had."""
     runtime = load_runtime()
     protos, protos_version = load_protos()
@@ -139,6 +140,7 @@ class LibraryInvoker(Invoker):
         An indexing failure (an import error, the worker's checks of the functions' signatures)
         is an :class:`AppIndexError` carrying the worker's message and stack trace."""
         P, app_dir = self.protos, str(self.app_dir)
+        assert self.runtime.__file__ is not None  # a package imported from its folder
         self.runtime.start_threadpool_executor()
         init = await self.runtime.worker_init_request(_WorkerRequest(
             "WorkerInitRequest",
@@ -163,6 +165,7 @@ class LibraryInvoker(Invoker):
         """FunctionLoadRequest for each function devhost serves (the host loads only those)."""
         P = self.protos
         for function in functions:
+            assert function.function_id is not None  # indexed by the worker (start)
             response = await self.runtime.function_load_request(_WorkerRequest(
                 "FunctionLoadRequest",
                 P.StreamingMessage(function_load_request=P.FunctionLoadRequest(
@@ -259,7 +262,7 @@ class LibraryInvoker(Invoker):
 def dotnet_datetimeoffset(value: datetime) -> str:
     """A UTC time as Json.NET writes a DateTimeOffset: seconds, up to seven fraction digits
     without trailing zeros, and the offset (``2024-05-01T12:34:56+00:00``)."""
-    value = value.astimezone(timezone.utc) if value.tzinfo else value
+    value = value.astimezone(UTC) if value.tzinfo else value
     text = value.strftime("%Y-%m-%dT%H:%M:%S")
     if value.microsecond:
         text += f".{value.microsecond:06d}".rstrip("0")

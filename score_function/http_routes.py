@@ -13,14 +13,14 @@ answered as the host answers a path no route matches: an empty 404.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import azure.functions as func
 
 from .dispatch import run_scoring
 from .openapi import API_VERSION
-from .responses import (binary_response, error_response, json_response, not_found, request_id_of,
-                        trace_carrier)
+from .responses import binary_response, error_response, json_response, not_found, request_id_of, trace_carrier
 
 bp = func.Blueprint()
 # V2 server metadata: this API's name and version, and the protocol extensions it speaks.
@@ -62,7 +62,7 @@ async def score(req: func.HttpRequest, context: func.Context) -> func.HttpRespon
         result = await run_scoring(name, body, dict(
             content_type=req.headers.get("content-type"), carrier=trace_carrier(req, context),
             headers=req.headers, query=req.params, request_id=request_id))
-        return json_response(result.body, request_id, headers={"x-scorefn-variant": result.variant})
+        return json_response(result.response_body, request_id, headers={"x-scorefn-variant": result.variant})
     except Exception as exc:
         return error_response(exc, request_id, "score")
 
@@ -87,9 +87,9 @@ async def v2_infer(req: func.HttpRequest, context: func.Context) -> func.HttpRes
             binary_header_length=header_length_of(declared) if declared is not None else None))
         headers = {"x-scorefn-variant": result.variant}
         if result.binary_header_length is not None:
-            return binary_response(result.body, request_id, result.binary_header_length,
+            return binary_response(result.response_body, request_id, result.binary_header_length,
                                    headers=headers)
-        return json_response(result.body, request_id, headers=headers)
+        return json_response(result.response_body, request_id, headers=headers)
     except Exception as exc:
         return error_response(exc, request_id, "v2_infer")
 

@@ -31,11 +31,12 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import orjson
@@ -62,14 +63,14 @@ def objective_family(objective: str | None) -> str:
 def parse_when(text: str) -> datetime:
     """An ISO 8601 date or time (UTC when no zone is given)."""
     value = datetime.fromisoformat(text.strip())
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def time_prefixes(endpoint: str, since: datetime, until: datetime) -> list[str]:
     """Blob name prefixes covering the hours that overlap [since, until): a day prefix
     for every whole day, hour prefixes for the partial days at both ends."""
-    start = since.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
-    end = until.astimezone(timezone.utc)
+    start = since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    end = until.astimezone(UTC)
     prefixes: list[str] = []
     if since >= until:
         return prefixes
@@ -208,8 +209,8 @@ def read_outcomes_csv(path: Path, *, now: float | None = None) -> list[dict[str,
     """Outcomes from a CSV file with a header: ``request_id`` or ``key`` (one per line),
     ``label``, optional ``time`` (ISO 8601) and ``row``. Raises ``ValueError`` naming the
     line of the first bad one."""
-    from shared.errors import InvalidOutcome
     from shared.ablog.outcomes import validate_outcome
+    from shared.errors import InvalidOutcome
 
     now = time.time() if now is None else now
     out: list[dict[str, Any]] = []
@@ -390,7 +391,7 @@ def build_dataset(endpoint: str, prediction_docs: list[dict[str, Any]],
         idx = r.variant_index if r.variant_index is not None else 1_000
         order[r.variant] = min(order.get(r.variant, (idx, r.time)), (idx, r.time))
     latest_first = next((r.variant for r in reversed(answers) if r.variant_index == 0), None)
-    variants = {name: VariantData(name, False) for name in sorted(order, key=order.get)}
+    variants = {name: VariantData(name, False) for name in sorted(order, key=order.__getitem__)}
     for r in answers:
         variants[r.variant].records.append(r)
     shadow_data: dict[str, VariantData] = {}
@@ -409,15 +410,15 @@ def build_dataset(endpoint: str, prediction_docs: list[dict[str, Any]],
     for o in outcomes:
         label = o["label"]
         if "request_id" in o:
-            i = _pick(by_id.get(o["request_id"]), o["time"], allow_after=True)
+            picked = _pick(by_id.get(o["request_id"]), o["time"], allow_after=True)
             how = "request_id"
         else:
-            i = _pick(by_key.get(o["key"]), o["time"], allow_after=False)
+            picked = _pick(by_key.get(o["key"]), o["time"], allow_after=False)
             how = "key"
-        if i is None:
+        if picked is None:
             join.unmatched += 1
             continue
-        rows = every_answer[i].rows
+        rows = every_answer[picked].rows
         if "row" in o:
             if o["row"] >= rows:
                 join.bad_row += 1
@@ -428,7 +429,7 @@ def build_dataset(endpoint: str, prediction_docs: list[dict[str, Any]],
         else:
             join.ambiguous += 1
             continue
-        target = (i, row)
+        target = (picked, row)
         if target in chosen:
             join.superseded += 1
             if (o["received"], o["time"]) < chosen[target][:2]:
@@ -450,7 +451,7 @@ def build_dataset(endpoint: str, prediction_docs: list[dict[str, Any]],
         if not labels_ok(label, r):
             join.bad_label += 1
             continue
-        if not np.all(np.isfinite(r.predictions[row])):
+        if not np.all(np.isfinite(_values(r)[row])):
             join.no_prediction += 1  # a null in the log: NaN would rank above every score
             continue
         if how == "request_id":
@@ -458,7 +459,7 @@ def build_dataset(endpoint: str, prediction_docs: list[dict[str, Any]],
         else:
             join.by_key += 1
         unit = unit_ids.setdefault(unit_of(r), len(unit_ids))
-        joined[r.variant].append((r.time, label, r.predictions[row], unit))
+        joined[r.variant].append((r.time, label, _values(r)[row], unit))
         row_labels[(i, row)] = label
     for name, items in joined.items():
         items.sort(key=lambda x: x[0])
@@ -494,6 +495,12 @@ def _prediction(doc: dict[str, Any], endpoint: str, excluded: Counter) -> Predic
     return record
 
 
+def _values(record: PredictionRecord) -> np.ndarray:
+    """The predictions of a record :func:`_prediction` kept (it drops those without)."""
+    assert record.predictions is not None
+    return record.predictions
+
+
 def _majority_family(records: list[PredictionRecord]) -> str:
     counts = Counter(objective_family(r.objective) for r in records if not r.shadow)
     if not counts:
@@ -506,8 +513,8 @@ def _label_check(family: str, answers: list[PredictionRecord]
     if family == "binary":
         return lambda label, r: label in (0.0, 1.0)
     if family == "multiclass":
-        return lambda label, r: (float(label).is_integer() and r.predictions.ndim == 2
-                                 and 0 <= label < r.predictions.shape[1])
+        return lambda label, r: (float(label).is_integer() and _values(r).ndim == 2
+                                 and 0 <= label < _values(r).shape[1])
     return lambda label, r: math.isfinite(label)
 
 
@@ -532,11 +539,11 @@ def _shadow_pairs(shadows: list[PredictionRecord], answers: list[PredictionRecor
         if i is None:
             continue
         a = answers[i]
-        if a.predictions.shape != s.predictions.shape:
+        if _values(a).shape != _values(s).shape:
             continue
         y = np.array([row_labels.get((i, row), np.nan) for row in range(a.rows)])
         unit = unit_ids.setdefault(unit_of(a), len(unit_ids))
-        grouped[(s.variant, a.variant)].append((a.time, a.predictions, s.predictions, y, unit))
+        grouped[(s.variant, a.variant)].append((a.time, _values(a), _values(s), y, unit))
     pairs = []
     for (shadow, answer), items in sorted(grouped.items()):
         pairs.append(ShadowPairs(
@@ -553,4 +560,4 @@ def iter_days(t: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
         return
     days = (t // 86400).astype(np.int64)
     for day in np.unique(days):
-        yield (datetime.fromtimestamp(int(day) * 86400, timezone.utc).strftime("%Y-%m-%d"), days == day)
+        yield (datetime.fromtimestamp(int(day) * 86400, UTC).strftime("%Y-%m-%d"), days == day)

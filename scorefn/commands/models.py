@@ -40,10 +40,9 @@ def register(subparsers) -> None:
 
 
 def upload_model(args: argparse.Namespace) -> int:
+    from scorefn.commands.latency import parse_or_report, read_model_or_report, run_check, summary
     from shared.errors import InvalidName
     from shared.models.store import blob_candidates
-
-    from scorefn.commands.latency import parse_or_report, read_model_or_report, run_check, summary
 
     found = read_model_or_report(args.file, "not uploaded")
     if found is None:
@@ -87,8 +86,8 @@ def upload_model(args: argparse.Namespace) -> int:
 
 
 def train_demo(args: argparse.Namespace) -> int:
-    from scorefn import demo_models
+    from scorefn.demo.models import train_demo_models
 
-    for model in demo_models.train_demo_models(args.out_dir).values():
+    for model in train_demo_models(args.out_dir).values():
         print(f"{model.name:10s} {model.objective:11s} {model.path}")
     return 0

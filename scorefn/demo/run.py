@@ -8,6 +8,7 @@ import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,6 @@ def run_demo(requests: int = 2000) -> int:
 
     from devhost.azurite import Azurite
     from devhost.process import DevHost
-
     from scorefn.demo.models import train_demo_models
 
     key = secrets.token_urlsafe(24)
@@ -52,6 +52,7 @@ def run_demo(requests: int = 2000) -> int:
                "RESULTS_QUEUE_NAME": "score-results", "BATCH_CONTAINER": "batch",
                "CHUNK_QUEUE_NAME": "score-chunks"}
         host = stack.enter_context(DevHost(ROOT, env))
+        assert host.url is not None  # set once the host is ready
         say(f"  local host       {host.url}  (function key auth on)")
         client = stack.enter_context(httpx.Client(base_url=host.url, timeout=30,
                                                   headers={"x-functions-key": key}))
@@ -91,7 +92,8 @@ def _http_examples(client, models, boosters) -> None:
     features = models["churn"].feature_names
     records = [{f: float(v) for f, v in zip(features, X["churn"][0]) if not np.isnan(v)}]
     response, ms = _post(client, "/api/score/churn", {"records": records})
-    equal = np.array_equal(np.array(response.json()["predictions"]), boosters["churn"].predict(X["churn"][:1]))
+    equal = np.array_equal(np.array(response.json()["predictions"]),
+                           boosters["churn"].predict(X["churn"][:1]))
     say(f"  {'POST /api/score/churn records':34s} {response.status_code:6d} {ms:7.1f}  "
         f"{_short(response.json()['predictions'])}  ({'yes' if equal else 'NO'})")
     v2 = {"inputs": [{"name": "input-0", "shape": [1, 6], "datatype": "FP64",
@@ -105,12 +107,14 @@ def _http_examples(client, models, boosters) -> None:
     _dataframe_examples(client, boosters)
 
     say("\nBad requests get a clear error")
-    bad = [("unknown model", "/api/score/nope", {"rows": [[1]]}, {}),
-           ("wrong row width", "/api/score/price", {"rows": [[1, 2]]}, {}),
-           ("string value", "/api/score/price", {"rows": [[1, "2", 3, 4, 5, 6]]}, {}),
-           ("unknown feature", "/api/score/churn", {"records": [{"tenure": 3}]}, {}),
-           ("code for a value", "/api/score/plans", {"records": [{"contract": 0}]}, {}),
-           ("no function key", "/api/score/price", {"rows": [[1] * 6]}, {"headers": {"x-functions-key": "wrong"}})]
+    bad: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
+        ("unknown model", "/api/score/nope", {"rows": [[1]]}, {}),
+        ("wrong row width", "/api/score/price", {"rows": [[1, 2]]}, {}),
+        ("string value", "/api/score/price", {"rows": [[1, "2", 3, 4, 5, 6]]}, {}),
+        ("unknown feature", "/api/score/churn", {"records": [{"tenure": 3}]}, {}),
+        ("code for a value", "/api/score/plans", {"records": [{"contract": 0}]}, {}),
+        ("no function key", "/api/score/price", {"rows": [[1] * 6]},
+         {"headers": {"x-functions-key": "wrong"}})]
     for label, path, body, kwargs in bad:
         response, _ = _post(client, path, body, **kwargs)
         detail = response.text[:90] if response.content else "(empty body, from the host)"

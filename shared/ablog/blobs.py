@@ -15,7 +15,8 @@ import re
 import socket
 import threading
 import time
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 MAX_BLOCK_BYTES = 4 * 1024 * 1024  # the append-block size every service version accepts
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -56,8 +57,7 @@ class AppendTarget:
     def append(self, prefix: str, block: bytes) -> None:
         """Append one block (at most :data:`MAX_BLOCK_BYTES`) to the blob of ``prefix``."""
         from azure.core import MatchConditions
-        from azure.core.exceptions import (HttpResponseError, ResourceExistsError,
-                                           ResourceNotFoundError)
+        from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
         if len(block) > MAX_BLOCK_BYTES:
             raise ValueError("a block is larger than the append-block limit")
@@ -67,7 +67,8 @@ class AppendTarget:
                 blob.append_block(block, length=len(block))
                 return
             except ResourceNotFoundError as exc:
-                if exc.error_code == "ContainerNotFound":
+                # error_code is set by the storage SDK (process_storage_error), not by azure-core.
+                if getattr(exc, "error_code", None) == "ContainerNotFound":
                     try:
                         self.container.create_container()
                     except ResourceExistsError:
@@ -77,7 +78,7 @@ class AppendTarget:
                 except ResourceExistsError:
                     pass  # another process created it meanwhile
             except HttpResponseError as exc:
-                if exc.error_code != "BlockCountExceedsLimit":
+                if getattr(exc, "error_code", None) != "BlockCountExceedsLimit":
                     raise
                 with self._lock:
                     self._rollover[prefix] = self._rollover.get(prefix, 0) + 1

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -88,7 +89,7 @@ def validate_outcome(item: Any, where: str, now: float) -> dict[str, Any]:
     else:
         out["key"] = _identifier(item["key"], f"{where}.key", allow_int=True)
     label = item.get("label")
-    if type(label) not in (int, float) or not _finite(label):
+    if not (type(label) is int or type(label) is float) or not _finite(label):
         raise InvalidOutcome(f"{where}.label: must be a finite number")
     out["label"] = label
     if item.get("row") is not None:
@@ -112,7 +113,7 @@ def parse_time(value: Any, where: str, now: float) -> float:
     except ValueError:
         raise InvalidOutcome(f"{where}: must be an ISO 8601 time such as 2026-11-24T10:00:00Z") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     t = parsed.timestamp()
     if t > now + FUTURE_SLACK_SECONDS:
         raise InvalidOutcome(f"{where}: is more than a day in the future")
@@ -169,7 +170,8 @@ class OutcomeLog:
                 self._target.append(prefix, block)
         except Exception as exc:
             code = getattr(exc, "status_code", None)
-            hint = " (check the app's identity has Storage Blob Data Contributor)" if code in (401, 403) else ""
+            hint = (" (check the app's identity has Storage Blob Data Contributor)"
+                    if code in (401, 403) else "")
             raise OutcomeLogUnavailable(f"the outcome log could not be written: "
                                         f"{type(exc).__name__}{hint}; retry later") from None
         return len(lines)

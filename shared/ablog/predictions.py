@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from shared.ablog.record import PredictionRecord
 from shared.ablog.writer import BufferedLogWriter
@@ -34,7 +35,9 @@ def sampled(sample: float, endpoint: str, key: str | None, rand: Callable[[], fl
 
 def estimated_bytes(record: PredictionRecord) -> int:
     """About how many bytes ``record`` takes encoded (what the writer's buffer counts)."""
-    size = 320 + 24 * record.predictions.size + len(record.request_id or "") + len(record.key or "")
+    size = 320 + len(record.request_id or "") + len(record.key or "")
+    if record.predictions is not None:
+        size += 24 * record.predictions.size
     if record.features is not None:
         size += 24 * record.features.size + 24 * len(record.feature_names or ())
     return size

@@ -103,7 +103,7 @@ class NativeBooster:
         size = 256
         while True:
             buffers = [ctypes.create_string_buffer(size) for _ in range(n)]
-            pointers = (ctypes.c_char_p * n)(*map(ctypes.addressof, buffers))
+            pointers = (ctypes.c_char_p * n)(*(ctypes.c_char_p(ctypes.addressof(b)) for b in buffers))
             check(lib.LGBM_BoosterGetFeatureNames(self._handle, ctypes.c_int(n),
                                                   ctypes.byref(out_len), ctypes.c_size_t(size),
                                                   ctypes.byref(needed), pointers))
@@ -122,7 +122,7 @@ class NativeBooster:
         check(lib.LGBM_BoosterCalcNumPredict(self._handle, ctypes.c_int(rows),
                                              ctypes.c_int(predict_type), ctypes.c_int(0),
                                              ctypes.c_int(num_iteration), ctypes.byref(count)))
-        out = np.empty(count.value, dtype=np.float64)
+        out: np.ndarray = np.empty(count.value, dtype=np.float64)  # reshaped below for 2-D output
         written = ctypes.c_int64(0)
         check(lib.LGBM_BoosterPredictForMat(
             self._handle, ctypes.c_void_p(X.ctypes.data), ctypes.c_int(DTYPE_FLOAT64),

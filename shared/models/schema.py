@@ -23,8 +23,9 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import orjson
@@ -57,10 +58,10 @@ class Categories:
         kinds = {_kind_of(v) for v in values}
         if len(kinds) > 1 and kinds <= {"int", "float"}:
             kinds = {"float"}
-        if len(kinds) != 1 or None in kinds:
+        kind = next(iter(kinds), None)
+        if len(kinds) != 1 or kind is None:
             raise InvalidModel(f"feature {name!r}: its pandas categories mix types or hold "
                                f"values JSON cannot carry ({sorted(map(str, kinds))})")
-        kind = kinds.pop()
         lookup: dict[Any, int] = {}
         for code, value in enumerate(values):
             lookup.setdefault(value, code)

@@ -22,9 +22,10 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from shared.errors import InvalidName, ModelNotFound, ScoreError
 from shared.models.model import LoadedModel, ModelInfo, parse_model
@@ -113,7 +114,7 @@ class ModelStore:
                 return model, False
             flight = self._flights.get(name)
             leader = flight is None
-            if leader:
+            if flight is None:
                 flight = self._flights[name] = _Flight()
         if leader:
             self._lead(name, flight)

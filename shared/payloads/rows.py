@@ -45,7 +45,9 @@ def read_rows_body(body: bytes, max_rows: int) -> np.ndarray | None:
         if type(doc) is not simdjson.Object or len(doc) != 1:
             return None
         rows = doc["rows"]
-        n = len(rows) if type(rows) is simdjson.Array else 0
+        if type(rows) is not simdjson.Array:
+            return None
+        n = len(rows)
         if not 0 < n <= max_rows or _nested(body, n):
             return None
         first = rows[0]

@@ -40,7 +40,7 @@ def parse_score_body(doc: dict[str, Any], schema: FeatureSchema, max_rows: int,
                         fields={k: doc[k] for k in extra_fields if k in doc})
 
 
-def encode_score_response(predictions: np.ndarray, model: dict[str, Any], request_id: str,
+def encode_score_response(predictions: np.ndarray, model: dict[str, Any], request_id: str | None,
                           extra: dict[str, Any] | None = None) -> bytes:
     """The ``/api/score`` response body."""
     doc: dict[str, Any] = {"predictions": json_numbers(predictions), "model": model, "request_id": request_id}

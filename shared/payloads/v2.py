@@ -26,8 +26,15 @@ import simdjson
 from shared.errors import InvalidPayload
 from shared.models.schema import FeatureSchema
 from shared.payloads import simd
-from shared.payloads.v2_binary import OUTPUT_NAME, wants_binary_output  # noqa: F401 (OUTPUT_NAME re-exported)
-from shared.payloads.common import DEFAULT_OPTIONS, ScoringInput, check_count, dumps, json_numbers, parse_options
+from shared.payloads.common import (
+    DEFAULT_OPTIONS,
+    ScoringInput,
+    check_count,
+    dumps,
+    json_numbers,
+    parse_options,
+)
+from shared.payloads.v2_binary import OUTPUT_NAME, wants_binary_output
 
 _NUMERIC = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
             "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
@@ -98,12 +105,17 @@ def read_v2_body(body: bytes, max_rows: int) -> tuple[ScoringInput, str] | None:
         doc = simd.parse(body)
         if type(doc) is not simdjson.Object or not 1 <= len(doc) <= 2:
             return None
-        request_id = doc.get("id") if len(doc) == 2 else None
+        request_id: str | None = None
+        if len(doc) == 2:
+            given = doc.get("id")
+            if type(given) is not str:
+                return None
+            request_id = given
         inputs = doc["inputs"]
-        if (len(doc) == 2 and type(request_id) is not str) or type(inputs) is not simdjson.Array \
-                or len(inputs) != 1:
+        if type(inputs) is not simdjson.Array or len(inputs) != 1:
             return None
-        tensor = inputs[0]
+        # pysimdjson's stubs type an Array's item as an Array; it is any JSON value.
+        tensor: simdjson.SimValue = inputs[0]
         if type(tensor) is not simdjson.Object or len(tensor) != 4 or \
                 set(tensor.keys()) != _TENSOR_KEYS or tensor["datatype"] != "FP64":
             return None
@@ -111,7 +123,8 @@ def read_v2_body(body: bytes, max_rows: int) -> tuple[ScoringInput, str] | None:
         if type(name) is not str or not name or type(shape) is not simdjson.Array or \
                 len(shape) != 2 or type(data) is not simdjson.Array:
             return None
-        n, width = shape[0], shape[1]
+        n: simdjson.SimValue = shape[0]
+        width: simdjson.SimValue = shape[1]
         if type(n) is not int or type(width) is not int or not 0 < n <= max_rows or width <= 0:
             return None
         values = np.frombuffer(data.as_buffer(of_type="d"))  # numbers only, else TypeError

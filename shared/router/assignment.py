@@ -29,8 +29,8 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
+from collections.abc import Callable
 from itertools import accumulate
-from typing import Callable
 
 from shared.router.config import EndpointConfig
 
@@ -65,13 +65,13 @@ class EndpointPlan:
         self._variant_tags = [_part("variant") + _part(v.name) for v in config.variants]
         self._shadow_tags = [_part("shadow") + _part(s.name) for s in config.shadow]
 
-    def keyed(self, key: str) -> "hashlib._Hash":
+    def keyed(self, key: str) -> hashlib.blake2b:
         """The hash state of (endpoint, salt, key), to derive per-variant points from."""
         state = self._prefix.copy()
         state.update(_part(key))
         return state
 
-    def sticky_index(self, state: "hashlib._Hash") -> int:
+    def sticky_index(self, state: hashlib.blake2b) -> int:
         """The variant a key goes to (weighted rendezvous; see the module docstring)."""
         if len(self._variant_tags) == 1:
             return 0
@@ -91,7 +91,7 @@ class EndpointPlan:
         i = bisect.bisect_right(self.cumulative, random() * self.total)
         return min(i, len(self.cumulative) - 1)  # random() * total may round up to total
 
-    def shadow_indexes(self, state: "hashlib._Hash | None", random: Callable[[], float]) -> list[int]:
+    def shadow_indexes(self, state: hashlib.blake2b | None, random: Callable[[], float]) -> list[int]:
         """The shadows chosen for a request: by the key's hash when there is one, else at random."""
         chosen = []
         for i, shadow in enumerate(self.config.shadow):

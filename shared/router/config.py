@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, NoReturn
+from typing import Any, Literal, NoReturn, TypeGuard, cast
 
 from shared.errors import InvalidName, InvalidRouterConfig
 from shared.models.store import blob_candidates
@@ -195,7 +196,9 @@ def _sticky(value: Any, path: str) -> Sticky:
                                   f"(letters, digits, '.', '_', '-')")
     if source == "body" and name in RESERVED_BODY_FIELDS:
         _fail(f"{path}.body", f"{name!r} is a field of the request formats; use another field")
-    return Sticky(source=source, name=name.lower() if source == "header" else name)
+    # One of the optional fields _object allowed.
+    where = cast(Literal["header", "query", "body"], source)
+    return Sticky(source=where, name=name.lower() if source == "header" else name)
 
 
 def _log(value: Any, path: str) -> LogConfig:
@@ -297,7 +300,7 @@ def _model(value: Any, path: str) -> str:
     return value
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     """An int or float (never a bool) that is finite as a float."""
     if type(value) not in (int, float):
         return False

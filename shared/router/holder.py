@@ -31,9 +31,10 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from shared.errors import InvalidModel, InvalidRouterConfig, ScoreError
 from shared.router.config import RouterConfig, endpoint_path
@@ -84,6 +85,7 @@ class RouterHolder:
         self.stats = HolderStats()
         if not source.watched:
             version = source.fetch()
+            assert version is not None  # None only answers an etag: "unchanged"
             if version.config is None or check_models is None:
                 self._install(version)
             # else an inline config is checked (its models loaded) on first use, as a blob's

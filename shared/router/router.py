@@ -7,8 +7,9 @@ A :class:`Router` is immutable: a new config means a new router, swapped in whol
 from __future__ import annotations
 
 import random as _random
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from shared.errors import InvalidPayload, OverrideNotAllowed, UnknownVariant
 from shared.models.store import blob_candidates
@@ -103,7 +104,7 @@ class Router:
         else:
             i, how = plan.random_index(self._random), "weighted"
         variant = plan.variants[i]
-        shadows = ()
+        shadows: tuple[ShadowTarget, ...] = ()
         if plan.config.shadow:
             shadows = tuple(ShadowTarget(plan.config.shadow[j].name, plan.config.shadow[j].model)
                             for j in plan.shadow_indexes(state, self._random))

@@ -31,5 +31,12 @@ class ScoreResult:
     log_features: bool = False  # ... with the request's features
 
     @property
+    def response_body(self) -> bytes:
+        """``body``, for a scoring a transport answers (``score`` and ``score_cached`` encode it)."""
+        if self.body is None:
+            raise ValueError("this scoring has no encoded response")
+        return self.body
+
+    @property
     def variant(self) -> str:
         return self.route.variant if self.route is not None else "default"

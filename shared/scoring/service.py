@@ -12,20 +12,34 @@ import functools
 import logging
 import time
 import uuid
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from shared.ablog.predictions import PredictionLog
 from shared.ablog.record import PredictionRecord, output_kind
 from shared.errors import NotEnabled, OverrideNotAllowed, PayloadTooLarge, ScoreError, UnsupportedMediaType
 from shared.models.model import LoadedModel, ModelInfo
 from shared.models.store import ModelStore
-from shared.payloads import (ScoringInput, decode_json, encode_score_response, encode_v2_response,
-                             parse_score_body, parse_v2)
+from shared.payloads import (
+    ScoringInput,
+    decode_json,
+    encode_score_response,
+    encode_v2_response,
+    parse_score_body,
+    parse_v2,
+)
 from shared.payloads.common import DEFAULT_OPTIONS
 from shared.payloads.rows import read_rows_body
 from shared.payloads.v2 import read_v2_body
-from shared.router import (OVERRIDE_HEADER, EndpointConfig, Route, RouterHolder, ShadowRunner, header,
-                           sticky_key)
+from shared.router import (
+    OVERRIDE_HEADER,
+    EndpointConfig,
+    Route,
+    RouterHolder,
+    ShadowRunner,
+    header,
+    sticky_key,
+)
 from shared.scoring.predict import predict_with_backend
 from shared.scoring.result import ScoreResult
 from shared.scoring.shadows import score_shadow
@@ -71,14 +85,17 @@ def encode_response(result: ScoreResult, fmt: Format, endpoint: str,
     if fmt == "score":
         return encode_score_response(result.predictions, result.model.to_dict(), request_id,
                                      {"variant": result.variant}), None
-    fields = dict(model_name=endpoint, model_version=result.model.version,
-                  request_id=result.request.request_id or request_id,
-                  parameters={"variant": result.variant, "model": result.model.name})
+    v2_request_id = result.request.request_id or request_id
+    parameters = {"variant": result.variant, "model": result.model.name}
     if result.request.binary_output:
         from shared.payloads.v2_binary import encode_binary_response
 
-        return encode_binary_response(result.predictions, **fields)
-    return encode_v2_response(result.predictions, **fields), None
+        return encode_binary_response(result.predictions, model_name=endpoint,
+                                      model_version=result.model.version,
+                                      request_id=v2_request_id, parameters=parameters)
+    return encode_v2_response(result.predictions, model_name=endpoint,
+                              model_version=result.model.version, request_id=v2_request_id,
+                              parameters=parameters), None
 
 
 class ScoringService:
@@ -179,8 +196,12 @@ class ScoringService:
                 decoded = time.perf_counter()
                 # A directly read body's only field besides its format's own (reserved, never
                 # a sticky key) is V2's "id", which a sticky key may name.
-                route, config = self._route_request(
-                    endpoint, doc if doc is not None else direct[0].fields, headers, query)
+                if doc is not None:
+                    fields = doc
+                else:
+                    assert direct is not None  # _decode gives the one or the other
+                    fields = direct[0].fields
+                route, config = self._route_request(endpoint, fields, headers, query)
                 attrs["variant"] = route.variant
                 loaded = self._get_model(route.model, attrs, request_trace, cached_only)
                 if loaded is None:

@@ -47,7 +47,8 @@ def score_shadow(service: ScoringService, target: Any, doc: dict[str, Any] | Non
     if result.predictions.shape == primary.predictions.shape:
         diff = float(np.mean(np.abs(result.predictions - primary.predictions)))
         service.telemetry.record_shadow_difference(diff, attrs)
-    if primary.logged and service.prediction_log is not None:
+    # A logged answer has the request id it was logged under.
+    if primary.logged and primary.request_id is not None and service.prediction_log is not None:
         service.prediction_log.offer(PredictionRecord.scored_by(
             result.model, endpoint=primary.route.endpoint, request_id=primary.request_id,
             key=primary.route.key, trigger=trigger, variant=target.name,

@@ -12,7 +12,7 @@ from shared.models.latency_figures import read_latency_figures
 from shared.models.model import ModelInfo
 from shared.models.schema import FeatureSchema
 from shared.models.store import ModelStore
-from shared.payloads.v2 import OUTPUT_NAME
+from shared.payloads.v2_binary import OUTPUT_NAME
 from shared.router import RouterHolder
 
 READINESS_CACHE_SECONDS = 5.0

@@ -9,13 +9,14 @@ boundaries (0, 5, 10, 25 ... ms) cannot tell a 0.2 ms scoring from a 4 ms one.
 
 from __future__ import annotations
 
-from typing import Any, ContextManager, Mapping
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from typing import Any
 
 from opentelemetry import metrics, trace
 
 from shared.telemetry.drain import DeferredMeasurements
-from shared.telemetry.tracing import (UNTRACED, RequestTrace, sampled, traced_span,
-                                      tracing_configured)
+from shared.telemetry.tracing import UNTRACED, RequestTrace, sampled, traced_span, tracing_configured
 
 BUCKETS_MS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0,
               25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
@@ -74,7 +75,7 @@ class Telemetry:
                         "large, after shutdown), by endpoint and reason")
 
     def request_span(self, name: str, carrier: Mapping[str, str] | None,
-                     attributes: dict[str, Any]) -> ContextManager[RequestTrace]:
+                     attributes: dict[str, Any]) -> AbstractContextManager[RequestTrace]:
         """A span for one scoring, continuing the caller's trace when ``carrier`` holds a
         ``traceparent``. Its ``with`` gives a :class:`RequestTrace` for its children."""
         if not self.tracing or not sampled(carrier, self.trace_sample_ratio):

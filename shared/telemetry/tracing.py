@@ -8,8 +8,9 @@ for tracing (even the API's no-op spans cost ~8 us each: context attach and deta
 from __future__ import annotations
 
 import random
-from contextlib import contextmanager, nullcontext
-from typing import Any, ContextManager, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
@@ -63,7 +64,7 @@ class _NoTrace(RequestTrace):
 
 
 NO_TRACE = _NoTrace()
-UNTRACED: ContextManager[RequestTrace] = nullcontext(NO_TRACE)  # no generator, no context
+UNTRACED: AbstractContextManager[RequestTrace] = nullcontext(NO_TRACE)  # no generator, no context
 
 
 def tracing_configured(provider: Any) -> bool:

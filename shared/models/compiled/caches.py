@@ -51,7 +51,7 @@ class LocalCache:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, self.directory / f"{key}{ARTIFACT_SUFFIX}")
-            self._trim()
+            self._trim(self.directory)
         except OSError as exc:
             log.warning("compiled trees: could not write the local cache (%s)", type(exc).__name__)
 
@@ -62,9 +62,9 @@ class LocalCache:
             except OSError:
                 pass
 
-    def _trim(self) -> None:
+    def _trim(self, directory: Path) -> None:
         files = sorted((p.stat().st_mtime, p.stat().st_size, p)
-                       for p in self.directory.glob(f"*{ARTIFACT_SUFFIX}"))
+                       for p in directory.glob(f"*{ARTIFACT_SUFFIX}"))
         total = sum(size for _, size, _ in files)
         for _, size, path in files:
             if total <= LOCAL_CACHE_MAX_BYTES:

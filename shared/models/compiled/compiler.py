@@ -37,9 +37,10 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from shared.models.compiled.artifact import blob_path, cache_key, pack, unpack
 from shared.models.compiled.caches import BlobCache, LocalCache
@@ -285,7 +286,7 @@ class Compiler:
             # 3. compile (a refused blob artifact is then replaced by a good one)
             self._compile(job, model, text, traits, target, key, inputs, label, path)
         finally:
-            if locked:
+            if locked and self.blobs is not None:  # locked: in the blob cache
                 self.blobs.unlock(path)
 
     def _compile(self, job: _Job, model: Any, text: str, traits: Traits, target: dict[str, str],
