@@ -15,13 +15,12 @@ import base64
 import logging
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.storage.blob import BlobBlock, BlobClient, BlobServiceClient, ContainerClient, \
-    ContentSettings
+from azure.storage.blob import BlobBlock, BlobClient, BlobServiceClient, ContainerClient, ContentSettings
 
 from shared.batch.csv_layout import csv_layout
 from shared.batch.fanout.planner import Planner

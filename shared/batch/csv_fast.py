@@ -15,8 +15,8 @@ which also names the offending line.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from itertools import chain
-from typing import Sequence
 
 import numpy as np
 import simdjson
@@ -81,6 +81,8 @@ def parse_plain_piece(chunk: Chunk, layout: CsvLayout,
     text, empty = _zero_empty(b, newlines, commas, rows, columns)
     try:
         flat = simdjson.Parser().parse(b"[" + text[:-1].replace(b"\n", b",") + b"]")
+        if not isinstance(flat, simdjson.Array):
+            return None
         buffer = flat.as_buffer(of_type="d")  # numbers only: a string, bool or null raises
     except (ValueError, TypeError, RuntimeError):
         return None  # e.g. "+1", ".5", "007", "nan": valid numbers for the slow path
@@ -133,7 +135,7 @@ def _cut_column(piece: bytes, newlines: np.ndarray, commas: np.ndarray,
         keep = map(slice, (commas[:, 0] + 1).tolist(), (newlines + 1).tolist())
         return b"".join(map(piece.__getitem__, keep)), fields
     # keep the line up to the field, then after its following comma (or its newline)
-    heads = map(piece.__getitem__, map(slice, line_start.tolist(), starts))
+    heads: Iterable[bytes] = map(piece.__getitem__, map(slice, line_start.tolist(), starts))
     tail_from = (end + 1 if j < last else end).tolist()
     tails = map(piece.__getitem__, map(slice, tail_from, (newlines + 1).tolist()))
     if j == last:  # drop the comma before the field too

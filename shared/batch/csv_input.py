@@ -60,8 +60,8 @@ def parse_piece_by_value(piece: Chunk, layout: CsvLayout, unseen: dict[int, int]
     width, j_id = layout.width, layout.id_index
     names = layout.scored_names
     kinds: list[Categories | None] = [None] * len(names)
-    for p, cats in layout.categorical:
-        kinds[p] = cats
+    for p, placed in layout.categorical:
+        kinds[p] = placed
     values: list[list[float]] = []
     ids: list[bytes] | None = [] if j_id is not None else None
     counts: dict[int, int] = {}
@@ -80,7 +80,7 @@ def parse_piece_by_value(piece: Chunk, layout: CsvLayout, unseen: dict[int, int]
         if len(fields) != width:
             raise InvalidPayload(f"CSV line {number} has {len(fields)} fields; the header has "
                                  f"{width}", code="wrong_row_width")
-        if ids is not None:
+        if ids is not None and j_id is not None:
             ids.append(csv_field(fields[j_id] if layout.id_is_feature else fields.pop(j_id)))
         row = []
         for name, cats, field in zip(names, kinds, fields):

@@ -3,11 +3,11 @@ trained, categories), or plain feature names (no categories)."""
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 from shared.models.schema import FeatureSchema
 
-Features = Union[FeatureSchema, Sequence[str]]
+Features = FeatureSchema | Sequence[str]
 
 
 def as_schema(features: Features) -> FeatureSchema:

@@ -6,8 +6,9 @@ per-line pass that names it), then one C-level pass per feature. Blank lines are
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import repeat
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import orjson
@@ -86,7 +87,7 @@ def _jsonl_objects(records: list[dict], lines: Any, at: Sequence[int], schema: F
                                  f"the model's features are {list(schema.names)[:20]}",
                                  code="unknown_feature")
         spellings.setdefault(j, []).append(key)
-    for j, spelled in spellings.items():
+    for spelled in spellings.values():
         if len(spelled) > 1:  # two names of one feature: an error only within one record
             for i, rec in enumerate(records):
                 if sum(key in rec for key in spelled) > 1:
@@ -94,14 +95,14 @@ def _jsonl_objects(records: list[dict], lines: Any, at: Sequence[int], schema: F
                                         schema.resolve(k) is not None],
                                        f"JSON Lines line {lines[at[i]]}")
     for j in range(len(schema.names)):
-        spelled = spellings.get(j)
-        if not spelled:
+        names = spellings.get(j)
+        if not names:
             out[:, j] = np.nan
             continue
-        if len(spelled) == 1:
-            column = list(map(dict.get, records, repeat(spelled[0])))
+        if len(names) == 1:
+            column = list(map(dict.get, records, repeat(names[0])))
         else:
-            column = [next((rec[k] for k in spelled if k in rec), None) for rec in records]
+            column = [next((rec[k] for k in names if k in rec), None) for rec in records]
         _jsonl_column(column, j, schema, lines, at, out, unseen, positional=False)
 
 

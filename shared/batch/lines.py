@@ -9,9 +9,9 @@ errors name the line of the whole file.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
-from typing import Iterable, Iterator
 
 import numpy as np
 

@@ -28,7 +28,7 @@ import hashlib
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -84,7 +84,7 @@ class BlobJob:
     key: str | None = None  # the router's sticky key for the whole job (default: the job id)
 
 
-Job = Union[InlineJob, BlobJob]
+Job = InlineJob | BlobJob
 
 
 def decode_message(body: bytes) -> dict[str, Any]:
@@ -225,7 +225,7 @@ def _blob_ref(raw: Any, where: str, batch_container: str, containers: set[str], 
     return BlobRef(container, blob, fmt)
 
 
-def _valid_blob_name(name: Any) -> bool:
+def _valid_blob_name(name: Any) -> TypeGuard[str]:
     if not isinstance(name, str) or not 0 < len(name) <= 1024:
         return False
     if name.startswith("/") or name.endswith(("/", ".")) or "\\" in name:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Sequence
 from itertools import chain, repeat
-from typing import Sequence, Union
 
 import numpy as np
 import orjson
@@ -93,7 +93,7 @@ class JsonlWriter:
         return b"".join(chain.from_iterable(parts))
 
 
-OutputWriter = Union[CsvWriter, JsonlWriter]
+OutputWriter = CsvWriter | JsonlWriter
 
 
 def writer_for(fmt: str, id_column: str | None, num_outputs: int) -> OutputWriter:

@@ -12,8 +12,8 @@ Metadata (blob metadata values are ASCII strings)::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobClient
@@ -49,7 +49,7 @@ class OutputMetadata:
         return meta
 
     @classmethod
-    def from_metadata(cls, meta: Mapping[str, str]) -> "OutputMetadata | None":
+    def from_metadata(cls, meta: Mapping[str, str]) -> OutputMetadata | None:
         """The metadata of an output scorefn committed, or None (another blob, or damaged)."""
         try:
             chunks = meta.get(f"{_PREFIX}chunks")

@@ -8,7 +8,7 @@ size (the chunks of a fanned-out job), reading only a small window around each c
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from shared.batch.lines import PIECE_BYTES
 from shared.errors import InvalidPayload

@@ -21,8 +21,9 @@ predictions fit in the message.
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.queue import QueueClient
@@ -39,7 +40,7 @@ class ModelVersion:
     version: str
 
     @classmethod
-    def of(cls, model: LoadedModel) -> "ModelVersion":
+    def of(cls, model: LoadedModel) -> ModelVersion:
         return cls(model.info.name, model.info.version)
 
     def to_json(self) -> dict[str, str]:
@@ -95,7 +96,7 @@ class JobResult:
 
     @classmethod
     def timed(cls, job_id: str, status: str, seconds: float, *, rows: int = 0,
-              **fields: Any) -> "JobResult":
+              **fields: Any) -> JobResult:
         """A result whose job took ``seconds``: its elapsed time and rate filled in."""
         return cls(job_id, status, elapsed_ms=round(seconds * 1000, 1), rows=rows,
                    rows_per_second=rate(rows, seconds), **fields)

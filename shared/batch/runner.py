@@ -41,8 +41,15 @@ from shared.batch.fanout.completion import Completion
 from shared.batch.fanout.planner import Planner
 from shared.batch.inline_jobs import InlineJobs
 from shared.batch.job_metrics import JobMetrics, JobRoute
-from shared.batch.messages import (JOB_ID_RE, InlineJob, JobIdentity, decode_message,
-                                   job_digest, job_identity, parse_job)
+from shared.batch.messages import (
+    JOB_ID_RE,
+    InlineJob,
+    JobIdentity,
+    decode_message,
+    job_digest,
+    job_identity,
+    parse_job,
+)
 from shared.batch.records import LEASE_SECONDS, Claim, JobRecords
 from shared.batch.results import JobError, JobResult, ModelVersion, ResultQueue, status_of
 from shared.errors import InvalidPayload, ScoreError

@@ -8,8 +8,9 @@ fanned-out job score their rows here.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from shared.batch.csv_input import parse_csv_chunk
 from shared.batch.csv_layout import CsvLayout

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 # Counts kept in blob metadata (8 KiB in all): longer ones go in a chunk marker's body; an
 # output's metadata leaves them out (then only a result rebuilt after a crash between commit

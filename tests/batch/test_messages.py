@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from shared.errors import InvalidJson, InvalidPayload, PayloadTooLarge
 from shared.batch.messages import BlobJob, InlineJob, decode_message, job_identity, parse_job
+from shared.errors import InvalidJson, InvalidPayload, PayloadTooLarge
 
 
 def parse(doc, message_id="m-1", allowed=("inputs", "outputs")):

@@ -12,17 +12,16 @@ import pytest
 from azure.core.exceptions import AzureError
 
 import shared.batch.units as units_module
+from shared.batch.records import Claim, JobRecords
 from shared.batch.results import ResultQueue
 from shared.batch.runner import BatchJobs
-from shared.models.blob_source import BlobSource
 from shared.errors import JobBusy, ModelUnavailable
-from shared.batch.records import Claim, JobRecords
+from shared.models.blob_source import BlobSource
 from shared.models.store import ModelStore
 from shared.scoring.service import ScoringService
 from shared.settings import StorageConnection
 from shared.storage import blob_service
-from tests.batch_support import (make_rig, read_csv, reference, rig, sample, to_csv,  # noqa: F401
-                                 to_jsonl, unique)
+from tests.batch_support import make_rig, read_csv, reference, rig, sample, to_csv, to_jsonl, unique  # noqa: F401
 
 CHURN = ("tenure_months", "monthly_charges", "support_calls", "contract_months", "age",
          "usage_gb", "late_payments", "discount_pct")

@@ -52,9 +52,10 @@ def decode_chunk(body: bytes) -> ChunkMessage:
     if not isinstance(doc, dict) or doc.get("kind") != CHUNK_KIND or doc.get("v") != 1:
         raise InvalidPayload("not a scorefn chunk message", code="invalid_chunk")
     job_id, token = doc.get("job"), doc.get("token")
-    numbers = [doc.get(k) for k in ("chunk", "chunks", "start", "end")]
+    raw = [doc.get(k) for k in ("chunk", "chunks", "start", "end")]
+    numbers = [n for n in raw if type(n) is int and n >= 0]
     if not (isinstance(job_id, str) and JOB_ID_RE.match(job_id) and isinstance(token, str)
-            and TOKEN_RE.match(token) and all(type(n) is int and n >= 0 for n in numbers)):
+            and TOKEN_RE.match(token) and len(numbers) == len(raw)):
         raise InvalidPayload("chunk message has missing or invalid fields", code="invalid_chunk")
     index, count, start, end = numbers
     if not (index < count <= MAX_CHUNKS and start <= end):

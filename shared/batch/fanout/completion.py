@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from azure.storage.blob import BlobBlock, BlobServiceClient, ContainerClient, ContentSettings
 
 from shared.batch.fanout.chunk_messages import ChunkMessage
-from shared.batch.fanout.job_blobs import (block_id, delete_quietly, marker_name,
-                                           model_copy_prefix)
+from shared.batch.fanout.job_blobs import block_id, delete_quietly, marker_name, model_copy_prefix
 from shared.batch.fanout.markers import Marker, count_markers, list_markers, marker_unseen
 from shared.batch.fanout.plan import Plan
 from shared.batch.output import content_type

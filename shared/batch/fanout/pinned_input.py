@@ -4,7 +4,7 @@ one fails it too (``input_not_found``)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceModifiedError, ResourceNotFoundError

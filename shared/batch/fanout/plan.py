@@ -24,8 +24,9 @@ none and ``false``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from azure.storage.blob import ContainerClient
 
@@ -64,7 +65,7 @@ class PinnedModel:
         return {"name": self.name, "version": self.version, "path": self.path, "copy": self.copy}
 
     @classmethod
-    def from_json(cls, doc: Any) -> "PinnedModel":
+    def from_json(cls, doc: Any) -> PinnedModel:
         doc = _object(doc, "model")
         return cls(*(_str(doc, k, "model") for k in ("name", "version", "path", "copy")))
 
@@ -87,7 +88,7 @@ class PinnedInput:
                 "etag": self.etag, "size": self.size}
 
     @classmethod
-    def from_json(cls, doc: Any) -> "PinnedInput":
+    def from_json(cls, doc: Any) -> PinnedInput:
         doc = _object(doc, "input")
         return cls(_str(doc, "container", "input"), _str(doc, "blob", "input"),
                    _str(doc, "format", "input"), _str(doc, "etag", "input"),
@@ -141,7 +142,7 @@ class Plan:
         }
 
     @classmethod
-    def from_json(cls, doc: Any) -> "Plan":
+    def from_json(cls, doc: Any) -> Plan:
         """The plan ``doc`` holds; :class:`InvalidPlan` when it is not a valid plan."""
         doc = _object(doc, "plan")
         if doc.get("kind") != PLAN_KIND or doc.get("v") != 1:

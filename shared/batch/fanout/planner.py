@@ -21,7 +21,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import orjson
@@ -78,7 +78,7 @@ class Planner:
         return 0 < self.settings.batch_fanout_bytes < size
 
     def plan(self, job: BlobJob, model: LoadedModel, variant: str, claim: Claim,
-             props: "BlobProperties") -> Plan:
+             props: BlobProperties) -> Plan:
         """Plan ``job`` (or reuse its plan), send its chunk messages, mark it ``fanned_out``;
         complete it at once if every chunk is already done. Raises permanent errors for
         inputs that cannot be planned (bad header, over the chunk limit)."""
@@ -107,7 +107,7 @@ class Planner:
             self.completion.finish_held(claim, plan)
 
     def _new_plan(self, job: BlobJob, model: LoadedModel, variant: str,
-                  props: "BlobProperties") -> Plan:
+                  props: BlobProperties) -> Plan:
         job_id, token = job.identity.job_id, uuid.uuid4().hex[:12]
         source = self.blobs.get_blob_client(job.input.container, job.input.blob)
         etag, size = props.etag, int(props.size)
@@ -133,7 +133,7 @@ class Planner:
         now = time.time()
         plan = Plan(
             job_id=job_id, token=token,
-            created=datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds"),
+            created=datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds"),
             created_at=now, endpoint=job.endpoint, variant=variant,
             id_generated=job.identity.generated,
             model=PinnedModel(info.name, info.version, info.path, copy),

@@ -306,7 +306,7 @@ def test_two_workers_finishing_the_last_chunks_together_commit_once(rig, churn_c
         barrier.reset()
         outcomes = [None, None]
 
-        def work(i):  # two "instances": separate runners, caches and threads
+        def work(i, outcomes=outcomes, last=last):  # two "instances": separate runners, caches and threads
             outcomes[i] = rig.run_chunk(last[i], fanout_jobs(rig))
 
         threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
