@@ -7,8 +7,9 @@ import base64
 import csv
 import io
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np

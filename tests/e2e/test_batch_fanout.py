@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from devhost.process import DevHost
 from scorefn.__main__ import main as cli
