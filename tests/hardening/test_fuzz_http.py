@@ -70,6 +70,7 @@ SCHEMAS = OPENAPI["components"]["schemas"]
 CODES_BY_STATUS = {int(k[len("Error"):]): set(v["allOf"][1]["properties"]["error"]["enum"])
                    for k, v in SCHEMAS.items() if k.startswith("Error") and k[5:].isdigit()}
 TIMEOUT = 30.0
+PARSER_400 = b"Invalid HTTP request received."  # uvicorn's answer to what its parser refuses
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +133,11 @@ def check(response: httpx.Response, tally: Tally, *, oracle: Oracle | None = Non
         kestrel_400 = response.status_code == 400 and b"%00" in response.request.url.raw_path
         assert (response.status_code in (401, 404) or kestrel_400) \
             and "x-request-id" not in response.headers, where
+        return
+    if response.status_code == 400 and response.content == PARSER_400:
+        # The local host's HTTP parser (httptools) refusing the request before any function
+        # runs, as the real host's web server refuses a malformed one: never the app's answer.
+        assert "x-request-id" not in response.headers, where
         return
     assert response.headers.get("x-request-id"), where
     assert response.headers.get("content-type", "").startswith("application/json"), where
@@ -769,7 +775,8 @@ def test_content_types_sizes_and_odd_routes(client, host, oracle, request):
         media = (content_type or "").split(";", 1)[0].strip().lower()
         if response.status_code == 200:
             assert not media or media == "application/json" or media.endswith("+json")
-        if headers and headers.get("x-request-id") == "ok-1" and response.content:
+        if headers and headers.get("x-request-id") == "ok-1" and response.content \
+                and response.content != PARSER_400:
             assert response.headers["x-request-id"] == "ok-1"
 
     run()
