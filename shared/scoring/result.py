@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from shared.models.model import ModelInfo
 from shared.payloads import ScoringInput
 from shared.router import Route
+
+Format = Literal["score", "v2"]  # the scoring route's JSON, or the Open Inference Protocol
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 from shared.ablog.predictions import PredictionLog
 from shared.ablog.record import PredictionRecord, output_kind
@@ -41,7 +41,7 @@ from shared.router import (
     sticky_key,
 )
 from shared.scoring.predict import predict_with_backend
-from shared.scoring.result import ScoreResult
+from shared.scoring.result import Format, ScoreResult
 from shared.scoring.shadows import score_shadow
 from shared.scoring.status import ServiceStatus
 from shared.settings import Settings
@@ -49,7 +49,6 @@ from shared.telemetry import NO_TRACE, RequestTrace, Telemetry, get_telemetry
 
 log = logging.getLogger("scorefn.scoring")
 
-Format = Literal["score", "v2"]
 _NONE: frozenset[str] = frozenset()
 # Bodies up to this size may be scored on an event loop when warm: ~15 rows of 100 features,
 # ~1 ms of CPU at most; larger ones go to a thread so the loop keeps serving others.

@@ -4,20 +4,37 @@ and its disagreement with the answer are recorded, its failure only counted."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from shared.ablog.predictions import PredictionLog
 from shared.ablog.record import PredictionRecord, output_kind
 from shared.errors import ScoreError
-from shared.payloads import decode_json
-from shared.scoring.result import ScoreResult
+from shared.models.model import LoadedModel
+from shared.models.store import ModelStore
+from shared.payloads import ScoringInput, decode_json
+from shared.router import Route
+from shared.scoring.result import Format, ScoreResult
+from shared.telemetry import Telemetry
 
-if TYPE_CHECKING:
-    from shared.scoring.service import Format, ScoringService
+
+class Scorer(Protocol):
+    """What a shadow needs of the service that answered (no import of it: no cycle)."""
+
+    store: ModelStore
+    telemetry: Telemetry
+    prediction_log: PredictionLog | None
+
+    def predict_parsed(self, model: LoadedModel, request: ScoringInput, cold: bool,
+                       route: Route | None = None) -> ScoreResult: ...
+
+    def score_document(self, model: LoadedModel, doc: dict[str, Any], *, fmt: Format,
+                       cold: bool = False, route: Route | None = None,
+                       extra_fields: frozenset[str] | None = None) -> ScoreResult: ...
 
 
-def score_shadow(service: ScoringService, target: Any, doc: dict[str, Any] | None, body: bytes,
+def score_shadow(service: Scorer, target: Any, doc: dict[str, Any] | None, body: bytes,
                  fmt: Format, primary: ScoreResult, trigger: str) -> None:
     """Score shadow ``target`` on the request ``primary`` answered. ``doc`` is the decoded
     body, or ``None`` when the request skipped decoding."""
