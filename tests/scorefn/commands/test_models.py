@@ -5,18 +5,10 @@ from __future__ import annotations
 
 import gzip
 
-import pytest
-
 from scorefn.__main__ import main as cli
 
 # The latency check upload-model runs is kept short here (tests/scorefn/test_latency_check.py checks it).
 QUICK = ("--seconds", "0.5")
-
-
-@pytest.fixture(autouse=True)
-def patient_storage(monkeypatch):
-    """The whole suite loads both cores: give Azurite more than the default 20 s to answer."""
-    monkeypatch.setenv("STORAGE_TIMEOUT_SECONDS", "120")
 
 
 def upload(container, azurite, *args: str) -> int:
