@@ -48,7 +48,12 @@ class Azurite:
                "--queueHost", "127.0.0.1", "--queuePort", str(self.queue_port),
                "--tableHost", "127.0.0.1", "--tablePort", str(self.table_port),
                "--inMemoryPersistence", "--extentMemoryLimit", "4096",
-               "--disableTelemetry", "--skipApiVersionCheck", "--loose"]
+               "--disableTelemetry", "--skipApiVersionCheck", "--loose",
+               # Node closes idle connections after 5 s by default; a client reusing one at
+               # that moment loses its request (the SDK then retries a create and gets 409).
+               # Azure Storage keeps idle connections for minutes.
+               "--blobKeepAliveTimeout", "300", "--queueKeepAliveTimeout", "300",
+               "--tableKeepAliveTimeout", "300"]
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, text=True, start_new_session=True,
                                         preexec_fn=_die_with_parent)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import csv
 import io
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,12 +20,10 @@ from shared.models.blob_source import BlobSource
 from shared.models.store import ModelStore
 from shared.scoring.service import ScoringService
 from shared.settings import Settings
+from tests.azurite_support import new_container, unique
 
 MODELS = ("churn", "price", "segment")
 
-
-def unique(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:12]}"
 
 
 def sample(n_features: int, n: int, seed: int = 0, missing: float = 0.05) -> np.ndarray:
@@ -144,7 +141,7 @@ class BatchRig:
     def upload(self, name: str, data: bytes, container: str | None = None) -> None:
         client = self.blobs.get_container_client(container or self.settings.batch_container)
         if not client.exists():
-            client.create_container()
+            new_container(self.blobs, client.container_name)
             self.created.append(("container", client.container_name))
         client.upload_blob(name, data, overwrite=True)
 
@@ -195,8 +192,7 @@ def make_rig(azurite, demo_models, env: dict[str, str] | None = None, *,
              "CHUNK_QUEUE_NAME": unique("c")}
     full_env = {"AzureWebJobsStorage": azurite.connection_string, **names, **(env or {})}
     settings = Settings.from_env(full_env)
-    model_container = blobs.get_container_client(settings.model_container)
-    model_container.create_container()
+    model_container = new_container(blobs, settings.model_container)
     for name in models:
         model_container.upload_blob(f"{name}.txt", demo_models[name].path.read_bytes())
     store = ModelStore(BlobSource(model_container, 64 * 1024 * 1024), refresh_seconds=3600)

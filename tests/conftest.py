@@ -9,6 +9,7 @@ import pytest
 
 from devhost.azurite import Azurite
 from scorefn.demo.models import DemoModel, train_demo_models
+from tests.azurite_support import new_container
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +36,7 @@ def blob_service(azurite):
 @pytest.fixture
 def container(blob_service):
     """A fresh, empty blob container for one test."""
-    client = blob_service.get_container_client(f"t{uuid.uuid4().hex[:20]}")
-    client.create_container()
+    client = new_container(blob_service, f"t{uuid.uuid4().hex[:20]}")
     yield client
     client.delete_container()
 

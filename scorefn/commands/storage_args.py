@@ -14,6 +14,10 @@ MODELS = "storage_connection"  # MODEL_STORAGE_CONNECTION: models and the router
 LOGS = "prediction_log_connection"  # PREDICTION_LOG_CONNECTION: prediction and outcome logs
 JOBS = None  # batch jobs: always AzureWebJobsStorage, the queue trigger's connection
 
+# A command moves whole models and reports over links of any speed: it waits longer than a
+# serving request would.
+CLI_TIMEOUT_SECONDS = 120.0
+
 
 def add_storage_args(parser: argparse.ArgumentParser, data: str = "models") -> None:
     group = parser.add_argument_group("storage")
@@ -30,6 +34,10 @@ def add_storage_args(parser: argparse.ArgumentParser, data: str = "models") -> N
     group.add_argument("--account-url", default=None,
                        help="blob service URL, e.g. https://ACCOUNT.blob.core.windows.net "
                             "(uses your Entra ID login)")
+    group.add_argument("--storage-timeout", type=float, default=CLI_TIMEOUT_SECONDS, metavar="SECONDS",
+                       help=f"connect/read timeout of each storage call (default: "
+                            f"{CLI_TIMEOUT_SECONDS:g}; the app's own STORAGE_TIMEOUT_SECONDS is "
+                            f"for serving and fails fast)")
 
 
 def app_settings() -> Any:
@@ -65,10 +73,17 @@ def connection(args: argparse.Namespace, setting: str | None = MODELS):
 def blob_service(args: argparse.Namespace, setting: str | None = MODELS):
     from shared.storage import blob_service as make
 
-    return make(connection(args, setting))
+    return make(connection(args, setting), timeout=_timeout(args))
 
 
 def queue_service(args: argparse.Namespace):
     from shared.storage import queue_service as make
 
-    return make(connection(args, JOBS))
+    return make(connection(args, JOBS), timeout=_timeout(args))
+
+
+def _timeout(args: argparse.Namespace) -> float:
+    timeout = getattr(args, "storage_timeout", CLI_TIMEOUT_SECONDS)
+    if not timeout > 0:
+        raise SystemExit("--storage-timeout must be a positive number of seconds")
+    return timeout

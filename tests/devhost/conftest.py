@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -11,6 +10,7 @@ from typing import TypeVar
 import pytest
 
 from devhost.process import DevHost
+from tests.azurite_support import new_container, unique
 
 SAMPLE_APP = Path(__file__).parent / "sample_app"
 FUNCTION_KEY = "test-function-key"
@@ -37,10 +37,6 @@ WORKERS = [pytest.param("library", marks=pytest.mark.skipif(
            "builtin"]
 
 
-def unique(prefix: str) -> str:
-    """A fresh storage name (lowercase letters, digits and dashes)."""
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
 
 def wait_for(probe: Callable[[], T], timeout: float, interval: float = 0.2) -> T:
     """Call ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
@@ -57,11 +53,8 @@ def wait_for(probe: Callable[[], T], timeout: float, interval: float = 0.2) -> T
 @pytest.fixture(scope="module")
 def results_container(azurite):
     """The blob container the sample queue function records deliveries in."""
-    from azure.storage.blob import BlobServiceClient
 
-    client = BlobServiceClient.from_connection_string(azurite.connection_string) \
-        .get_container_client(unique("results"))
-    client.create_container()
+    client = new_container(azurite.connection_string, unique("results"))
     yield client
     client.delete_container()
 

@@ -23,6 +23,7 @@ from devhost.process import DevHost
 from scorefn.__main__ import main as scorefn_main
 from scorefn.demo.ab import wait_for_log
 from scorefn.demo.models import churn_features, churn_probability
+from tests.azurite_support import new_container
 from tests.conftest import upload
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,11 +44,8 @@ def config(endpoint="churn") -> bytes:
 
 @pytest.fixture(scope="module")
 def models(azurite, demo_models):
-    from azure.storage.blob import BlobServiceClient
 
-    container = BlobServiceClient.from_connection_string(azurite.connection_string) \
-        .get_container_client(f"ab{SUFFIX}")
-    container.create_container()
+    container = new_container(azurite.connection_string, f"ab{SUFFIX}")
     upload(container, "churn.txt", demo_models["churn"].path)
     upload(container, "churn_v1.txt", demo_models["churn_v1"].path)
     upload(container, "config/router.json", config())

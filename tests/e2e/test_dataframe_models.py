@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from devhost.process import DevHost
+from tests.azurite_support import new_container
 from tests.conftest import upload
 from tests.scoring.test_dataframe_models import as_records, booster, new_customers
 
@@ -22,11 +23,8 @@ FUNCTION_KEY = "df-function-key"
 
 @pytest.fixture(scope="module")
 def host(azurite, demo_models):
-    from azure.storage.blob import BlobServiceClient
 
-    container = BlobServiceClient.from_connection_string(azurite.connection_string) \
-        .get_container_client(f"df{uuid.uuid4().hex[:12]}")
-    container.create_container()
+    container = new_container(azurite.connection_string, f"df{uuid.uuid4().hex[:12]}")
     for name in ("plans", "cancer"):
         upload(container, f"{name}.txt", demo_models[name].path)
     env = {"AzureWebJobsStorage": azurite.connection_string,

@@ -30,6 +30,7 @@ import httpx
 import pytest
 
 from devhost.process import DevHost
+from tests.azurite_support import new_container
 from tests.conftest import upload
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -259,11 +260,8 @@ def test_what_the_comparison_lets_through():
 
 @pytest.fixture(scope="module")
 def models_container(azurite, demo_models):
-    from azure.storage.blob import BlobServiceClient
 
-    container = BlobServiceClient.from_connection_string(azurite.connection_string) \
-        .get_container_client(f"docs{uuid.uuid4().hex[:12]}")
-    container.create_container()
+    container = new_container(azurite.connection_string, f"docs{uuid.uuid4().hex[:12]}")
     for name, model in demo_models.items():
         upload(container, f"{name}.txt", model.path)
     upload(container, "churn/v2.txt", demo_models["churn"].path)  # the name with "/" of docs/http-api.md

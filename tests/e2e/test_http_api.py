@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from devhost.process import DevHost
+from tests.azurite_support import new_container
 from tests.conftest import upload
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,11 +23,8 @@ MASTER_KEY = "test-master-key"
 
 @pytest.fixture(scope="module")
 def models_container(azurite, demo_models):
-    from azure.storage.blob import BlobServiceClient
 
-    container = BlobServiceClient.from_connection_string(azurite.connection_string) \
-        .get_container_client(f"http{uuid.uuid4().hex[:12]}")
-    container.create_container()
+    container = new_container(azurite.connection_string, f"http{uuid.uuid4().hex[:12]}")
     for name in ("churn", "price", "segment"):
         upload(container, f"{name}.txt", demo_models[name].path)
     upload(container, "team/churn.txt", demo_models["churn"].path)  # a name with "/"

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from devhost.process import DevHost
+from tests.azurite_support import new_container
 from tests.conftest import upload
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,11 +23,8 @@ ROW = [12, 70.5, 1, 12, 40, 33.2, 0, 5]
 
 @pytest.fixture(scope="module")
 def models(azurite, demo_models):
-    from azure.storage.blob import BlobServiceClient
 
-    container = BlobServiceClient.from_connection_string(azurite.connection_string) \
-        .get_container_client(f"slash{uuid.uuid4().hex[:10]}")
-    container.create_container()
+    container = new_container(azurite.connection_string, f"slash{uuid.uuid4().hex[:10]}")
     upload(container, "churn/v2.txt", demo_models["churn"].path)
     upload(container, "team/a/churn_v1.txt", demo_models["churn_v1"].path)
     upload(container, "ready/infer.txt", demo_models["churn_v1"].path)  # operation words as names

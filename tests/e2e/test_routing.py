@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from devhost.process import DevHost
+from tests.azurite_support import new_container
 from tests.conftest import upload
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,11 +32,8 @@ def config(**churn) -> bytes:
 
 @pytest.fixture(scope="module")
 def models(azurite, demo_models):
-    from azure.storage.blob import BlobServiceClient
 
-    container = BlobServiceClient.from_connection_string(azurite.connection_string) \
-        .get_container_client(f"route{uuid.uuid4().hex[:10]}")
-    container.create_container()
+    container = new_container(azurite.connection_string, f"route{uuid.uuid4().hex[:10]}")
     upload(container, "churn/v1.txt", demo_models["churn_v1"].path)
     upload(container, "churn/v2.txt", demo_models["churn"].path)
     upload(container, "config/router.json", config(allow_override=True))

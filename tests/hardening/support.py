@@ -15,7 +15,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,8 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import orjson
+
+from tests.azurite_support import new_container, unique
 
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTION_KEY = "hardening-function-key"
@@ -88,9 +89,6 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:12]}"
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -119,11 +117,8 @@ def host_env(connection_string: str, container: str, **extra: str) -> dict[str, 
 
 
 def make_models_container(connection_string: str, demo_models, names: Iterable[str] = MODELS):
-    from azure.storage.blob import BlobServiceClient
 
-    container = BlobServiceClient.from_connection_string(connection_string) \
-        .get_container_client(unique("hm"))
-    container.create_container()
+    container = new_container(connection_string, unique("hm"))
     for name in names:
         container.upload_blob(f"{name}.txt", demo_models[name].path.read_bytes(), overwrite=True)
     return container

@@ -32,6 +32,7 @@ import pytest
 
 from devhost.azurite import Azurite
 from devhost.process import DevHost
+from tests.azurite_support import new_container
 from tests.batch_support import make_rig, read_csv, reference, sample, to_csv
 from tests.hardening.support import (
     FUNCTION_KEY,
@@ -138,11 +139,8 @@ def test_storage_outage_under_load(demo_models, tmp_path, request):
 
 
 def _reupload(storage: Azurite, container_name: str, demo_models) -> None:
-    from azure.storage.blob import BlobServiceClient
 
-    container = BlobServiceClient.from_connection_string(storage.connection_string) \
-        .get_container_client(container_name)
-    container.create_container()
+    container = new_container(storage.connection_string, container_name)
     for name in ("churn", "price"):
         container.upload_blob(f"{name}.txt", demo_models[name].path.read_bytes(), overwrite=True)
 

@@ -32,6 +32,7 @@ from shared.router import (
     models_loadable,
     parse_config,
 )
+from tests.azurite_support import new_container
 from tests.hardening.support import Pairs, Raw, emit, hypothesis_settings, report, unique
 
 pytestmark = pytest.mark.hardening
@@ -208,8 +209,7 @@ def loads_with_same_features(config) -> bool:
 
 
 def test_random_configs_never_replace_a_working_one(blob_service, demo_models, request):
-    container = blob_service.get_container_client(unique("rt"))
-    container.create_container()
+    container = new_container(blob_service, unique("rt"))
     try:
         for name in ("churn", "churn_v1", "price", "segment"):
             container.upload_blob(f"{name}.txt", demo_models[name].path.read_bytes())

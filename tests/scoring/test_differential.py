@@ -49,6 +49,7 @@ from shared.models.store import ModelStore
 from shared.payloads import encode_score_response, encode_v2_response
 from shared.scoring.service import ScoringService
 from shared.settings import Settings
+from tests.azurite_support import new_container
 
 # -- the model kinds ------------------------------------------------------------------------
 
@@ -520,11 +521,8 @@ DIRECT = {"rows", "v2"}
 def service(azurite):
     """A ScoringService on a real Azurite container, as tests/scoring/test_service.py builds one; each
     kind's model text is uploaded the first time a test asks for it."""
-    from azure.storage.blob import BlobServiceClient
 
-    container = BlobServiceClient.from_connection_string(azurite.connection_string) \
-        .get_container_client(f"diff{uuid.uuid4().hex[:20]}")
-    container.create_container()
+    container = new_container(azurite.connection_string, f"diff{uuid.uuid4().hex[:20]}")
     store = ModelStore(BlobSource(container, 64 * 1024 * 1024), refresh_seconds=3600)
     svc = ScoringService(Settings.from_env({}), store)
     uploaded: set[str] = set()

@@ -27,6 +27,7 @@ from shared.models.compiled.target import available, host_target, versions
 from shared.models.store import ModelStore
 from shared.scoring.service import ScoringService
 from shared.settings import Settings
+from tests.azurite_support import new_container
 from tests.conftest import upload
 
 pytestmark = pytest.mark.skipif(not available(), reason="lleaves/llvmlite not installed")
@@ -59,11 +60,8 @@ def artifacts(container) -> list[str]:
 
 @pytest.fixture(scope="module")
 def models_container(azurite, demo_models):
-    from azure.storage.blob import BlobServiceClient
 
-    client = BlobServiceClient.from_connection_string(azurite.connection_string) \
-        .get_container_client(f"c{uuid.uuid4().hex[:20]}")
-    client.create_container()
+    client = new_container(azurite.connection_string, f"c{uuid.uuid4().hex[:20]}")
     for name in MODELS:
         upload(client, f"{name}.txt", demo_models[name].path)
     yield client

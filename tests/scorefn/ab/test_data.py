@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from scorefn.ab.data import build_dataset, time_prefixes
+from tests.azurite_support import new_container
 
 T0 = datetime(2026, 11, 24, 10, tzinfo=UTC).timestamp()
 SINCE = datetime(2026, 11, 24, tzinfo=UTC)
@@ -187,8 +188,6 @@ def test_outcomes_are_clustered_by_user_and_by_request_without_a_key():
 
 def test_the_report_reads_outcomes_received_before_outcomes_until_and_predictions_for_late_keys(
         blob_service, tmp_path):
-    import uuid
-
     import orjson
 
     from scorefn.ab.data import Progress
@@ -201,10 +200,8 @@ def test_the_report_reads_outcomes_received_before_outcomes_until_and_prediction
     def folder(t: float) -> str:
         return f"churn/{datetime.fromtimestamp(t, UTC):%Y/%m/%d/%H}/i.jsonl"
 
-    preds = blob_service.get_container_client(f"p{uuid.uuid4().hex[:12]}")
-    outs = blob_service.get_container_client(f"o{uuid.uuid4().hex[:12]}")
-    preds.create_container()
-    outs.create_container()
+    preds = new_container(blob_service, prefix="p")
+    outs = new_container(blob_service, prefix="o")
     lines = [pred(f"r{i}", t0 + i, key=f"u{i % 40}", p=(0.1 + 0.01 * i,)) for i in range(60)]
     preds.upload_blob(folder(t0), b"\n".join(orjson.dumps(d) for d in lines))
     preds.upload_blob(folder(late), orjson.dumps(pred("late", late, key="u0", p=(0.99,))))
