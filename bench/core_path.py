@@ -11,9 +11,9 @@ calls measured in the same run. Two core-path cases:
   caches, which the bare calls do not), metrics
   recorded through the OpenTelemetry SDK (a meter provider with a reader, as in Azure),
   5% of requests traced into a batch span processor: what the issue's target counts;
-- ``as deployed, compiled trees``: the same with the model's compiled forest serving
-  (``COMPILED_MODELS``; only when lleaves is installed, from ``requirements-compiled.txt``;
-  ``--no-compiled`` leaves it out).
+- ``as deployed, compiled trees``: the same with the app's default settings and the model's
+  artifact present beside it (built as ``upload-model`` builds it, cached in ``bench/.cache``):
+  the model is served compiled from its first request (``--no-compiled`` leaves it out).
 """
 
 from __future__ import annotations
@@ -60,8 +60,16 @@ def main() -> None:
     batches = [rows[i:i + 1000] for i in range(0, 4096 - 1000, 1024)]
     batch_bodies = [orjson.dumps({"rows": b.tolist()}) for b in batches]
 
+    artifact = {}
+
     class Source:  # the model text is already in memory: this measures the request path
         def fetch(self, p, etag=None):
+            if p.startswith(".compiled/"):
+                if not artifact:
+                    from shared.errors import ModelNotFound
+
+                    raise ModelNotFound(p)
+                return BlobContent(artifact["data"], "a1", None)
             return None if etag else BlobContent(text, "v1", None)
 
         def ping(self):
@@ -85,13 +93,13 @@ def main() -> None:
     model, _ = store.get("bench")
     compiled_case = None
     if "--no-compiled" not in sys.argv and importlib.util.find_spec("lleaves") is not None:
-        from bench.compiled import compiled_forest
+        from bench.compiled import cached_artifact, parse
+        from shared.models.compiled.loader import ArtifactLoader
 
-        # Its own store: the model there gets the checked compiled forest, as the background
-        # compiler would attach it (COMPILED_MODELS); the artifact is cached in bench/.cache.
-        compiled_store = ModelStore(Source(), refresh_seconds=3600)
+        artifact["data"] = cached_artifact(parse(path))[0]
+        compiled_store = ModelStore(Source(), refresh_seconds=3600, artifacts=ArtifactLoader(Source()))
         compiled_model, _ = compiled_store.get("bench")
-        compiled_model.attach_compiled(compiled_forest(path, compiled_model)[0])
+        assert compiled_model.backend == "compiled"
         compiled_case = ScoringService(settings, compiled_store, telemetry=deployed_telemetry,
                                        routing=routing)
 

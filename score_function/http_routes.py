@@ -44,6 +44,11 @@ def _without(path: str, last: str) -> str | None:
     return head if slash and head and tail.lower() == last else None
 
 
+def _result_headers(result: Any) -> dict[str, str]:
+    """Which variant scored, and what predicted (``compiled`` or ``lightgbm``)."""
+    return {"x-scorefn-variant": result.variant, "x-scorefn-backend": result.backend}
+
+
 def _service():
     from shared.app import get_app
 
@@ -62,7 +67,7 @@ async def score(req: func.HttpRequest, context: func.Context) -> func.HttpRespon
         result = await run_scoring(name, body, dict(
             content_type=req.headers.get("content-type"), carrier=trace_carrier(req, context),
             headers=req.headers, query=req.params, request_id=request_id))
-        return json_response(result.response_body, request_id, headers={"x-scorefn-variant": result.variant})
+        return json_response(result.response_body, request_id, headers=_result_headers(result))
     except Exception as exc:
         return error_response(exc, request_id, "score")
 
@@ -85,7 +90,7 @@ async def v2_infer(req: func.HttpRequest, context: func.Context) -> func.HttpRes
             carrier=trace_carrier(req, context), headers=req.headers, query=req.params,
             request_id=request_id,
             binary_header_length=header_length_of(declared) if declared is not None else None))
-        headers = {"x-scorefn-variant": result.variant}
+        headers = _result_headers(result)
         if result.binary_header_length is not None:
             return binary_response(result.response_body, request_id, result.binary_header_length,
                                    headers=headers)

@@ -4,9 +4,10 @@ time is cold-start time)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shared.settings import Settings, resolve_connection
 
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from shared.batch.runner import BatchJobs
     from shared.scoring.service import ScoringService
 
+log = logging.getLogger("scorefn")
 
 @dataclass
 class App:
@@ -59,15 +61,12 @@ def build_service(settings: Settings) -> ScoringService:
     container = blob_service(conn, settings.storage_timeout_seconds).get_container_client(
         settings.model_container)
     source = BlobSource(container, settings.max_model_mb * 1024 * 1024)
-    compiler = None
-    if settings.compiled_models:  # opt-in compiled trees (lleaves); None when not installed
-        from shared.models.compiled.compiler import make_compiler
-
-        compiler = make_compiler(settings, container)
     telemetry = get_telemetry()
+    artifacts, compiler = compiled_trees(settings, container, telemetry)
     store = ModelStore(source, refresh_seconds=settings.model_refresh_seconds,
                        max_cache_bytes=settings.model_cache_max_mb * 1024 * 1024,
-                       compiler=compiler, on_refresh_failure=telemetry.record_refresh_failure)
+                       compiler=compiler, artifacts=artifacts,
+                       on_refresh_failure=telemetry.record_refresh_failure)
     routing = None
     if settings.router_config or settings.router_config_blob:
         config_source = RouterConfigSource(
@@ -83,6 +82,26 @@ def build_service(settings: Settings) -> ScoringService:
     prediction_log, outcome_log = build_logs(settings, telemetry)
     return ScoringService(settings, store, telemetry, routing=routing, shadows=shadows,
                           prediction_log=prediction_log, outcome_log=outcome_log)
+
+
+def compiled_trees(settings: Settings, container: Any, telemetry: Any) -> tuple[Any, Any]:
+    """The artifact loader and the on-instance compiler the settings ask for (either may be
+    ``None``). Nothing of LLVM is imported here: that happens when a model loads."""
+    if not settings.compiled_trees:
+        return None, None
+    from shared.models.compiled.target import can_load
+
+    if not can_load():
+        log.warning("COMPILED_TREES is on but llvmlite is not installed: LightGBM serves every model")
+        return None, None
+    from shared.models.blob_source import BlobSource
+    from shared.models.compiled.caches import MAX_ARTIFACT_BYTES
+    from shared.models.compiled.compiler import make_compiler
+    from shared.models.compiled.loader import ArtifactLoader
+
+    loader = ArtifactLoader(BlobSource(container, MAX_ARTIFACT_BYTES),
+                            on_fallback=telemetry.record_compiled_fallback)
+    return loader, make_compiler(settings, container)
 
 
 def build_jobs(settings: Settings, service: ScoringService) -> BatchJobs:

@@ -378,12 +378,18 @@ class Settings:
         "beyond it new records are dropped and counted.")
 
     # -- Compiled trees (models) ---------------------------------------------------------------
-    compiled_models: tuple[str, ...] = _setting(
-        "COMPILED_MODELS", (), _MODEL_PATTERNS, MODELS,
-        "Model names or glob patterns (`churn`, `churn/*`, `*` for all) whose trees are "
-        "compiled to native code with lleaves (see the README's Compiled trees; needs "
-        "`requirements-compiled.txt`); empty: off. Matched against the model name and its blob "
-        "path.")
+    compiled_trees: bool = _setting(
+        "COMPILED_TREES", True, _BOOL, MODELS,
+        "Serve a model compiled (native code, lleaves/LLVM) from its first request when an "
+        "artifact built at upload is stored beside it (`scorefn upload-model`, `scorefn "
+        "compile-model`; see docs/compiled-trees.md); LightGBM serves otherwise. `false`: "
+        "LightGBM serves every model and no artifact is read.")
+    compile_on_instance: tuple[str, ...] = _setting(
+        "COMPILE_ON_INSTANCE", (), _MODEL_PATTERNS, MODELS,
+        "Model names or glob patterns (`churn`, `churn/*`, `*` for all) compiled on the "
+        "instance, in the background, when they load without an artifact (a fallback for models "
+        "uploaded by other tools: it costs the instance minutes of CPU); empty: off. Matched "
+        "against the model name and its blob path.")
     compiled_cache_dir: str = _setting(
         "COMPILED_CACHE_DIR", "", _ABSOLUTE_DIR, MODELS,
         "Local directory caching compiled-tree artifacts, private to the app's user (created "

@@ -73,7 +73,7 @@ def check_latency_command(args: argparse.Namespace) -> int:
         description = found.describe()
     else:
         try:
-            blob_path, content, container = _fetch_blob(args)
+            blob_path, content, container = fetch_model_blob(args, args.blob)
         except ScoreError as exc:
             print(f"not measured: {exc.code}: {exc.message}", file=sys.stderr)
             return 1
@@ -170,9 +170,9 @@ def run_check(args: argparse.Namespace, data: bytes, label: str) -> Any:
 
 # -- --blob -------------------------------------------------------------------------------------
 
-def _fetch_blob(args: argparse.Namespace) -> tuple[str, Any, Any]:
-    """(blob path, content, container client) of the model ``--blob`` names, found as the
-    app finds it (``NAME.txt``, then ``NAME.txt.gz``)."""
+def fetch_model_blob(args: argparse.Namespace, name: str) -> tuple[str, Any, Any]:
+    """(blob path, content, container client) of the model ``name`` in the models container
+    (``--container``), found as the app finds it (``NAME.txt``, then ``NAME.txt.gz``)."""
     from shared.errors import ModelNotFound
     from shared.models.blob_source import BlobSource
     from shared.models.store import blob_candidates
@@ -181,13 +181,13 @@ def _fetch_blob(args: argparse.Namespace) -> tuple[str, Any, Any]:
     container_name = args.container or settings.model_container
     container = blob_service(args).get_container_client(container_name)
     source = BlobSource(container, settings.max_model_mb * 1024 * 1024)
-    candidates = blob_candidates(args.blob)
+    candidates = blob_candidates(name)
     for path in candidates:
         try:
             return path, source.fetch(path), container
         except ModelNotFound:
             continue
-    raise ModelNotFound(f"no model {args.blob!r} in container {container_name!r} (looked for "
+    raise ModelNotFound(f"no model {name!r} in container {container_name!r} (looked for "
                         f"{', '.join(candidates)})")
 
 

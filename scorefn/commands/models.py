@@ -7,6 +7,7 @@ import gzip
 import sys
 from pathlib import Path
 
+from scorefn.commands.compile import add_compile_args, build_with_progress, upload_artifact
 from scorefn.commands.storage_args import add_storage_args, app_settings, blob_service
 
 
@@ -14,14 +15,16 @@ def register(subparsers) -> None:
     from scorefn.commands.latency import add_latency_args
 
     up = subparsers.add_parser(
-        "upload-model", help="validate a LightGBM model, check its latency and upload it",
+        "upload-model", help="validate a LightGBM model, check its latency, compile and upload it",
         description="Read the model (a LightGBM text model, plain or gzip, or an MLflow model "
                     "folder of the lightgbm flavor; pickles and joblib files are refused, never "
                     "unpickled), parse it locally as the app will (so a broken file never "
                     "reaches production), measure its latency on this machine beside the "
-                    "reference model, then upload the text model as NAME.txt (or NAME.txt.gz "
-                    "with --gzip) with the figures as blob metadata. See docs/model-files.md "
-                    "and docs/latency-check.md.")
+                    "reference model, compile its trees for the platform and check them against "
+                    "LightGBM (on x86-64 Linux with lleaves), then upload the compiled trees and "
+                    "the text model as NAME.txt (or NAME.txt.gz with --gzip) with the figures as "
+                    "blob metadata. See docs/model-files.md, docs/latency-check.md and "
+                    "docs/compiled-trees.md.")
     up.add_argument("file", type=Path,
                     help="LightGBM text model (booster.save_model output) or MLflow model folder")
     up.add_argument("name", help="model name, e.g. churn or churn/v2")
@@ -31,6 +34,7 @@ def register(subparsers) -> None:
     up.add_argument("--force", action="store_true",
                     help="upload even when the single-row p99 is over --max-p99-ms")
     add_latency_args(up)
+    add_compile_args(up)
     add_storage_args(up)
     up.set_defaults(run=upload_model)
 
@@ -73,15 +77,20 @@ def upload_model(args: argparse.Namespace) -> int:
     blob_name = args.name if args.name.endswith((".txt", ".txt.gz")) else args.name + ".txt"
     if args.gzip and not blob_name.endswith(".gz"):
         blob_name += ".gz"
+    artifact = None
+    if not args.no_compile:
+        artifact = build_with_progress(model, args, blob_name)
     data = gzip.compress(found.data) if blob_name.endswith(".gz") else found.data
     if not container.exists():
         container.create_container()
+    if artifact is not None:
+        upload_artifact(container, artifact, blob_name)
     result = container.get_blob_client(blob_name).upload_blob(
         data, overwrite=True, metadata=report.figures().to_metadata())
     info = model.info
     print(f"uploaded {container_name}/{blob_name} ({len(data):,} bytes): {info.objective}, "
           f"{info.num_features} features, version {str(result.get('etag', '')).strip(chr(34))}, "
-          f"with its latency figures")
+          f"with its latency figures" + (", served compiled" if artifact is not None else ""))
     return 0
 
 

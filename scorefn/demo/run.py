@@ -40,10 +40,10 @@ def run_demo(requests: int = 2000) -> int:
         blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
         container = blobs.get_container_client("models")
         container.create_container()
-        for model in models.values():
-            container.upload_blob(f"{model.name}.txt", model.path.read_bytes(), overwrite=True)
+        compiled = _upload_models(container, models)
         say(f"  models           {', '.join(models)} trained and uploaded "
             f"({time.perf_counter() - t0:.1f} s)")
+        say(f"  compiled trees   {compiled}")
         env = {"AzureWebJobsStorage": azurite.connection_string, "MODEL_CONTAINER": "models",
                "DEVHOST_FUNCTION_KEY": key, "DEVHOST_MASTER_KEY": master_key,
                "TELEMETRY_LOCAL_READER": "true", "SCORE_QUEUE_NAME": "score-requests",
@@ -68,6 +68,31 @@ def run_demo(requests: int = 2000) -> int:
     return 0
 
 
+def _upload_models(container, models) -> str:
+    """Upload each model as `scorefn upload-model` does: its compiled trees first (built here
+    and checked against LightGBM), then the model. What was compiled, in a few words."""
+    from shared.models.compiled.build import build_artifact
+    from shared.models.compiled.errors import CompileError
+    from shared.models.compiled.target import can_compile
+    from shared.models.model import parse_model
+
+    notes = []
+    for model in models.values():
+        data, path = model.path.read_bytes(), f"{model.name}.txt"
+        if can_compile():
+            parsed = parse_model(data, name=model.name, path=path, version="", last_modified=None)
+            try:
+                artifact = build_artifact(parsed, nice=0)
+            except CompileError as exc:
+                notes.append(f"{model.name}: LightGBM ({exc.message})")
+            else:
+                container.upload_blob(artifact.path, artifact.data, overwrite=True,
+                                      metadata=artifact.metadata(path))
+                notes.append(f"{model.name}: compiled")
+        container.upload_blob(path, data, overwrite=True)
+    return "; ".join(notes) or "none (lleaves is not installed)"
+
+
 def _post(client, path: str, body: dict, **kwargs):
     start = time.perf_counter()
     response = client.post(path, json=body, **kwargs)
@@ -80,29 +105,31 @@ def _http_examples(client, models, boosters) -> None:
 
     X = {"churn": churn_features(3, rng), "price": price_features(3, rng),
          "segment": segment_features(3, rng)}
-    say("\nHTTP scoring (first request per model is cold: download + parse)")
-    say(f"  {'request':34s} {'status':>6s} {'ms':>7s}  predictions  (equal to Booster.predict?)")
+    say("\nHTTP scoring (first request per model is cold: download + parse, its compiled trees "
+        "loaded and checked)")
+    say(f"  {'request':34s} {'status':>6s} {'ms':>7s}  {'backend':8s}  predictions  "
+        f"(equal to Booster.predict?)")
     for name in ("churn", "price", "segment"):
         rows = [[None if np.isnan(v) else float(v) for v in row] for row in X[name]]
         response, ms = _post(client, f"/api/score/{name}", {"rows": rows})
         preds = response.json()["predictions"]
         equal = np.array_equal(np.array(preds), boosters[name].predict(X[name]))
         say(f"  {'POST /api/score/' + name + ' rows':34s} {response.status_code:6d} {ms:7.1f}  "
-            f"{_short(preds)}  ({'yes' if equal else 'NO'})")
+            f"{_backend(response)}  {_short(preds)}  ({'yes' if equal else 'NO'})")
     features = models["churn"].feature_names
     records = [{f: float(v) for f, v in zip(features, X["churn"][0]) if not np.isnan(v)}]
     response, ms = _post(client, "/api/score/churn", {"records": records})
     equal = np.array_equal(np.array(response.json()["predictions"]),
                            boosters["churn"].predict(X["churn"][:1]))
     say(f"  {'POST /api/score/churn records':34s} {response.status_code:6d} {ms:7.1f}  "
-        f"{_short(response.json()['predictions'])}  ({'yes' if equal else 'NO'})")
+        f"{_backend(response)}  {_short(response.json()['predictions'])}  ({'yes' if equal else 'NO'})")
     v2 = {"inputs": [{"name": "input-0", "shape": [1, 6], "datatype": "FP64",
                       "data": X["price"][0].tolist()}]}
     response, ms = _post(client, "/api/v2/models/price/infer", v2)
     data = response.json()["outputs"][0]["data"]
     equal = np.array_equal(np.array(data), boosters["price"].predict(X["price"][:1]))
     say(f"  {'POST /api/v2/models/price/infer':34s} {response.status_code:6d} {ms:7.1f}  "
-        f"{_short(data)}  ({'yes' if equal else 'NO'})")
+        f"{_backend(response)}  {_short(data)}  ({'yes' if equal else 'NO'})")
 
     _dataframe_examples(client, boosters)
 
@@ -193,6 +220,10 @@ def _queue_part(stack, azurite, models, boosters) -> None:
     from scorefn.demo.queue import run_queue_demo
 
     run_queue_demo(azurite, models, boosters, say)
+
+
+def _backend(response) -> str:
+    return f"{response.headers.get('x-scorefn-backend', '-'):8s}"
 
 
 def _short(values) -> str:

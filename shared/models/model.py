@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import functools
+import hashlib
 import queue
 import re
 from collections.abc import Mapping
@@ -50,6 +51,7 @@ class ModelInfo:
     schema: FeatureSchema = None  # type: ignore[assignment]  # set by parse_model
     linear_tree: bool = False  # LightGBM refuses pred_contrib for linear trees
     blob_metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    sha256: str = ""  # of the model file's bytes as stored (decompressed): names its artifact
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version}
@@ -228,8 +230,9 @@ _LINEAR_TREE = re.compile(r"^\[linear_tree: 1\]$", re.M)
 
 def parse_model(text_bytes: bytes, *, name: str, path: str, version: str,
                 last_modified: datetime | None,
-                metadata: Mapping[str, str] | None = None) -> LoadedModel:
-    """Parse a LightGBM text model; anything else raises :class:`InvalidModel`."""
+                metadata: Mapping[str, str] | None = None, sha256: str | None = None) -> LoadedModel:
+    """Parse a LightGBM text model; anything else raises :class:`InvalidModel`. ``sha256``: of
+    ``text_bytes``, when the caller has it already."""
     try:
         text = text_bytes.decode("utf-8")
     except UnicodeDecodeError:
@@ -251,5 +254,6 @@ def parse_model(text_bytes: bytes, *, name: str, path: str, version: str,
         feature_names=booster.feature_names, num_features=booster.num_features,
         objective=objective, num_classes=num_classes,
         num_outputs=booster.num_model_per_iteration, size_bytes=len(text_bytes),
-        schema=schema, linear_tree=linear, blob_metadata=dict(metadata or {}))
+        schema=schema, linear_tree=linear, blob_metadata=dict(metadata or {}),
+        sha256=sha256 or hashlib.sha256(text_bytes).hexdigest())
     return LoadedModel(booster, info)

@@ -7,9 +7,12 @@
   only once it has parsed. A blob that fails to download or parse never replaces a model
   that works; the failure is logged and retried at the next interval.
 - Beyond ``max_cache_bytes`` the least recently used models are evicted.
-- With a ``compiler`` (``shared/models/compiled/compiler.py``, opt-in), opted-in models are queued for
-  compilation once loaded or swapped in; LightGBM serves them until a checked compiled forest
-  takes over. A swapped-out or evicted model lets go of its compiled code.
+- With ``artifacts`` (``shared/models/compiled/loader.py``), a model's compiled-trees artifact
+  is fetched, loaded and checked while the model parses, and a model version that has one
+  serves compiled from its first request. With a ``compiler`` (the opt-in on-instance
+  fallback), models that loaded without one are queued for compilation; LightGBM serves them
+  until a checked compiled forest takes over. A swapped-out or evicted model lets go of its
+  compiled code.
 - :meth:`ModelStore.get_cached` answers from the cache only, never reading storage (an
   event loop scoring a request it found warm must not download a model that left the
   cache since).
@@ -17,6 +20,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
@@ -83,9 +87,11 @@ class ModelStore:
                  max_cache_bytes: int = 1024 * 1024 * 1024,
                  parse: Callable[..., LoadedModel] = parse_model,
                  clock: Callable[[], float] = time.monotonic, compiler: Any = None,
+                 artifacts: Any = None,
                  on_refresh_failure: Callable[[str, str], Any] | None = None) -> None:
         self.source = source
         self.compiler = compiler
+        self.artifacts = artifacts
         # Called with (model name, error code) when a background refresh fails (the cached
         # version keeps serving): the service counts these in telemetry.
         self._on_refresh_failure = on_refresh_failure
@@ -164,6 +170,8 @@ class ModelStore:
         """Stop background refreshes (waits for one in progress) and compilations."""
         if self.compiler is not None:
             self.compiler.close()
+        if self.artifacts is not None:
+            self.artifacts.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -194,15 +202,29 @@ class ModelStore:
 
     def _load(self, name: str) -> LoadedModel:
         candidates = blob_candidates(name)
+        if self.artifacts is not None:
+            self.artifacts.warm()
         for path in candidates:
             try:
                 content = self.source.fetch(path)
             except ModelNotFound:
                 continue
             self.stats.downloads += 1
-            return self._parse(content.data, name=name, path=path, version=content.etag,
-                               last_modified=content.last_modified, metadata=content.metadata)
+            return self._parse_with_artifact(name, path, content)
         raise ModelNotFound(f"no model {name!r} (looked for {', '.join(candidates)})")
+
+    def _parse_with_artifact(self, name: str, path: str, content: Any) -> LoadedModel:
+        """Parse a downloaded model; its compiled artifact, if any, is fetched and loaded
+        meanwhile and attached once it passes the check."""
+        sha256 = hashlib.sha256(content.data).hexdigest()
+        pending = (self.artifacts.begin(name, path, content.data, sha256)
+                   if self.artifacts is not None else None)
+        model = self._parse(content.data, name=name, path=path, version=content.etag,
+                            last_modified=content.last_modified, metadata=content.metadata,
+                            sha256=sha256)
+        if pending is not None:
+            pending.finish(model)
+        return model
 
     def _refresh(self, name: str, entry: _Entry) -> bool:
         current = entry.model.info
@@ -214,9 +236,7 @@ class ModelStore:
                 self.stats.not_modified += 1
             else:
                 self.stats.downloads += 1
-                model = self._parse(content.data, name=name, path=current.path,
-                                    version=content.etag, last_modified=content.last_modified,
-                                    metadata=content.metadata)
+                model = self._parse_with_artifact(name, current.path, content)
                 if self.check_swap is not None:
                     try:
                         self.check_swap(name, model.info)
@@ -259,7 +279,7 @@ class ModelStore:
     def _compile_later(self, name: str, model: LoadedModel) -> None:
         """Queue an opted-in model for compilation (never blocks; see shared/models/compiled/compiler.py)."""
         compiler = self.compiler
-        if compiler is not None and compiler.wants(name, model.info.path):
+        if compiler is not None and model.compiled is None and compiler.wants(name, model.info.path):
             compiler.submit(name, model, lambda m: self._is_current(name, m))
 
     def _is_current(self, name: str, model: LoadedModel) -> bool:

@@ -93,7 +93,7 @@ class ServiceStatus:
                       + [feature_input(info.schema, j) for j in range(len(info.schema.names))],
             "outputs": [{"name": OUTPUT_NAME, "datatype": "FP64", "shape": outputs_shape}],
             "parameters": {"objective": info.objective, "num_classes": info.num_classes,
-                           "blob": info.path, **model_notes(info)},
+                           "blob": info.path, "backend": model.backend, **model_notes(info)},
         }
 
     def endpoints(self) -> dict[str, Any]:

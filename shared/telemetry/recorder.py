@@ -69,6 +69,11 @@ class Telemetry:
             "scorefn.model.refresh_failures", unit="{refresh}",
             description="Background model refreshes that failed (the cached version kept "
                         "serving), by model and error code")
+        self.compiled_fallbacks = meter.create_counter(
+            "scorefn.compiled.fallbacks", unit="{load}",
+            description="Model versions loaded without their compiled trees (LightGBM serves "
+                        "them), by model and reason: missing, damaged, foreign, cpu, "
+                        "check_failed, load_failed, unsupported, unavailable")
         self.log_dropped = meter.create_counter(
             "scorefn.log.dropped", unit="{record}",
             description="Prediction log records dropped (buffer full, storage failing, too "
@@ -114,6 +119,11 @@ class Telemetry:
         """A background refresh of ``model`` failed with ``code``; the cached version serves."""
         if self.metrics:
             self.refresh_failures.add(1, {"model.name": model, "error_code": code})
+
+    def record_compiled_fallback(self, model: str, reason: str) -> None:
+        """A version of ``model`` loaded without its compiled trees, for ``reason``."""
+        if self.metrics:
+            self.compiled_fallbacks.add(1, {"model.name": model, "reason": reason})
 
     def record_log_dropped(self, count: int, endpoint: str, reason: str) -> None:
         """``count`` prediction log records of ``endpoint`` were dropped for ``reason``."""

@@ -72,9 +72,10 @@ INTENTIONALLY_UNSET = {
     # Keeps metrics in memory for `GET /api/metrics/latency`: local runs and the demo only; the
     # code ignores it when exporting to Application Insights.
     "TELEMETRY_LOCAL_READER",
-    # The compiled-trees backend is opt-in and needs requirements-compiled.txt deployed too;
-    # off (empty) is the safe default, and its cache directory and timeout only matter when on.
-    "COMPILED_MODELS", "COMPILED_CACHE_DIR", "COMPILED_TIMEOUT_SECONDS",
+    # Compiled trees: on by default (served when an artifact was uploaded); compiling on the
+    # instance is an opt-in fallback (off, empty, is the safe default), and its cache directory
+    # and timeout only matter when it is on.
+    "COMPILED_TREES", "COMPILE_ON_INSTANCE", "COMPILED_CACHE_DIR", "COMPILED_TIMEOUT_SECONDS",
 }
 # Never left to a default: the queue trigger binds %SCORE_QUEUE_NAME%, and the names must match
 # the containers and queues the template creates.

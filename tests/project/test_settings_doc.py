@@ -42,7 +42,7 @@ def test_settings_are_grouped_as_the_readme_grouped_its_tables():
     assert headings[:5] == ["Models, limits and prediction", "Batch jobs (queue)",
                             "Routing (A/B, canary, shadow)", "Prediction and outcome logs",
                             "Telemetry"]
-    assert SPEC["compiled_models"].group == SPEC["max_rows_per_request"].group
+    assert SPEC["compile_on_instance"].group == SPEC["max_rows_per_request"].group
     assert SPEC["chunk_queue_name"].group == SPEC["score_queue_name"].group
 
 

@@ -25,7 +25,7 @@ from tests.conftest import upload as put_blob
 
 lgb = pytest.importorskip("lightgbm")
 
-QUICK = ("--seconds", "0.5")
+QUICK = ("--seconds", "0.3", "--no-compile")
 
 
 def slow_model_file(tmp_path_factory):
@@ -38,7 +38,7 @@ def slow_model_file(tmp_path_factory):
         params = {"objective": "regression", "num_leaves": 255, "min_data_in_leaf": 2,
                   "min_sum_hessian_in_leaf": 0, "learning_rate": 0.01, "max_bin": 63,
                   "verbosity": -1, "seed": 7, "deterministic": True, "num_threads": 1}
-        booster = lgb.train(params, lgb.Dataset(X, y), num_boost_round=300)
+        booster = lgb.train(params, lgb.Dataset(X, y), num_boost_round=120)
         booster.save_model(str(path.with_suffix(".tmp")))
         path.with_suffix(".tmp").rename(path)
     return path

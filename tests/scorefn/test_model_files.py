@@ -323,7 +323,8 @@ def test_an_mlflow_data_path_outside_the_folder_is_refused(mlflow_folders, tmp_p
 # -- the command line -----------------------------------------------------------------------
 
 def upload(container, azurite, *args: str) -> int:
-    return cli(["upload-model", *args, "--seconds", "0.5", "--container", container.container_name,
+    return cli(["upload-model", *args, "--seconds", "0.3", "--no-compile", "--container",
+                container.container_name,
                 "--connection-string", azurite.connection_string])
 
 

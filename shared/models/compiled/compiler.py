@@ -1,92 +1,49 @@
-"""The background compiler: opted-in models compiled to native code with lleaves (LLVM).
+"""The on-instance compiler (opt-in fallback): models named in ``COMPILE_ON_INSTANCE`` that
+loaded without a usable artifact are compiled in the background on the instance; LightGBM
+serves them meanwhile. Artifacts are normally built at upload (``build.py``, called by
+``scorefn upload-model``) and loaded with the model (``loader.py``); this covers models put in
+storage by other means.
 
-Models named in ``COMPILED_MODELS`` are compiled off the request path once they have loaded;
-LightGBM serves them meanwhile. A compiled forest takes over only after it has predicted the
-same as LightGBM (within ``TOLERANCE``, absolute; see ``check.py``) on sample rows drawn over
-the model's own feature ranges and split thresholds, missing values included, for predictions
-and raw scores, batch and single rows. Anything lleaves cannot do (categorical splits, linear
-trees, some objectives; see ``traits.py``), ``pred_contrib`` requests, a failed or timed-out
-compilation and a failed check leave the model on LightGBM.
-
-Compilation runs in a child process (``worker.py``) at a lower CPU priority, one at a time,
-with a time limit. Artifacts are cached on local disk and as blobs under ``.compiled/`` in the
-models container (``caches.py``), keyed by the model's blob path and version (ETag), the
-container, lleaves/llvmlite/LLVM versions, the compile options and the host CPU (name and
-features) (``artifact.py``, ``target.py``), so other instances load them instead of compiling.
-A cached artifact is wrapped in an envelope naming its key and SHA-256: a corrupted or
-misplaced artifact is refused before LLVM sees it (LLVM aborts the process on some malformed
-objects), and one that loads must still pass the equality check. The envelope and the check
-are correctness checks, not a security boundary: an artifact is native code run in this
-process, so only the app's identity may write where artifacts are cached (see the README,
-"Compiled trees").
-
-llvmlite and lleaves are optional (``requirements-compiled.txt``) and imported only when a model
-is compiled or loaded, in the background.
+Compilation runs in child processes (``worker.py``) at a lower CPU priority, one model at a
+time, with a time limit. The artifact is kept in a private local directory and written to the
+models container where the upload would have put it (``caches.py``), so other instances load
+it with the model; while one instance compiles, a lock blob makes the others wait for its
+artifact. A compiled forest takes over only after the equality check (``check.py``); an
+artifact is native code, so only the app's identity and the model uploaders may write where
+artifacts are kept (docs/compiled-trees.md, "Trust boundary").
 """
 
 from __future__ import annotations
 
 import collections
 import fnmatch
-import json
 import logging
 import os
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from shared.models.compiled.artifact import blob_path, cache_key, pack, unpack
+from shared.models.compiled.artifact import blob_path, pack, unpack
+from shared.models.compiled.build import (
+    artifact_key,
+    compile_forest,
+    default_parts,
+    load_forest,
+    model_text,
+    run_check,
+    traits_of,
+)
 from shared.models.compiled.caches import BlobCache, LocalCache
-from shared.models.compiled.check import TOLERANCE, check
+from shared.models.compiled.check import TOLERANCE
 from shared.models.compiled.errors import CompileError
-from shared.models.compiled.forest import CompiledForest
-from shared.models.compiled.target import COMPILE_OPTIONS, available, host_target, versions
-from shared.models.compiled.traits import Traits, analyse
+from shared.models.compiled.target import can_compile, host_problem
+from shared.models.compiled.traits import Traits
 
 log = logging.getLogger("scorefn.compiled")
-
-_ROOT = Path(__file__).resolve().parents[3]  # the app folder (shared/models/compiled/..)
-
-
-def compile_in_child(text: str, target: dict[str, str], timeout: float,
-                     on_start: Callable[[subprocess.Popen], None] | None = None) -> tuple[bytes, float]:
-    """Compile ``text`` in a child process (lower priority, killed after ``timeout`` seconds):
-    the object code and the compile time."""
-    with tempfile.TemporaryDirectory(prefix="scorefn-compile-") as tmp:
-        model_file, out_file = os.path.join(tmp, "model.txt"), os.path.join(tmp, "forest.o")
-        with open(model_file, "w", encoding="utf-8") as f:
-            f.write(text)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(_ROOT)] + [p for p in sys.path if p])
-        spec = json.dumps({**target, **COMPILE_OPTIONS})
-        start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "shared.models.compiled.worker", model_file, out_file,
-                                 spec], cwd=str(_ROOT), env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        if on_start is not None:
-            on_start(proc)
-        try:
-            _, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise CompileError("timeout", f"compilation took longer than {timeout:g} s; stopped") from None
-        seconds = time.perf_counter() - start
-        tail = err.decode("utf-8", "replace").strip()[-500:]
-        if proc.returncode == 3:
-            raise CompileError("unsupported", tail or "lleaves cannot compile this model")
-        if proc.returncode != 0:
-            raise CompileError("compile_failed", f"compiler exited with {proc.returncode}: {tail}")
-        with open(out_file, "rb") as f:
-            return f.read(), seconds
-
 
 @dataclass
 class CompileStats:
@@ -133,7 +90,7 @@ class Compiler:
     def __init__(self, patterns: tuple[str, ...] | list[str], *, container: Any = None,
                  cache_dir: str | os.PathLike | None = None, timeout_seconds: float = 900.0,
                  max_pending: int = 64, poll_seconds: float = 10.0,
-                 tolerance: float = TOLERANCE) -> None:
+                 tolerance: float = TOLERANCE, parts: int | None = None) -> None:
         self.patterns = tuple(patterns)
         self.blobs = BlobCache(container) if container is not None else None
         self.local = LocalCache(cache_dir)
@@ -141,6 +98,7 @@ class Compiler:
         self.max_pending = max_pending
         self.poll_seconds = poll_seconds
         self.tolerance = tolerance
+        self.parts = parts or default_parts()
         self.stats = CompileStats()
         self.outcomes: dict[str, CompileOutcome] = {}  # by "name@version": the latest outcome
         self.history: collections.deque = collections.deque(maxlen=256)  # (label, outcome)
@@ -238,18 +196,19 @@ class Compiler:
             return  # evicted or replaced while waiting
         info = model.info
         label = f"{info.name}@{info.version}"
-        text = model.booster.model_to_string(num_iteration=model.num_iteration)
-        traits = analyse(text, info.num_features, info.num_outputs)
+        text = model_text(model)
+        traits = traits_of(model, text)
+        problem = host_problem()
+        if problem is not None:
+            self._outcome(label, "", "wrong_host", problem)
+            return
         if traits.unsupported:
             self.stats.unsupported += 1
             self._outcome(label, "", "unsupported", traits.unsupported)
             log.warning("compiled trees: model %s version %s stays on LightGBM: %s",
                         info.name, info.version, traits.unsupported)
             return
-        target = host_target()
-        key, inputs = cache_key(source=self.blobs.source_id if self.blobs else "local",
-                                path=info.path, version=info.version, target=target,
-                                tool_versions=versions())
+        key, inputs = artifact_key(info.sha256)
         if key in self._given_up:
             return
         path = blob_path(info.path, key)
@@ -284,17 +243,19 @@ class Compiler:
                     self.local.write(key, data)
                     return
             # 3. compile (a refused blob artifact is then replaced by a good one)
-            self._compile(job, model, text, traits, target, key, inputs, label, path)
+            self._compile(job, model, text, traits, key, inputs, label, path)
         finally:
             if locked and self.blobs is not None:  # locked: in the blob cache
                 self.blobs.unlock(path)
 
-    def _compile(self, job: _Job, model: Any, text: str, traits: Traits, target: dict[str, str],
-                 key: str, inputs: dict[str, Any], label: str, path: str) -> None:
+    def _compile(self, job: _Job, model: Any, text: str, traits: Traits, key: str,
+                 inputs: dict[str, Any], label: str, path: str) -> None:
         info = model.info
         try:
             try:
-                obj, seconds = compile_in_child(text, target, self.timeout_seconds, self._set_child)
+                objects, seconds, _parts = compile_forest(text, parts=self.parts,
+                                                          timeout=self.timeout_seconds,
+                                                          on_start=self._set_child)
             finally:
                 self._set_child(None)
             self.stats.compiles += 1
@@ -312,7 +273,7 @@ class Compiler:
             log.warning("compiled trees: model %s version %s stays on LightGBM: %s (%s)",
                         info.name, info.version, exc.reason, exc.message)
             return
-        artifact = pack(obj, key, inputs, seconds)
+        artifact = pack(objects, key, inputs, seconds)
         if not self._take_over(job, model, text, traits, artifact, key, inputs, label, "compiled",
                                compile_seconds=seconds):
             self._given_up.add(key)
@@ -330,21 +291,9 @@ class Compiler:
         """Unpack, load and check an artifact; attach it to ``model`` when all pass."""
         info = model.info
         try:
-            obj, header = unpack(data, key, inputs)
-            try:
-                forest = CompiledForest(obj, traits)
-            except CompileError:
-                raise
-            except Exception as exc:  # llvmlite: no executable memory, unresolved symbols, ...
-                raise CompileError("load_failed", f"could not load the object: "
-                                                  f"{type(exc).__name__}: {str(exc)[:200]}") from None
-            try:
-                check(model, forest, text, self.tolerance)
-            except CompileError:
-                raise
-            except Exception as exc:
-                raise CompileError("check_failed", f"the check raised {type(exc).__name__}: "
-                                                   f"{str(exc)[:200]}") from None
+            objects, header = unpack(data, key, inputs)
+            forest = load_forest(objects, traits)
+            run_check(model, forest, text, self.tolerance)
         except CompileError as exc:
             if origin == "compiled":
                 self.stats.check_failures += 1
@@ -388,13 +337,13 @@ class Compiler:
 
 
 def make_compiler(settings: Any, container: Any) -> Compiler | None:
-    """The compiler the settings ask for, or ``None`` (off, or lleaves not installed)."""
-    if not settings.compiled_models:
+    """The on-instance compiler the settings ask for, or ``None`` (off, or lleaves missing)."""
+    if not settings.compile_on_instance or not settings.compiled_trees:
         return None
-    if not available():
-        log.warning("COMPILED_MODELS is set but lleaves/llvmlite are not installed "
-                    "(requirements-compiled.txt); every model is served by LightGBM")
+    if not can_compile():
+        log.warning("COMPILE_ON_INSTANCE is set but lleaves/llvmlite are not installed; models "
+                    "without an artifact are served by LightGBM")
         return None
-    return Compiler(settings.compiled_models, container=container,
+    return Compiler(settings.compile_on_instance, container=container,
                     cache_dir=settings.compiled_cache_dir or None,
                     timeout_seconds=settings.compiled_timeout_seconds)

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from shared.models.compiled.errors import CompileError
-from shared.models.compiled.target import COMPILE_OPTIONS, host_target, llvm_binding
+from shared.models.compiled.target import COMPILE_OPTIONS, PLATFORM_TARGET, llvm_binding
 from shared.models.compiled.traits import ZERO_THRESHOLD, Traits, output_transform, scalar_transform
 
 _ENTRY = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_double),
@@ -20,25 +20,26 @@ class CompiledForest:
     """A compiled forest loaded into this process; ``predict`` mirrors ``Booster.predict``
     (shape (n,) for one output, (n, k) otherwise). Thread-safe."""
 
-    def __init__(self, obj: bytes, traits: Traits) -> None:
+    def __init__(self, objects: list[bytes], traits: Traits,
+                 target: dict[str, str] = PLATFORM_TARGET) -> None:
         llvm = llvm_binding()
-        target = host_target()
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
         machine = llvm.Target.from_triple(target["triple"]).create_target_machine(
             cpu=target["cpu"], features=target["features"], reloc="pic",
             codemodel=COMPILE_OPTIONS["codemodel"])
         engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), machine)
-        # lleaves' own cache mechanism: MCJIT takes the object instead of compiling the module.
-        engine.set_object_cache(getbuffer_func=lambda _module: obj)
+        for obj in objects:  # the parts and the root; MCJIT links them together
+            engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
         engine.finalize_object()
         engine.run_static_constructors()
-        engine.set_object_cache()  # drop the reference to the bytes (LLVM copied them)
         address = engine.get_function_address("forest_root")
         if not address:
-            raise CompileError("bad_artifact", "object has no forest_root function")
+            raise CompileError("damaged", "the objects have no forest_root function")
         self._engine = engine
         self._fn = _ENTRY(address)
         self.traits = traits
-        self.size_bytes = len(obj)
+        self.size_bytes = sum(map(len, objects))
         self._k = traits.num_outputs
         self._f = traits.num_features
         self._transform = output_transform(traits)

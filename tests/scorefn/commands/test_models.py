@@ -8,7 +8,7 @@ import gzip
 from scorefn.__main__ import main as cli
 
 # The latency check upload-model runs is kept short here (tests/scorefn/test_latency_check.py checks it).
-QUICK = ("--seconds", "0.5")
+QUICK = ("--seconds", "0.3", "--no-compile")
 
 
 def upload(container, azurite, *args: str) -> int:
