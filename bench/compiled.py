@@ -8,8 +8,8 @@
   whole core path (JSON bytes in -> JSON bytes out); 4,096 distinct rows rotating, cases
   interleaved round by round;
 - a batch of 100,000 rows on one thread: ``Booster.predict`` vs the compiled forest;
-- a big model (2,000 trees, 255 leaves, 100 features; trained once and cached): single rows,
-  LightGBM's fast path vs the compiled forest;
+- ``--big``: a big model (2,000 trees, 255 leaves, 100 features; trained and compiled once,
+  cached; both take minutes): single rows, LightGBM's fast path vs the compiled forest;
 - ``--compile-times``: compile 100, 500 and 2,000 trees of 63 leaves and the big model, on one
   process and on every core (no cache), to show how compile time grows.
 """
@@ -208,7 +208,8 @@ def main() -> None:
         print(f"{name:32s} {med:9.3f} {100_000 / med:9.0f} {base / med:9.2f}")
     print(f"\nequal to Booster.predict bit for bit: predictions {equal}, raw scores {raw_equal}, "
           f"single rows {one_equal}")
-    big_model()
+    if "--big" in sys.argv:
+        big_model()
 
 
 def big_model() -> None:

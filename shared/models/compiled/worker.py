@@ -5,18 +5,21 @@ Started by :mod:`shared.models.compiled.build` as
 imports nothing else from scorefn, so a crash, a runaway compilation or LLVM's memory never
 touch the calling process, and the caller can kill it when it takes too long.
 
-**Parts.** lleaves evaluates the trees in blocks of ``fblocksize`` (instruction-cache
-blocking): for each block, for each row, the block's trees are summed and added to the row's
-output. The forest is cut at block boundaries into ``parts`` modules, each compiled by its own
-process (``--part K``) into its own object with one function ``forest_part_K`` that runs its
-blocks; a small root object's ``forest_root`` calls the parts in order. The additions are the
-same ones in the same order as in one module, so the result is bit for bit the same; the
-compile runs on all cores and each optimised function is smaller.
+**Blocks.** The trees are evaluated in blocks of ``fblocksize`` (instruction-cache blocking):
+for each block, for each row, the block's trees are added to the row's outputs one at a time,
+starting from what the earlier blocks stored: LightGBM's additions in LightGBM's order, so raw
+scores equal LightGBM's to the bit (lleaves' own root function sums a block first and then
+adds it, which differs in the last bits).
+
+**Parts.** The forest is cut at block boundaries into ``parts`` modules of about equal size,
+each compiled by its own process (``--part K``) into its own object with one function
+``forest_part_K`` that runs its blocks; a small root object's ``forest_root`` calls the parts in
+order. The additions are the same whatever the number of parts, so the result is too.
 
 lleaves 1.3.0's own ``Model.compile`` calls APIs that llvmlite 0.45 removed (the legacy pass
-manager and ``llvm.initialize()``; lleaves issues #95 and #100). This worker therefore uses
-lleaves' parser and code generator pieces and runs the optimisation with llvmlite's new pass
-manager (O3), then lets MCJIT emit the object code.
+manager and ``llvm.initialize()``; lleaves issues #95 and #100). This worker uses lleaves'
+parser and tree code generator, writes the loops itself, runs llvmlite's new pass manager (O3)
+and emits the object with the target machine.
 
 The forest is compiled for raw scores (no objective function): scorefn applies LightGBM's
 output transformation itself (``traits.py``), so one artifact serves predictions and raw scores.
@@ -111,11 +114,12 @@ def part_ir(model_path: str, target: dict, part: int, parts: int) -> str:
     # Every input is a double: categorical splits are refused before compiling (traits.py);
     # lleaves also counts unused features ("none") as categorical.
     def make_tree(tree):
-        arg_types = [codegen.DOUBLE] * len(tree.features)
-        tree_func = llvmlite.ir.Function(module, llvmlite.ir.FunctionType(codegen.DOUBLE, arg_types),
+        tree_func = llvmlite.ir.Function(module, llvmlite.ir.FunctionType(codegen.DOUBLE, (dtype_ptr,)),
                                          name=str(tree))
-        tree_func.linkage = "private"  # called once: LLVM inlines it into the block's loop
-        codegen.gen_tree(tree, tree_func, True)
+        tree_func.linkage = "private"  # called once: LLVM inlines it into its block's loop
+        entry = llvmlite.ir.IRBuilder(tree_func.append_basic_block("entry"))
+        codegen.gen_tree(tree, _RowFunction(tree_func, entry), True)
+        entry.branch(tree_func.blocks[1])  # the root node's block
         return codegen.LTree(llvm_function=tree_func, class_id=tree.class_id)
 
     mine = [[make_tree(t) for t in block] for block in blocks[start:end]]
@@ -127,6 +131,31 @@ def part_ir(model_path: str, target: dict, part: int, parts: int) -> str:
         _gen_block(func, forest.n_args, forest.n_classes, funcs, setup, following,
                    first=start + i == 0)
     return str(module)
+
+
+class _RowFunction:
+    """A tree function as lleaves' tree code generator sees it: ``args[j]`` is feature ``j``,
+    here loaded from the row's address in the function's entry block the first time a split
+    uses it (lleaves passes every feature as an argument and loads them all at the top of the
+    loop: with the trees inlined, all of them stay live through the block, which makes LLVM's
+    code generation several times slower and the code no faster)."""
+
+    def __init__(self, func, entry) -> None:
+        self._func, self._entry = func, entry
+        self._loaded: dict[int, object] = {}
+        self.args = self
+
+    def __getitem__(self, j: int):
+        value = self._loaded.get(j)
+        if value is None:
+            import llvmlite.ir as ir
+
+            index = ir.Constant(ir.IntType(64), j)
+            value = self._loaded[j] = self._entry.load(self._entry.gep(self._func.args[0], (index,)))
+        return value
+
+    def append_basic_block(self, name: str = ""):
+        return self._func.append_basic_block(name)
 
 
 def _gen_block(func, n_args: int, n_classes: int, trees: list, setup, following, *,
@@ -150,13 +179,12 @@ def _gen_block(func, n_args: int, n_classes: int, trees: list, setup, following,
     row.add_incoming(first_row, setup)
     b.cbranch(b.icmp_signed("<", row, end64), body, following)
     b = ir.IRBuilder(body)
-    base = b.mul(row, ir.Constant(codegen.LONG, n_args))
-    args = [b.load(b.gep(x, (b.add(base, ir.Constant(codegen.LONG, j)),))) for j in range(n_args)]
+    row_ptr = b.gep(x, (b.mul(row, ir.Constant(codegen.LONG, n_args)),))
     out_base = b.mul(row, ir.Constant(codegen.LONG, n_classes))
     ptrs = [b.gep(out, (b.add(out_base, ir.Constant(codegen.LONG, k)),)) for k in range(n_classes)]
     sums = [ir.Constant(codegen.DOUBLE, 0.0) if first else b.load(p) for p in ptrs]
     for tree in trees:
-        value = b.call(tree.llvm_function, args)
+        value = b.call(tree.llvm_function, (row_ptr,))
         sums[tree.class_id] = b.fadd(sums[tree.class_id], value)
     for total, ptr in zip(sums, ptrs):
         b.store(total, ptr)
