@@ -101,6 +101,10 @@ resource telemetryPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01'
 // Optional, for the deploying user (principalId): Storage Blob Data Contributor to upload models
 // and router configs (`python -m scorefn upload-model ... --account-url`, az storage blob upload
 // --auth-mode login), upload batch inputs and read outputs. Not Owner: no ACL/ownership rights.
+// Trust boundary: upload-model also writes the model's compiled trees (`.compiled/` in the models
+// container), native code the app loads and runs. Only this principal and the app's identity can
+// write there, the same identities that can write models; grant blob write rights on this
+// account to no one you would not let deploy code (docs/compiled-trees.md, "Trust boundary").
 resource userBlobContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(principalId)) {
   name: guid(storage.id, principalId, roles.storageBlobDataContributor)
   scope: storage

@@ -9,7 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from shared.models.compiled.errors import CompileError
 from shared.models.compiled.target import COMPILE_OPTIONS
@@ -37,13 +40,31 @@ def blob_path(model_path: str, key: str) -> str:
     return f"{BLOB_PREFIX}{model_path}/{key}{ARTIFACT_SUFFIX}"
 
 
-def pack(objects: list[bytes], key: str, inputs: dict[str, Any], compile_seconds: float) -> bytes:
-    """An artifact: magic, header (key, inputs, SHA-256 and sizes of the objects), objects."""
-    payload = b"".join(objects)
+def pack(objects: list[bytes], key: str, inputs: dict[str, Any], compile_seconds: float, *,
+         traits: dict[str, Any] | None = None, rows: np.ndarray | None = None) -> bytes:
+    """An artifact: magic, header (key, inputs, SHA-256 and sizes of the objects), objects; and,
+    when given, the model's traits and the rows of the check an instance runs before serving
+    it (so that it need not analyse the model's text on the first request's path)."""
+    extra: dict[str, Any] = {}
+    tail = b""
+    if traits is not None and rows is not None:
+        rows = np.ascontiguousarray(rows, dtype="<f8")
+        extra = {"traits": traits, "rows_shape": list(rows.shape)}
+        tail = rows.tobytes()
+    payload = b"".join(objects) + tail
     header = json.dumps({"key": key, "inputs": inputs, "sha256": hashlib.sha256(payload).hexdigest(),
                          "sizes": [len(o) for o in objects], "compile_seconds": round(compile_seconds, 3),
-                         "created": time.time()}, sort_keys=True).encode()
+                         "created": time.time(), **extra}, sort_keys=True).encode()
     return _MAGIC + len(header).to_bytes(4, "big") + header + payload
+
+
+@dataclass(frozen=True)
+class Contents:
+    """What a verified artifact holds."""
+
+    objects: list[bytes]
+    header: dict[str, Any]
+    rows: np.ndarray | None  # the check's rows, when the artifact carries them
 
 
 def header_of(data: bytes) -> dict[str, Any]:
@@ -53,7 +74,13 @@ def header_of(data: bytes) -> dict[str, Any]:
 
 
 def unpack(data: bytes, key: str, inputs: dict[str, Any]) -> tuple[list[bytes], dict[str, Any]]:
-    """The objects inside an artifact made for ``key``; :class:`CompileError` otherwise.
+    """The objects and header of an artifact made for ``key`` (see :func:`unpack_all`)."""
+    contents = unpack_all(data, key, inputs)
+    return contents.objects, contents.header
+
+
+def unpack_all(data: bytes, key: str, inputs: dict[str, Any]) -> Contents:
+    """The contents of an artifact made for ``key``; :class:`CompileError` otherwise.
 
     Nothing reaches LLVM unless the envelope names this key and the digest matches: LLVM aborts
     the whole process on some malformed objects instead of raising."""
@@ -70,19 +97,25 @@ def unpack(data: bytes, key: str, inputs: dict[str, Any]) -> tuple[list[bytes], 
     if not isinstance(header, dict) or header.get("key") != key or header.get("inputs") != inputs:
         raise CompileError("foreign", "artifact was made for another model version, target or "
                                       "toolchain")
-    payload = data[start + size:]
+    payload = memoryview(data)[start + size:]
     sizes = header.get("sizes")
+    shape = header.get("rows_shape")
+    rows_bytes = 0
+    if isinstance(shape, list) and len(shape) == 2 and all(isinstance(n, int) and n > 0 for n in shape):
+        rows_bytes = shape[0] * shape[1] * 8
     if (not isinstance(sizes, list) or not sizes or not all(isinstance(n, int) and n > 0 for n in sizes)
-            or sum(sizes) != len(payload)
+            or sum(sizes) + rows_bytes != len(payload)
             or hashlib.sha256(payload).hexdigest() != header.get("sha256")):
         raise CompileError("damaged", "artifact is corrupted (size or SHA-256 mismatch)")
     objects, offset = [], 0
     for n in sizes:
-        objects.append(payload[offset:offset + n])
+        objects.append(bytes(payload[offset:offset + n]))
         offset += n
     for obj in objects:
         _check_object_header(obj)
-    return objects, header
+    rows = (np.frombuffer(payload[offset:], dtype="<f8").reshape(shape).astype(np.float64)
+            if rows_bytes and isinstance(header.get("traits"), dict) else None)
+    return Contents(objects, header, rows)
 
 
 def _check_object_header(obj: bytes) -> None:

@@ -4,6 +4,7 @@ load the objects, check them against LightGBM and wrap them in the envelope. Use
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,13 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from shared.models.compiled.artifact import blob_path, cache_key, pack
-from shared.models.compiled.check import TOLERANCE, check
+from shared.models.compiled.check import TOLERANCE, check, sample_rows
 from shared.models.compiled.errors import CompileError
 from shared.models.compiled.forest import CompiledForest
 from shared.models.compiled.target import COMPILE_OPTIONS, PLATFORM_TARGET, host_problem, versions
 from shared.models.compiled.traits import Traits, analyse
 
 _ROOT = Path(__file__).resolve().parents[3]  # the app folder (shared/models/compiled/..)
+
+# The check each instance runs before an artifact serves: fewer rows than at upload (256), on
+# the first request's path; it guards against mix-ups and toolchain or CPU faults there. Its
+# rows travel in the artifact, so an instance need not analyse the model's text.
+LOAD_CHECK_ROWS = 64
+LOAD_CHECK_SEED = 20261207
 
 
 def default_parts() -> int:
@@ -129,8 +136,10 @@ def build_artifact(model: Any, *, model_path: str | None = None, parts: int | No
     forest = load_forest(objects, traits)
     run_check(model, forest, text, tolerance)
     key, inputs = artifact_key(model.info.sha256)
+    rows = sample_rows(text, traits.num_features, n=LOAD_CHECK_ROWS, seed=LOAD_CHECK_SEED)
+    data = pack(objects, key, inputs, seconds, traits=dataclasses.asdict(traits), rows=rows)
     return Artifact(key=key, path=blob_path(model_path or model.info.path, key),
-                    data=pack(objects, key, inputs, seconds), compile_seconds=seconds, parts=used,
+                    data=data, compile_seconds=seconds, parts=used,
                     objects_bytes=sum(map(len, objects)))
 
 

@@ -14,7 +14,8 @@ from shared.models.compiled.traits import split_thresholds
 TOLERANCE = 0.0  # predictions and raw scores equal LightGBM's to the bit (NaN where it has NaN)
 
 
-def sample_rows(text: str, num_features: int, n: int = 256, seed: int = 20260601) -> np.ndarray:
+def sample_rows(text: str, num_features: int, n: int = 256, seed: int = 20260601,
+                thresholds: list[list[float]] | None = None) -> np.ndarray:
     """Seeded rows over the model's feature ranges, with values at and next to its split
     thresholds (where a wrong comparison shows), missing values (NaN), zeros and tiny values."""
     rng = np.random.default_rng(seed)
@@ -26,7 +27,8 @@ def sample_rows(text: str, num_features: int, n: int = 256, seed: int = 20260601
         if info.startswith("[") and ":" in info:
             a, b = info[1:-1].split(":", 1)
             lo[j], hi[j] = float(a), float(b)
-    thresholds, _ = split_thresholds(text, num_features)
+    if thresholds is None:
+        thresholds, _ = split_thresholds(text, num_features)
     span = np.maximum(hi - lo, 1e-6)
     X = rng.uniform(lo - 0.1 * span, hi + 0.1 * span, size=(n, num_features))
     kind = rng.random((n, num_features))

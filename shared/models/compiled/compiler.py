@@ -16,6 +16,7 @@ artifacts are kept (docs/compiled-trees.md, "Trust boundary").
 from __future__ import annotations
 
 import collections
+import dataclasses
 import fnmatch
 import logging
 import os
@@ -29,6 +30,8 @@ from typing import Any
 
 from shared.models.compiled.artifact import blob_path, pack, unpack
 from shared.models.compiled.build import (
+    LOAD_CHECK_ROWS,
+    LOAD_CHECK_SEED,
     artifact_key,
     compile_forest,
     default_parts,
@@ -38,7 +41,7 @@ from shared.models.compiled.build import (
     traits_of,
 )
 from shared.models.compiled.caches import BlobCache, LocalCache
-from shared.models.compiled.check import TOLERANCE
+from shared.models.compiled.check import TOLERANCE, sample_rows
 from shared.models.compiled.errors import CompileError
 from shared.models.compiled.target import can_compile, host_problem
 from shared.models.compiled.traits import Traits
@@ -273,7 +276,8 @@ class Compiler:
             log.warning("compiled trees: model %s version %s stays on LightGBM: %s (%s)",
                         info.name, info.version, exc.reason, exc.message)
             return
-        artifact = pack(objects, key, inputs, seconds)
+        rows = sample_rows(text, traits.num_features, n=LOAD_CHECK_ROWS, seed=LOAD_CHECK_SEED)
+        artifact = pack(objects, key, inputs, seconds, traits=dataclasses.asdict(traits), rows=rows)
         if not self._take_over(job, model, text, traits, artifact, key, inputs, label, "compiled",
                                compile_seconds=seconds):
             self._given_up.add(key)

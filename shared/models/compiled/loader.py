@@ -20,13 +20,19 @@ from typing import Any
 
 import numpy as np
 
-from shared.models.compiled.artifact import blob_path, unpack
-from shared.models.compiled.build import artifact_key, load_forest, run_check
+from shared.models.compiled.artifact import Contents, blob_path, unpack_all
+from shared.models.compiled.build import (
+    LOAD_CHECK_ROWS,
+    LOAD_CHECK_SEED,
+    artifact_key,
+    load_forest,
+    run_check,
+)
 from shared.models.compiled.check import sample_rows
 from shared.models.compiled.errors import CompileError
 from shared.models.compiled.forest import CompiledForest
 from shared.models.compiled.target import host_problem, versions
-from shared.models.compiled.traits import Traits, analyse
+from shared.models.compiled.traits import Traits, analyse, split_thresholds
 
 log = logging.getLogger("scorefn.compiled")
 
@@ -96,7 +102,7 @@ class ArtifactLoader:
         downloads, so that the two overlap."""
         with self._lock:
             if self._warming is None:
-                self._warming = self._pool.submit(host_problem)
+                self._warming = self._pool.submit(lambda: (versions(), host_problem()))
 
     def begin(self, name: str, path: str, data: bytes, sha256: str) -> Pending:
         """Start fetching and loading the artifact of the model file ``data`` (at ``path``)."""
@@ -127,7 +133,7 @@ class ArtifactLoader:
         from shared.errors import ModelNotFound, ScoreError
 
         text = data.decode("utf-8", "replace")
-        key, inputs = artifact_key(sha256)
+        key, inputs = artifact_key(sha256)  # versions() is cached: warm() read them
         where = blob_path(path, key)
         try:
             content = self.source.fetch(where)
@@ -141,22 +147,42 @@ class ArtifactLoader:
             return Prepared(None, None, text, "unavailable", f"could not read {where}: {exc.message}")
         assert content is not None
         try:
-            objects, _header = unpack(content.data, key, inputs)
+            contents = unpack_all(content.data, key, inputs)
             problem = host_problem()
             if problem is not None:
                 raise CompileError("cpu", problem)
-            traits = _traits(text)
+            traits, rows = _carried(contents)
+            if traits is None or rows is None:  # an artifact without them: from the text
+                traits, split = _traits(text)
+                rows = sample_rows(text, traits.num_features, n=LOAD_CHECK_ROWS,
+                                   seed=LOAD_CHECK_SEED, thresholds=split[0])
             if traits.unsupported:
                 raise CompileError("unsupported", traits.unsupported)
-            forest = load_forest(objects, traits)
-            rows = sample_rows(text, traits.num_features)
+            forest = load_forest(objects=contents.objects, traits=traits)
         except CompileError as exc:
             return Prepared(None, None, text, exc.reason, f"{where}: {exc.message}")
         return Prepared(forest, rows, text)
 
 
-def _traits(text: str) -> Traits:
-    """The traits of a model text, its shape read from its header."""
+def _carried(contents: Contents) -> tuple[Traits | None, np.ndarray | None]:
+    """The traits and check rows the artifact carries (made at build from the same text)."""
+    raw = contents.header.get("traits")
+    if not isinstance(raw, dict) or contents.rows is None:
+        return None, None
+    try:
+        traits = Traits(objective=str(raw["objective"]), params=dict(raw["params"]),
+                        num_outputs=int(raw["num_outputs"]), num_features=int(raw["num_features"]),
+                        unsupported=raw.get("unsupported"),
+                        zero_features=tuple(int(j) for j in raw["zero_features"]))
+    except (KeyError, TypeError, ValueError):
+        raise CompileError("damaged", "the artifact's traits are unreadable") from None
+    if contents.rows.shape[1] != traits.num_features:
+        raise CompileError("damaged", "the artifact's check rows do not fit its model")
+    return traits, contents.rows
+
+
+def _traits(text: str) -> tuple[Traits, tuple[list[list[float]], set[int]]]:
+    """The traits of a model text (its shape read from its header), and its split thresholds."""
     head = text[: text.find("\nTree=")]
     header = dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
     try:
@@ -164,4 +190,5 @@ def _traits(text: str) -> Traits:
         num_outputs = int(header.get("num_tree_per_iteration") or header.get("num_class") or 1)
     except ValueError:
         raise CompileError("check_failed", "unreadable model header") from None
-    return analyse(text, num_features, num_outputs)
+    split = split_thresholds(text, num_features)
+    return analyse(text, num_features, num_outputs, split), split

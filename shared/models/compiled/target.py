@@ -3,6 +3,7 @@ compile options; whether this process can load them."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import platform
 import sys
@@ -40,9 +41,10 @@ def llvm_binding():
     return llvm
 
 
+@functools.lru_cache(maxsize=1)
 def versions() -> dict[str, str]:
     """The lleaves and llvmlite versions (part of the artifact's key), from package metadata:
-    nothing is imported."""
+    nothing is imported (read once: importlib.metadata scans the path)."""
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
@@ -51,7 +53,7 @@ def versions() -> dict[str, str]:
             found[name] = version(name)
         except PackageNotFoundError:
             found[name] = "missing"
-    return found
+    return dict(found)
 
 
 _HOST: dict[str, str] | None = None

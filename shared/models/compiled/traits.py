@@ -33,7 +33,8 @@ class Traits:
     zero_features: tuple[int, ...] = ()  # features with a threshold in [-K, K), see ZERO_THRESHOLD
 
 
-def analyse(text: str, num_features: int, num_outputs: int) -> Traits:
+def analyse(text: str, num_features: int, num_outputs: int,
+            split: tuple[list[list[float]], set[int]] | None = None) -> Traits:
     """The model text's objective and anything lleaves would get wrong or cannot compile."""
     head = text[: text.find("\nTree=") + 1] if "\nTree=" in text else text
     header = dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
@@ -55,11 +56,11 @@ def analyse(text: str, num_features: int, num_outputs: int) -> Traits:
     elif "\nTree=" not in text:
         reason = "the model has no trees"
     elif any(not (i.startswith("[") or i == "none") for i in infos) or re.search(
-            r"^num_cat=[1-9]", text, re.M):
+            r"\nnum_cat=[1-9]", text):  # a literal prefix: far faster than ^ with re.M on MBs
         # lleaves casts categorical values to int32 differently from LightGBM (negative and
         # very large values, fractions): left to LightGBM.
         reason = "categorical features are not supported"
-    elif re.search(r"^is_linear=1", text, re.M):
+    elif "\nis_linear=1" in text:
         reason = "linear trees are not supported by lleaves"
     elif re.search(r"^average_output$", head, re.M):
         # LightGBM's raw scores of a random forest are not averaged, its predictions are.
@@ -70,7 +71,7 @@ def analyse(text: str, num_features: int, num_outputs: int) -> Traits:
                 reason = "sigmoid parameter must be positive"
         except ValueError:
             reason = "unreadable sigmoid parameter"
-    thresholds, zero_missing = split_thresholds(text, num_features)
+    thresholds, zero_missing = split or split_thresholds(text, num_features)
     zero_features = tuple(j for j, ts in enumerate(thresholds)
                           if j in zero_missing or any(-ZERO_THRESHOLD <= t < ZERO_THRESHOLD for t in ts))
     return Traits(objective, params, num_outputs, num_features, reason, zero_features)
@@ -80,21 +81,23 @@ def analyse(text: str, num_features: int, num_outputs: int) -> Traits:
 def split_thresholds(text: str, num_features: int) -> tuple[list[list[float]], set[int]]:
     """The split thresholds of each feature, and the features with a zero-as-missing split
     (LightGBM takes |x| <= K as zero there; lleaves only 0.0)."""
-    thresholds: list[list[float]] = [[] for _ in range(num_features)]
-    zero_missing: set[int] = set()
-    split_features: list[int] = []
-    for line in text.splitlines():
-        if line.startswith("split_feature="):
-            split_features = [int(v) for v in line[14:].split()]
-        elif line.startswith("threshold=") and split_features:
-            for j, t in zip(split_features, line[10:].split()):
-                if 0 <= j < num_features:
-                    thresholds[j].append(float(t))
-        elif line.startswith("decision_type=") and split_features:
-            for j, d in zip(split_features, line[14:].split()):
-                if (int(d) >> 2) & 3 == 1:  # MissingType::Zero
-                    zero_missing.add(j)
+    # Every tree writes these three lines, of equal length (empty for a one-leaf tree).
+    features = _numbers(re.findall(r"\nsplit_feature=([^\n]*)", text), np.int64)
+    values = _numbers(re.findall(r"\nthreshold=([^\n]*)", text), np.float64)
+    decisions = _numbers(re.findall(r"\ndecision_type=([^\n]*)", text), np.int64)
+    if not len(features) == len(values) == len(decisions):
+        raise ValueError("split_feature, threshold and decision_type lines do not match")
+    inside = (features >= 0) & (features < num_features)
+    features, values, decisions = features[inside], values[inside], decisions[inside]
+    order = np.argsort(features, kind="stable")  # each feature's thresholds in tree order
+    bounds = np.searchsorted(features[order], np.arange(num_features + 1))
+    thresholds = [values[order[bounds[j]:bounds[j + 1]]].tolist() for j in range(num_features)]
+    zero_missing = set(np.unique(features[((decisions >> 2) & 3) == 1]).tolist())  # MissingType::Zero
     return thresholds, zero_missing
+
+
+def _numbers(lines: list[str], dtype: type) -> np.ndarray:
+    return np.fromstring(" ".join(lines), dtype=dtype, sep=" ")
 
 
 def _libm(fn: Callable[[float], float]) -> Callable[[np.ndarray], np.ndarray]:
