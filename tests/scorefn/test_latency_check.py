@@ -25,7 +25,8 @@ from tests.conftest import upload as put_blob
 
 lgb = pytest.importorskip("lightgbm")
 
-QUICK = ("--seconds", "0.3", "--no-compile")
+QUICK = ("--seconds", "0.3")
+NO_COMPILE = ("--no-compile",)  # upload-model: compiled trees are tests/scorefn/commands/test_compile.py's
 
 
 def slow_model_file(tmp_path_factory):
@@ -249,7 +250,8 @@ def test_saving_figures_never_lands_on_a_blob_that_changed_since_it_was_measured
 # -- upload-model ----------------------------------------------------------------------------
 
 def upload(container, azurite, *args: str) -> int:
-    return cli(["upload-model", *args, *QUICK, "--container", container.container_name,
+    return cli(["upload-model", *args, *QUICK, *NO_COMPILE, "--container",
+                container.container_name,
                 "--connection-string", azurite.connection_string])
 
 

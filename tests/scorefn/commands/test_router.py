@@ -141,12 +141,13 @@ def test_an_invalid_app_setting_in_the_shell_is_one_line_not_a_traceback(tmp_pat
 
 # -- latency budgets (max_p99_ms) --------------------------------------------------------------
 
-from tests.scorefn.test_latency_check import QUICK, budget_below, slow_model  # noqa: E402,F401
+from tests.scorefn.test_latency_check import NO_COMPILE, QUICK, budget_below, slow_model  # noqa: E402,F401
 
 
 def upload_model(container, azurite, path, name: str) -> None:
     """Upload through upload-model: the blob gets its latency figures."""
-    assert cli(["upload-model", str(path), name, *QUICK, "--container", container.container_name,
+    assert cli(["upload-model", str(path), name, *QUICK, *NO_COMPILE, "--container",
+                container.container_name,
                 "--connection-string", azurite.connection_string]) == 0
 
 
