@@ -75,17 +75,21 @@ def build_jobs(conn: str, settings_env: dict[str, str]):
     from azure.storage.blob import BlobServiceClient
     from azure.storage.queue import QueueServiceClient
 
+    from shared.app import compiled_trees
     from shared.batch.runner import BatchJobs
     from shared.models.blob_source import BlobSource
     from shared.models.store import ModelStore
     from shared.scoring.service import ScoringService
     from shared.settings import Settings
+    from shared.telemetry import get_telemetry
 
     settings = Settings.from_env(settings_env)
     blobs = BlobServiceClient.from_connection_string(conn)
     queues = QueueServiceClient.from_connection_string(conn)
-    store = ModelStore(BlobSource(blobs.get_container_client(settings.model_container), 1 << 30),
-                       refresh_seconds=3600)
+    container = blobs.get_container_client(settings.model_container)
+    # Compiled trees as the app builds them (its default: on, where an artifact exists).
+    artifacts, _ = compiled_trees(settings, container, get_telemetry())
+    store = ModelStore(BlobSource(container, 1 << 30), refresh_seconds=3600, artifacts=artifacts)
     return BatchJobs(settings, ScoringService(settings, store), blobs, queues), settings
 
 
