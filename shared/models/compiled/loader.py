@@ -98,11 +98,12 @@ class ArtifactLoader:
         self.counts: Counter[str] = Counter()  # compiled, and fallbacks by reason (tests, status)
 
     def warm(self) -> None:
-        """Load LLVM (llvmlite, ~0.1 s) in the background, once: called before the first model
-        downloads, so that the two overlap."""
+        """Read the compiler versions (the artifact's key) in the background, once: called
+        before the first model downloads. LLVM itself (llvmlite: ~0.1 s and ~40 MB) is loaded
+        only when an artifact is found, so an app without artifacts never pays for it."""
         with self._lock:
             if self._warming is None:
-                self._warming = self._pool.submit(lambda: (versions(), host_problem()))
+                self._warming = self._pool.submit(versions)
 
     def begin(self, name: str, path: str, data: bytes, sha256: str) -> Pending:
         """Start fetching and loading the artifact of the model file ``data`` (at ``path``)."""
