@@ -74,9 +74,8 @@ def _header(text: str) -> dict[str, str]:
 class LoadedModel:
     """A parsed LightGBM booster. Thread-safe: ``predict`` may be called concurrently.
 
-    When the model is opted in to compiled trees (``shared/models/compiled/``), a checked compiled
-    forest may be attached later; it then serves predictions and raw scores, and LightGBM
-    keeps serving ``pred_contrib``.
+    A checked compiled forest (``shared/models/compiled/``) may be attached, at load or later;
+    it then serves predictions and raw scores, and LightGBM keeps serving ``pred_contrib``.
     """
 
     def __init__(self, booster: NativeBooster, info: ModelInfo) -> None:
@@ -117,8 +116,8 @@ class LoadedModel:
 
     def predict(self, X: np.ndarray, *, raw_score: bool = False, pred_contrib: bool = False,
                 num_threads: int = 1) -> np.ndarray:
-        """Predict ``X`` (float64, shape (n, num_features)); equal to ``Booster.predict``
-        (within 1e-12 when the compiled backend serves it)."""
+        """Predict ``X`` (float64, shape (n, num_features)); equal to ``Booster.predict``,
+        whichever backend serves it (compiled trees are checked bit for bit first)."""
         return self.predict_with_backend(X, raw_score=raw_score, pred_contrib=pred_contrib,
                                          num_threads=num_threads)[0]
 

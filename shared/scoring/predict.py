@@ -21,8 +21,8 @@ def threads_for(rows: int, parallel_min_rows: int, max_threads: int) -> int:
 
 def predict(model: LoadedModel, request: ScoringInput, *, parallel_min_rows: int,
             max_threads: int) -> np.ndarray:
-    """Predictions for ``request``, equal to ``Booster.predict`` on the same matrix (within
-    1e-12 when the model's compiled trees serve it)."""
+    """Predictions for ``request``, equal to ``Booster.predict`` on the same matrix (also when
+    the model's compiled trees serve it: they are checked bit for bit first)."""
     return predict_with_backend(model, request, parallel_min_rows=parallel_min_rows,
                                 max_threads=max_threads)[0]
 

@@ -82,7 +82,6 @@ class BlobCache:
 
         self.container = container
         self.reader = BlobSource(container, MAX_ARTIFACT_BYTES)
-        self.source_id = container.url.split("?", 1)[0]
 
     def read(self, path: str) -> bytes | None:
         from shared.errors import ModelNotFound, ScoreError
