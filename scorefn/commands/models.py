@@ -33,6 +33,10 @@ def register(subparsers) -> None:
     up.add_argument("--gzip", action="store_true", help="store compressed (faster downloads)")
     up.add_argument("--force", action="store_true",
                     help="upload even when the single-row p99 is over --max-p99-ms")
+    up.add_argument("--no-latency-check", action="store_true",
+                    help="upload without measuring (e.g. a pipeline that ran check-latency "
+                         "already); no figures are stored, so `router set` refuses the model "
+                         "under a latency budget unless --force")
     add_latency_args(up)
     add_compile_args(up)
     add_storage_args(up)
@@ -63,11 +67,19 @@ def upload_model(args: argparse.Namespace) -> int:
     # Storage is resolved before measuring: a missing or invalid connection fails at once.
     container_name = args.container or app_settings().model_container
     container = blob_service(args).get_container_client(container_name)
-    report = run_check(args, found.data, str(args.file))
-    if report is None:
-        print("not uploaded", file=sys.stderr)
-        return 1
-    if report.over_budget(args.max_p99_ms):
+    if args.no_latency_check:
+        if args.max_p99_ms is not None:
+            print("not uploaded: --max-p99-ms needs the latency check (drop --no-latency-check)",
+                  file=sys.stderr)
+            return 1
+        report = None
+        print("latency check: skipped (--no-latency-check); no figures are stored with the model")
+    else:
+        report = run_check(args, found.data, str(args.file))
+        if report is None:
+            print("not uploaded", file=sys.stderr)
+            return 1
+    if report is not None and report.over_budget(args.max_p99_ms):
         over = (f"single-row p99 {report.model.p99_ms:.3f} ms is over --max-p99-ms "
                 f"{args.max_p99_ms:g}")
         if not args.force:
@@ -86,11 +98,12 @@ def upload_model(args: argparse.Namespace) -> int:
     if artifact is not None:
         upload_artifact(container, artifact, blob_name)
     result = container.get_blob_client(blob_name).upload_blob(
-        data, overwrite=True, metadata=report.figures().to_metadata())
+        data, overwrite=True, metadata=report.figures().to_metadata() if report is not None else {})
     info = model.info
     print(f"uploaded {container_name}/{blob_name} ({len(data):,} bytes): {info.objective}, "
-          f"{info.num_features} features, version {str(result.get('etag', '')).strip(chr(34))}, "
-          f"with its latency figures" + (", served compiled" if artifact is not None else ""))
+          f"{info.num_features} features, version {str(result.get('etag', '')).strip(chr(34))}"
+          + (", with its latency figures" if report is not None else "")
+          + (", served compiled" if artifact is not None else ""))
     return 0
 
 

@@ -7,13 +7,28 @@ import gzip
 
 from scorefn.__main__ import main as cli
 
-# The latency check upload-model runs is kept short here (tests/scorefn/test_latency_check.py checks it).
-QUICK = ("--seconds", "0.3", "--no-compile")
+# The latency check and the compile step have their own specifications
+# (tests/scorefn/test_latency_check.py, tests/scorefn/commands/test_compile.py): skipped here,
+# except where a test is about what upload-model prints around the check.
+QUICK = ("--no-latency-check", "--no-compile")
+MEASURED = ("--seconds", "0.3", "--no-compile")
 
 
-def upload(container, azurite, *args: str) -> int:
-    return cli(["upload-model", *args, *QUICK, "--container", container.container_name,
+def upload(container, azurite, *args: str, options: tuple[str, ...] = QUICK) -> int:
+    return cli(["upload-model", *args, *options, "--container", container.container_name,
                 "--connection-string", azurite.connection_string])
+
+
+def test_without_the_latency_check_no_figures_are_stored_and_a_budget_is_refused(
+        container, azurite, demo_models, capsys):
+    path = str(demo_models["churn"].path)
+    assert upload(container, azurite, path, "churn") == 0
+    assert "latency check: skipped" in capsys.readouterr().out
+    assert not any(k.startswith("scorefn_latency")
+                   for k in container.get_blob_client("churn.txt").get_blob_properties().metadata)
+    assert upload(container, azurite, path, "other", options=(*QUICK, "--max-p99-ms", "5")) == 1
+    assert "--max-p99-ms needs the latency check" in capsys.readouterr().err
+    assert not container.get_blob_client("other.txt").exists()
 
 
 def test_a_model_is_uploaded_as_name_txt_and_the_version_printed(container, azurite, demo_models,
@@ -127,7 +142,7 @@ def test_upload_says_what_it_found_and_measured_before_uploading(container, azur
     import lightgbm as lgb
 
     path = demo_models["segment"].path
-    assert upload(container, azurite, str(path), "segment") == 0
+    assert upload(container, azurite, str(path), "segment", options=MEASURED) == 0
     out = capsys.readouterr().out
     booster = lgb.Booster(model_file=str(path))
     assert (f"found: LightGBM text model, {booster.num_trees()} trees, {booster.num_feature()} "
