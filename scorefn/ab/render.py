@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from scorefn.ab.data import Dataset
 from scorefn.ab.stats import METRICS
+from shared.ablog.dataset import Dataset
 
 METHOD = (
     "AUC is the rank (Mann-Whitney) statistic with DeLong's variance; log loss, Brier score, "

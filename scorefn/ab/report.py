@@ -1,6 +1,6 @@
 """The A/B report: reads the logs, joins, computes (``stats``) and writes (``render``).
 
-:func:`analyse` turns a :class:`~scorefn.ab.data.Dataset` into a plain dict (also written
+:func:`analyse` turns a :class:`~shared.ablog.dataset.Dataset` into a plain dict (also written
 as JSON with ``--json``); :func:`make_report` does everything from storage to file.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from scorefn.ab import stats
-from scorefn.ab.data import (
+from shared.ablog.dataset import (
     Dataset,
     Progress,
     build_dataset,

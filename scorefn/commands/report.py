@@ -73,8 +73,8 @@ def _container_name(value: str | None, setting: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scorefn.ab.data import parse_when
     from scorefn.ab.report import ReportOptions, make_report
+    from shared.ablog.dataset import parse_when
 
     if args.no_outcome_log and not args.outcomes_csv:
         raise SystemExit("--no-outcome-log needs --outcomes-csv")

@@ -143,9 +143,9 @@ def run_ab_demo(client: Any, azurite_connection_string: str, models_container: s
     (``None`` when the host does not watch ``config_blob``)."""
     from azure.storage.blob import BlobServiceClient
 
-    from scorefn.ab.data import Progress
     from scorefn.ab.report import ReportOptions, make_report
     from scorefn.commands.report import print_summary
+    from shared.ablog.dataset import Progress
 
     report_path = report_path or ROOT / ".demo" / "ab-report.html"
     blobs = BlobServiceClient.from_connection_string(azurite_connection_string)

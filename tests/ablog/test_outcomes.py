@@ -124,7 +124,7 @@ def test_storage_down_is_a_503_the_caller_can_retry(container):
 
 
 def test_the_report_reads_outcomes_from_csv_with_the_same_rules(tmp_path):
-    from scorefn.ab.data import read_outcomes_csv
+    from shared.ablog.dataset import read_outcomes_csv
 
     good = tmp_path / "good.csv"
     good.write_text("request_id,key,label,time,row\nr1,,1,,\n,u2,0,2026-01-01T00:00:00Z,\n,u3,1,,3\n")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from scorefn.ab.data import build_dataset, time_prefixes
+from shared.ablog.dataset import build_dataset, time_prefixes
 from tests.azurite_support import new_container
 
 T0 = datetime(2026, 11, 24, 10, tzinfo=UTC).timestamp()
@@ -190,8 +190,8 @@ def test_the_report_reads_outcomes_received_before_outcomes_until_and_prediction
         blob_service, tmp_path):
     import orjson
 
-    from scorefn.ab.data import Progress
     from scorefn.ab.report import ReportOptions, make_report
+    from shared.ablog.dataset import Progress
 
     since, until = datetime(2026, 11, 20, tzinfo=UTC), datetime(2026, 11, 22, tzinfo=UTC)
     t0 = datetime(2026, 11, 20, 10, tzinfo=UTC).timestamp()
