@@ -246,7 +246,7 @@ def _budgets_met(config: Any, infos: dict[str, Any], *, force: bool) -> bool:
     variants' model blobs (shadows score off the request path: not counted). Prints each
     endpoint's verdict; with ``force`` a fault is a warning. False when one is at fault."""
     from shared.models.latency_figures import read_latency_figures
-    from shared.router.config import endpoint_path
+    from shared.router.fields import endpoint_path
 
     faults = []
     for ep in config.endpoints.values():

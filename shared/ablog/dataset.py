@@ -485,6 +485,9 @@ def _prediction(doc: dict[str, Any], endpoint: str, excluded: Counter) -> Predic
     if record.endpoint != endpoint:
         excluded["another endpoint"] += 1
         return None
+    if record.error is not None:
+        excluded["failed requests (no predictions)"] += 1
+        return None
     if record.output != PREDICT:
         excluded[f"{record.output} output (not predictions)"] += 1
         return None

@@ -41,7 +41,7 @@ _FIELDS = frozenset({"request_id", "key", "label", "time", "row"})
 
 def check_endpoint(endpoint: str) -> None:
     """Outcome endpoints are router endpoint names (letters, digits, ``.``, ``_``, ``-``)."""
-    from shared.router.config import NAME_RE
+    from shared.router.fields import NAME_RE
 
     if not isinstance(endpoint, str) or not NAME_RE.match(endpoint):
         raise InvalidName(f"{str(endpoint)[:64]!r} is not a valid endpoint name: use up to 64 "

@@ -10,7 +10,10 @@ A line, in this key order (``key``, ``variant_index``, ``pinned``, ``feature_nam
      "objective": "binary", "output": "predict", "rows": 1, "predictions": [0.31],
      "latency_ms": 1.2345, "feature_names": [...], "features": [[...]]}
 
-``predictions`` is ``null`` for ``pred_contrib`` output; ``features`` are the rows as the
+A request that failed after it was routed, through no fault of its own (its model is missing
+or broken, storage is down, a bug; not a bad request), is logged too, with ``"error": code``,
+``rows`` 0 and ``predictions`` ``null``: the rollout controller compares the variants' failure
+rates. ``predictions`` is ``null`` for ``pred_contrib`` output; ``features`` are the rows as the
 request sent them (a categorical feature's category value, ``null`` when missing). A line
 too large for one append block loses ``features`` and ``feature_names`` and says
 ``"features_omitted": "too_large"`` instead. Stored logs stay readable: change this format
@@ -80,6 +83,7 @@ class PredictionRecord:
     feature_names: Sequence[str] | None = None
     features: Any = None
     features_omitted: str | None = None
+    error: str | None = None      # the error code of a failed request (then no predictions)
     feature_schema: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -97,6 +101,22 @@ class PredictionRecord:
                    latency_ms=latency_ms,
                    feature_names=model.feature_names if features is not None else None,
                    features=features, feature_schema=model.schema if features is not None else None)
+
+    @classmethod
+    def failed(cls, *, endpoint: str, request_id: str, key: str | None, trigger: str,
+               variant: str, model_name: str, error: str, latency_ms: float,
+               variant_index: int | None = None, shadow: bool = False,
+               pinned: bool = False) -> PredictionRecord:
+        """The record of a routed request that failed now with the error code ``error``."""
+        return cls(time=time.time(), endpoint=endpoint, request_id=request_id, key=key,
+                   trigger=trigger, variant=variant, shadow=shadow, variant_index=variant_index,
+                   pinned=pinned, model_name=model_name, model_version="?", objective="unknown",
+                   rows=0, predictions=None, latency_ms=latency_ms, error=error)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the request was scored (not a failure record)."""
+        return self.error is None
 
     # -- writing -------------------------------------------------------------------------
 
@@ -120,6 +140,8 @@ class PredictionRecord:
             doc["features"] = _as_sent(self.features, self.feature_schema)
         if self.features_omitted is not None:
             doc["features_omitted"] = self.features_omitted
+        if self.error is not None:
+            doc["error"] = self.error
         return doc
 
     def json_line(self, max_bytes: int) -> bytes:
@@ -159,6 +181,7 @@ class PredictionRecord:
                 rows = predictions.shape[0] if predictions is not None and predictions.ndim else 0
             key = doc.get("key")
             omitted = doc.get("features_omitted")
+            error = doc.get("error")
             return cls(
                 time=epoch_seconds(doc["time"]), endpoint=str(named),
                 request_id=str(doc["request_id"]), key=key if isinstance(key, str) else None,
@@ -170,7 +193,8 @@ class PredictionRecord:
                 output=str(doc.get("output", PREDICT)), rows=rows, predictions=predictions,
                 latency_ms=float(doc.get("latency_ms", math.nan)),
                 feature_names=doc.get("feature_names"), features=doc.get("features"),
-                features_omitted=omitted if isinstance(omitted, str) else None)
+                features_omitted=omitted if isinstance(omitted, str) else None,
+                error=error if isinstance(error, str) else None)
         except DamagedRecord:
             raise
         except (KeyError, TypeError, ValueError) as exc:

@@ -12,10 +12,19 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn, TypeGuard, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
-from shared.errors import InvalidName, InvalidRouterConfig
-from shared.models.store import blob_candidates
+from shared.router.fields import NAME_RE, JsonConstant, JsonObject, endpoint_path, no_constant
+from shared.router.fields import fail as _fail
+from shared.router.fields import is_number as _is_number
+from shared.router.fields import items as _list
+from shared.router.fields import model_field as _model
+from shared.router.fields import name_field as _name
+from shared.router.fields import obj as _object
+from shared.router.fields import unique as _unique
+
+if TYPE_CHECKING:
+    from shared.rollout.config import Rollout
 
 MAX_CONFIG_BYTES = 256 * 1024
 MAX_ENDPOINTS = 500
@@ -23,10 +32,8 @@ MAX_VARIANTS = 16
 MAX_SHADOWS = 4
 MAX_SALT_CHARS = 128
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _HEADER_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")  # an HTTP token
 _FIELD_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
-_PLAIN_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 # Body fields the request formats themselves use: a sticky key cannot be one of them.
 RESERVED_BODY_FIELDS = frozenset({"rows", "records", "options", "inputs", "outputs", "parameters"})
 
@@ -82,6 +89,9 @@ class EndpointConfig:
     # in the pre-deployment figures stored with their blobs (shared/models/latency_figures.py).
     # Checked by `python -m scorefn router set`; the app itself does not act on it.
     max_p99_ms: float | None = None
+    # A progressive rollout of one variant against another (shared/rollout/): the controller
+    # moves the two variants' weights; routing itself reads only the weights.
+    rollout: Rollout | None = None
 
     @property
     def sticky_body_field(self) -> str | None:
@@ -110,12 +120,12 @@ def parse_config(document: str | bytes) -> RouterConfig:
     if len(raw) > MAX_CONFIG_BYTES:
         _fail("config", f"the document is {len(raw)} bytes; the limit is {MAX_CONFIG_BYTES}")
     try:
-        doc = json.loads(raw, object_pairs_hook=_Object, parse_constant=_no_constant)
+        doc = json.loads(raw, object_pairs_hook=JsonObject, parse_constant=no_constant)
     except json.JSONDecodeError as exc:
         _fail("config", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
     except UnicodeDecodeError:
         _fail("config", "not valid JSON: the document is not UTF-8")
-    except _Constant as exc:
+    except JsonConstant as exc:
         _fail("config", f"not valid JSON: {exc.args[0]} is not a number JSON allows")
     except RecursionError:
         _fail("config", "not valid JSON: nested too deeply")
@@ -139,13 +149,17 @@ def validate_config(doc: Any) -> RouterConfig:
 
 def _endpoint(name: str, value: Any, path: str) -> EndpointConfig:
     obj = _object(value, path, required={"variants"},
-                  optional={"sticky", "salt", "allow_override", "shadow", "log", "max_p99_ms"})
+                  optional={"sticky", "salt", "allow_override", "shadow", "log", "max_p99_ms",
+                            "rollout"})
     variants = tuple(_list(obj["variants"], f"{path}.variants", _variant, MAX_VARIANTS, "variants"))
     if not variants:
         _fail(f"{path}.variants", "must list at least one variant")
     _unique([v.name for v in variants], f"{path}.variants", "variant")
-    if not math.isfinite(sum(float(v.weight) for v in variants)):  # else every share reads 0
+    total = sum(float(v.weight) for v in variants)
+    if not math.isfinite(total):  # else every share reads 0
         _fail(f"{path}.variants", "the weights add up to more than a number can hold; use smaller weights")
+    if total <= 0:
+        _fail(f"{path}.variants", "at least one variant must have a weight above 0")
     shadows = tuple(_list(obj.get("shadow", []), f"{path}.shadow", _shadow, MAX_SHADOWS, "shadows"))
     _unique([s.name for s in shadows], f"{path}.shadow", "shadow")
     variant_names = {v.name for v in variants}
@@ -163,15 +177,21 @@ def _endpoint(name: str, value: Any, path: str) -> EndpointConfig:
     max_p99_ms = obj.get("max_p99_ms")
     if "max_p99_ms" in obj and (not _is_number(max_p99_ms) or not max_p99_ms > 0):
         _fail(f"{path}.max_p99_ms", "must be a positive number of milliseconds")
+    rollout = None
+    if "rollout" in obj:
+        from shared.rollout.config import parse_rollout
+
+        rollout = parse_rollout(obj["rollout"], f"{path}.rollout", variants)
     return EndpointConfig(name=name, variants=variants, salt=salt, sticky=sticky,
-                          allow_override=allow, shadow=shadows, log=log, max_p99_ms=max_p99_ms)
+                          allow_override=allow, shadow=shadows, log=log, max_p99_ms=max_p99_ms,
+                          rollout=rollout)
 
 
 def _variant(value: Any, path: str) -> Variant:
     obj = _object(value, path, required={"name", "model"}, optional={"weight"})
     weight = obj.get("weight", 1)
-    if not _is_number(weight) or not weight > 0:
-        _fail(f"{path}.weight", "must be a positive number")
+    if not _is_number(weight) or not weight >= 0:
+        _fail(f"{path}.weight", "must be a number of at least 0")
     return Variant(name=_name(obj["name"], f"{path}.name"), model=_model(obj["model"], f"{path}.model"),
                    weight=weight)
 
@@ -210,101 +230,3 @@ def _log(value: Any, path: str) -> LogConfig:
     if not isinstance(features, bool):
         _fail(f"{path}.features", "must be true or false")
     return LogConfig(sample=sample, features=features)
-
-
-# -- helpers ---------------------------------------------------------------------------
-
-
-class _Object(dict):
-    """A decoded JSON object that remembers keys given more than once."""
-
-    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
-        super().__init__(pairs)
-        self.duplicates = [k for k, n in _counts(pairs).items() if n > 1] if len(self) < len(pairs) else []
-
-
-def _counts(pairs: list[tuple[str, Any]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for key, _ in pairs:
-        counts[key] = counts.get(key, 0) + 1
-    return counts
-
-
-class _Constant(Exception):
-    pass
-
-
-def _no_constant(name: str) -> Any:
-    raise _Constant(name)
-
-
-def _fail(path: str, problem: str) -> NoReturn:
-    raise InvalidRouterConfig(f"{path}: {problem}")
-
-
-def endpoint_path(name: str) -> str:
-    """The path of an endpoint in messages: ``endpoints.churn``, ``endpoints["churn.eu"]``."""
-    return f"endpoints.{name}" if _PLAIN_KEY_RE.match(name) else f"endpoints[{json.dumps(name)}]"
-
-
-def _object(value: Any, path: str, *, required: set[str] | None = None,
-            optional: set[str] | None = None) -> dict[str, Any]:
-    """``value`` as an object; with ``required``/``optional``, no other field is allowed."""
-    if not isinstance(value, dict):
-        _fail(path, "must be an object")
-    duplicates = getattr(value, "duplicates", [])
-    if duplicates:
-        _fail(path, f"field {duplicates[0][:64]!r} is given more than once")
-    if required is None or optional is None:
-        return value
-    allowed = required | optional
-    unknown = [key for key in value if key not in allowed]
-    if unknown:
-        _fail(path, f"unknown field {unknown[0][:64]!r} (allowed: {', '.join(sorted(allowed))})")
-    missing = sorted(required - value.keys())
-    if missing:
-        _fail(f"{path}.{missing[0]}", "is required")
-    return value
-
-
-def _list(value: Any, path: str, item, limit: int, what: str) -> list:
-    if not isinstance(value, list):
-        _fail(path, "must be a list")
-    if len(value) > limit:
-        _fail(path, f"{len(value)} {what}; the limit is {limit}")
-    return [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
-
-
-def _unique(names: list[str], path: str, what: str) -> None:
-    seen: set[str] = set()
-    for i, name in enumerate(names):
-        if name in seen:
-            _fail(f"{path}[{i}].name", f"{what} name {name!r} is used more than once")
-        seen.add(name)
-
-
-def _name(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        _fail(path, "must be a name of up to 64 letters, digits, '.', '_', '-', "
-                    "starting with a letter or digit")
-    return value
-
-
-def _model(value: Any, path: str) -> str:
-    if not isinstance(value, str):
-        _fail(path, "must be a model name (a string)")
-    try:
-        blob_candidates(value)
-    except InvalidName as exc:
-        _fail(path, exc.message)
-    return value
-
-
-def _is_number(value: Any) -> TypeGuard[int | float]:
-    """An int or float (never a bool) that is finite as a float."""
-    if type(value) not in (int, float):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int too large for a float
-        return False

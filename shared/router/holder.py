@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import InvalidModel, InvalidRouterConfig, ScoreError
-from shared.router.config import RouterConfig, endpoint_path
+from shared.router.config import RouterConfig
+from shared.router.fields import endpoint_path
 from shared.router.router import Router
 from shared.router.source import ConfigVersion, RouterConfigSource
 

@@ -17,7 +17,14 @@ from typing import Any
 
 from shared.ablog.predictions import PredictionLog
 from shared.ablog.record import PredictionRecord, output_kind
-from shared.errors import NotEnabled, OverrideNotAllowed, PayloadTooLarge, ScoreError, UnsupportedMediaType
+from shared.errors import (
+    BadRequest,
+    NotEnabled,
+    OverrideNotAllowed,
+    PayloadTooLarge,
+    ScoreError,
+    UnsupportedMediaType,
+)
 from shared.models.model import LoadedModel, ModelInfo
 from shared.models.store import ModelStore
 from shared.payloads import (
@@ -189,6 +196,8 @@ class ScoringService:
         start = time.perf_counter()
         tel = self.telemetry
         attrs: dict[str, Any] = {"trigger": trigger, "endpoint": endpoint}
+        route: Route | None = None
+        config: EndpointConfig | None = None
         with tel.request_span("scorefn.score", carrier, attrs) as request_trace:
             try:
                 direct, doc = self._decode(body, fmt, content_type, binary_header_length)
@@ -222,11 +231,14 @@ class ScoringService:
                 encoded, binary_length = encode_response(result, fmt, endpoint, request_id)
             except ScoreError as exc:
                 self._record_failure(exc, attrs, request_trace, start, body)
+                self._log_failure(exc, route, config, trigger, start, request_id)
                 raise
             except Exception:
                 # A bug, not the caller's fault: counted as internal_error so that it shows in
                 # scorefn's own metrics too; the transport logs the traceback.
-                self._record_failure(ScoreError("internal error"), attrs, request_trace, start, body)
+                internal = ScoreError("internal error")
+                self._record_failure(internal, attrs, request_trace, start, body)
+                self._log_failure(internal, route, config, trigger, start, request_id)
                 raise
             attrs["outcome"] = "ok"
             end = time.perf_counter()
@@ -329,6 +341,27 @@ class ScoringService:
         except Exception:  # the log must never fail a request
             log.exception("prediction log: could not record a prediction")
             return None, False
+
+    def _log_failure(self, exc: ScoreError, route: Route | None, config: EndpointConfig | None,
+                     trigger: str, start: float, request_id: str | None) -> None:
+        """Log a routed request that failed through no fault of its own (its model is missing
+        or broken, storage is down, a bug: not a :class:`BadRequest`), when its endpoint logs:
+        a rollout compares the variants' failure rates. Never raises."""
+        if (route is None or config is None or config.log is None or isinstance(exc, BadRequest)
+                or self.prediction_log is None):
+            return
+        try:
+            if not self.prediction_log.wants(config.log, route.endpoint, route.key):
+                return
+            index = next((i for i, v in enumerate(config.variants) if v.name == route.variant),
+                         None)
+            self.prediction_log.offer(PredictionRecord.failed(
+                endpoint=route.endpoint, request_id=request_id or uuid.uuid4().hex,
+                key=route.key, trigger=trigger, variant=route.variant, model_name=route.model,
+                error=exc.code, latency_ms=(time.perf_counter() - start) * 1000,
+                variant_index=index, pinned=route.how == "override"))
+        except Exception:  # the log must never fail a request
+            log.exception("prediction log: could not record a failed request")
 
     def _check_response_size(self, info: ModelInfo, request: ScoringInput) -> None:
         values = request.X.shape[0] * info.num_outputs

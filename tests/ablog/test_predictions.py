@@ -20,6 +20,7 @@ from shared.ablog.blobs import MAX_BLOCK_BYTES, AppendTarget, hour_prefix, insta
 from shared.ablog.predictions import PredictionLog
 from shared.ablog.record import PredictionRecord
 from shared.ablog.writer import BufferedLogWriter
+from shared.errors import InvalidJson, ModelNotFound
 from shared.models.blob_source import BlobSource
 from shared.models.store import ModelStore
 from shared.router import RouterConfigSource, RouterHolder, ShadowRunner
@@ -359,3 +360,34 @@ def test_log_settings_are_validated_with_safe_defaults():
                 {"PREDICTION_LOG_MAX_BUFFER_MB": "lots"}, {"PREDICTION_LOG_CONNECTION": "a b"}):
         with pytest.raises(SettingsError, match=next(iter(env))):
             Settings.from_env(env)
+
+
+def test_a_routed_request_that_fails_through_no_fault_of_its_own_is_logged_as_a_failure(
+        models, container, blob_service):
+    # The candidate names a model that is not in storage: its requests fail (404 model_not_found)
+    # after routing; a rollout must see them. A bad request is the caller's fault: not logged.
+    log_container = blob_service.get_container_client(container.container_name + "log")
+    config = json.loads(router_config({"sample": 1.0}))
+    config["endpoints"]["churn"]["variants"][1]["model"] = "churn_missing"
+    service = make_service(models, json.dumps(config), log_container)
+    outcomes = {}
+    for i in range(30):
+        try:
+            outcomes[f"req-{i}"] = score(service, user=f"u{i}", request_id=f"req-{i}").variant
+        except ModelNotFound:
+            outcomes[f"req-{i}"] = "failed"
+    with pytest.raises(InvalidJson):
+        service.score("churn", b"{not json", headers={"x-user-id": "u1"}, request_id="bad-body")
+    service.close()
+    by_id = {r["request_id"]: r for r in logged(log_container)}
+    assert "bad-body" not in by_id
+    failed = [rid for rid, how in outcomes.items() if how == "failed"]
+    assert failed and len(failed) < 30  # both variants drew users
+    for rid in failed:
+        r = by_id[rid]
+        assert r["error"] == "model_not_found" and r["variant"] == "candidate"
+        assert r["rows"] == 0 and r["predictions"] is None and r["latency_ms"] > 0
+        assert r["model"] == {"name": "churn_missing", "version": "?"}
+        assert PredictionRecord.from_json(r).error == "model_not_found"
+    assert all("error" not in by_id[rid] for rid in outcomes if rid not in failed)
+    log_container.delete_container()

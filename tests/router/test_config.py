@@ -61,6 +61,12 @@ def test_sticky_body_field_is_exposed_for_the_payload_parser():
     assert parse_config(json.dumps(GOOD)).endpoints["churn"].sticky_body_field is None
 
 
+def test_a_variant_of_weight_zero_gets_no_share_but_stays_in_the_config():
+    # A rolled-back candidate keeps its place (and its sticky users' hashes) at weight 0.
+    config = parse_config(changed(lambda d: ep(d)["variants"][1].update(weight=0)))
+    assert [v.weight for v in config.endpoints["churn"].variants] == [90, 0]
+
+
 def test_float_weights_are_allowed():
     config = parse_config(changed(lambda d: ep(d)["variants"][0].update(weight=0.25)))
     assert config.endpoints["churn"].variants[0].weight == 0.25
@@ -68,10 +74,10 @@ def test_float_weights_are_allowed():
 
 BAD = [
     # (what, edit or raw document, path the message must start with)
-    ("weight zero", lambda d: ep(d)["variants"][1].update(weight=0),
-     "endpoints.churn.variants[1].weight: must be a positive number"),
+    ("all weights zero", lambda d: [v.update(weight=0) for v in ep(d)["variants"]],
+     "endpoints.churn.variants: at least one variant must have a weight above 0"),
     ("weight negative", lambda d: ep(d)["variants"][1].update(weight=-5),
-     "endpoints.churn.variants[1].weight: must be a positive number"),
+     "endpoints.churn.variants[1].weight: must be a number of at least 0"),
     ("weight bool", lambda d: ep(d)["variants"][0].update(weight=True),
      "endpoints.churn.variants[0].weight:"),
     ("weight string", lambda d: ep(d)["variants"][0].update(weight="90"),

@@ -87,6 +87,21 @@ def test_keyed_routes_follow_the_weights_over_many_keys():
     assert within_binomial(candidate, len(keys), 0.10), candidate / len(keys)
 
 
+@pytest.mark.parametrize("order", [("off", "on"), ("on", "off")])
+def test_a_variant_of_weight_zero_gets_no_request_keyed_or_not(order):
+    # How a rolled-back candidate is kept in the config: weight 0.
+    r = router({order[0]: 0 if order[0] == "off" else 5, order[1]: 0 if order[1] == "off" else 5})
+    assert {r.route("churn", key=k).variant for k in KEYS[:2000]} == {"on"}
+    assert {r.route("churn").variant for _ in range(2000)} == {"on"}
+
+
+def test_raising_a_candidate_from_weight_zero_moves_keys_only_to_it():
+    before, after = router({"control": 100, "candidate": 0}), router({"control": 95, "candidate": 5})
+    moved = [k for k in KEYS if before.route("churn", key=k).variant != after.route("churn", key=k).variant]
+    assert all(after.route("churn", key=k).variant == "candidate" for k in moved)
+    assert within_binomial(len(moved), len(KEYS), 0.05)
+
+
 def test_a_single_variant_takes_everything():
     r = router({"only": 3})
     assert {r.route("churn", key=k).how for k in KEYS[:50]} == {"only"}
