@@ -13,18 +13,21 @@ from shared.settings import Settings, resolve_connection
 
 if TYPE_CHECKING:
     from shared.batch.runner import BatchJobs
+    from shared.rollout.controller import RolloutController
     from shared.scoring.service import ScoringService
 
 log = logging.getLogger("scorefn")
 
 @dataclass
 class App:
-    """The scoring service, and the batch job runner built when a queue first needs it."""
+    """The scoring service, and what a trigger builds when it first needs it: the batch job
+    runner, the rollout controller."""
 
     settings: Settings
     service: ScoringService
     _jobs: BatchJobs | None = None
     _jobs_lock: threading.Lock = field(default_factory=threading.Lock)
+    _rollouts: RolloutController | None = None
 
     @property
     def jobs(self) -> BatchJobs:
@@ -34,6 +37,16 @@ class App:
                 if self._jobs is None:
                     self._jobs = build_jobs(self.settings, self.service)
         return self._jobs
+
+    @property
+    def rollouts(self) -> RolloutController | None:
+        """The rollout controller of the router config blob (``None`` without
+        ``ROUTER_CONFIG_BLOB``: an inline config cannot be written)."""
+        if self._rollouts is None and self.settings.router_config_blob:
+            with self._jobs_lock:
+                if self._rollouts is None:
+                    self._rollouts = build_rollouts(self.settings, self.service)
+        return self._rollouts
 
     def close(self) -> None:
         self.service.close()
@@ -112,6 +125,25 @@ def build_jobs(settings: Settings, service: ScoringService) -> BatchJobs:
     conn = resolve_connection(BATCH_CONNECTION)
     timeout = settings.storage_timeout_seconds
     return BatchJobs(settings, service, blob_service(conn, timeout), queue_service(conn, timeout))
+
+
+def build_rollouts(settings: Settings, service: ScoringService) -> RolloutController:
+    """The rollout controller: the router config blob in the models container, the prediction
+    and outcome logs on their connection, the service's model store (a candidate must load)."""
+    from shared.rollout.audit import AuditLog
+    from shared.rollout.controller import RolloutController
+    from shared.storage import blob_service
+    from shared.telemetry import get_telemetry
+
+    timeout = settings.storage_timeout_seconds
+    models = blob_service(resolve_connection(settings.storage_connection), timeout)
+    logs = blob_service(resolve_connection(settings.prediction_log_connection), timeout)
+    predictions = logs.get_container_client(settings.prediction_log_container)
+    return RolloutController(
+        models.get_blob_client(settings.model_container, settings.router_config_blob),
+        predictions=predictions,
+        outcomes=logs.get_container_client(settings.outcome_log_container),
+        audit=AuditLog(predictions), store=service.store, telemetry=get_telemetry())
 
 
 def build_app(settings: Settings) -> App:

@@ -153,6 +153,18 @@ def _blob_path(raw: str) -> str:
     return value
 
 
+def _schedule(raw: str) -> str:
+    value = " ".join(raw.split())
+    fields = value.split(" ")
+    if len(fields) != 6 or not all(re.match(r"^[0-9A-Za-z*/,\-]{1,64}$", f) for f in fields):
+        raise ValueError("must be an NCRONTAB schedule of six fields: second minute hour day "
+                         "month day-of-week")
+    return value
+
+
+_SCHEDULE = Kind(_schedule, "an NCRONTAB schedule of six fields (`{second} {minute} {hour} {day} "
+                            "{month} {day-of-week}`), e.g. `0 */5 * * * *`")
+
 _BLOB_PATH = Kind(_blob_path, "a blob path: a letter or digit, then letters, digits, `.`, `_`, "
                               "`-` and `/` (at most 256 characters, no `..`)")
 
@@ -343,6 +355,12 @@ class Settings:
         "ROUTER_CHECK_MODELS", True, _BOOL, ROUTING,
         "A new router config must load all its models (with the same features per endpoint) "
         "before it replaces the working one.")
+    rollout_schedule: str = _setting(
+        "ROLLOUT_SCHEDULE", "0 */5 * * * *", _SCHEDULE, ROUTING,
+        "When the rollout controller (a timer trigger binding `%ROLLOUT_SCHEDULE%`, so the app "
+        "setting must be present) evaluates the rollouts of the router config blob: advance, "
+        "hold, promote, roll back or pause each (see docs/rollout.md). Needs "
+        "`ROUTER_CONFIG_BLOB`; it does nothing without rollouts.")
     shadow_workers: int = _setting(
         "SHADOW_WORKERS", 2, _int(0, 64), ROUTING,
         "Threads scoring shadow variants off the request path; 0 disables shadows.")

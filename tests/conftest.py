@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
@@ -10,6 +11,11 @@ import pytest
 from devhost.azurite import Azurite
 from scorefn.demo.models import DemoModel, train_demo_models
 from tests.azurite_support import new_container
+
+# The rollout controller's timer binds %ROLLOUT_SCHEDULE%: a local host refuses an app whose
+# setting is missing, as Azure's does. Hosts started by tests inherit this environment; once a
+# year is "never" for them, and the rollout tests set their own schedule.
+os.environ.setdefault("ROLLOUT_SCHEDULE", "0 0 0 1 1 *")
 
 
 @pytest.fixture(scope="session")

@@ -48,6 +48,9 @@ param resultsQueueName string
 @description('CHUNK_QUEUE_NAME: the queue of batch job chunks.')
 param chunkQueueName string
 
+@description('ROLLOUT_SCHEDULE: when the rollout controller runs (NCRONTAB, six fields).')
+param rolloutSchedule string = '0 */5 * * * *'
+
 @description('ROUTER_CONFIG_BLOB: path of the router config blob inside the models container.')
 param routerConfigBlob string
 
@@ -107,6 +110,7 @@ var storageSettings = {
   RESULTS_QUEUE_NAME: resultsQueueName
   CHUNK_QUEUE_NAME: chunkQueueName // the chunk triggers bind %CHUNK_QUEUE_NAME%: required
   ROUTER_CONFIG_BLOB: routerConfigBlob
+  ROLLOUT_SCHEDULE: rolloutSchedule // the rollout timer binds %ROLLOUT_SCHEDULE%: required
   PREDICTION_LOG_CONNECTION: 'AzureWebJobsStorage'
   PREDICTION_LOG_CONTAINER: predictionsContainerName
   OUTCOME_LOG_CONTAINER: outcomesContainerName

@@ -143,6 +143,11 @@ def _tables(analysis: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
     rows += [[f"prediction records left out: {reason}", _num(n)]
              for reason, n in sorted(analysis.get("excluded_records", {}).items())]
     tables.append(("Join", ["", "count"], rows))
+    rollout = analysis.get("rollout")
+    if rollout:
+        tables.append(("Rollout decisions", ["time (UTC)", "decision", "candidate share", "reason"],
+                       [[d["time"][:19], str(d["action"]), f"{d['share']:g}%", str(d["reason"])]
+                        for d in rollout["decisions"]]))
     return tables
 
 
@@ -214,6 +219,9 @@ def html_page(analysis: dict[str, Any], plots: dict[str, bytes], plot_note: str 
     if analysis["shadows"]:
         parts.append(table(by_title["Shadows against the answer on the same rows"]))
     parts.append(table(by_title["Join"]))
+    if "Rollout decisions" in by_title:
+        parts.append(table(by_title["Rollout decisions"]))
+        parts.append(img("rollout", "the candidate's share and the always-valid interval over time"))
     notes = list(analysis.get("notes", []))
     if plot_note:
         notes.append(plot_note)
@@ -259,6 +267,9 @@ def markdown(analysis: dict[str, Any], links: dict[str, str], plot_note: str | N
     if analysis["shadows"]:
         lines += table(by_title["Shadows against the answer on the same rows"])
     lines += table(by_title["Join"])
+    if "Rollout decisions" in by_title:
+        lines += table(by_title["Rollout decisions"])
+        lines += img("rollout", "the candidate's share and the always-valid interval over time")
     lines += ["", "## Method and notes", "", METHOD, ""]
     lines += [f"- {n}" for n in analysis.get("notes", []) + ([plot_note] if plot_note else [])]
     return "\n".join(lines) + "\n"
@@ -279,7 +290,7 @@ def make_plots(analysis: dict[str, Any], dataset: Dataset) -> tuple[dict[str, by
                     "(the report is otherwise complete).")
     plots: dict[str, bytes] = {}
     for name, draw in (("metric", _plot_metric), ("scores", _plot_scores), ("daily", _plot_daily),
-                       ("latency", _plot_latency)):
+                       ("latency", _plot_latency), ("rollout", _plot_rollout)):
         fig = draw(plt, analysis, dataset)
         if fig is None:
             continue
@@ -397,3 +408,29 @@ def _plot_latency(plt, analysis, dataset):
 
 DRAWERS: dict[str, Callable] = {"metric": _plot_metric, "scores": _plot_scores,
                                 "daily": _plot_daily, "latency": _plot_latency}
+
+
+def _plot_rollout(plt, analysis, dataset):
+    """The candidate's share over time, and the always-valid interval of its loss difference
+    narrowing as outcomes come in."""
+    rollout = analysis.get("rollout")
+    if not rollout:
+        return None
+    points = rollout["timeline"]
+    t = [datetime.fromisoformat(p["time"].replace("Z", "+00:00")) for p in points]
+    fig, (share_ax, interval_ax) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+    share_ax.step(t, [p["share"] for p in points], where="post", color="#0969da")
+    for d in rollout["decisions"]:
+        share_ax.annotate(d["action"], (datetime.fromisoformat(d["time"].replace("Z", "+00:00")),
+                                        d["share"]), fontsize=8, rotation=30)
+    share_ax.set_ylabel("candidate share (%)")
+    ranged = [(x, p["low"], p["high"]) for x, p in zip(t, points)
+              if p["low"] is not None and p["high"] is not None]
+    if ranged:
+        xs = [r[0] for r in ranged]
+        interval_ax.fill_between(xs, [r[1] for r in ranged], [r[2] for r in ranged],
+                                 color="#8250df", alpha=0.3, step="post")
+        interval_ax.axhline(0, color="#57606a", linewidth=0.8)
+    interval_ax.set_ylabel("candidate - control\n(loss, always valid)")
+    fig.autofmt_xdate()
+    return fig

@@ -27,6 +27,7 @@ from shared.ablog.dataset import (
     read_outcomes_csv,
     time_prefixes,
 )
+from shared.rollout.audit import AuditLog
 
 DAILY_MIN_OUTCOMES = 20
 
@@ -96,6 +97,8 @@ def make_report(predictions_container: Any, outcomes_container: Any, options: Re
     dataset.join.damaged = damaged
     analysis = analyse(dataset, control=options.control, threshold=options.threshold,
                        metric=options.metric, alpha=options.alpha)
+    analysis["rollout"] = rollout_history(AuditLog(predictions_container).read(options.endpoint),
+                                          since.timestamp(), until.timestamp())
     analysis.update(since=since.isoformat(), until=until.isoformat(),
                     read={"prediction_blobs": pstats.blobs, "prediction_records": pstats.records,
                           "damaged_lines": pstats.bad_lines, "outcomes": len(outcomes),
@@ -110,6 +113,31 @@ def make_report(predictions_container: Any, outcomes_container: Any, options: Re
         options.json_out.write_bytes(orjson.dumps(analysis, option=orjson.OPT_INDENT_2
                                                   | orjson.OPT_SERIALIZE_NUMPY))
     return analysis
+
+
+def rollout_history(audit: list[dict[str, Any]], since: float, until: float) -> dict[str, Any] | None:
+    """The endpoint's rollouts in [since, until) from its audit log: each decision that changed
+    something (time, action, share, reason) and every evaluation's share and always-valid
+    interval (the timeline the report plots); ``None`` when there was none."""
+    from shared.ablog.times import epoch_seconds
+
+    timeline, decisions = [], []
+    for line in audit:
+        try:
+            t = epoch_seconds(line["time"])
+        except (KeyError, ValueError):
+            continue
+        if not since <= t < until:
+            continue
+        interval = line.get("interval") or [None, None]
+        timeline.append({"time": line["time"], "share": line.get("share"),
+                         "low": interval[0], "high": interval[1], "action": line.get("action")})
+        if line.get("action") != "hold":
+            decisions.append({k: line.get(k) for k in ("time", "action", "share", "reason",
+                                                       "candidate", "control", "metric")})
+    if not timeline:
+        return None
+    return {"decisions": decisions, "timeline": timeline}
 
 
 def analyse(dataset: Dataset, *, control: str | None = None, threshold: float = 0.5,

@@ -24,8 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from shared.rollout import losses
+
 _NORMAL = NormalDist()
-EPS = 1e-15
+EPS = losses.EPS
 ALPHA = 0.05
 POWER = 0.8
 MIN_OUTCOMES = 30        # per variant, before any verdict
@@ -205,27 +207,19 @@ def auc_paired(y: np.ndarray, p_control: np.ndarray, p_candidate: np.ndarray,
 # -- mean-type metrics -------------------------------------------------------------------
 
 
+# The report's metric names for the losses of shared/rollout/losses.py (one definition of each).
+_LOSS_OF = {"log_loss": "log_loss", "brier": "brier", "rmse": "squared_error", "mse": "squared_error",
+            "mae": "absolute_error"}
+
+
 def per_row_loss(metric: str, y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """The per-row terms whose mean is ``metric`` (for RMSE: squared errors)."""
-    y = np.asarray(y, dtype=np.float64)
-    p = np.asarray(p, dtype=np.float64)
-    if metric == "log_loss":
-        if p.ndim == 2:  # multiclass: -log p[label]
-            picked = p[np.arange(p.shape[0]), y.astype(np.int64)]
-            return -np.log(np.clip(picked, EPS, 1.0))
-        q = np.clip(p, EPS, 1 - EPS)
-        return -(y * np.log(q) + (1 - y) * np.log(1 - q))
-    if metric == "brier":
-        return (p - y) ** 2
+    """The per-row terms whose mean is ``metric`` (for RMSE: squared errors; for accuracy:
+    1 for a right decision, so not a loss)."""
     if metric == "accuracy":
-        if p.ndim == 2:
-            return (p.argmax(axis=1) == y.astype(np.int64)).astype(np.float64)
-        return ((p >= threshold) == (y == 1)).astype(np.float64)
-    if metric in ("rmse", "mse"):
-        return (p - y) ** 2
-    if metric == "mae":
-        return np.abs(p - y)
-    raise ValueError(f"unknown metric {metric!r}")
+        return 1.0 - losses.per_row_loss("error_rate", y, p, threshold)
+    if metric not in _LOSS_OF:
+        raise ValueError(f"unknown metric {metric!r}")
+    return losses.per_row_loss(_LOSS_OF[metric], y, p, threshold)
 
 
 def _influence(metric: str, y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float, np.ndarray]:

@@ -61,11 +61,17 @@ def register(subparsers) -> None:
     put.set_defaults(run=set_config, check_models=True)
 
     show = actions.add_parser(
-        "show", help="print the config in storage: its version and routing table",
-        description="Download the router config blob and print its version and routing table.")
+        "show", help="print the config in storage, its routing table and whether the app accepts it",
+        description="Download the router config blob, print its version and routing table, and "
+                    "run the checks the app runs before it swaps a config in (valid, every model "
+                    "loads, the variants of an endpoint take the same features): a config the "
+                    "app refuses is said to be refused, with the reason (instances keep serving "
+                    "the config they had). Exit 1 when refused.")
     show.add_argument("--json", action="store_true", help="print the document as stored")
+    show.add_argument("--no-check-models", dest="check_models", action="store_false",
+                      help="do not load the models (only the document is checked)")
     _add_location_args(show)
-    show.set_defaults(run=show_config)
+    show.set_defaults(run=show_config, check_models=True)
     router.set_defaults(run=lambda args: _usage(router))
 
 
@@ -177,10 +183,19 @@ def show_config(args: argparse.Namespace) -> int:
     try:
         config = parse_config(data)
     except InvalidRouterConfig as exc:
-        print(f"invalid router config: {exc.message}", file=sys.stderr)
-        print("(instances that loaded an earlier config keep it)", file=sys.stderr)
+        print(f"REFUSED by the app: invalid router config: {exc.message}", file=sys.stderr)
+        print("(instances keep serving the config they had)", file=sys.stderr)
         return 1
     _print_table(config)
+    if not args.check_models:
+        print("the document is valid (models not checked: --no-check-models)")
+        return 0
+    if _models_load(args, config) is None:
+        print("REFUSED by the app: a model it names does not load (above); instances keep "
+              "serving the config they had", file=sys.stderr)
+        return 1
+    print("accepted: the app's checks pass; running instances use this version within "
+          "ROUTER_REFRESH_SECONDS")
     return 0
 
 
@@ -300,6 +315,13 @@ def _print_table(config: Any) -> None:
                   f"share {v['share']:.1%}")
         for s in ep["shadow"]:
             print(f"  shadow  {s['name']:<16s} model {s['model']:<24s} fraction {s['fraction']:g}")
+        rollout = config.endpoints[ep["name"]].rollout
+        if rollout is not None:
+            state = rollout.state
+            print(f"  rollout {rollout.candidate} against {rollout.control}: {state.status}"
+                  + (f", step {state.step + 1} of {len(rollout.steps)}" if state.status != "pending" else "")
+                  + (f" ({state.reason})" if state.reason else "")
+                  + f"; see `python -m scorefn rollout status {ep['name']}`")
 
 
 def _etag(value: Any) -> str:

@@ -40,7 +40,7 @@ def ab_config(endpoint: str = "churn", *, control: str = "churn_v1", candidate: 
     return json.dumps({"endpoints": {endpoint: config}}).encode()
 
 
-def _json_rows(X: np.ndarray) -> list[list[float | None]]:
+def json_rows(X: np.ndarray) -> list[list[float | None]]:
     return [[None if np.isnan(v) else float(v) for v in row] for row in X]
 
 
@@ -58,7 +58,7 @@ def send_traffic(client: Any, endpoint: str, *, users: int, rows_per_request: in
     for n, user in enumerate(plan):
         X = churn_features(rows_per_request, rng)
         request_id = f"ab-{seed}-{n:06d}"
-        response = client.post(f"/api/score/{endpoint}", json={"rows": _json_rows(X)},
+        response = client.post(f"/api/score/{endpoint}", json={"rows": json_rows(X)},
                                headers={"x-user-id": user, "x-request-id": request_id})
         if response.status_code != 200:
             raise RuntimeError(f"scoring failed: {response.status_code} {response.text[:200]}")

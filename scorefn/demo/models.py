@@ -135,6 +135,20 @@ def train_demo_models(out_dir: Path, *, rows: int = 20_000, seed: int = 42) -> d
     return models
 
 
+def train_broken_churn(out_dir: Path, *, rows: int = 5_000, seed: int = 43) -> DemoModel:
+    """``churn_inverted``: the churn features, trained on inverted labels (a labelling bug in a
+    training pipeline). It loads and answers like any model; its predictions are far from
+    the other churn models': what a rollout's prediction-shift guardrail is for."""
+    rng = np.random.default_rng(seed)
+    X = churn_features(rows, rng)
+    y = (rng.random(rows) >= churn_probability(X)).astype(np.float64)
+    booster = _train({"objective": "binary", "num_leaves": 15, "learning_rate": 0.1}, X, y,
+                     CHURN_FEATURES, 40)
+    path = out_dir / "churn_inverted.txt"
+    booster.save_model(str(path))
+    return DemoModel("churn_inverted", path, "binary", CHURN_FEATURES)
+
+
 PLAN_CONTRACTS = ("month", "year", "two_year")  # listed as a person would; pandas sorts them
 PLAN_PAYMENTS = ("card", "bank transfer", "check", "voucher")
 

@@ -74,6 +74,9 @@ class Telemetry:
             description="Model versions loaded without their compiled trees (LightGBM serves "
                         "them), by model and reason: missing, damaged, foreign, cpu, "
                         "check_failed, load_failed, unsupported, unavailable")
+        self.rollout_decisions = meter.create_counter(
+            "scorefn.rollout.decisions", unit="{decision}",
+            description="Decisions of the rollout controller, by endpoint and action")
         self.log_dropped = meter.create_counter(
             "scorefn.log.dropped", unit="{record}",
             description="Prediction log records dropped (buffer full, storage failing, too "
@@ -124,6 +127,12 @@ class Telemetry:
         """A version of ``model`` loaded without its compiled trees, for ``reason``."""
         if self.metrics:
             self.compiled_fallbacks.add(1, {"model.name": model, "reason": reason})
+
+    def record_rollout_decision(self, endpoint: str, action: str) -> None:
+        """The rollout controller decided ``action`` (start, advance, hold, promote, rollback,
+        pause) for ``endpoint``'s rollout."""
+        if self.metrics:
+            self.rollout_decisions.add(1, {"endpoint": endpoint, "action": action})
 
     def record_log_dropped(self, count: int, endpoint: str, reason: str) -> None:
         """``count`` prediction log records of ``endpoint`` were dropped for ``reason``."""

@@ -87,6 +87,7 @@ def test_set_uploads_a_checked_config_that_show_reads_back(models, azurite, tmp_
     assert router_cli(models, azurite, "show") == 0
     out = capsys.readouterr().out
     assert f"version {etag}" in out and "share 75.0%" in out
+    assert "accepted: the app's checks pass" in out
     assert router_cli(models, azurite, "show", "--json") == 0
     assert json.loads(capsys.readouterr().out) == AB
 
@@ -120,7 +121,21 @@ def test_show_without_a_config_says_endpoints_are_served_by_same_name_models(mod
 def test_show_reports_an_invalid_stored_config(models, azurite, capsys):
     upload(models, "config/router.json", b'{"endpoints": {"churn": {}}}')
     assert router_cli(models, azurite, "show") == 1
-    assert "invalid router config" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "REFUSED by the app: invalid router config" in err and "keep serving" in err
+
+
+def test_show_says_the_app_refuses_a_valid_config_whose_model_does_not_load(models, azurite, capsys):
+    # Written past `router set` (by hand, or by another tool): valid JSON, but the app's model
+    # check refuses it, and instances keep their previous config. It must not read as live.
+    missing = {"endpoints": {"churn": {"variants": [{"name": "a", "model": "churn_v9", "weight": 1}]}}}
+    upload(models, "config/router.json", json.dumps(missing).encode())
+    assert router_cli(models, azurite, "show") == 1
+    captured = capsys.readouterr()
+    assert "variant a" in captured.out  # the table is still shown
+    assert "REFUSED by the app: a model it names does not load" in captured.err
+    assert router_cli(models, azurite, "show", "--no-check-models") == 0
+    assert "models not checked" in capsys.readouterr().out
 
 
 def test_set_with_if_match_when_there_is_no_config_yet_says_so(models, azurite, tmp_path, capsys):
