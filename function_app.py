@@ -8,7 +8,9 @@ import azure.functions as func
 
 from score_function.http_routes import bp as http_routes
 from score_function.queue_jobs import bp as queue_jobs
+from score_function.rollout_timer import bp as rollout_timer
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_blueprint(http_routes)
 app.register_blueprint(queue_jobs)
+app.register_blueprint(rollout_timer)

@@ -1,9 +1,10 @@
 """``python -m devhost --app-dir DIR``: serve a v2-model function app locally.
 
 Prints ``DEVHOST READY http://127.0.0.1:PORT`` on stdout once HTTP listens and the queue
-pollers run; everything else goes to stderr. SIGTERM/SIGINT stop it gracefully: queue messages
-being processed are waited for (up to ``--shutdown-timeout``; a second signal stops waiting).
-The exit status is 1 when invocations had to be abandoned.
+pollers and timers run; everything else goes to stderr. SIGTERM/SIGINT stop it gracefully:
+queue messages being processed and timer functions running are waited for (up to
+``--shutdown-timeout``; a second signal stops waiting). The exit status is 1 when invocations
+had to be abandoned.
 """
 
 from __future__ import annotations
@@ -31,15 +32,16 @@ from .app_index import (
     load_function_app,
     prepare_import,
 )
-from .http_server import AuthKeys, FunctionsHttpApp
+from .http_server import AdminFunctions, AuthKeys, FunctionsHttpApp
 from .invocation import BuiltinInvoker, Invoker, default_thread_count
 from .local_settings import ConfigError, config_get, load_host_json, load_local_settings
 from .queue_runner import QueueOptions, QueueRunner
 from .routing import RouteTable, RouteTemplateError
+from .timer_runner import TimerRunner
 
 log = logging.getLogger("devhost")
 GRACE_SECONDS = 5.0  # for HTTP requests in flight at shutdown
-SHUTDOWN_TIMEOUT_SECONDS = 600.0  # for queue messages in flight at shutdown
+SHUTDOWN_TIMEOUT_SECONDS = 600.0  # for queue messages and timer runs in flight at shutdown
 _HOST_LOG_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG,
                     "information": logging.INFO, "warning": logging.WARNING,
                     "error": logging.ERROR, "critical": logging.CRITICAL,
@@ -60,7 +62,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="visibility timeout while a message is processed (renewed at half)")
     parser.add_argument("--shutdown-timeout", type=float, default=SHUTDOWN_TIMEOUT_SECONDS,
                         help="on SIGTERM/SIGINT, how long to wait for queue messages being "
-                             "processed before abandoning them (exit status 1)")
+                             "processed and timer functions running before abandoning them "
+                             "(exit status 1)")
     parser.add_argument("--worker", choices=("auto", "library", "builtin"), default="auto",
                         help="who loads and invokes the functions: Microsoft's worker library "
                              "(azure-functions-runtime, Python 3.13+), devhost's own code "
@@ -121,7 +124,7 @@ async def load_app(args: argparse.Namespace, app_dir: Path,
             prepare_import(app_dir)
             index = index_worker_metadata(await worker.start(), app_dir, os.environ, host_config=host,
                                           resolve_queues=resolve_queues)
-            await worker.load([*index.http, *index.queues])
+            await worker.load([*index.http, *index.queues, *index.timers])
             return worker, index
     index = index_app(load_function_app(app_dir), app_dir, os.environ, host_config=host,
                       resolve_queues=resolve_queues)
@@ -142,6 +145,9 @@ def _describe(index: AppIndex, url: str, prefix: str) -> None:
         log.info("%s: [%s] %s/%s (auth: %s)", f.name, methods, url, path, f.auth_level)
     for q in index.queues:
         log.info("%s: queueTrigger on %s", q.name, q.queue_name)
+    for t in index.timers:
+        log.info("%s: timerTrigger (%s)%s", t.name, t.schedule,
+                 ", run on startup" if t.run_on_startup else "")
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -159,7 +165,12 @@ async def serve(args: argparse.Namespace) -> int:
     warning = auth.missing_keys_warning(f.auth_level for f in index.http)
     if warning:
         log.warning(warning)
-    http_app = FunctionsHttpApp(_build_routes(index, prefix), invoker, auth, str(app_dir))
+    timers = (TimerRunner.from_settings(index.timers, invoker, os.environ, app_dir)
+              if index.timers else None)
+    admin = AdminFunctions(
+        names=frozenset(f.name.casefold() for f in [*index.http, *index.queues, *index.timers]),
+        run_timer=timers.trigger if timers else lambda name: False)
+    http_app = FunctionsHttpApp(_build_routes(index, prefix), invoker, auth, str(app_dir), admin)
 
     # proto=IPPROTO_TCP so that asyncio sets TCP_NODELAY on accepted connections; without it
     # every response waits ~40 ms for a delayed ACK (uvicorn writes head and body separately).
@@ -179,6 +190,8 @@ async def serve(args: argparse.Namespace) -> int:
         runner = QueueRunner(index.queues, QueueOptions.from_host_json(host), invoker, os.environ,
                              app_dir=str(app_dir), lease_seconds=args.queue_lease_seconds)
         await runner.start()
+    if timers is not None:
+        await timers.start()
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if serving.done():
@@ -200,7 +213,10 @@ async def serve(args: argparse.Namespace) -> int:
     deadline = loop.time() + GRACE_SECONDS
     queues_done = (runner.stop(args.shutdown_timeout, abandon) if runner
                    else asyncio.sleep(0, True))
-    finished, _ = await asyncio.gather(queues_done, serving)
+    timers_done = (timers.stop(args.shutdown_timeout, abandon) if timers
+                   else asyncio.sleep(0, True))
+    queues_finished, timers_finished, _ = await asyncio.gather(queues_done, timers_done, serving)
+    finished = queues_finished and timers_finished
     if finished and not await invoker.wait_idle(max(0.0, deadline - loop.time())):
         log.error("SHUTDOWN INCOMPLETE: HTTP requests still running after %.0f s; abandoning "
                   "them", GRACE_SECONDS)

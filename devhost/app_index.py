@@ -15,11 +15,14 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import azure.functions as func
+
+from .ncrontab import IntervalSchedule, Schedule, ScheduleError, parse_schedule
 
 log = logging.getLogger("devhost")
 _EXPRESSION = re.compile(r"%([^%]+)%")
@@ -58,10 +61,20 @@ class QueueFunction(FunctionSpec):
 
 
 @dataclass(frozen=True)
+class TimerFunction(FunctionSpec):
+    schedule: Schedule  # binding expressions resolved
+    run_on_startup: bool
+    # As the host decides it: the binding's useMonitor (default true), turned off for a
+    # schedule that fires more than once a minute.
+    use_monitor: bool
+
+
+@dataclass(frozen=True)
 class AppIndex:
     app_dir: Path
     http: list[HttpFunction]
     queues: list[QueueFunction]
+    timers: list[TimerFunction] = field(default_factory=list)
 
 
 def prepare_import(app_dir: Path, module: str = "function_app") -> None:
@@ -91,8 +104,8 @@ def load_function_app(app_dir: Path, module: str = "function_app") -> func.Funct
 def index_app(app: func.FunctionRegister, app_dir: Path, env: Mapping[str, str],
               *, host_config: Mapping[str, Any] | None = None,
               resolve_queues: bool = True) -> AppIndex:
-    """Describe the app's HTTP and queue functions from ``app.get_functions()`` (for devhost's
-    own invocation code). See :func:`index_functions`."""
+    """Describe the app's HTTP, queue and timer functions from ``app.get_functions()`` (for
+    devhost's own invocation code). See :func:`index_functions`."""
     described = []
     for function in app.get_functions():
         user_function = function.get_user_function()
@@ -119,14 +132,16 @@ def index_functions(functions: Iterable[tuple[str, list[dict[str, Any]], str | N
                     app_dir: Path, env: Mapping[str, str],
                     *, host_config: Mapping[str, Any] | None = None,
                     resolve_queues: bool = True) -> AppIndex:
-    """Describe HTTP and queue functions from their names and raw bindings (the JSON the worker
-    sends the host). Functions disabled by the ``AzureWebJobs.<name>.Disabled`` setting or left
-    out of host.json ``functions`` are skipped; other trigger types are skipped with a warning.
-    Queue names are resolved from ``env`` only when ``resolve_queues``."""
+    """Describe HTTP, queue and timer functions from their names and raw bindings (the JSON the
+    worker sends the host). Functions disabled by the ``AzureWebJobs.<name>.Disabled`` setting
+    or left out of host.json ``functions`` are skipped; other trigger types are skipped with a
+    warning. Queue names are resolved from ``env`` only when ``resolve_queues``; timer
+    schedules always are, and are checked as the host checks them."""
     only = (host_config or {}).get("functions")
     allowed = None if only is None else {str(n).casefold() for n in only}
     http: list[HttpFunction] = []
     queues: list[QueueFunction] = []
+    timers: list[TimerFunction] = []
     for name, bindings, function_id, user_function in functions:
         if _disabled(name, env) or (allowed is not None and name.casefold() not in allowed):
             log.info("function %s is disabled", name)
@@ -149,11 +164,18 @@ def index_functions(functions: Iterable[tuple[str, list[dict[str, Any]], str | N
                     what=f"function {name}")
             queues.append(QueueFunction(**common, queue_name=queue,
                                         connection=trigger.get("connection") or "AzureWebJobsStorage"))
+        elif kind == "timerTrigger":
+            schedule = _schedule(name, trigger, env)
+            use_monitor = (_flag(trigger.get("useMonitor"), default=True)
+                           and not schedule.runs_more_than_once_a_minute(datetime.now(UTC)))
+            timers.append(TimerFunction(**common, schedule=schedule, use_monitor=use_monitor,
+                                        run_on_startup=_flag(trigger.get("runOnStartup"),
+                                                             default=False)))
         else:
             log.warning("function %s: %s triggers are not run by devhost; skipped", name, kind)
             continue
         _warn_unsupported_bindings(name, bindings, trigger)
-    return AppIndex(app_dir=app_dir, http=http, queues=queues)
+    return AppIndex(app_dir=app_dir, http=http, queues=queues, timers=timers)
 
 
 def resolve_expressions(text: str, env: Mapping[str, str], *, what: str) -> str:
@@ -192,6 +214,36 @@ def _common(name: str, trigger: Mapping[str, Any], function_id: str | None,
         is_async = inspect.iscoroutinefunction(user_function)
     return dict(name=name, binding_name=binding_name, function_id=function_id,
                 user_function=user_function, wants_context=wants_context, is_async=is_async)
+
+
+def _schedule(name: str, trigger: Mapping[str, Any], env: Mapping[str, str]) -> Schedule:
+    """The trigger's schedule, its ``%SETTING%`` expressions resolved. A TimeSpan schedule is
+    refused on the Consumption plan (``WEBSITE_SKU=Dynamic``), with the host's message."""
+    text = resolve_expressions(str(trigger.get("schedule") or ""), env,
+                               what=f"function {name} schedule")
+    try:
+        schedule = parse_schedule(text)
+    except ScheduleError as exc:
+        raise AppIndexError(f"function {name}: {exc}") from None
+    if isinstance(schedule, IntervalSchedule) and _setting(env, "WEBSITE_SKU") == "dynamic":
+        raise AppIndexError(f"function {name}: '{text}' is not a valid CRON expression. (A "
+                            "TimeSpan schedule runs only on a dedicated plan; WEBSITE_SKU is "
+                            "Dynamic.)")
+    return schedule
+
+
+def _flag(value: Any, *, default: bool) -> bool:
+    """A boolean binding property as the host reads it (JSON true/false, or "true"/"false")."""
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() == "true"
+
+
+def _setting(env: Mapping[str, str], name: str) -> str:
+    wanted = name.casefold()
+    return next((v for k, v in env.items() if k.casefold() == wanted), "").strip().lower()
 
 
 def _methods(methods: Any) -> frozenset[str] | None:

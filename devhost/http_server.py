@@ -1,10 +1,12 @@
 """A plain ASGI app serving the HTTP functions the way the Functions host does: routing, keys
 and the request limits are devhost's; the invocation is the invoker's (the worker library or
-devhost's own code)."""
+devhost's own code). Of the host's admin API it serves ``POST /admin/functions/{name}``, for
+timer functions."""
 
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -14,13 +16,16 @@ from urllib.parse import parse_qsl
 
 from .app_index import HttpFunction
 from .invocation import HttpCall, InvocationFailed, Invoker, TraceContext
-from .routing import BadRequestPath, RouteTable, request_path
+from .routing import BadRequestPath, RouteTable, RouteTemplate, request_path
 
 log = logging.getLogger("devhost.http")
 MAX_BODY_BYTES = 100 * 1024 * 1024  # the host's request size limit
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+_ADMIN_INVOKE = RouteTemplate("admin/functions/{name}")
+# The media types ASP.NET Core's JSON input formatter reads (others: 415).
+_JSON_TYPES = ("application/json", "text/json")
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,16 @@ class AuthKeys:
         return None
 
 
+@dataclass(frozen=True)
+class AdminFunctions:
+    """What ``POST /admin/functions/{name}`` reaches: the names of the functions devhost
+    serves, and ``run_timer``, which starts the timer function of that name (in any case) in
+    the background and answers False for a name that is not a timer function."""
+
+    names: frozenset[str]  # casefolded
+    run_timer: Callable[[str], bool]
+
+
 class _Disconnected(Exception):
     """The client went away before sending the whole body."""
 
@@ -59,8 +74,9 @@ class FunctionsHttpApp:
     """ASGI entry point: route, authorize, read the body, invoke, write the response."""
 
     def __init__(self, routes: RouteTable[HttpFunction], invoker: Invoker, auth: AuthKeys,
-                 app_dir: str) -> None:
+                 app_dir: str, admin: AdminFunctions | None = None) -> None:
         self.routes, self.invoker, self.auth, self.app_dir = routes, invoker, auth, app_dir
+        self.admin = admin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -74,6 +90,11 @@ class FunctionsHttpApp:
         except BadRequestPath:
             await _respond(send, 400)  # Kestrel refuses it before the host sees it
             return
+        if self.admin is not None and method == "POST":
+            invoked = _ADMIN_INVOKE.match(path)
+            if invoked is not None:
+                await self._admin_invoke(invoked["name"], scope, receive, send)
+                return
         found = self.routes.match(method, path)
         if found is None:
             await _respond(send, 404)
@@ -111,6 +132,43 @@ class FunctionsHttpApp:
             log.debug("Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%.0fms)", function.name,
                       invocation_id, (time.perf_counter() - started) * 1000)
         await _respond(send, status, response_headers, response_body)
+
+    async def _admin_invoke(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """The host's ``POST /admin/functions/{name}`` (body ``{"input": ...}``, master key):
+        202 once the function is started, 400 without a JSON object body, 415 for a body that
+        is not JSON, 404 for a function devhost does not serve. devhost runs only timer
+        functions this way: any other function answers 501."""
+        assert self.admin is not None
+        headers = _headers(scope)
+        if not self.auth.allows("admin", (_presented_key(headers, _query(scope)),)):
+            await _respond(send, 401)
+            return
+        try:
+            body = await _read_body(receive)
+        except _Disconnected:
+            return
+        if body is None:
+            await _respond(send, 413)
+            return
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if body and not (media_type in _JSON_TYPES or media_type.endswith("+json")):
+            await _respond(send, 415)
+            return
+        try:
+            invocation = json.loads(body) if body else None
+        except ValueError:
+            invocation = None
+        if not isinstance(invocation, dict):
+            await _respond(send, 400)
+            return
+        if name.casefold() not in self.admin.names:
+            await _respond(send, 404)
+            return
+        if not self.admin.run_timer(name):
+            await _respond(send, 501, [("content-type", "text/plain; charset=utf-8")],
+                           b"devhost runs only timer functions through the admin API")
+            return
+        await _respond(send, 202)
 
 
 def _routed_path(scope: Scope) -> str:

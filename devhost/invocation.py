@@ -1,14 +1,16 @@
-"""Invoking functions. :class:`Invoker` is the interface the HTTP server and the queue runner
-use; this module's :class:`BuiltinInvoker` calls user functions as the Python worker does
-(keyword arguments by binding name, a ``context`` argument when asked for, sync functions in a
-thread pool, async ones awaited, the result encoded as azure.functions encodes it). It is the
-fallback when Microsoft's worker library cannot be used (see ``worker_library.py``)."""
+"""Invoking functions. :class:`Invoker` is the interface the HTTP server and the queue and
+timer runners use; this module's :class:`BuiltinInvoker` calls user functions as the Python
+worker does (keyword arguments by binding name, a ``context`` argument when asked for, sync
+functions in a thread pool, async ones awaited, the result encoded as azure.functions encodes
+it). It is the fallback when Microsoft's worker library cannot be used (see
+``worker_library.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import functools
+import json
 import logging
 import os
 import re
@@ -16,19 +18,23 @@ import secrets
 import threading
 import traceback
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import azure.functions as func
 from azure.functions import _abc
 from azure.functions.queue import QueueMessage
+from azure.functions.timer import TimerRequest
 
 from .app_index import FunctionSpec
 
 log = logging.getLogger("devhost")
+T = TypeVar("T")
+# .NET's default(DateTime), which the host's schedule status holds for "never".
+DEFAULT_TIME = datetime.min.replace(tzinfo=UTC)
 
 # Frames of the host itself, left out of tracebacks so that they start at the user's code.
 _HOST_CODE = tuple(os.path.dirname(f) + os.sep for f in (
@@ -160,6 +166,64 @@ class QueueCall:
     trace_context: TraceContext
 
 
+@dataclass(frozen=True)
+class ScheduleStatus:
+    """A timer's schedule status as the host records it (``ScheduleStatus``): the last
+    occurrence run, the next one expected, and when the record was last updated (the time the
+    next one was computed from). :data:`DEFAULT_TIME` stands for "never"."""
+
+    last: datetime
+    next: datetime
+    last_updated: datetime
+
+    def to_json(self) -> dict[str, str]:
+        """As Json.NET writes the host's record (``Last``, ``Next``, ``LastUpdated``)."""
+        return {"Last": dotnet_datetimeoffset(self.last), "Next": dotnet_datetimeoffset(self.next),
+                "LastUpdated": dotnet_datetimeoffset(self.last_updated)}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> ScheduleStatus:
+        """Read a record the host (or devhost) wrote; a missing or unreadable time is "never"."""
+        return cls(last=_json_time(doc.get("Last")), next=_json_time(doc.get("Next")),
+                   last_updated=_json_time(doc.get("LastUpdated")))
+
+
+@dataclass(frozen=True)
+class TimerCall:
+    """One timer firing as the host hands it to the worker: a ``TimerInfo``."""
+
+    past_due: bool
+    schedule_status: ScheduleStatus | None  # None when the schedule is not monitored
+    adjust_for_dst: bool  # the schedule's AdjustForDST: true for NCRONTAB, false for a TimeSpan
+    trace_context: TraceContext
+
+    def timer_info(self) -> str:
+        """The trigger value as the host sends it (``TimerInfo`` as Json.NET writes it); the
+        worker's converter reads ``IsPastDue``, ``ScheduleStatus`` and ``Schedule`` from it."""
+        status = self.schedule_status.to_json() if self.schedule_status else None
+        return json.dumps({"Schedule": {"AdjustForDST": self.adjust_for_dst},
+                           "ScheduleStatus": status, "IsPastDue": self.past_due},
+                          separators=(",", ":"))
+
+
+def dotnet_datetimeoffset(value: datetime) -> str:
+    """A UTC time as Json.NET writes a DateTimeOffset: seconds, up to seven fraction digits
+    without trailing zeros, and the offset (``2024-05-01T12:34:56+00:00``)."""
+    value = value.astimezone(UTC) if value.tzinfo else value
+    text = value.replace(tzinfo=None, microsecond=0).isoformat()  # four-digit years, as .NET
+    if value.microsecond:
+        text += f".{value.microsecond:06d}".rstrip("0")
+    return text + "+00:00"
+
+
+def _json_time(value: Any) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(str(value))
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # absent, or .NET's default(DateTime) in a zone west of UTC
+        return DEFAULT_TIME
+
+
 class InvocationFailed(Exception):
     """The invocation failed; ``detail`` is what the host logs (message and stack trace)."""
 
@@ -173,8 +237,8 @@ HttpResult = tuple[int, list[tuple[str, str]], bytes]
 
 class Invoker:
     """Runs invocations; counts those in flight so shutdown can wait for them. Subclasses
-    implement ``_http`` and ``_queue``; both raise :class:`InvocationFailed` when the
-    function fails, and return the invocation id."""
+    implement ``_http``, ``_queue`` and ``_timer``; each raises :class:`InvocationFailed` when
+    the function fails, and returns the invocation id."""
 
     description = "?"
 
@@ -183,24 +247,23 @@ class Invoker:
 
     async def invoke_http(self, function: FunctionSpec, call: HttpCall) -> tuple[str, HttpResult]:
         """(invocation id, (status, headers, body)) of the function's response."""
-        self.active += 1
-        try:
-            return await self._http(function, call)
-        except InvocationFailed:
-            raise
-        except Exception as exc:  # a fault of the invoker itself: the function failed anyway
-            raise InvocationFailed("-", "".join(traceback.format_exception(exc))) from exc
-        finally:
-            self.active -= 1
+        return await self._counted(self._http(function, call))
 
     async def invoke_queue(self, function: FunctionSpec, call: QueueCall) -> str:
         """Runs the function on one message; returns the invocation id."""
+        return await self._counted(self._queue(function, call))
+
+    async def invoke_timer(self, function: FunctionSpec, call: TimerCall) -> str:
+        """Runs a timer function once; returns the invocation id."""
+        return await self._counted(self._timer(function, call))
+
+    async def _counted(self, invocation: Awaitable[T]) -> T:
         self.active += 1
         try:
-            return await self._queue(function, call)
+            return await invocation
         except InvocationFailed:
             raise
-        except Exception as exc:
+        except Exception as exc:  # a fault of the invoker itself: the function failed anyway
             raise InvocationFailed("-", "".join(traceback.format_exception(exc))) from exc
         finally:
             self.active -= 1
@@ -209,6 +272,9 @@ class Invoker:
         raise NotImplementedError
 
     async def _queue(self, function: FunctionSpec, call: QueueCall) -> str:
+        raise NotImplementedError
+
+    async def _timer(self, function: FunctionSpec, call: TimerCall) -> str:
         raise NotImplementedError
 
     async def wait_idle(self, timeout: float) -> bool:
@@ -252,6 +318,18 @@ class BuiltinInvoker(Invoker):
                                pop_receipt=call.pop_receipt)
         try:
             await self.invoke(function, message, context)
+        except Exception as exc:
+            raise InvocationFailed(context.invocation_id, user_traceback(exc)) from exc
+        return context.invocation_id
+
+    async def _timer(self, function: FunctionSpec, call: TimerCall) -> str:
+        context = InvocationContext(function.name, self.app_dir, call.trace_context)
+        # What the worker's TimerRequestConverter makes of the host's TimerInfo.
+        info = json.loads(call.timer_info())
+        request = TimerRequest(past_due=info["IsPastDue"], schedule_status=info["ScheduleStatus"],
+                               schedule=info["Schedule"])
+        try:
+            await self.invoke(function, request, context)
         except Exception as exc:
             raise InvocationFailed(context.invocation_id, user_traceback(exc)) from exc
         return context.invocation_id

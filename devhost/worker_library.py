@@ -6,9 +6,9 @@ gRPC proxy that ships with the Functions host receives the host's FunctionRpc me
 each one, with the protobuf message classes, to the library's ``worker_init_request``,
 ``functions_metadata_request``, ``function_load_request`` and ``invocation_request``. devhost
 plays the host and the proxy: it sends the same messages, in-process instead of over gRPC, so
-indexing, the load-time checks, the conversion of binding data into ``func.HttpRequest`` and
-``func.QueueMessage``, the ``context`` argument, the thread pool and the encoding of results
-are the worker's own code.
+indexing, the load-time checks, the conversion of binding data into ``func.HttpRequest``,
+``func.QueueMessage`` and ``func.TimerRequest``, the ``context`` argument, the thread pool and
+the encoding of results are the worker's own code.
 
 The message classes: the library builds and reads FunctionRpc messages but does not ship them,
 and no package publishes them on their own. The ``azure-functions-runtime-v1`` wheels (the same
@@ -28,13 +28,20 @@ import sys
 import types
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
 from .app_index import AppIndexError, FunctionSpec
-from .invocation import HttpCall, HttpResult, InvocationFailed, Invoker, QueueCall
+from .invocation import (
+    HttpCall,
+    HttpResult,
+    InvocationFailed,
+    Invoker,
+    QueueCall,
+    TimerCall,
+    dotnet_datetimeoffset,
+)
 
 RUNTIME_DISTRIBUTION = "azure-functions-runtime"
 PROTOS_DISTRIBUTION = "azure-functions-runtime-v1"
@@ -218,6 +225,20 @@ class LibraryInvoker(Invoker):
         self._raise_on_failure(invocation_id, response)
         return invocation_id
 
+    async def _timer(self, function: FunctionSpec, call: TimerCall) -> str:
+        P = self.protos
+        # The host's TimerInfo as JSON, which the worker's TimerRequestConverter decodes; the
+        # host's trigger metadata for timers (a "TimerTrigger" time string and "sys") is not
+        # sent: the converter reads none of it.
+        invocation_id = str(uuid.uuid4())
+        response = await self._invoke(P.InvocationRequest(
+            invocation_id=invocation_id, function_id=function.function_id,
+            input_data=[P.ParameterBinding(name=function.binding_name,
+                                           data=P.TypedData(json=call.timer_info()))],
+            trace_context=self._trace_context(call.trace_context)))
+        self._raise_on_failure(invocation_id, response)
+        return invocation_id
+
     async def _invoke(self, request: Any) -> Any:
         return await self.runtime.invocation_request(_WorkerRequest(
             "FunctionInvocationRequest", self.protos.StreamingMessage(invocation_request=request)))
@@ -257,16 +278,6 @@ class LibraryInvoker(Invoker):
         pool = self.runtime.get_threadpool_executor()
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-
-
-def dotnet_datetimeoffset(value: datetime) -> str:
-    """A UTC time as Json.NET writes a DateTimeOffset: seconds, up to seven fraction digits
-    without trailing zeros, and the offset (``2024-05-01T12:34:56+00:00``)."""
-    value = value.astimezone(UTC) if value.tzinfo else value
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
-    if value.microsecond:
-        text += f".{value.microsecond:06d}".rstrip("0")
-    return text + "+00:00"
 
 
 def set_cookie(cookie: Any, protos: types.SimpleNamespace) -> str:

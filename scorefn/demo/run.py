@@ -50,7 +50,7 @@ def run_demo(requests: int = 2000) -> int:
                "ROUTER_CONFIG_BLOB": "config/router.json", "ROUTER_REFRESH_SECONDS": "1",
                "PREDICTION_LOG_FLUSH_SECONDS": "1",
                "RESULTS_QUEUE_NAME": "score-results", "BATCH_CONTAINER": "batch",
-               "CHUNK_QUEUE_NAME": "score-chunks"}
+               "CHUNK_QUEUE_NAME": "score-chunks", "ROLLOUT_SCHEDULE": "*/2 * * * * *"}
         host = stack.enter_context(DevHost(ROOT, env))
         assert host.url is not None  # set once the host is ready
         say(f"  local host       {host.url}  (function key auth on)")
@@ -62,8 +62,11 @@ def run_demo(requests: int = 2000) -> int:
         _server_latency(client, master_key)
         _queue_part(stack, azurite, models, boosters)
         from scorefn.demo.ab import run_ab_demo
+        from scorefn.demo.rollout import run_rollout_demo
 
         run_ab_demo(client, azurite.connection_string, "models", say)
+        run_rollout_demo(client, azurite.connection_string, "models", ROOT / ".demo" / "models",
+                         say)
     say("\nstopped the local host and Azurite")
     return 0
 

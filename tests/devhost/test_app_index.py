@@ -1,6 +1,7 @@
 """The app is indexed through azure.functions' own ``get_functions()``."""
 
 import sys
+from datetime import UTC, datetime
 
 import pytest
 
@@ -134,7 +135,9 @@ def test_the_worker_metadata_is_read_as_the_host_reads_it():
     assert score.user_function is None  # the worker calls the functions
     [jobs] = index.queues
     assert (jobs.function_id, jobs.queue_name, jobs.connection) == ("id-jobs", "jobs-in", "Storage")
-    assert [f.name for f in index.http + index.queues] == ["score", "hello", "jobs"]  # no timer
+    [tick] = index.timers
+    assert (tick.function_id, tick.binding_name, tick.schedule.expression, tick.run_on_startup,
+            tick.use_monitor) == ("id-tick", "t", "0 * * * * *", False, True)
 
 
 def test_both_indexings_describe_the_sample_app_alike(sample_app):
@@ -152,7 +155,69 @@ def test_both_indexings_describe_the_sample_app_alike(sample_app):
 
     def shape(index):
         return [(f.name, f.binding_name, getattr(f, "route", None), getattr(f, "methods", None),
-                 getattr(f, "auth_level", None), getattr(f, "queue_name", None))
-                for f in index.http + index.queues]
+                 getattr(f, "auth_level", None), getattr(f, "queue_name", None),
+                 getattr(f, "schedule", None), getattr(f, "use_monitor", None))
+                for f in index.http + index.queues + index.timers]
 
     assert shape(own) == shape(worker)
+
+
+def _timer(name="tick", **binding):
+    return _metadata(name, {"direction": "IN", "type": "timerTrigger", "name": "timer",
+                            **binding})
+
+
+def _timers(*metadata, env=None):
+    from devhost.app_index import index_worker_metadata
+
+    return index_worker_metadata(metadata, SAMPLE_APP, env or {}).timers
+
+
+def test_the_sample_timer_is_described_with_its_schedule(sample_app):
+    [tick] = index_app(sample_app, SAMPLE_APP, {"SAMPLE_QUEUE": "q-1"}).timers
+    assert (tick.name, tick.binding_name, str(tick.schedule)) == ("tick", "timer",
+                                                                  "Cron: '0 0 0 1 1 *'")
+    assert not tick.run_on_startup and not tick.use_monitor  # the sample sets useMonitor false
+    assert tick.wants_context and not tick.is_async
+
+
+def test_timer_schedules_resolve_app_settings_and_take_the_host_defaults():
+    [tick] = _timers(_timer(schedule="0 %MINUTES% * * * *"), env={"MINUTES": "*/5"})
+    assert tick.schedule.expression == "0 */5 * * * *"
+    assert tick.schedule.next_after(datetime(2024, 5, 1, 12, 1, tzinfo=UTC)) == \
+        datetime(2024, 5, 1, 12, 5, tzinfo=UTC)
+    assert (tick.run_on_startup, tick.use_monitor) == (False, True)  # the host's defaults
+    [tick] = _timers(_timer(schedule="%WHOLE%", runOnStartup=True, useMonitor=False),
+                     env={"WHOLE": "00:10:00"})
+    assert (str(tick.schedule), tick.run_on_startup, tick.use_monitor) == (
+        "Constant: 00:10:00", True, False)
+
+
+def test_schedules_firing_more_than_once_a_minute_are_not_monitored():
+    seconds, minutes, span = _timers(_timer("seconds", schedule="*/10 * * * * *"),
+                                     _timer("minutes", schedule="0 */1 * * * *"),
+                                     _timer("span", schedule="00:00:30"))
+    assert (seconds.use_monitor, minutes.use_monitor, span.use_monitor) == (False, True, False)
+
+
+@pytest.mark.parametrize("schedule, env, message", [
+    ("0 */5 * * *  * *", {}, "function tick: '0 */5 * * *  * *' is not a valid NCRONTAB"),
+    ("0 0 25 * * *", {}, "function tick: '0 0 25 * * *' is not a valid NCRONTAB expression: "
+                         "hour field '25'"),
+    ("%TICKS%", {}, "function tick schedule '%TICKS%' refers to app setting 'TICKS', which is "
+                    "not set"),
+    ("", {}, "function tick: '' is not a valid NCRONTAB expression"),
+    ("00:00:15", {"website_sku": "Dynamic"}, "function tick: '00:00:15' is not a valid CRON "
+                                             "expression"),
+])
+def test_a_schedule_the_host_would_refuse_is_an_error_naming_the_function(schedule, env,
+                                                                          message):
+    with pytest.raises(AppIndexError) as error:
+        _timers(_timer(schedule=schedule), env=env)
+    assert message in str(error.value)
+
+
+def test_disabled_timer_functions_are_skipped():
+    env = {"AzureWebJobs.tick.Disabled": "true", "NOT_USED": "x"}
+    assert _timers(_timer(schedule="%UNSET%"), _timer("tock", schedule="0 * * * * *"),
+                   env=env)[0].name == "tock"

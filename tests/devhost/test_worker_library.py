@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from devhost.worker_library import dotnet_datetimeoffset
+from devhost.invocation import dotnet_datetimeoffset
 
 from .conftest import worker_library_unavailable
 

@@ -134,3 +134,26 @@ def record_message(msg: QueueMessage, context: func.Context) -> None:
     if command == "linger":
         time.sleep(7)
     _record(token, f"{attempt}-done", {**doc, "finished": time.time()})
+
+
+@bp.timer_trigger(arg_name="timer", schedule=os.environ.get("SAMPLE_TIMER_SCHEDULE", "0 0 0 1 1 *"),
+                  run_on_startup=os.environ.get("SAMPLE_TIMER_RUN_ON_STARTUP") == "true",
+                  use_monitor=os.environ.get("SAMPLE_TIMER_USE_MONITOR") == "true")
+def tick(timer: func.TimerRequest, context: func.Context) -> None:
+    """Each run is recorded as blobs under SAMPLE_TIMER_TOKEN/ (without it the run does nothing,
+    so hosts of other tests are not disturbed; by default the schedule is once a year, at New
+    Year). A run sleeps SAMPLE_TIMER_SECONDS, and fails when SAMPLE_TIMER_FAIL is "true".
+    The schedule, runOnStartup and useMonitor come from SAMPLE_TIMER_* settings, read when the
+    app is indexed."""
+    token = os.environ.get("SAMPLE_TIMER_TOKEN")
+    if not token:
+        return
+    started = time.time()
+    doc = {"past_due": timer.past_due, "schedule_status": timer.schedule_status,
+           "schedule": timer.schedule, "invocation_id": context.invocation_id,
+           "started": started}
+    _record(token, f"{started:.6f}-started", doc)
+    time.sleep(float(os.environ.get("SAMPLE_TIMER_SECONDS", "0")))
+    if os.environ.get("SAMPLE_TIMER_FAIL") == "true":
+        raise RuntimeError("asked to fail")
+    _record(token, f"{started:.6f}-done", {**doc, "finished": time.time()})
