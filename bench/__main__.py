@@ -9,7 +9,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ALL = ["core_path", "http_latency", "cold_start", "telemetry", "router", "shadow", "batch",
-       "batch_fanout", "prediction_log", "compiled", "rollout_simulation"]
+       "batch_fanout", "prediction_log", "compiled", "rollout_simulation", "gil_convoy"]
 
 
 def main(argv: list[str]) -> int:

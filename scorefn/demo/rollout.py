@@ -3,8 +3,8 @@ local host's timer (``ROLLOUT_SCHEDULE``, every two seconds in the demo):
 
 - ``rollout-better``: ``churn`` (the better model) against ``churn_v1``, deciding on log loss
   over outcomes: it ramps up and is promoted once the always-valid interval says better;
-- ``rollout-broken``: ``churn_inverted`` (trained on inverted labels) against ``churn``: its
-  prediction-shift guardrail breaks at the first step and it is rolled back;
+- ``rollout-broken``: ``churn_inverted`` (trained on inverted labels: it loads and answers like
+  any model) against ``churn``: the outcomes say worse at the first step and it is rolled back;
 - ``rollout-aa``: ``churn`` against itself, deciding on log loss: never promoted.
 
 Simulated users send requests and their outcomes (drawn from the generating process) each
@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from scorefn.demo.ab import CONFIG_BLOB, json_rows
+from scorefn.demo.ab import CONFIG_BLOB, json_rows, wait_for_config
 
-DEMO_ROUNDS = 14
-USERS_PER_ROUND = 160
+DEMO_ROUNDS = 12
+USERS_PER_ROUND = 300
+ROWS_PER_REQUEST = 4
 
 
 def rollout_config(existing: dict[str, Any]) -> dict[str, Any]:
@@ -36,14 +37,15 @@ def rollout_config(existing: dict[str, Any]) -> dict[str, Any]:
                 "sticky": {"header": "x-user-id"}, "log": {"sample": 1.0},
                 "rollout": {"control": "control", "candidate": "candidate", "steps": [10, 50],
                             "min_minutes": 0, "min_requests": 60,
-                            "guardrails": {"min_requests": 40, "max_prediction_shift": 0.5},
+                            # The demo's steps last seconds, not the default's minutes.
+                            "guardrails": {"min_requests": 40, "latency_warmup_seconds": 4},
                             **rollout}}
 
     decision = {"metric": "log_loss", "min_effect": 0.02}
     doc = json.loads(json.dumps(existing))
     doc.setdefault("endpoints", {}).update({
         "rollout-better": endpoint("churn_v1", "churn", decision=decision),
-        "rollout-broken": endpoint("churn", "churn_inverted"),
+        "rollout-broken": endpoint("churn", "churn_inverted", decision=decision),
         "rollout-aa": endpoint("churn", "churn", decision=decision)})
     return doc
 
@@ -64,6 +66,9 @@ def run_rollout_demo(client: Any, azurite_connection_string: str, models_contain
     config = models.get_blob_client(CONFIG_BLOB)
     existing = json.loads(config.download_blob().readall()) if config.exists() else {"endpoints": {}}
     config.upload_blob(json.dumps(rollout_config(existing), indent=2), overwrite=True)
+    if not wait_for_config(client, "rollout-aa"):
+        say("  the host does not pick up the router config: skipping the rollouts")
+        return {}
     say("\nProgressive rollouts (the app's controller decides, every 2 s; `python -m scorefn "
         "rollout status ENDPOINT` shows one)")
     endpoints = ("rollout-better", "rollout-broken", "rollout-aa")
@@ -100,20 +105,22 @@ def run_rollout_demo(client: Any, azurite_connection_string: str, models_contain
 
 
 def _traffic(client: Any, endpoint: str, rng: np.random.Generator, round_: int) -> None:
-    """A round of users: one single-row request each, and its outcome (by request id)."""
+    """A round of users: one request of a few rows each, and an outcome per row (by request
+    id and row) drawn from the true churn probability."""
     from scorefn.demo.models import churn_features, churn_probability
 
-    X = churn_features(USERS_PER_ROUND, rng)
     outcomes = []
     for i in range(USERS_PER_ROUND):
+        X = churn_features(ROWS_PER_REQUEST, rng)
         request_id = f"{endpoint}-{round_}-{i}"
-        response = client.post(f"/api/score/{endpoint}", json={"rows": json_rows(X[i:i + 1])},
+        response = client.post(f"/api/score/{endpoint}", json={"rows": json_rows(X)},
                                headers={"x-user-id": f"user-{round_}-{i}",
                                         "x-request-id": request_id})
         if response.status_code != 200:
             continue  # a failure is logged by the app; the controller counts it
-        label = int(rng.random() < churn_probability(X[i:i + 1])[0])
-        outcomes.append({"request_id": request_id, "label": label})
+        labels = (rng.random(ROWS_PER_REQUEST) < churn_probability(X)).astype(int)
+        outcomes += [{"request_id": request_id, "row": row, "label": int(label)}
+                     for row, label in enumerate(labels)]
     if outcomes:
         client.post(f"/api/outcomes/{endpoint}", json={"outcomes": outcomes})
 

@@ -30,6 +30,7 @@ from shared.models.native import (
     NativeError,
     check,
     library,
+    library_holding_gil,
 )
 from shared.models.schema import FeatureSchema, read_schema
 
@@ -88,7 +89,8 @@ class LoadedModel:
         self._fast_pools: dict[int, queue.SimpleQueue] = {
             PREDICT_NORMAL: queue.SimpleQueue(), PREDICT_RAW: queue.SimpleQueue()}
         self._fast_all: list[ctypes.c_void_p] = []
-        self._single_row_fast = library().LGBM_BoosterPredictForMatSingleRowFast
+        # A single row keeps the GIL through its ~50 us call (see library_holding_gil).
+        self._single_row_fast = library_holding_gil().LGBM_BoosterPredictForMatSingleRowFast
         self.compiled: Any = None  # a checked CompiledForest once it has taken over
 
     @property

@@ -26,6 +26,7 @@ DTYPE_FLOAT64 = 1  # C_API_DTYPE_FLOAT64
 _ROW_MAJOR = 1
 
 _lib: ctypes.CDLL | None = None
+_lib_holding_gil: ctypes.PyDLL | None = None
 _lib_lock = threading.Lock()
 
 
@@ -66,6 +67,22 @@ def library() -> ctypes.CDLL:
                     lib.LGBM_RegisterLogCallback(_log_callback)
                 _lib = lib
     return _lib
+
+
+def library_holding_gil() -> ctypes.PyDLL:
+    """The same ``lib_lightgbm``, with calls that keep the GIL: for calls of a few
+    microseconds (a single row). A call through :func:`library` lets the GIL go, and when any
+    other Python thread is busy (a telemetry drain, the rollout controller, a log writer) it
+    takes the GIL and the request waits up to the switch interval (5 ms) to get it back: a
+    convoy that made a 0.5 ms request take 6 ms. Never for long calls: they would stall
+    every other thread."""
+    global _lib_holding_gil
+    if _lib_holding_gil is None:
+        library()  # loaded and set up once; this handle shares it (dlopen counts references)
+        with _lib_lock:
+            if _lib_holding_gil is None:
+                _lib_holding_gil = ctypes.PyDLL(str(_library_file()))
+    return _lib_holding_gil
 
 
 def check(status: int) -> None:

@@ -11,7 +11,8 @@ controller).
       "min_requests": 100,               # per variant and step, before it may advance
       "max_hours": 72,                   # at the last step without a verdict: pause for a person
       "guardrails": {"max_error_rate_increase": 0.01, "max_p99_ratio": 1.5,
-                     "max_prediction_shift": 0.25, "min_requests": 30},
+                     "min_p99_increase_ms": 1, "max_prediction_shift": 0.25,
+                     "min_requests": 30},
       "decision": {"metric": "log_loss", "min_effect": 0.002, "alpha": 0.05},
       "promote": "only",                 # or "keep_control" (the control stays at weight 0)
       "state": {"status": "running", "step": 0, "started": "...", "step_started": "...",
@@ -47,7 +48,9 @@ class Guardrails:
     """Limits on the candidate against the control, measured over the current step."""
 
     max_error_rate_increase: float = 0.01   # candidate's failed share minus the control's
-    max_p99_ratio: float = 1.5              # candidate's p99 latency over the control's
+    max_p99_ratio: float = 1.5              # candidate's p99 latency over the control's...
+    min_p99_increase_ms: float = 1.0        # ...breached only when also this much slower
+    latency_warmup_seconds: float = 30.0    # a step's first seconds do not count for latency
     max_prediction_shift: float | None = None  # Kolmogorov-Smirnov distance of predictions
     min_requests: int = 30                  # per variant, before the guardrails are judged
 
@@ -142,8 +145,8 @@ def parse_rollout(value: Any, path: str, variants: tuple[Any, ...]) -> Rollout:
 
 def _guardrails(value: Any, path: str) -> Guardrails:
     block = obj(value, path, required=set(),
-                optional={"max_error_rate_increase", "max_p99_ratio", "max_prediction_shift",
-                          "min_requests"})
+                optional={"max_error_rate_increase", "max_p99_ratio", "min_p99_increase_ms",
+                          "latency_warmup_seconds", "max_prediction_shift", "min_requests"})
     shift = block.get("max_prediction_shift")
     if shift is not None and (not is_number(shift) or not 0 < shift <= 1):
         fail(f"{path}.max_prediction_shift", "must be a distance above 0 and at most 1 "
@@ -151,6 +154,9 @@ def _guardrails(value: Any, path: str) -> Guardrails:
     return Guardrails(
         max_error_rate_increase=_number(block, "max_error_rate_increase", path, 0.01, low=0, high=1),
         max_p99_ratio=_number(block, "max_p99_ratio", path, 1.5, low=1, high=1000),
+        min_p99_increase_ms=_number(block, "min_p99_increase_ms", path, 1.0, low=0, high=60_000),
+        latency_warmup_seconds=_number(block, "latency_warmup_seconds", path, 30.0, low=0,
+                                       high=86_400),
         max_prediction_shift=shift,
         min_requests=int(_number(block, "min_requests", path, 30, low=1, high=10**9, integer=True)))
 

@@ -39,6 +39,7 @@ class VariantStep:
     failures: int
     p99_ms: float
     predictions: np.ndarray = field(repr=False)
+    latencies_ms: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
 
     @property
     def error_rate(self) -> float:
@@ -79,7 +80,10 @@ def collect(rollout: Rollout, endpoint: str, *, predictions: Any, outcomes: Any,
 
 def step_figures(docs: list[dict[str, Any]], endpoint: str, rollout: Rollout, *, since: float,
                  until: float) -> dict[str, VariantStep]:
-    """Each of the rollout's two variants over [since, until) from prediction log lines."""
+    """Each of the rollout's two variants over [since, until) from prediction log lines; the
+    latencies from ``guardrails.latency_warmup_seconds`` after ``since`` on (a new share runs
+    cold at first: new users, instances that saw little of the candidate)."""
+    warm = since + rollout.guardrails.latency_warmup_seconds
     names = (rollout.control, rollout.candidate)
     requests = dict.fromkeys(names, 0)
     failures = dict.fromkeys(names, 0)
@@ -97,7 +101,8 @@ def step_figures(docs: list[dict[str, Any]], endpoint: str, rollout: Rollout, *,
         if record.error is not None:
             failures[record.variant] += 1
             continue
-        latencies[record.variant].append(record.latency_ms)
+        if record.time >= warm:
+            latencies[record.variant].append(record.latency_ms)
         if record.predictions is not None and record.predictions.size:
             p = record.predictions
             predictions[record.variant].append(p.reshape(p.shape[0], -1))
@@ -109,7 +114,7 @@ def step_figures(docs: list[dict[str, Any]], endpoint: str, rollout: Rollout, *,
         preds = predictions[name]
         widths = {p.shape[1] for p in preds}
         stacked = np.concatenate(preds) if preds and len(widths) == 1 else np.empty((0, 1))
-        out[name] = VariantStep(requests[name], failures[name], p99, stacked)
+        out[name] = VariantStep(requests[name], failures[name], p99, stacked, lat)
     return out
 
 

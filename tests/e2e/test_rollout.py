@@ -30,7 +30,7 @@ def endpoint(control: str, candidate: str) -> dict:
             "sticky": {"header": "x-user-id"}, "log": {"sample": 1.0},
             "rollout": {"control": "control", "candidate": "candidate", "steps": [30],
                         "min_minutes": 0, "min_requests": 20,
-                        "guardrails": {"min_requests": 10, "max_p99_ratio": 100}}}
+                        "guardrails": {"min_requests": 10, "latency_warmup_seconds": 0}}}
 
 
 @pytest.fixture(scope="module")

@@ -41,8 +41,13 @@ def _iso(t):
     return iso_time(t)
 
 
-def step(requests=500, failures=0, p99=10.0, shift=0.0):
-    return VariantStep(requests, failures, p99, RNG.normal(shift, 1, size=(max(requests - failures, 1), 1)))
+def step(requests=500, failures=0, p99=10.0, shift=0.0, spikes=0):
+    """A variant's step: latencies spread below ``p99`` (1% at it), ``spikes`` of them 50x."""
+    answered = max(requests - failures, 1)
+    latencies = np.linspace(0.2 * p99, p99, answered)
+    latencies[:spikes] = 50 * p99
+    return VariantStep(requests, failures, float(np.percentile(latencies, 99)),
+                       RNG.normal(shift, 1, size=(answered, 1)), latencies)
 
 
 def evidence(control=None, candidate=None, outcomes=None):
@@ -89,6 +94,24 @@ def test_a_slow_candidate_is_rolled_back_on_the_latency_guardrail():
     r = rollout()
     d = decide(r, evidence(candidate=step(p99=40.0)), weights=weights_of(r), now=NOW)
     assert d.action == "rollback" and "p99 latency ratio 4" in d.reason
+
+
+def test_sub_millisecond_latency_jitter_is_no_breach_however_large_the_ratio():
+    r = rollout()
+    fast = evidence(control=step(p99=0.2), candidate=step(p99=0.9))  # 4.5x, but 0.7 ms slower
+    d = decide(r, fast, weights=weights_of(r), now=NOW)
+    assert d.action == "advance" and d.checks[1].passed is True
+
+
+def test_a_few_pauses_that_move_a_p99_are_no_breach_but_a_slow_tail_is():
+    # 6 of 500 requests (1.2%) hit a pause: the candidate's p99 is the pause's, 50x the control's;
+    # no more of its requests are slow than chance allows.
+    r = rollout()
+    paused = decide(r, evidence(candidate=step(spikes=6)), weights=weights_of(r), now=NOW)
+    assert paused.checks[1].value > 10 and paused.checks[1].passed is True
+    assert paused.action == "advance"
+    slow = decide(r, evidence(candidate=step(spikes=40)), weights=weights_of(r), now=NOW)
+    assert slow.action == "rollback" and "p99 latency ratio" in slow.reason
 
 
 def test_a_candidate_predicting_otherwise_is_rolled_back_on_the_prediction_shift():

@@ -12,8 +12,13 @@ from shared.models.compiled.errors import CompileError
 from shared.models.compiled.target import COMPILE_OPTIONS, PLATFORM_TARGET, llvm_binding
 from shared.models.compiled.traits import ZERO_THRESHOLD, Traits, output_transform, scalar_transform
 
-_ENTRY = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_double),
-                          ctypes.c_int32, ctypes.c_int32)
+_SIGNATURE = (None, ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_double),
+              ctypes.c_int32, ctypes.c_int32)
+_ENTRY = ctypes.CFUNCTYPE(*_SIGNATURE)  # lets the GIL go: long calls, threads in parallel
+# Keeps the GIL: calls of microseconds, which would otherwise wait up to the switch interval
+# (5 ms) to get the GIL back from any busy Python thread (see shared/models/native.py).
+_ENTRY_HOLDING_GIL = ctypes.PYFUNCTYPE(*_SIGNATURE)
+SHORT_CALL_ROWS = 16  # at most this many rows keep the GIL (~1 ms for a 500-tree model)
 
 
 class CompiledForest:
@@ -38,6 +43,7 @@ class CompiledForest:
             raise CompileError("damaged", "the objects have no forest_root function")
         self._engine = engine
         self._fn = _ENTRY(address)
+        self._fn_short = _ENTRY_HOLDING_GIL(address)
         self.traits = traits
         self.size_bytes = sum(map(len, objects))
         self._k = traits.num_outputs
@@ -64,7 +70,9 @@ class CompiledForest:
         ptr = ctypes.POINTER(ctypes.c_double)
         x_ptr, out_ptr = X.ctypes.data_as(ptr), raw.ctypes.data_as(ptr)
         threads = max(1, min(num_threads, n // 256))
-        if threads == 1:
+        if n <= SHORT_CALL_ROWS:
+            self._fn_short(x_ptr, out_ptr, 0, n)
+        elif threads == 1:
             self._fn(x_ptr, out_ptr, 0, n)
         else:  # the compiled function releases the GIL (ctypes), so threads run in parallel
             step = -(-n // threads)
@@ -89,7 +97,7 @@ class CompiledForest:
             for j in self._zero_cols:
                 if -ZERO_THRESHOLD <= in_buf[j] <= ZERO_THRESHOLD:
                     in_buf[j] = 0.0
-            self._fn(in_buf, out_buf, 0, 1)
+            self._fn_short(in_buf, out_buf, 0, 1)
             if raw_score:
                 out = out_view.copy()
             elif self._scalar is not None:
