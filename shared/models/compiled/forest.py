@@ -11,6 +11,7 @@ import numpy as np
 from shared.models.compiled.errors import CompileError
 from shared.models.compiled.target import COMPILE_OPTIONS, PLATFORM_TARGET, llvm_binding
 from shared.models.compiled.traits import ZERO_THRESHOLD, Traits, output_transform, scalar_transform
+from shared.models.native import SHORT_CALL_ROWS
 
 _SIGNATURE = (None, ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_double),
               ctypes.c_int32, ctypes.c_int32)
@@ -18,7 +19,6 @@ _ENTRY = ctypes.CFUNCTYPE(*_SIGNATURE)  # lets the GIL go: long calls, threads i
 # Keeps the GIL: calls of microseconds, which would otherwise wait up to the switch interval
 # (5 ms) to get the GIL back from any busy Python thread (see shared/models/native.py).
 _ENTRY_HOLDING_GIL = ctypes.PYFUNCTYPE(*_SIGNATURE)
-SHORT_CALL_ROWS = 16  # at most this many rows keep the GIL (~1 ms for a 500-tree model)
 
 
 class CompiledForest:
