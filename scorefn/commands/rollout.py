@@ -281,8 +281,7 @@ def show_status(args: argparse.Namespace) -> int:
             else:
                 print("  outcomes: none joined yet")
         print(f"  next: {decision.action} - {decision.reason}")
-        print(f"  (the controller applies it at its next run: ROLLOUT_SCHEDULE "
-              f"{app_settings().rollout_schedule!r})")
+        print(f"  when: {_next_run(app_settings().rollout_schedule)}")
     history = controller.audit.read(args.endpoint)
     moves = [h for h in history if h.get("action") != "hold"][-args.history:]
     if moves:
@@ -314,6 +313,19 @@ def change_status(args: argparse.Namespace) -> int:
     print(f"rollout of {args.endpoint}: {args.status}; weights "
           f"{', '.join(f'{k} {v:g}' for k, v in state.get('weights', {}).items())}")
     return 0
+
+
+def _next_run(schedule: str) -> str:
+    """When the controller runs next, by the app's ``ROLLOUT_SCHEDULE`` (UTC)."""
+    from datetime import UTC, datetime
+
+    from devhost.ncrontab import ScheduleError, parse_schedule
+
+    try:
+        at = parse_schedule(schedule).next_after(datetime.now(UTC))
+    except (ScheduleError, AttributeError, TypeError):
+        return f"at the controller's next run (ROLLOUT_SCHEDULE {schedule!r})"
+    return f"the controller's next run, {at:%H:%M:%S} UTC (ROLLOUT_SCHEDULE {schedule!r})"
 
 
 def _only_weighted(ep: Any) -> str | None:

@@ -70,6 +70,7 @@ def test_status_shows_the_step_each_guardrail_and_the_next_decision(rig, capsys)
     assert "step 1 of 3 (5, 25, 50%): candidate share 5%" in out
     assert "error rate increase" in out and "p99 latency ratio" in out and "not judged yet" in out
     assert "next: hold" in out  # no traffic logged yet
+    assert "when: the controller's next run, " in out and "UTC" in out
 
 
 def test_pause_resume_and_abort_set_the_status_and_the_weights(rig, capsys):
