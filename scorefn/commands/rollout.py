@@ -15,7 +15,14 @@ import sys
 import time
 from typing import Any
 
-from scorefn.commands.storage_args import LOGS, MODELS, add_storage_args, app_settings, blob_service
+from scorefn.commands.storage_args import (
+    LOGS,
+    MODELS,
+    add_config_location_args,
+    app_settings,
+    blob_service,
+    config_location,
+)
 
 
 def register(subparsers) -> None:
@@ -57,7 +64,7 @@ def register(subparsers) -> None:
     start.add_argument("--max-prediction-shift", type=float, default=None,
                        help="Kolmogorov-Smirnov distance of the predictions (default: not checked)")
     start.add_argument("--promote", choices=("only", "keep_control"), default="only")
-    _location_args(start)
+    add_config_location_args(start)
     start.set_defaults(run=start_rollout)
 
     status = actions.add_parser("status", help="where a rollout stands and what comes next",
@@ -67,7 +74,7 @@ def register(subparsers) -> None:
     status.add_argument("endpoint")
     status.add_argument("--history", type=int, default=5, metavar="N",
                         help="show the last N audited decisions (default: 5)")
-    _location_args(status)
+    add_config_location_args(status)
     status.set_defaults(run=show_status)
 
     for name, helptext in (("pause", "stop the controller acting (the shares stay)"),
@@ -76,25 +83,14 @@ def register(subparsers) -> None:
         action = actions.add_parser(name, help=helptext, description=helptext.replace("%%", "%"))
         action.add_argument("endpoint")
         action.add_argument("--reason", default=f"{name} by a person")
-        _location_args(action)
+        add_config_location_args(action)
         action.set_defaults(run=change_status, status={"pause": "paused", "resume": "running",
                                                        "abort": "aborted"}[name])
     rollout.set_defaults(run=lambda args: (rollout.print_help(), 2)[1])
 
 
-def _location_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("where the config and logs live")
-    group.add_argument("--container", default=None, metavar="NAME",
-                       help="models container (default $MODEL_CONTAINER or models)")
-    group.add_argument("--blob", default=None, metavar="PATH",
-                       help="config blob (default $ROUTER_CONFIG_BLOB or config/router.json)")
-    add_storage_args(parser)
-
-
 def _config_blob(args: argparse.Namespace) -> Any:
-    settings = app_settings()
-    container = args.container or settings.model_container
-    blob = args.blob or settings.router_config_blob or "config/router.json"
+    container, blob = config_location(args)
     return blob_service(args, MODELS).get_blob_client(container, blob)
 
 

@@ -17,7 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from scorefn.commands.storage_args import add_storage_args, app_settings, blob_service
+from scorefn.commands.storage_args import (
+    add_config_location_args,
+    app_settings,
+    blob_service,
+    config_location,
+)
 
 
 def register(subparsers) -> None:
@@ -38,7 +43,7 @@ def register(subparsers) -> None:
                                "variants of each endpoint take the same features and that their "
                                "models' stored latency figures are within the endpoint's "
                                "max_p99_ms")
-    _add_location_args(validate)
+    add_config_location_args(validate)
     validate.set_defaults(run=validate_config)
 
     put = actions.add_parser(
@@ -57,7 +62,7 @@ def register(subparsers) -> None:
     put.add_argument("--force", action="store_true",
                      help="upload even when a variant's model is over its endpoint's max_p99_ms "
                           "or has no latency figures")
-    _add_location_args(put)
+    add_config_location_args(put)
     put.set_defaults(run=set_config, check_models=True)
 
     show = actions.add_parser(
@@ -70,7 +75,7 @@ def register(subparsers) -> None:
     show.add_argument("--json", action="store_true", help="print the document as stored")
     show.add_argument("--no-check-models", dest="check_models", action="store_false",
                       help="do not load the models (only the document is checked)")
-    _add_location_args(show)
+    add_config_location_args(show)
     show.set_defaults(run=show_config, check_models=True)
     router.set_defaults(run=lambda args: _usage(router))
 
@@ -78,22 +83,6 @@ def register(subparsers) -> None:
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
     return 2
-
-
-def _add_location_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("where the config lives")
-    group.add_argument("--container", default=None, metavar="NAME",
-                       help="models container (default $MODEL_CONTAINER or models)")
-    group.add_argument("--blob", default=None, metavar="PATH",
-                       help="config blob (default $ROUTER_CONFIG_BLOB or config/router.json)")
-    add_storage_args(parser)
-
-
-def _location(args: argparse.Namespace) -> tuple[str, str]:
-    settings = app_settings()
-    container = args.container or settings.model_container
-    blob = args.blob or settings.router_config_blob or "config/router.json"
-    return container, blob
 
 
 # -- actions ---------------------------------------------------------------------------------
@@ -128,7 +117,7 @@ def set_config(args: argparse.Namespace) -> int:
             return 1
     elif any(ep.max_p99_ms is not None for ep in config.endpoints.values()):
         print("latency budgets not checked (--no-check-models)")
-    container_name, blob_name = _location(args)
+    container_name, blob_name = config_location(args)
     container = blob_service(args).get_container_client(container_name)
     if not container.exists():
         container.create_container()
@@ -162,7 +151,7 @@ def show_config(args: argparse.Namespace) -> int:
     from shared.errors import InvalidRouterConfig
     from shared.router import MAX_CONFIG_BYTES, parse_config
 
-    container_name, blob_name = _location(args)
+    container_name, blob_name = config_location(args)
     blob = blob_service(args).get_blob_client(container_name, blob_name)
     try:
         downloader = blob.download_blob()
@@ -228,7 +217,7 @@ def _models_load(args: argparse.Namespace, config: Any) -> dict[str, Any] | None
     from shared.models.store import ModelStore
     from shared.router import models_loadable
 
-    container_name, _ = _location(args)
+    container_name, _ = config_location(args)
     max_bytes = app_settings().max_model_mb * 1024 * 1024
     store = ModelStore(BlobSource(blob_service(args).get_container_client(container_name),
                                   max_bytes), refresh_seconds=3600)

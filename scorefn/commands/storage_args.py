@@ -40,6 +40,24 @@ def add_storage_args(parser: argparse.ArgumentParser, data: str = "models") -> N
                             f"for serving and fails fast)")
 
 
+def add_config_location_args(parser: argparse.ArgumentParser) -> None:
+    """``--container`` and ``--blob`` of the router config, and the storage options."""
+    group = parser.add_argument_group("where the config lives")
+    group.add_argument("--container", default=None, metavar="NAME",
+                       help="models container (default $MODEL_CONTAINER or models)")
+    group.add_argument("--blob", default=None, metavar="PATH",
+                       help="config blob (default $ROUTER_CONFIG_BLOB or config/router.json)")
+    add_storage_args(parser)
+
+
+def config_location(args: argparse.Namespace) -> tuple[str, str]:
+    """The router config's container and blob: the options, else the app settings."""
+    settings = app_settings()
+    container = args.container or settings.model_container
+    blob = args.blob or settings.router_config_blob or "config/router.json"
+    return container, blob
+
+
 def app_settings() -> Any:
     """The app settings of this shell's environment, read and checked as the app reads them
     (an invalid one is a ``SettingsError``: one error line)."""
