@@ -109,12 +109,8 @@ class FunctionsHttpApp:
         if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             await _respond(send, 413)
             return
-        try:
-            body = await _read_body(receive)
-        except _Disconnected:
-            return
+        body = await _body_or_answer(receive, send)
         if body is None:
-            await _respond(send, 413)
             return
         call = HttpCall(method=method, url=_url(scope, headers), headers=headers, query=params,
                         route_params=route_params, body=body,
@@ -143,12 +139,8 @@ class FunctionsHttpApp:
         if not self.auth.allows("admin", (_presented_key(headers, _query(scope)),)):
             await _respond(send, 401)
             return
-        try:
-            body = await _read_body(receive)
-        except _Disconnected:
-            return
+        body = await _body_or_answer(receive, send)
         if body is None:
-            await _respond(send, 413)
             return
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if body and not (media_type in _JSON_TYPES or media_type.endswith("+json")):
@@ -176,6 +168,17 @@ def _routed_path(scope: Scope) -> str:
     so an escaped "/" never splits a segment; uvicorn's ``path`` decodes it)."""
     raw = scope.get("raw_path")
     return request_path(raw) if raw else scope["path"]
+
+
+async def _body_or_answer(receive: Receive, send: Send) -> bytes | None:
+    """The request body; ``None`` once the client left or it was answered 413 (too large)."""
+    try:
+        body = await _read_body(receive)
+    except _Disconnected:
+        return None
+    if body is None:
+        await _respond(send, 413)
+    return body
 
 
 async def _respond(send: Send, status: int, headers: list[tuple[str, str]] | None = None,
