@@ -53,6 +53,9 @@ class ModelInfo:
     linear_tree: bool = False  # LightGBM refuses pred_contrib for linear trees
     blob_metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
     sha256: str = ""  # of the model file's bytes as stored (decompressed): names its artifact
+    # Each feature's training range or codes as the header's feature_infos says: "[lo:hi]", a
+    # categorical feature's codes "0:1:4", or "none" (a feature no tree uses).
+    feature_infos: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version}
@@ -246,7 +249,8 @@ def parse_model(text_bytes: bytes, *, name: str, path: str, version: str,
     header = _header(text)
     objective = (header.get("objective") or "unknown").split()[0]
     num_classes = int(header.get("num_class", "1") or 1)
-    schema = read_schema(text, booster.feature_names, header.get("feature_infos", "").split(" "))
+    feature_infos = tuple(header.get("feature_infos", "").split(" "))
+    schema = read_schema(text, booster.feature_names, feature_infos)
     # The parameters section (after the trees) is where LightGBM itself reads linear_tree;
     # trees of a linear model also carry is_linear=1.
     linear = bool(_LINEAR_TREE.search(text, safe_text_end(text))) or "\nis_linear=1\n" in text
@@ -256,5 +260,6 @@ def parse_model(text_bytes: bytes, *, name: str, path: str, version: str,
         objective=objective, num_classes=num_classes,
         num_outputs=booster.num_model_per_iteration, size_bytes=len(text_bytes),
         schema=schema, linear_tree=linear, blob_metadata=dict(metadata or {}),
-        sha256=sha256 or hashlib.sha256(text_bytes).hexdigest())
+        sha256=sha256 or hashlib.sha256(text_bytes).hexdigest(),
+        feature_infos=feature_infos if len(feature_infos) == booster.num_features else ())
     return LoadedModel(booster, info)
