@@ -13,6 +13,8 @@ from shared.settings import Settings, resolve_connection
 
 if TYPE_CHECKING:
     from shared.batch.runner import BatchJobs
+    from shared.monitoring.collector import Collector
+    from shared.monitoring.evaluate import DriftMonitor
     from shared.rollout.controller import RolloutController
     from shared.scoring.service import ScoringService
 
@@ -28,6 +30,7 @@ class App:
     _jobs: BatchJobs | None = None
     _jobs_lock: threading.Lock = field(default_factory=threading.Lock)
     _rollouts: RolloutController | None = None
+    _drift: DriftMonitor | None = None
 
     @property
     def jobs(self) -> BatchJobs:
@@ -47,6 +50,15 @@ class App:
                 if self._rollouts is None:
                     self._rollouts = build_rollouts(self.settings, self.service)
         return self._rollouts
+
+    @property
+    def drift(self) -> DriftMonitor | None:
+        """The drift evaluation (``None`` with ``MONITOR_ENABLED=false``)."""
+        if self._drift is None and self.settings.monitor_enabled:
+            with self._jobs_lock:
+                if self._drift is None:
+                    self._drift = build_drift_monitor(self.settings)
+        return self._drift
 
     def close(self) -> None:
         self.service.close()
@@ -94,7 +106,29 @@ def build_service(settings: Settings) -> ScoringService:
                if settings.shadow_workers else None)
     prediction_log, outcome_log = build_logs(settings, telemetry)
     return ScoringService(settings, store, telemetry, routing=routing, shadows=shadows,
-                          prediction_log=prediction_log, outcome_log=outcome_log)
+                          prediction_log=prediction_log, outcome_log=outcome_log,
+                          monitor=build_collector(settings, container, telemetry))
+
+
+def build_collector(settings: Settings, models: Any, telemetry: Any) -> Collector | None:
+    """Monitoring's in-process counts (``None`` with ``MONITOR_ENABLED=false``), written to
+    ``MONITOR_CONTAINER`` on the prediction log's connection. Nothing connects to storage
+    until the first write."""
+    if not settings.monitor_enabled:
+        return None
+    from shared.monitoring.collector import Collector
+    from shared.monitoring.references import Binnings
+
+    def target() -> Any:
+        from shared.storage import blob_service
+
+        conn = resolve_connection(settings.prediction_log_connection)
+        return blob_service(conn, min(settings.storage_timeout_seconds, 10.0)
+                            ).get_container_client(settings.monitor_container)
+
+    return Collector(target, Binnings(lambda: models, retry_seconds=settings.monitor_flush_seconds),
+                     flush_seconds=settings.monitor_flush_seconds,
+                     max_pending_rows=settings.monitor_max_pending_rows, telemetry=telemetry)
 
 
 def compiled_trees(settings: Settings, container: Any, telemetry: Any) -> tuple[Any, Any]:
@@ -144,6 +178,24 @@ def build_rollouts(settings: Settings, service: ScoringService) -> RolloutContro
         predictions=predictions,
         outcomes=logs.get_container_client(settings.outcome_log_container),
         audit=AuditLog(predictions), store=service.store, telemetry=get_telemetry())
+
+
+def build_drift_monitor(settings: Settings, telemetry: Any = None) -> DriftMonitor:
+    """The drift evaluation: served counts and summaries in ``MONITOR_CONTAINER`` (on the
+    prediction log's connection), reference profiles beside the models."""
+    from shared.monitoring.evaluate import DriftMonitor, Thresholds
+    from shared.storage import blob_service
+    from shared.telemetry import get_telemetry
+
+    timeout = settings.storage_timeout_seconds
+    models = blob_service(resolve_connection(settings.storage_connection), timeout)
+    logs = blob_service(resolve_connection(settings.prediction_log_connection), timeout)
+    return DriftMonitor(
+        logs.get_container_client(settings.monitor_container),
+        models.get_container_client(settings.model_container),
+        Thresholds(settings.monitor_psi_threshold, settings.monitor_min_rows,
+                   settings.monitor_window_hours),
+        telemetry=telemetry or get_telemetry())
 
 
 def build_app(settings: Settings) -> App:

@@ -235,8 +235,9 @@ MODELS = "Models, limits and prediction"
 BATCH = "Batch jobs (queue)"
 ROUTING = "Routing (A/B, canary, shadow)"
 LOGS = "Prediction and outcome logs"
+MONITORING = "Monitoring (drift)"
 TELEMETRY = "Telemetry"
-GROUPS = (MODELS, BATCH, ROUTING, LOGS, TELEMETRY)
+GROUPS = (MODELS, BATCH, ROUTING, LOGS, MONITORING, TELEMETRY)
 
 
 @dataclass(frozen=True)
@@ -395,6 +396,43 @@ class Settings:
         "Memory bound of the prediction log buffer (estimated from the numbers it holds); "
         "beyond it new records are dropped and counted.")
 
+    # -- Monitoring (drift) --------------------------------------------------------------------
+    monitor_enabled: bool = _setting(
+        "MONITOR_ENABLED", True, _BOOL, MONITORING,
+        "Count every scored row per endpoint, variant and model version (bins, missing and "
+        "out-of-range values, predictions; never the values) and write the counts to "
+        "`MONITOR_CONTAINER` (see docs/monitoring.md). `false`: nothing is counted.")
+    monitor_container: str = _setting(
+        "MONITOR_CONTAINER", "monitoring", _CONTAINER, MONITORING,
+        "Blob container (on `PREDICTION_LOG_CONNECTION`) of the served counts "
+        "(`served/{endpoint}/{hour}/{writer}.json`) and the drift summaries "
+        "(`summaries/{endpoint}/`); created when missing.")
+    monitor_flush_seconds: float = _setting(
+        "MONITOR_FLUSH_SECONDS", 300.0, _float(1.0, 3600.0), MONITORING,
+        "How often each instance writes its counts of the current hour (one blob per instance, "
+        "endpoint and hour, written again with the running totals).")
+    monitor_max_pending_rows: int = _setting(
+        "MONITOR_MAX_PENDING_ROWS", 200_000, _int(1_000, 100_000_000), MONITORING,
+        "Most scored rows held in memory until the background thread counts them; beyond it "
+        "rows go uncounted and are counted in `scorefn.monitor.dropped`, never waited for.")
+    monitor_schedule: str = _setting(
+        "MONITOR_SCHEDULE", "0 10 * * * *", _SCHEDULE, MONITORING,
+        "When the drift evaluation runs (a timer trigger binding `%MONITOR_SCHEDULE%`, so the "
+        "app needs this setting; NCRONTAB, default ten minutes past every hour).")
+    monitor_window_hours: int = _setting(
+        "MONITOR_WINDOW_HOURS", 24, _int(1, 24 * 90), MONITORING,
+        "Hours of served counts each evaluation compares (ending with the current hour).")
+    monitor_psi_threshold: float = _setting(
+        "MONITOR_PSI_THRESHOLD", 0.2, _float(0.01, 10.0), MONITORING,
+        "Population stability index at or over which a feature (or the predictions) counts as "
+        "drifted (see docs/monitoring-statistics.md for the false-alarm rates).")
+    monitor_min_rows: int = _setting(
+        "MONITOR_MIN_ROWS", 200, _int(1, 100_000_000), MONITORING,
+        "Fewest rows for a drift to count: a feature's effective rows for its PSI (its values "
+        "on both sides, `nb*ns/(nb+ns)`), served rows for a jump in its missing or "
+        "out-of-range rate. Fewer give PSI values over the threshold by chance "
+        "(docs/monitoring-statistics.md).")
+
     # -- Compiled trees (models) ---------------------------------------------------------------
     compiled_trees: bool = _setting(
         "COMPILED_TREES", True, _BOOL, MODELS,
@@ -470,7 +508,8 @@ def _largest_model_fits_cache(s: Settings) -> None:
 def _batch_containers_apart(s: Settings) -> None:
     guarded = {s.model_container: "MODEL_CONTAINER",
                s.prediction_log_container: "PREDICTION_LOG_CONTAINER",
-               s.outcome_log_container: "OUTCOME_LOG_CONTAINER"}
+               s.outcome_log_container: "OUTCOME_LOG_CONTAINER",
+               s.monitor_container: "MONITOR_CONTAINER"}
     for setting, names in (("BATCH_CONTAINER", (s.batch_container,)),
                            ("BATCH_ALLOWED_CONTAINERS", s.batch_allowed_containers)):
         for name in names:
@@ -490,7 +529,8 @@ RULES: tuple[Rule, ...] = (
     Rule("`MAX_MODEL_MB` is at most `MODEL_CACHE_MAX_MB`: a larger model could never stay in "
          "the cache.", _largest_model_fits_cache),
     Rule("`BATCH_CONTAINER` and `BATCH_ALLOWED_CONTAINERS` name neither `MODEL_CONTAINER`, "
-         "`PREDICTION_LOG_CONTAINER`, `OUTCOME_LOG_CONTAINER` nor the Functions host's own "
+         "`PREDICTION_LOG_CONTAINER`, `OUTCOME_LOG_CONTAINER`, `MONITOR_CONTAINER` nor the "
+         "Functions host's own "
          "containers (`azure-webjobs-*`, `app-package-*`): batch jobs read and write them.",
          _batch_containers_apart),
 )

@@ -12,10 +12,12 @@ from devhost.azurite import Azurite
 from scorefn.demo.models import DemoModel, train_demo_models
 from tests.azurite_support import new_container
 
-# The rollout controller's timer binds %ROLLOUT_SCHEDULE%: a local host refuses an app whose
-# setting is missing, as Azure's does. Hosts started by tests inherit this environment; once a
-# year is "never" for them, and the rollout tests set their own schedule.
+# The rollout controller's and the drift evaluation's timers bind %ROLLOUT_SCHEDULE% and
+# %MONITOR_SCHEDULE%: a local host refuses an app whose setting is missing, as Azure's does.
+# Hosts started by tests inherit this environment; once a year is "never" for them, and the
+# rollout and monitoring tests set their own schedule.
 os.environ.setdefault("ROLLOUT_SCHEDULE", "0 0 0 1 1 *")
+os.environ.setdefault("MONITOR_SCHEDULE", "0 0 0 1 1 *")
 
 
 _session_azurite: list[Azurite] = []  # the session's Azurite, once a test asked for it

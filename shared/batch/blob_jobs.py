@@ -36,6 +36,8 @@ from shared.batch.units import parse_units, score_units
 from shared.batch.unseen import decode_unseen, encode_unseen, fits_metadata, unseen_summary
 from shared.errors import InputNotFound, InvalidPayload, PayloadTooLarge
 from shared.models.model import LoadedModel
+from shared.monitoring.collector import Collector
+from shared.monitoring.jobs import job_writer
 from shared.settings import Settings
 
 log = logging.getLogger("scorefn.batch")
@@ -54,8 +56,9 @@ class BlobJobs:
     """Runs blob jobs in one invocation, or hands them to ``planner``."""
 
     def __init__(self, settings: Settings, blobs: BlobServiceClient, batch: ContainerClient,
-                 planner: Planner, metrics: JobMetrics) -> None:
+                 planner: Planner, metrics: JobMetrics, monitor: Collector | None = None) -> None:
         self.settings = settings
+        self.monitor = monitor
         self.blobs = blobs
         self.batch = batch
         self.planner = planner
@@ -99,10 +102,13 @@ class BlobJobs:
         writer = writer_for(job.output.format, job.id_column, info.num_outputs)
         token = uuid.uuid4().hex[:12]  # this attempt's block ids: never mixed with another's
         blocks: list[BlobBlock] = []
+        counts = (self.monitor.for_job(job.endpoint, variant, info, claim.accepted_at,
+                                       job_writer(job.identity.job_id))
+                  if self.monitor is not None else None)
         scored = score_units(
             units, model, job.options, writer, self.settings, header=writer.header,
             stage=lambda index, data: blocks.append(self._stage(out, job, token, index, data)),
-            progress=claim.progress)
+            progress=claim.progress, observe=counts.observe if counts is not None else None)
         version = ModelVersion.of(model)
         result = JobResult.timed(
             job.identity.job_id, "succeeded", time.perf_counter() - started, rows=scored.rows,
@@ -117,6 +123,8 @@ class BlobJobs:
                               content_settings=ContentSettings(content_type=writer.content_type))
         self.metrics.record("ok", started, route=JobRoute(job.endpoint, variant, version),
                             rows=scored.rows, predict_ms=scored.predict_seconds * 1000)
+        if counts is not None and self.monitor is not None:
+            self.monitor.write_job(counts)
         return BlobJobRun(result, scored=True)
 
     def _check_input_size(self, size: int) -> None:

@@ -42,6 +42,7 @@ class InlineJobs:
         # its request id, its key the sticky key. Blob jobs are not logged (their output is).
         self.service.log_prediction(scored, trigger="queue", request_id=job.identity.job_id,
                                     latency_ms=(time.perf_counter() - started) * 1000)
+        self.service.observe(scored)  # counted by this instance, as an HTTP request's rows
         rows = int(scored.request.X.shape[0])
         version = ModelVersion.of(model)
         predictions = json_numbers(scored.predictions)  # inf is "Infinity", never null

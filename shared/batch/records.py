@@ -95,6 +95,15 @@ class Claim:
     def created(self) -> str | None:
         return self.doc.get("created")
 
+    @property
+    def accepted_at(self) -> float:
+        """When the job's record was created (epoch seconds; now if the record does not say):
+        the same on every delivery of the job."""
+        try:
+            return datetime.fromisoformat(str(self.doc["created"])).timestamp()
+        except (KeyError, ValueError):
+            return time.time()
+
     def check(self) -> None:
         """Renew the lease now; raise :class:`JobBusy` if it was lost. Called right before
         the output is committed, so that only the lease holder commits."""

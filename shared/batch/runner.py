@@ -92,9 +92,10 @@ class BatchJobs:
                                queues.get_queue_client(settings.chunk_queue_name), service.store,
                                completion)
         self.chunk_worker = ChunkWorker(settings, blobs, self.batch, self.records, completion,
-                                        self.metrics)
+                                        self.metrics, monitor=service.monitor)
         self.inline_jobs = InlineJobs(service, self.batch, self.metrics)
-        self.blob_jobs = BlobJobs(settings, blobs, self.batch, self.planner, self.metrics)
+        self.blob_jobs = BlobJobs(settings, blobs, self.batch, self.planner, self.metrics,
+                                  monitor=service.monitor)
 
     def handle(self, body: bytes, *, message_id: str | None = None,
                dequeue_count: int = 1) -> JobOutcome:

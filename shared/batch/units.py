@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from shared.batch.csv_input import parse_csv_chunk
 from shared.batch.csv_layout import CsvLayout
 from shared.batch.features import Features, as_schema
@@ -80,11 +82,14 @@ def parse_units(stream: Iterable[bytes], chunk_rows: int, *, layout: CsvLayout |
 def score_units(units: Iterable[Unit], model: LoadedModel, options: Options,
                 writer: OutputWriter, settings: Settings, *, header: bytes,
                 stage: Callable[[int, bytes], Any],
-                progress: Callable[[int], Any] | None = None) -> ScoredOutput:
+                progress: Callable[[int], Any] | None = None,
+                observe: Callable[[np.ndarray, np.ndarray | None], Any] | None = None
+                ) -> ScoredOutput:
     """Predict each unit as soon as it is parsed (parsing runs ahead in a background thread:
     :func:`~shared.batch.prefetch.prefetch`) and hand the output rows of each chunk,
     ``header`` first, to ``stage(index, data)`` as one block (an input without rows gives the
-    header alone)."""
+    header alone). ``observe(X, predictions)``: monitoring's count of each unit (predictions
+    ``None`` for raw scores)."""
     parts, index, rows, predict_seconds = [header], 0, 0, 0.0
     for unit in prefetch(units, depth=PREFETCH_UNITS):
         X = unit.rows.X
@@ -93,6 +98,8 @@ def score_units(units: Iterable[Unit], model: LoadedModel, options: Options,
                               parallel_min_rows=settings.predict_parallel_min_rows,
                               max_threads=settings.predict_max_threads)
         predict_seconds += time.perf_counter() - start
+        if observe is not None:
+            observe(X, None if options.raw_score else predictions)
         parts.append(writer.rows(predictions, unit.rows.ids))
         rows += X.shape[0]
         if progress is not None:

@@ -27,6 +27,7 @@ from shared.errors import (
 )
 from shared.models.model import LoadedModel, ModelInfo
 from shared.models.store import ModelStore
+from shared.monitoring.collector import Collector
 from shared.payloads import (
     ScoringInput,
     decode_json,
@@ -110,7 +111,8 @@ class ScoringService:
     def __init__(self, settings: Settings, store: ModelStore,
                  telemetry: Telemetry | None = None, routing: RouterHolder | None = None,
                  shadows: ShadowRunner | None = None,
-                 prediction_log: PredictionLog | None = None, outcome_log: Any = None) -> None:
+                 prediction_log: PredictionLog | None = None, outcome_log: Any = None,
+                 monitor: Collector | None = None) -> None:
         self.settings = settings
         self.store = store
         self.telemetry = telemetry or get_telemetry()
@@ -118,6 +120,7 @@ class ScoringService:
         self.shadows = shadows
         self.prediction_log = prediction_log
         self.outcome_log = outcome_log
+        self.monitor = monitor
         self.status = ServiceStatus(store, routing)
 
     def can_score_inline(self, endpoint: str, body_bytes: int) -> bool:
@@ -253,6 +256,8 @@ class ScoringService:
                     "scorefn.serialize_ms": (end - scored) * 1000})
             tel.record(attrs, duration_ms=elapsed_ms, predict_ms=result.predict_seconds * 1000,
                        rows=result.request.X.shape[0])
+        if self.monitor is not None:
+            self.observe(result)
         logged_id, log_features = None, False
         if config is not None and config.log is not None and self.prediction_log is not None:
             logged_id, log_features = self._offer_to_log(result, config, trigger, elapsed_ms,
@@ -304,6 +309,16 @@ class ScoringService:
         key = sticky_key(config, headers or {}, query or {}, doc) if config is not None else None
         override = header(headers, OVERRIDE_HEADER) if headers else None
         return router.route(endpoint, key=key, override=override), config
+
+    def observe(self, result: ScoreResult) -> None:
+        """Hand monitoring a finished scoring's rows (and predictions, when they are the
+        model's default output). Never raises, never waits."""
+        monitor, route, request = self.monitor, result.route, result.request
+        if monitor is None or route is None:
+            return
+        options = request.options
+        monitor.observe(route.endpoint, route.variant, result.model, request.X,
+                        None if options.raw_score or options.pred_contrib else result.predictions)
 
     def log_prediction(self, result: ScoreResult, *, trigger: str, latency_ms: float,
                        request_id: str | None) -> None:
@@ -479,3 +494,5 @@ class ScoringService:
             self.shadows.close()
         if self.prediction_log is not None:
             self.prediction_log.close()
+        if self.monitor is not None:
+            self.monitor.close()

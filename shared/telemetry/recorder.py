@@ -82,6 +82,25 @@ class Telemetry:
             description="Prediction log records dropped (buffer full, storage failing, too "
                         "large, after shutdown), by endpoint and reason")
 
+        self.monitor_dropped = meter.create_counter(
+            "scorefn.monitor.dropped", unit="{row}",
+            description="Scored rows monitoring did not count (too many waiting, storage "
+                        "failing for over an hour), by endpoint and reason")
+        self.drift_max_psi = meter.create_gauge(
+            "scorefn.drift.max_psi", unit="1",
+            description="The most drifted feature's population stability index at the last "
+                        "drift evaluation, by endpoint, variant and baseline (reference, "
+                        "variant)")
+        self.drift_prediction_psi = meter.create_gauge(
+            "scorefn.drift.prediction_psi", unit="1",
+            description="The predictions' population stability index at the last drift "
+                        "evaluation, by endpoint, variant and baseline")
+        self.drift_features = meter.create_gauge(
+            "scorefn.drift.drifted_features", unit="{feature}",
+            description="Features counted as drifted at the last drift evaluation (PSI over "
+                        "MONITOR_PSI_THRESHOLD, or missing / out-of-range values jumped), by "
+                        "endpoint, variant and baseline")
+
     def request_span(self, name: str, carrier: Mapping[str, str] | None,
                      attributes: dict[str, Any]) -> AbstractContextManager[RequestTrace]:
         """A span for one scoring, continuing the caller's trace when ``carrier`` holds a
@@ -133,6 +152,20 @@ class Telemetry:
         pause) for ``endpoint``'s rollout."""
         if self.metrics:
             self.rollout_decisions.add(1, {"endpoint": endpoint, "action": action})
+
+    def record_monitor_dropped(self, rows: int, endpoint: str, reason: str) -> None:
+        """``rows`` scored rows of ``endpoint`` went uncounted by monitoring, for ``reason``."""
+        if rows and self.metrics:
+            self.monitor_dropped.add(rows, {"endpoint": endpoint, "reason": reason})
+
+    def record_drift(self, attributes: dict[str, str], *, max_psi: float,
+                     prediction_psi: float | None, drifted_features: int) -> None:
+        """One comparison of a drift evaluation (``attributes``: endpoint, variant, against)."""
+        if self.metrics:
+            self.drift_max_psi.set(max_psi, attributes)
+            if prediction_psi is not None:
+                self.drift_prediction_psi.set(prediction_psi, attributes)
+            self.drift_features.set(drifted_features, attributes)
 
     def record_log_dropped(self, count: int, endpoint: str, reason: str) -> None:
         """``count`` prediction log records of ``endpoint`` were dropped for ``reason``."""

@@ -37,6 +37,8 @@ from shared.batch.ranges import range_blocks
 from shared.batch.records import JobRecords
 from shared.batch.units import ScoredOutput, parse_units, score_units
 from shared.errors import InvalidPayload, JobBusy, PayloadTooLarge, ScoreError
+from shared.monitoring.collector import Collector
+from shared.monitoring.jobs import job_writer
 from shared.payloads.common import Options
 from shared.settings import Settings
 
@@ -75,8 +77,10 @@ class ChunkWorker:
     """Scores the chunks of fanned-out jobs, a few at a time per process."""
 
     def __init__(self, settings: Settings, blobs: BlobServiceClient, batch: ContainerClient,
-                 records: JobRecords, completion: Completion, metrics: JobMetrics) -> None:
+                 records: JobRecords, completion: Completion, metrics: JobMetrics,
+                 monitor: Collector | None = None) -> None:
         self.settings = settings
+        self.monitor = monitor
         self.blobs = blobs
         self.batch = batch
         self.records = records
@@ -206,10 +210,17 @@ class ChunkWorker:
                             first_line=2 if msg.index == 0 and layout is not None else 1,
                             unseen=unseen)
         writer = writer_for(plan.output.format, plan.id_column, model.info.num_outputs)
-        return score_units(  # the CSV header: chunk 0's first block only
+        counts = (self.monitor.for_job(plan.endpoint, plan.variant, model.info, plan.created_at,
+                                       job_writer(msg.job_id, msg.index))
+                  if self.monitor is not None else None)
+        output = score_units(  # the CSV header: chunk 0's first block only
             units, model, Options(raw_score=plan.raw_score), writer, self.settings,
             header=writer.header if msg.index == 0 else b"",
-            stage=lambda sub, data: self._stage(out, msg, sub, data, plan.output.container))
+            stage=lambda sub, data: self._stage(out, msg, sub, data, plan.output.container),
+            observe=counts.observe if counts is not None else None)
+        if counts is not None and self.monitor is not None:
+            self.monitor.write_job(counts)
+        return output
 
     @staticmethod
     def _stage(out: BlobClient, msg: ChunkMessage, sub: int, data: bytes,
