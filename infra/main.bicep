@@ -1,10 +1,11 @@
 // scorefn on Azure Functions (Flex Consumption, Python 3.13), identity only.
 //
-// One resource group holds: a storage account (models, batch data, logs, the deployment
-// package, the host's own blobs/queues/tables, the batch job queues) reachable with Entra ID
-// only; Log Analytics + Application Insights taking Entra ID ingestion only, with a workbook of
-// latency and error queries; a user-assigned managed identity the app uses for everything; the
-// Flex Consumption plan and function app; and least-privilege role assignments.
+// One resource group holds: a storage account (models, batch data, logs, drift monitoring
+// counts, the deployment package, the host's own blobs/queues/tables, the batch job queues)
+// reachable with Entra ID only; Log Analytics + Application Insights taking Entra ID ingestion
+// only, with a workbook of latency, error and drift queries and a drift alert; a user-assigned
+// managed identity the app uses for everything; the Flex Consumption plan and function app; and
+// least-privilege role assignments.
 //
 // This file holds the parameters, the names, the identity and the outputs; the resources are in
 // modules under infra/app/ (storage, monitoring, rbac, function-app: see infra/README.md), which
@@ -71,6 +72,12 @@ param storageSkuName string = 'Standard_LRS'
 @description('Days Log Analytics keeps telemetry (30 is included in the price).')
 param logRetentionDays int = 30
 
+@description('Drift alert threshold: the alert fires for an endpoint and variant when its most drifted feature\'s population stability index (the scorefn.drift.max_psi metric) is at or over it. A decimal as a string (Bicep has no decimal literals); 0.2 is the usual "significant shift" level and MONITOR_PSI_THRESHOLD\'s default.')
+param driftPsiAlertThreshold string = '0.2'
+
+@description('Resource id of an existing action group (e-mail, webhook, ...) the drift alert notifies. Empty: no action, fired alerts show in the portal (Monitor > Alerts) only.')
+param driftAlertActionGroupId string = ''
+
 @description('Path of the router config blob inside the models container. A missing blob means no routing: endpoint NAME is served by model NAME.')
 param routerConfigBlob string = 'config/router.json'
 
@@ -95,12 +102,14 @@ var logAnalyticsName = 'log-${envSlug}-${resourceToken}'
 var appInsightsName = 'appi-${envSlug}-${resourceToken}'
 var planName = 'plan-${envSlug}-${resourceToken}'
 var functionAppName = 'func-${envSlug}-${resourceToken}'
+var driftAlertName = 'alert-drift-${envSlug}-${resourceToken}'
 
 // Blob containers. Each name is also the app setting that points the code at it.
 var modelContainerName = 'models' // MODEL_CONTAINER; also holds the router config blob
 var batchContainerName = 'batch' // BATCH_CONTAINER: batch inputs, outputs, job records
 var predictionsContainerName = 'predictions' // PREDICTION_LOG_CONTAINER: the prediction log
 var outcomesContainerName = 'outcomes' // OUTCOME_LOG_CONTAINER: outcomes posted for A/B analysis
+var monitoringContainerName = 'monitoring' // MONITOR_CONTAINER: served counts, drift summaries
 var deploymentContainerName = 'app-package-${resourceToken}' // the Flex deployment package
 
 // Queues: the queue trigger binds %SCORE_QUEUE_NAME%; after maxDequeueCount deliveries the host
@@ -138,6 +147,7 @@ module storage 'app/storage.bicep' = {
     batchContainerName: batchContainerName
     predictionsContainerName: predictionsContainerName
     outcomesContainerName: outcomesContainerName
+    monitoringContainerName: monitoringContainerName
     deploymentContainerName: deploymentContainerName
     scoreQueueName: scoreQueueName
     resultsQueueName: resultsQueueName
@@ -156,6 +166,9 @@ module monitoring 'app/monitoring.bicep' = {
     tags: allTags
     logRetentionDays: logRetentionDays
     environmentName: environmentName
+    driftAlertName: driftAlertName
+    driftPsiAlertThreshold: driftPsiAlertThreshold
+    driftAlertActionGroupId: driftAlertActionGroupId
   }
 }
 
@@ -185,6 +198,7 @@ module functionApp 'app/function-app.bicep' = {
     batchContainerName: batchContainerName
     predictionsContainerName: predictionsContainerName
     outcomesContainerName: outcomesContainerName
+    monitoringContainerName: monitoringContainerName
     scoreQueueName: scoreQueueName
     resultsQueueName: resultsQueueName
     chunkQueueName: chunkQueueName
@@ -213,6 +227,7 @@ output MODEL_CONTAINER string = modelContainerName
 output BATCH_CONTAINER string = batchContainerName
 output PREDICTIONS_CONTAINER string = predictionsContainerName
 output OUTCOMES_CONTAINER string = outcomesContainerName
+output MONITORING_CONTAINER string = monitoringContainerName
 output ROUTER_CONFIG_BLOB string = routerConfigBlob
 output SCORE_QUEUE_NAME string = scoreQueueName
 output RESULTS_QUEUE_NAME string = resultsQueueName

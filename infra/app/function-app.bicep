@@ -39,6 +39,9 @@ param predictionsContainerName string
 @description('OUTCOME_LOG_CONTAINER: outcomes posted for A/B analysis.')
 param outcomesContainerName string
 
+@description('MONITOR_CONTAINER: served counts and drift summaries (on PREDICTION_LOG_CONNECTION).')
+param monitoringContainerName string
+
 @description('SCORE_QUEUE_NAME: the queue of batch jobs.')
 param scoreQueueName string
 
@@ -50,6 +53,9 @@ param chunkQueueName string
 
 @description('ROLLOUT_SCHEDULE: when the rollout controller runs (NCRONTAB, six fields).')
 param rolloutSchedule string = '0 */5 * * * *'
+
+@description('MONITOR_SCHEDULE: when the drift evaluation runs (NCRONTAB, six fields; default ten minutes past every hour).')
+param monitorSchedule string = '0 10 * * * *'
 
 @description('ROUTER_CONFIG_BLOB: path of the router config blob inside the models container.')
 param routerConfigBlob string
@@ -114,6 +120,8 @@ var storageSettings = {
   PREDICTION_LOG_CONNECTION: 'AzureWebJobsStorage'
   PREDICTION_LOG_CONTAINER: predictionsContainerName
   OUTCOME_LOG_CONTAINER: outcomesContainerName
+  MONITOR_CONTAINER: monitoringContainerName // on PREDICTION_LOG_CONNECTION, like the logs
+  MONITOR_SCHEDULE: monitorSchedule // the drift evaluation timer binds %MONITOR_SCHEDULE%: required
 }
 
 // APPLICATIONINSIGHTS_CONNECTION_STRING contains `InstrumentationKey=`: Microsoft documents the

@@ -1,5 +1,6 @@
 // Monitoring of scorefn: a Log Analytics workspace, Application Insights taking Entra ID
-// ingestion only, and the workbook of latency and error queries (the KQL in infra/queries/).
+// ingestion only, the workbook of latency and error queries (the KQL in infra/queries/), and the
+// drift alert (a log alert rule running infra/queries/drift_max_psi.kql).
 
 @description('Log Analytics workspace name.')
 param logAnalyticsName string
@@ -18,6 +19,15 @@ param logRetentionDays int
 
 @description('Environment name: the workbook\'s name is derived from it and its title shows it.')
 param environmentName string
+
+@description('Name of the drift alert rule.')
+param driftAlertName string
+
+@description('Population stability index (a decimal as a string: Bicep has no decimal literals) at or over which the drift alert fires for an endpoint and variant.')
+param driftPsiAlertThreshold string
+
+@description('Resource id of an action group the drift alert notifies; empty: none (the alert shows in the portal only).')
+param driftAlertActionGroupId string
 
 resource logAnalytics 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
   name: logAnalyticsName
@@ -91,6 +101,12 @@ var workbookQueries = [
     name: 'model-refresh-failures'
     title: 'Failed background model refreshes (the cached version kept serving)'
     query: loadTextContent('../queries/model_refresh_failures.kql')
+    visualization: 'table'
+  }
+  {
+    name: 'drift-max-psi'
+    title: 'Drift: the most drifted feature\'s PSI per evaluation, endpoint, variant and baseline'
+    query: loadTextContent('../queries/drift_max_psi.kql')
     visualization: 'table'
   }
   {
@@ -191,6 +207,68 @@ resource workbook 'Microsoft.Insights/workbooks@2023-06-01' = {
     category: 'workbook'
     sourceId: appInsights.id
     serializedData: string(workbookContent)
+  }
+}
+
+// Drift alert: a log alert on Application Insights (its customMetrics, the schema the queries use)
+// running the workbook's drift query; it fires for each endpoint and variant whose
+// `scorefn.drift.max_psi` (the most drifted feature's PSI, against any baseline) reached
+// driftPsiAlertThreshold in the last two hours. Evaluated hourly, so with the default
+// MONITOR_SCHEDULE (hourly) each window holds one or two drift evaluations. It resolves itself
+// once an evaluation window has no value at or over the threshold. Without an action group it
+// notifies no one: fired alerts show in the portal (Monitor > Alerts).
+resource driftAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: driftAlertName
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'scorefn drift (${environmentName})'
+    description: 'A feature of an endpoint and variant drifted: scorefn.drift.max_psi at or over ${driftPsiAlertThreshold} (docs/monitoring.md).'
+    severity: 2
+    enabled: true
+    scopes: [
+      appInsights.id
+    ]
+    evaluationFrequency: 'PT1H'
+    windowSize: 'PT2H'
+    criteria: {
+      allOf: [
+        {
+          query: loadTextContent('../queries/drift_max_psi.kql')
+          timeAggregation: 'Maximum'
+          metricMeasureColumn: 'max_psi'
+          operator: 'GreaterThanOrEqual'
+          threshold: json(driftPsiAlertThreshold) // a number: 0.2 is not a Bicep literal
+          dimensions: [
+            {
+              name: 'endpoint'
+              operator: 'Include'
+              values: [
+                '*'
+              ]
+            }
+            {
+              name: 'variant'
+              operator: 'Include'
+              values: [
+                '*'
+              ]
+            }
+          ]
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    autoMitigate: true
+    actions: {
+      actionGroups: empty(driftAlertActionGroupId) ? [] : [
+        driftAlertActionGroupId
+      ]
+    }
   }
 }
 

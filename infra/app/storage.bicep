@@ -1,7 +1,7 @@
 // The storage account of scorefn, reachable with Entra ID only: the Functions host's blobs,
 // queues and tables, the Flex deployment package, models and the router config, batch data,
-// the prediction/outcome logs and the batch job queues. Names come from main.bicep, which also
-// hands them to the function app's settings (one source for both).
+// the prediction/outcome logs, the drift monitoring counts and the batch job queues. Names come
+// from main.bicep, which also hands them to the function app's settings (one source for both).
 
 @description('Storage account name (3 to 24 lowercase letters and digits, globally unique).')
 param storageAccountName string
@@ -26,6 +26,9 @@ param predictionsContainerName string
 
 @description('Container of the outcomes posted for A/B analysis (OUTCOME_LOG_CONTAINER).')
 param outcomesContainerName string
+
+@description('Container of the served counts and drift summaries (MONITOR_CONTAINER).')
+param monitoringContainerName string
 
 @description('Container of the Flex Consumption deployment package.')
 param deploymentContainerName string
@@ -112,6 +115,17 @@ resource predictionsContainer 'Microsoft.Storage/storageAccounts/blobServices/co
 resource outcomesContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
   parent: blobService
   name: outcomesContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+// Drift monitoring: each instance's served counts (`served/{endpoint}/{hour}/{writer}.json`) and
+// the drift evaluation's summaries (`summaries/{endpoint}/`). The app creates it when missing;
+// declared here so its name and the app setting come from one place.
+resource monitoringContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: monitoringContainerName
   properties: {
     publicAccess: 'None'
   }

@@ -76,12 +76,18 @@ INTENTIONALLY_UNSET = {
     # instance is an opt-in fallback (off, empty, is the safe default), and its cache directory
     # and timeout only matter when it is on.
     "COMPILED_TREES", "COMPILE_ON_INSTANCE", "COMPILED_CACHE_DIR", "COMPILED_TIMEOUT_SECONDS",
+    # Drift monitoring: on by default, and its tuning (flush interval, pending rows, window, PSI
+    # threshold, fewest rows) is the code's documented defaults (docs/settings.md); change them
+    # with appSettingOverrides. MONITOR_CONTAINER and MONITOR_SCHEDULE are set (below).
+    "MONITOR_ENABLED", "MONITOR_FLUSH_SECONDS", "MONITOR_MAX_PENDING_ROWS", "MONITOR_WINDOW_HOURS",
+    "MONITOR_PSI_THRESHOLD", "MONITOR_MIN_ROWS",
 }
 # Never left to a default: the queue trigger binds %SCORE_QUEUE_NAME%, and the names must match
 # the containers and queues the template creates.
 MUST_BE_SET = {"MODEL_STORAGE_CONNECTION", "MODEL_CONTAINER", "BATCH_CONTAINER",
                "SCORE_QUEUE_NAME", "RESULTS_QUEUE_NAME", "CHUNK_QUEUE_NAME", "ROUTER_CONFIG_BLOB",
-               "PREDICTION_LOG_CONNECTION", "PREDICTION_LOG_CONTAINER", "OUTCOME_LOG_CONTAINER"}
+               "PREDICTION_LOG_CONNECTION", "PREDICTION_LOG_CONTAINER", "OUTCOME_LOG_CONTAINER",
+               "MONITOR_CONTAINER"}
 
 # The one app setting allowed to hold `InstrumentationKey=` at run time: the Application Insights
 # connection string. Its ikey is an identifier, not a secret (Microsoft: "Ikey unique identifiers
@@ -494,6 +500,7 @@ def test_every_resource_the_app_needs_is_declared(dep):
         "Microsoft.Web/serverfarms",
         "Microsoft.Web/sites",
         "Microsoft.Authorization/roleAssignments",
+        "Microsoft.Insights/scheduledQueryRules",
     } <= types
     for scope in dep.scopes:
         assert scope.tree["globals"]["scope"]["value"] == "resourceGroup", scope.label
@@ -519,7 +526,7 @@ def test_every_resource_is_in_mains_region_with_mains_tags(dep):
                 tags = tags["function"]["parameters"]["arg_1"]
             assert lift(tags, resource.scope) == ("allTags", dep.root), name
             located += 1
-    assert located == 7  # identity, storage, workspace, components, workbook, plan, site
+    assert located == 8  # identity, storage, workspace, components, workbook, drift alert, plan, site
 
 
 def test_storage_is_entra_id_only(dep):
@@ -540,7 +547,7 @@ def test_containers_and_queues_match_the_app_settings(dep):
     queues = {resolve(body(r)["name"], r.scope) for r in
               resources_of(dep, "Microsoft.Storage/storageAccounts/queueServices/queues").values()}
     settings = app_settings(dep)
-    assert {"models", "batch", "predictions", "outcomes"} <= containers
+    assert {"models", "batch", "predictions", "outcomes", "monitoring"} <= containers
     assert [c for c in containers if c.startswith("app-package-")], containers
     assert settings["MODEL_CONTAINER"] == "models" and settings["BATCH_CONTAINER"] == "batch"
     # The host moves a message to <queue>-poison after maxDequeueCount deliveries.
@@ -555,8 +562,48 @@ def test_containers_and_queues_match_the_app_settings(dep):
                       "score-chunks-poison"}
     assert settings["PREDICTION_LOG_CONTAINER"] == "predictions"
     assert settings["OUTCOME_LOG_CONTAINER"] == "outcomes"
+    assert settings["MONITOR_CONTAINER"] == "monitoring"
     # The router config blob lives in the models container, under config/.
     assert settings["ROUTER_CONFIG_BLOB"] == "config/router.json"
+
+
+def test_the_monitoring_container_is_the_one_monitor_container_names_and_the_app_writes_it(dep):
+    # Drift monitoring writes served counts and summaries to MONITOR_CONTAINER through
+    # PREDICTION_LOG_CONNECTION: the container must be the one the template declares, in the
+    # account that connection reaches, with the app's identity allowed to create and write it.
+    settings = app_settings(dep)
+    container = dep.declared["monitoringContainer"]
+    spec = body(container)
+    assert resolve(spec["name"], container.scope) == settings["MONITOR_CONTAINER"] == "monitoring"
+    assert spec["properties"]["publicAccess"] == "None"
+    # One name for both: main's variable, passed to the storage module and to the app's module.
+    site_scope = function_app(dep).scope
+    assert lift(spec["name"], container.scope) == ("monitoringContainerName", dep.root)
+    assert site_scope.variables["storageSettings"]["value"]["MONITOR_CONTAINER"] == \
+        "monitoringContainerName"
+    assert lift("monitoringContainerName", site_scope) == ("monitoringContainerName", dep.root)
+    names = [resolve(body(r)["name"], r.scope) for r in
+             resources_of(dep, "Microsoft.Storage/storageAccounts/blobServices/containers").values()]
+    assert len(set(names)) == len(names), names  # not shared with the logs or batch data
+    # In the account of the app's storage connection (the prediction log's: the same one).
+    blob_service = dep.declared[spec["parent"]]
+    assert blob_service.resource["type"] == "Microsoft.Storage/storageAccounts/blobServices"
+    account = dep.declared[body(blob_service)["parent"]]
+    assert account == dep.declared["storage"] == referenced(dep, site_scope, "storage")
+    assert settings["PREDICTION_LOG_CONNECTION"] == "AzureWebJobsStorage"
+    assert settings["AzureWebJobsStorage__blobServiceUri"] == "storage.properties.primaryEndpoints.blob"
+    # Rights are per account: the app identity's Blob Data Owner there covers creating the
+    # container when missing and writing its blobs (no per-container assignment to add).
+    owners = []
+    for assignment in resources_of(dep, "Microsoft.Authorization/roleAssignments").values():
+        props = body(assignment)["properties"]
+        role = resolve(props["roleDefinitionId"]["function"]["parameters"]["resource_name_1"],
+                       assignment.scope)
+        if props["principalId"] == APP and role == BLOB_DATA_OWNER:
+            owners.append(referenced(dep, assignment.scope, body(assignment)["scope"]))
+    assert owners == [account]
+    env = {name: _placeholder(value) for name, value in settings.items()}
+    assert Settings.from_env(env).monitor_container == "monitoring"
 
 
 def test_function_app_runs_python_311_on_flex_consumption_with_the_identity(dep):
@@ -637,6 +684,25 @@ def test_app_settings_bind_every_setting_the_triggers_use(dep):
         assert settings[f"{connection}__credential"] == "managedidentity"
         assert settings[f"{connection}__clientId"] == "appIdentity.properties.clientId"
         assert connection not in settings, f"{connection} must not be a connection string"
+
+
+def test_the_drift_evaluation_schedule_is_bound_from_its_parameter(dep):
+    # The timer binds %MONITOR_SCHEDULE%: like ROLLOUT_SCHEDULE, the setting comes from the app
+    # module's parameter, among the settings overrides cannot remove.
+    scope = function_app(dep).scope
+    source = (ROOT / "score_function" / "monitor_timer.py").read_text()
+    assert 'schedule="%MONITOR_SCHEDULE%"' in source
+    bound = scope.variables["storageSettings"]["value"]
+    assert bound["MONITOR_SCHEDULE"] == "monitorSchedule"
+    assert bound["ROLLOUT_SCHEDULE"] == "rolloutSchedule"
+    param = scope.parameters["monitorSchedule"]
+    assert param["type"] == "string"
+    assert any(d["type"] == "description" and d["argument"] for d in param["decorators"])
+    # The code's default (ten minutes past every hour), in the deployed settings.
+    assert param["default"] == SPEC["monitor_schedule"].default == "0 10 * * * *"
+    assert app_settings(dep)["MONITOR_SCHEDULE"] == "0 10 * * * *"
+    order = list(scope.variables["appSettings"]["value"]["function"]["parameters"].values())
+    assert order.index("appSettingOverrides") < order.index("storageSettings")
 
 
 def test_identity_based_host_storage_and_telemetry(dep):
@@ -739,7 +805,7 @@ def test_no_keys_connection_strings_or_instrumentation_keys(dep):
 def test_outputs_name_what_a_user_needs(dep):
     assert {"AZURE_FUNCTION_APP_NAME", "AZURE_FUNCTION_APP_URL", "AZURE_STORAGE_ACCOUNT_NAME",
             "MODEL_CONTAINER", "BATCH_CONTAINER", "PREDICTIONS_CONTAINER", "OUTCOMES_CONTAINER",
-            "SCORE_QUEUE_NAME", "RESULTS_QUEUE_NAME", "POISON_QUEUE_NAME",
+            "MONITORING_CONTAINER", "SCORE_QUEUE_NAME", "RESULTS_QUEUE_NAME", "POISON_QUEUE_NAME",
             "APPLICATIONINSIGHTS_NAME"} <= set(dep.root.outputs)
 
 
@@ -862,7 +928,8 @@ def test_the_workbook_loads_every_query_file_once(dep):
 
 
 def test_queries_use_the_names_the_app_exports():
-    telemetry = "\n".join(p.read_text() for package in ("telemetry", "scoring")
+    # The attributes are set where the metrics are recorded: scoring, and the drift evaluation.
+    telemetry = "\n".join(p.read_text() for package in ("telemetry", "scoring", "monitoring")
                           for p in sorted((ROOT / "shared" / package).glob("*.py")))
     text = "\n".join(p.read_text() for p in QUERIES.glob("*.kql"))
     for metric in set(re.findall(r'"(scorefn\.[a-z_.]+)"', text)):
@@ -874,6 +941,55 @@ def test_queries_use_the_names_the_app_exports():
         assert f'"{attribute}"' in telemetry or attribute.startswith("scorefn."), attribute
     for path in QUERIES.glob("*.kql"):
         assert path.read_text().startswith("// scorefn:"), f"{path.name}: say what it shows first"
+
+
+def test_the_drift_alert_fires_on_the_most_drifted_features_psi_at_the_threshold(dep):
+    (alert,) = resources_of(dep, "Microsoft.Insights/scheduledQueryRules").values()
+    scope, spec = alert.scope, body(alert)
+    assert condition(alert) is None and spec["kind"] == "LogAlert"
+    name = lift(spec["name"], scope)
+    assert name == ("driftAlertName", dep.root) and "${resourceToken}" in resolve(*name)
+    props = spec["properties"]
+    assert props["enabled"] is True and props["autoMitigate"] is True
+    assert props["severity"] in (2, 3)  # warning / informational: drift is not an outage
+    # On Application Insights, whose customMetrics the query reads (the app's telemetry).
+    assert props["scopes"] == ["appInsights.id"]
+    assert referenced(dep, scope, "appInsights") == dep.declared["appInsights"]
+    # Hourly over two hours: the default MONITOR_SCHEDULE evaluates drift once an hour.
+    assert (props["evaluationFrequency"], props["windowSize"]) == ("PT1H", "PT2H")
+    (criterion,) = props["criteria"]["allOf"]
+    assert criterion["failingPeriods"] == {"numberOfEvaluationPeriods": 1, "minFailingPeriodsToAlert": 1}
+    # The query: the workbook's drift query file (one copy of the KQL), on the metric the app records.
+    load = criterion["query"]["function"]
+    assert load["type"] == "load_text_content"
+    path = (scope.path.parent / load["parameters"]["file_path"]).resolve()
+    assert path == QUERIES / "drift_max_psi.kql"
+    query = path.read_text()
+    assert re.search(r'^\| where name == "scorefn\.drift\.max_psi"$', query, re.M)
+    assert '"scorefn.drift.max_psi"' in (ROOT / "shared" / "telemetry" / "recorder.py").read_text()
+    (projected,) = re.findall(r"^\| project (.+)$", query, re.M)
+    columns = {column.strip() for column in projected.split(",")}
+    # Its maximum over the window, at or over the threshold, per endpoint and variant.
+    assert criterion["metricMeasureColumn"] == "max_psi" and "max_psi" in columns
+    assert (criterion["timeAggregation"], criterion["operator"]) == ("Maximum", "GreaterThanOrEqual")
+    dimensions = {d["name"]: (d["operator"], d["values"]) for d in criterion["dimensions"]}
+    assert dimensions == {"endpoint": ("Include", ["*"]), "variant": ("Include", ["*"])}
+    assert set(dimensions) | {"timestamp"} <= columns
+    # The threshold is main's parameter, a decimal given as a string (no decimal literals).
+    assert criterion["threshold"] == {"function": {"type": "json",
+                                                   "parameters": {"arg_1": "driftPsiAlertThreshold"}}}
+    assert lift("driftPsiAlertThreshold", scope) == ("driftPsiAlertThreshold", dep.root)
+    default = dep.root.parameters["driftPsiAlertThreshold"]["default"]
+    assert json.loads(default) == 0.2 == SPEC["monitor_psi_threshold"].default
+    # Notifies the optional action group; none by default (the alert shows in the portal).
+    actions = props["actions"]["actionGroups"]["operator"]
+    assert actions["type"] == "conditional"
+    assert actions["operands"]["condition"]["function"] == \
+        {"type": "empty", "parameters": {"item_to_test": "driftAlertActionGroupId"}}
+    assert actions["operands"]["true_value"] == []
+    assert actions["operands"]["false_value"] == ["driftAlertActionGroupId"]
+    assert lift("driftAlertActionGroupId", scope) == ("driftAlertActionGroupId", dep.root)
+    assert dep.root.parameters["driftAlertActionGroupId"]["default"] == ""
 
 
 # -- checkov -------------------------------------------------------------------------------------

@@ -39,9 +39,9 @@ def test_every_declared_setting_has_a_row_with_its_default():
 
 def test_settings_are_grouped_as_the_readme_grouped_its_tables():
     headings = re.findall(r"^## (.+)$", render(), flags=re.M)
-    assert headings[:5] == ["Models, limits and prediction", "Batch jobs (queue)",
+    assert headings[:6] == ["Models, limits and prediction", "Batch jobs (queue)",
                             "Routing (A/B, canary, shadow)", "Prediction and outcome logs",
-                            "Telemetry"]
+                            "Monitoring (drift)", "Telemetry"]
     assert SPEC["compile_on_instance"].group == SPEC["max_rows_per_request"].group
     assert SPEC["chunk_queue_name"].group == SPEC["score_queue_name"].group
 
