@@ -9,7 +9,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ALL = ["core_path", "http_latency", "cold_start", "telemetry", "router", "shadow", "batch",
-       "batch_fanout", "prediction_log", "compiled", "rollout_simulation", "gil_convoy"]
+       "batch_fanout", "prediction_log", "compiled", "rollout_simulation", "gil_convoy",
+       "drift_false_alarms"]
 
 
 def main(argv: list[str]) -> int:

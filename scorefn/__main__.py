@@ -7,7 +7,8 @@ import importlib
 import sys
 
 # Each command lives in scorefn/commands/<module>.py and defines register(subparsers).
-COMMANDS = ("models", "compile", "latency", "router", "rollout", "demo_cmd", "jobs", "report")
+COMMANDS = ("models", "compile", "latency", "router", "rollout", "demo_cmd", "jobs", "report",
+            "monitor")
 
 
 def build_parser() -> argparse.ArgumentParser:

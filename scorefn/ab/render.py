@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -17,6 +16,16 @@ from typing import Any
 import numpy as np
 
 from scorefn.ab.stats import METRICS
+from scorefn.reporting import (
+    CSS,
+    PLOTS_NEED_MATPLOTLIB,
+    colors,
+    is_markdown,
+    png,
+    pyplot,
+    relative_link,
+    write_plot_files,
+)
 from shared.ablog.dataset import Dataset
 
 METHOD = (
@@ -33,14 +42,8 @@ def write_report(path: Path, analysis: dict[str, Any], dataset: Dataset, *, titl
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     plots, plot_note = make_plots(analysis, dataset)
-    if path.suffix.lower() in (".md", ".markdown"):
-        plot_dir = path.with_name(path.stem + "-plots")
-        links = {}
-        if plots:
-            plot_dir.mkdir(exist_ok=True)
-            for name, png in plots.items():
-                (plot_dir / f"{name}.png").write_bytes(png)
-                links[name] = f"{plot_dir.name}/{name}.png"
+    if is_markdown(path):
+        links = {name: relative_link(file) for name, file in write_plot_files(path, plots).items()}
         path.write_text(markdown(analysis, links, plot_note, title), encoding="utf-8")
     else:
         path.write_text(html_page(analysis, plots, plot_note, title), encoding="utf-8")
@@ -164,20 +167,63 @@ def _header_lines(analysis: dict[str, Any]) -> list[str]:
     ]
 
 
-# -- HTML -----------------------------------------------------------------------------------
+_AGAINST = {"reference": "reference profile", "model": "training ranges (no reference)"}
+DRIFT_HEADER = ["variant", "model", "compared with", "most drifted feature", "PSI",
+                "drifted features"]
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:72rem;
-color:#1b1f24;line-height:1.45;padding:0 1rem}
-h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem}
-th,td{border:1px solid #d0d7de;padding:.3rem .55rem;text-align:left;vertical-align:top}
-th{background:#f6f8fa}.meta{color:#57606a;font-size:.9rem;margin:.1rem 0}
-.verdict{padding:.6rem .9rem;border-radius:6px;margin:.4rem 0;border:1px solid}
-.better{background:#dafbe1;border-color:#4ac26b}.worse{background:#ffebe9;border-color:#ff8182}
-.undecided{background:#fff8c5;border-color:#d4a72c}img{max-width:100%;height:auto}
-.note{color:#57606a;font-size:.88rem}
-"""
+
+def _drift_text(drift: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str]]:
+    """The Drift section in plain strings: the lines before the table, the table's rows (per
+    variant its most drifted feature) and the lines on predictions between variants."""
+    if not drift["evaluated"]:
+        lead = (f"The latest drift summary could not be read ({drift['error']})."
+                if drift.get("error") else "Drift has not been evaluated yet for this endpoint.")
+        return [lead], [], []
+    start, end = drift["window"]
+    rows = [[v["variant"], f"{v['model']} ({v['version']})", _AGAINST.get(v["against"], v["against"]),
+             v["worst"] or "", _num(v["psi"], 3), _num(v["drifted_features"])]
+            for v in drift["variants"]]
+    between = [f"Predictions of {b['variant']} against {b['baseline']}: "
+               f"{'they differ' if b['differ'] else 'no noticeable difference'} (PSI {_num(b['psi'], 3)})."
+               for b in drift["between_variants"]]
+    return ([f"Latest drift evaluation: {drift['evaluated_at']}, over {start} to {end} (UTC)."], rows,
+            between or ["The drift summary compares no predictions between variants."])
+
+
+def _drift_html(drift: dict[str, Any]) -> str:
+    e = html.escape
+    lead, rows, between = _drift_text(drift)
+    parts = ["<h2>Drift</h2>"] + [f"<p>{e(line)}</p>" for line in lead]
+    if rows:
+        head = "".join(f"<th>{e(h)}</th>" for h in DRIFT_HEADER)
+        body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
+        parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    parts += [f"<p>{e(line)}</p>" for line in between]
+    link = f"<a href='{e(drift['report'])}'>{e(drift['report'])}</a>"
+    command = f"<code>{e(drift['command'])}</code>"
+    parts.append(f"<p>{_drift_link_text(drift).format(link=link, command=command)}</p>")
+    return "\n".join(parts)
+
+
+def _drift_markdown(drift: dict[str, Any]) -> list[str]:
+    lead, rows, between = _drift_text(drift)
+    lines = ["", "## Drift", ""] + lead
+    if rows:
+        lines += ["", "| " + " | ".join(DRIFT_HEADER) + " |", "|" + "---|" * len(DRIFT_HEADER)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    lines += [""] + between if between else []
+    link = f"[{drift['report']}](<{drift['report']}>)"
+    return lines + ["", _drift_link_text(drift).format(link=link, command=f"`{drift['command']}`")]
+
+
+def _drift_link_text(drift: dict[str, Any]) -> str:
+    """Where the drift report is and the command that writes it ({link}, {command})."""
+    if drift["evaluated"]:
+        return "Drift report: {link} (beside this report); write or refresh it with {command}"
+    return "Evaluate drift and write its report ({link}, beside this report) with {command}"
+
+
+# -- HTML -----------------------------------------------------------------------------------
 
 
 def html_page(analysis: dict[str, Any], plots: dict[str, bytes], plot_note: str | None,
@@ -185,7 +231,7 @@ def html_page(analysis: dict[str, Any], plots: dict[str, bytes], plot_note: str 
     e = html.escape
     title = title or f"A/B report: {analysis['endpoint']}"
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{e(title)}</title>"
-             f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1>"]
+             f"<style>{CSS}</style></head><body><h1>{e(title)}</h1>"]
     parts += [f"<p class=meta>{e(line)}</p>" for line in _header_lines(analysis)]
     parts.append("<h2>Verdict</h2>")
     if not analysis["comparisons"]:
@@ -212,6 +258,8 @@ def html_page(analysis: dict[str, Any], plots: dict[str, bytes], plot_note: str 
     if analysis["comparisons"]:
         parts.append(table(by_title["Differences to the control"]))
     parts.append("<h2>Score distributions</h2>" + (img("scores", "score distributions") or "<p>No plot.</p>"))
+    if analysis.get("drift"):
+        parts.append(_drift_html(analysis["drift"]))
     parts.append("<h2>Daily metric</h2>" + (img("daily", "daily metric") or
                  "<p class=note>No day with at least 20 joined outcomes per variant.</p>"))
     parts.append(table(by_title["Latency inside the function"]))
@@ -261,6 +309,8 @@ def markdown(analysis: dict[str, Any], links: dict[str, str], plot_note: str | N
     if analysis["comparisons"]:
         lines += table(by_title["Differences to the control"])
     lines += ["", "## Score distributions"] + img("scores", "score distributions")
+    if analysis.get("drift"):
+        lines += _drift_markdown(analysis["drift"])
     lines += ["", "## Daily metric"] + (img("daily", "daily metric")
                                         or ["", "No day with at least 20 joined outcomes per variant."])
     lines += table(by_title["Latency inside the function"]) + img("latency", "latency distribution")
@@ -280,30 +330,16 @@ def markdown(analysis: dict[str, Any], links: dict[str, str], plot_note: str | N
 
 def make_plots(analysis: dict[str, Any], dataset: Dataset) -> tuple[dict[str, bytes], str | None]:
     """PNG plots by name, and a note when they could not be drawn."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return {}, ("Plots need matplotlib: pip install -r requirements-report.txt "
-                    "(the report is otherwise complete).")
+    plt = pyplot()
+    if plt is None:
+        return {}, PLOTS_NEED_MATPLOTLIB
     plots: dict[str, bytes] = {}
     for name, draw in (("metric", _plot_metric), ("scores", _plot_scores), ("daily", _plot_daily),
                        ("latency", _plot_latency), ("rollout", _plot_rollout)):
         fig = draw(plt, analysis, dataset)
-        if fig is None:
-            continue
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        plots[name] = buffer.getvalue()
+        if fig is not None:
+            plots[name] = png(plt, fig)
     return plots, None
-
-
-def _colors(names: list[str]) -> dict[str, Any]:
-    palette = ["#0969da", "#cf222e", "#1a7f37", "#8250df", "#bf8700", "#57606a", "#e16f24", "#0a3069"]
-    return {n: palette[i % len(palette)] for i, n in enumerate(names)}
 
 
 def _plot_metric(plt, analysis, dataset):
@@ -315,12 +351,12 @@ def _plot_metric(plt, analysis, dataset):
     if not items:
         return None
     fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(items)))
-    colors = _colors([n for n, _ in items])
+    color_of = colors([n for n, _ in items])
     for i, (name, m) in enumerate(items):
         low = m["low"] if m["low"] is not None else m["value"]
         high = m["high"] if m["high"] is not None else m["value"]
         ax.errorbar(m["value"], i, xerr=[[m["value"] - low], [high - m["value"]]], fmt="o",
-                    color=colors[name], capsize=4)
+                    color=color_of[name], capsize=4)
     ax.set_yticks(range(len(items)), [n for n, _ in items])
     ax.invert_yaxis()
     ax.set_xlabel(f"{METRICS[metric].label} with 95% interval")
@@ -348,10 +384,10 @@ def _plot_scores(plt, analysis, dataset):
         lo, hi = np.percentile(allv, [0.5, 99.5]) if allv.size else (0, 1)
         bins = np.linspace(lo, hi if hi > lo else lo + 1, 41)
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    colors = _colors(list(series))
+    color_of = colors(list(series))
     for name, s in series.items():
         ax.hist(s, bins=bins, density=True, histtype="step", linewidth=1.6, label=f"{name} (n={s.size:,})",
-                color=colors[name])
+                color=color_of[name])
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
@@ -367,7 +403,7 @@ def _plot_daily(plt, analysis, dataset):
     position = {day: i for i, day in enumerate(days)}
     fig, ax = plt.subplots(figsize=(7, 3.6))
     names = list(dict.fromkeys(p["variant"] for p in points))
-    colors = _colors(names)
+    color_of = colors(names)
     for k, name in enumerate(names):
         pts = [p for p in points if p["variant"] == name]
         # days as categories (no gaps in time to draw), variants side by side
@@ -375,7 +411,7 @@ def _plot_daily(plt, analysis, dataset):
         values = [p["value"] for p in pts]
         low = [p["value"] - (p["low"] if p["low"] is not None else p["value"]) for p in pts]
         high = [(p["high"] if p["high"] is not None else p["value"]) - p["value"] for p in pts]
-        ax.errorbar(x, values, yerr=[low, high], marker="o", capsize=3, color=colors[name],
+        ax.errorbar(x, values, yerr=[low, high], marker="o", capsize=3, color=color_of[name],
                     label=name, linestyle="-" if len(pts) > 1 else "none")
     step = max(1, len(days) // 12)
     ax.set_xticks(range(0, len(days), step), days[::step], rotation=30, ha="right")
@@ -394,10 +430,10 @@ def _plot_latency(plt, analysis, dataset):
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(7, 3.4))
-    colors = _colors(list(series))
+    color_of = colors(list(series))
     for name, s in series.items():
         x = np.sort(s)
-        ax.plot(x, np.arange(1, x.size + 1) / x.size, color=colors[name], label=name)
+        ax.plot(x, np.arange(1, x.size + 1) / x.size, color=color_of[name], label=name)
     ax.set_xscale("log")
     ax.set_xlabel("latency inside the function, ms (log scale)")
     ax.set_ylabel("share of requests")

@@ -27,6 +27,7 @@ from shared.ablog.dataset import (
     read_outcomes_csv,
     time_prefixes,
 )
+from shared.monitoring.records import DriftSummary
 from shared.rollout.audit import AuditLog
 
 DAILY_MIN_OUTCOMES = 20
@@ -61,8 +62,10 @@ def resolve_range(options: ReportOptions, now: datetime | None = None) -> tuple[
 
 
 def make_report(predictions_container: Any, outcomes_container: Any, options: ReportOptions, *,
-                progress: Progress | None = None) -> dict[str, Any]:
-    """Read, join, analyse and write the report to ``options.out``; returns the analysis."""
+                progress: Progress | None = None, monitoring: Any | None = None) -> dict[str, Any]:
+    """Read, join, analyse and write the report to ``options.out``; returns the analysis.
+    ``monitoring``: the monitoring container, whose latest drift summary of the endpoint
+    the report's Drift section sums up (no such section without it)."""
     progress = progress or Progress(sys.stderr)
     since, until = resolve_range(options)
     started = time.monotonic()
@@ -104,6 +107,8 @@ def make_report(predictions_container: Any, outcomes_container: Any, options: Re
                           "damaged_lines": pstats.bad_lines, "outcomes": len(outcomes),
                           "seconds": round(time.monotonic() - started, 2)},
                     notes=analysis["notes"] + list(options.notes))
+    if monitoring is not None:
+        analysis["drift"] = drift_overview(monitoring, options.endpoint, options.out)
     from scorefn.ab.render import write_report
 
     write_report(options.out, analysis, dataset, title=options.title)
@@ -138,6 +143,48 @@ def rollout_history(audit: list[dict[str, Any]], since: float, until: float) -> 
     if not timeline:
         return None
     return {"decisions": decisions, "timeline": timeline}
+
+
+def drift_overview(monitoring: Any, endpoint: str, out: Path) -> dict[str, Any]:
+    """What the A/B report says about drift, from the endpoint's latest drift summary: per
+    variant its most drifted feature, whether the variants' predictions differ, and the drift
+    report's file (beside ``out``, in its format) with the command that writes it.
+    ``evaluated`` is false when there is no summary (or it could not be read: ``error``)."""
+    from azure.core.exceptions import AzureError
+
+    from scorefn.monitoring.render import monitor_command, monitor_report_name
+    from scorefn.reporting import is_markdown
+    from shared.monitoring.blobs import latest_summary
+
+    markdown = is_markdown(Path(out))
+    where = {"report": monitor_report_name(endpoint, markdown),
+             "command": monitor_command(endpoint, Path(out).parent, markdown)}
+    try:
+        summary = latest_summary(monitoring, endpoint)
+    except (AzureError, ValueError, KeyError, TypeError) as exc:
+        first_line = (str(exc).splitlines() or [""])[0][:200]
+        return {**where, "evaluated": False, "error": f"{type(exc).__name__}: {first_line}"}
+    if summary is None:
+        return {**where, "evaluated": False}
+    return {**where, **summarise_drift(summary)}
+
+
+def summarise_drift(summary: DriftSummary) -> dict[str, Any]:
+    """A drift summary's few figures for the A/B report (plain data, NaN as ``None``)."""
+    def finite(value: float | None) -> float | None:  # NaN is stored as null
+        return value if value is not None and math.isfinite(value) else None
+
+    variants = [{"variant": c.variant, "model": c.model, "version": c.version,
+                 "against": c.against, "worst": c.worst.name if c.worst else None,
+                 "psi": finite(c.worst.psi) if c.worst else None,
+                 "drifted_features": sum(f.drifted for f in c.features)}
+                for c in summary.comparisons if c.against != "variant"]
+    between = [{"variant": c.variant, "baseline": c.baseline_name, "psi": finite(c.predictions.psi),
+                "differ": c.predictions.drifted}
+               for c in summary.comparisons if c.against == "variant" and c.predictions is not None]
+    return {"evaluated": True, "evaluated_at": summary.evaluated_at,
+            "window": [summary.window_start, summary.window_end], "variants": variants,
+            "between_variants": between}
 
 
 def analyse(dataset: Dataset, *, control: str | None = None, threshold: float = 0.5,

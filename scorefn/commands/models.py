@@ -23,7 +23,8 @@ def register(subparsers) -> None:
                     "reference model, compile its trees for the platform and check them against "
                     "LightGBM (on x86-64 Linux with lleaves), then upload the compiled trees and "
                     "the text model as NAME.txt (or NAME.txt.gz with --gzip) with the figures as "
-                    "blob metadata. See docs/model-files.md, docs/latency-check.md and "
+                    "blob metadata; with --reference-data, its reference profile for drift "
+                    "monitoring beside it. See docs/model-files.md, docs/latency-check.md and "
                     "docs/compiled-trees.md.")
     up.add_argument("file", type=Path,
                     help="LightGBM text model (booster.save_model output) or MLflow model folder")
@@ -37,6 +38,18 @@ def register(subparsers) -> None:
                     help="upload without measuring (e.g. a pipeline that ran check-latency "
                          "already); no figures are stored, so `router set` refuses the model "
                          "under a latency budget unless --force")
+    ref = up.add_argument_group("monitoring")
+    ref.add_argument("--reference-data", type=Path, default=None, metavar="FILE",
+                     help="training or validation rows (CSV, or Parquet with pyarrow installed; "
+                          "the columns of batch job inputs) to profile: each feature's bins, "
+                          "missing and category shares, and the model's predictions on them, "
+                          "stored beside the model as NAME.txt.reference.json; drift monitoring "
+                          "compares served rows with it (docs/monitoring.md)")
+    ref.add_argument("--reference-label", default=None, metavar="COLUMN",
+                     help="a column of --reference-data that is not a feature (the label) and is "
+                          "skipped")
+    ref.add_argument("--reference-max-rows", type=int, default=None, metavar="N",
+                     help="profile a uniform sample of at most N rows (default 200,000)")
     add_latency_args(up)
     add_compile_args(up)
     add_storage_args(up)
@@ -64,6 +77,11 @@ def upload_model(args: argparse.Namespace) -> int:
         print(f"not uploaded: {exc.code}: {exc.message}", file=sys.stderr)
         return 1
     print(f"found: {summary(found.describe(), found.data, model)}")
+    reference = None
+    if args.reference_data is not None:
+        reference = profile_reference(args, model)
+        if reference is None:
+            return 1
     # Storage is resolved before measuring: a missing or invalid connection fails at once.
     container_name = args.container or app_settings().model_container
     container = blob_service(args).get_container_client(container_name)
@@ -100,11 +118,44 @@ def upload_model(args: argparse.Namespace) -> int:
     result = container.get_blob_client(blob_name).upload_blob(
         data, overwrite=True, metadata=report.figures().to_metadata() if report is not None else {})
     info = model.info
+    if reference is not None:
+        from shared.monitoring.blobs import write_reference
+
+        name = write_reference(container, blob_name, reference)
+        print(f"reference profile: {container_name}/{name} ({len(reference.encode()):,} bytes)")
     print(f"uploaded {container_name}/{blob_name} ({len(data):,} bytes): {info.objective}, "
           f"{info.num_features} features, version {str(result.get('etag', '')).strip(chr(34))}"
           + (", with its latency figures" if report is not None else "")
           + (", served compiled" if artifact is not None else ""))
     return 0
+
+
+def profile_reference(args: argparse.Namespace, model):
+    """The reference profile of ``--reference-data`` (``None``: refused, and said why)."""
+    from scorefn.monitoring.reference_data import MAX_ROWS, ReferenceError, build_reference
+
+    max_rows = args.reference_max_rows or MAX_ROWS
+    if max_rows < 100:
+        print("not uploaded: --reference-max-rows must be at least 100", file=sys.stderr)
+        return None
+    if not args.reference_data.is_file():
+        print(f"not uploaded: no file {args.reference_data}", file=sys.stderr)
+        return None
+
+    def progress(rows: int) -> None:
+        print(f"\rreference: {rows:,} rows read", end="", flush=True)
+
+    try:
+        reference, total = build_reference(args.reference_data, model,
+                                           label=args.reference_label, max_rows=max_rows,
+                                           progress=progress)
+    except ReferenceError as exc:
+        print(f"\nnot uploaded: reference refused: {exc}", file=sys.stderr)
+        return None
+    kept = reference.profile.rows
+    print(f"\rreference: {total:,} rows read, {kept:,} profiled"
+          + (" (a uniform sample)" if kept < total else ""))
+    return reference
 
 
 def train_demo(args: argparse.Namespace) -> int:

@@ -99,8 +99,10 @@ def run(args: argparse.Namespace) -> int:
         outcomes_until=outcomes_until, outcomes_csv=args.outcomes_csv,
         use_outcome_log=not args.no_outcome_log, control=args.control, threshold=args.threshold,
         objective=args.objective, metric=args.metric, alpha=args.alpha, json_out=args.json_out)
+    # Drift summaries are in the monitoring container, on the prediction log's connection.
+    monitoring = service.get_container_client(app_settings().monitor_container)
     try:
-        analysis = make_report(predictions, outcomes, options)
+        analysis = make_report(predictions, outcomes, options, monitoring=monitoring)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     print_summary(analysis, args.out)

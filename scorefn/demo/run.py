@@ -50,7 +50,8 @@ def run_demo(requests: int = 2000) -> int:
                "ROUTER_CONFIG_BLOB": "config/router.json", "ROUTER_REFRESH_SECONDS": "1",
                "PREDICTION_LOG_FLUSH_SECONDS": "1",
                "RESULTS_QUEUE_NAME": "score-results", "BATCH_CONTAINER": "batch",
-               "CHUNK_QUEUE_NAME": "score-chunks", "ROLLOUT_SCHEDULE": "*/2 * * * * *"}
+               "CHUNK_QUEUE_NAME": "score-chunks", "ROLLOUT_SCHEDULE": "*/2 * * * * *",
+               "MONITOR_FLUSH_SECONDS": "2"}
         host = stack.enter_context(DevHost(ROOT, env))
         assert host.url is not None  # set once the host is ready
         say(f"  local host       {host.url}  (function key auth on)")
@@ -65,6 +66,9 @@ def run_demo(requests: int = 2000) -> int:
         from scorefn.demo.rollout import run_rollout_demo
 
         run_ab_demo(client, azurite.connection_string, "models", say)
+        from scorefn.demo.monitoring import run_monitoring_demo
+
+        run_monitoring_demo(client, azurite.connection_string, ROOT / ".demo" / "reports", say)
         run_rollout_demo(client, azurite.connection_string, "models", ROOT / ".demo" / "models",
                          say)
     say("\nstopped the local host and Azurite")
@@ -74,14 +78,18 @@ def run_demo(requests: int = 2000) -> int:
 def _upload_models(container, models) -> str:
     """Upload each model as `scorefn upload-model` does: its compiled trees first (built here
     and checked against LightGBM), then the model. What was compiled, in a few words."""
+    from scorefn.demo.monitoring import upload_reference, write_reference_csv
     from shared.models.compiled.build import build_artifact
     from shared.models.compiled.errors import CompileError
     from shared.models.compiled.target import can_compile
     from shared.models.model import parse_model
 
     notes = []
+    reference_csv = write_reference_csv(ROOT / ".demo" / "reference" / "churn-validation.csv")
     for model in models.values():
         data, path = model.path.read_bytes(), f"{model.name}.txt"
+        if model.name in ("churn", "churn_v1"):  # `upload-model --reference-data`, as a user would
+            upload_reference(container, path, data, reference_csv)
         if can_compile():
             parsed = parse_model(data, name=model.name, path=path, version="", last_modified=None)
             try:

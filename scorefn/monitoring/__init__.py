@@ -1,0 +1,1 @@
+"""Drift monitoring on the command line: references, reports and simulations."""
