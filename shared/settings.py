@@ -412,9 +412,11 @@ class Settings:
         "How often each instance writes its counts of the current hour (one blob per instance, "
         "endpoint and hour, written again with the running totals).")
     monitor_max_pending_rows: int = _setting(
-        "MONITOR_MAX_PENDING_ROWS", 200_000, _int(1_000, 100_000_000), MONITORING,
-        "Most scored rows held in memory until the background thread counts them; beyond it "
-        "rows go uncounted and are counted in `scorefn.monitor.dropped`, never waited for.")
+        "MONITOR_MAX_PENDING_ROWS", 50_000, _int(1_000, 100_000_000), MONITORING,
+        "Most scored rows held in memory until the background thread counts them (it counts "
+        "every 10 s or 8,192 rows: this is reached only when counting falls behind; 8 bytes "
+        "per feature and row, 40 MB for 100 features); beyond it rows go uncounted and are "
+        "counted in `scorefn.monitor.dropped`, never waited for.")
     monitor_schedule: str = _setting(
         "MONITOR_SCHEDULE", "0 10 * * * *", _SCHEDULE, MONITORING,
         "When the drift evaluation runs (a timer trigger binding `%MONITOR_SCHEDULE%`, so the "

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
@@ -36,9 +37,11 @@ from shared.batch.units import parse_units, score_units
 from shared.batch.unseen import decode_unseen, encode_unseen, fits_metadata, unseen_summary
 from shared.errors import InputNotFound, InvalidPayload, PayloadTooLarge
 from shared.models.model import LoadedModel
-from shared.monitoring.collector import Collector
 from shared.monitoring.jobs import job_writer
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.monitoring.collector import Collector
 
 log = logging.getLogger("scorefn.batch")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -33,8 +33,7 @@ NUMERIC_BINS = 10  # deciles of the reference (or equal parts of the training ra
 PREDICTION_BINS = 20
 MAX_CODES = 200  # a categorical feature's codes counted one by one; any other is "other"
 # Objectives whose (single) prediction is a probability in [0, 1].
-_PROBABILITY = frozenset(("binary", "cross_entropy", "xentropy", "cross_entropy_lambda",
-                          "xentlambda"))
+_PROBABILITY = frozenset(("binary", "cross_entropy", "xentropy"))
 _CLASSES = frozenset(("multiclass", "softmax", "multiclassova", "multiclass_ova", "ova",
                       "ovr"))
 
@@ -51,6 +50,10 @@ class FeatureBins:
     codes: tuple[int, ...] = ()
     low: float | None = None
     high: float | None = None
+    # A categorical feature's every code in training (``feature_infos``): a code outside it is
+    # out of range, one in it but not in ``codes`` is only "other". Known when counting (from
+    # the model), not stored: the stored bins do not depend on it.
+    training_codes: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
 
     @property
     def size(self) -> int:
@@ -74,7 +77,9 @@ class FeatureBins:
         if self.codes:
             out["codes"] = list(self.codes)
         if self.low is not None:
-            out["low"], out["high"] = self.low, self.high
+            out["low"] = self.low
+        if self.high is not None:
+            out["high"] = self.high
         return out
 
     @classmethod
@@ -168,21 +173,24 @@ class Binning:
 
 
 def training_range(info: str) -> tuple[FeatureKind, float | None, float | None, tuple[int, ...]]:
-    """What LightGBM's ``feature_infos`` entry says: ``[lo:hi]`` (numeric), ``none`` (no tree
-    uses the feature) or a categorical feature's codes ``0:1:4``."""
+    """What LightGBM's ``feature_infos`` entry says: ``[lo:hi]`` (numeric; an infinite end is
+    no bound: ``None``), ``none`` (no tree uses the feature) or a categorical feature's codes
+    ``0:1:4`` (all of them)."""
     if not info or info == "none":
         return "unused", None, None, ()
     if info.startswith("["):
         lo, _, hi = info.strip("[]").partition(":")
         try:
-            return "numeric", float(lo), float(hi), ()
+            low, high = float(lo), float(hi)
         except ValueError:
             return "numeric", None, None, ()
+        return ("numeric", low if math.isfinite(low) else None,
+                high if math.isfinite(high) else None, ())
     try:
         codes = sorted({int(c) for c in info.split(":") if c})
     except ValueError:
         return "numeric", None, None, ()
-    return "categorical", None, None, tuple(codes[:MAX_CODES])
+    return "categorical", None, None, tuple(codes)
 
 
 def prediction_kind(info: ModelInfo) -> PredictionKind:
@@ -211,15 +219,24 @@ def model_binning(info: ModelInfo) -> Binning:
         kind, low, high, codes = training_range(info.feature_infos[j] if info.feature_infos
                                                 else "")
         edges: tuple[float, ...] = ()
-        if kind == "numeric" and low is not None and high is not None and high > low \
-                and math.isfinite(low) and math.isfinite(high):
+        if kind == "numeric" and low is not None and high is not None and high > low:
             edges = tuple(float(v) for v in np.unique(
                 np.linspace(low, high, NUMERIC_BINS + 1)[1:-1]))
-        features.append(FeatureBins(name, kind, edges, codes, low, high))
+        features.append(FeatureBins(name, kind, edges, codes[:MAX_CODES], low, high,
+                                    codes if kind == "categorical" else None))
     pkind = prediction_kind(info)
     pedges = {"probability": _probability_edges(), "value": _value_edges()}.get(pkind, ())
     predictions = PredictionBins(pkind, pedges, info.num_outputs if pkind == "classes" else 0)
     return Binning(tuple(features), predictions, "model")
+
+
+def with_training_codes(binning: Binning, info: ModelInfo) -> Binning:
+    """``binning`` (read from storage) with each categorical feature's training codes from the
+    model, for counting out-of-range codes."""
+    model = model_binning(info)
+    return replace(binning, features=tuple(
+        replace(f, training_codes=m.training_codes) if f.kind == "categorical" else f
+        for f, m in zip(binning.features, model.features)))
 
 
 def quantile_edges(values: np.ndarray, bins: int) -> tuple[float, ...]:
@@ -245,11 +262,15 @@ def reference_binning(info: ModelInfo, X: np.ndarray, predictions: np.ndarray) -
     for j, fb in enumerate(base.features):
         column = X[:, j]
         if fb.kind == "categorical":
+            # The most frequent codes in the reference get a bin each; the rest share "other".
             seen = column[np.isfinite(column) & (column >= 0) & (column == np.floor(column))]
             values, counts = np.unique(seen.astype(np.int64), return_counts=True)
             top = values[np.argsort(-counts, kind="stable")[:MAX_CODES]]
-            codes = tuple(sorted(set(int(c) for c in top) | set(fb.codes)))[:MAX_CODES]
-            features.append(FeatureBins(fb.name, fb.kind, (), codes, fb.low, fb.high))
+            chosen = set(top.tolist())
+            extra = [c for c in fb.training_codes or () if c not in chosen]
+            codes = tuple(sorted([int(c) for c in top] + extra[:MAX_CODES - len(top)]))
+            features.append(FeatureBins(fb.name, fb.kind, (), codes, fb.low, fb.high,
+                                        fb.training_codes))
         else:
             features.append(FeatureBins(fb.name, "numeric" if fb.kind == "unused" else fb.kind,
                                         quantile_edges(column, NUMERIC_BINS), (), fb.low,

@@ -40,6 +40,8 @@ log = logging.getLogger("scorefn.monitor")
 
 PENDING_FULL = "pending_full"
 STORAGE_ERROR = "storage_error"
+COUNT_ERROR = "count_error"
+CLOSED = "closed"
 COUNT_ROWS = 8192  # count early once this many rows wait
 COUNT_SECONDS = 10.0
 
@@ -96,7 +98,7 @@ class Collector:
     """
 
     def __init__(self, target_factory: Callable[[], Any], binnings: Binnings, *,
-                 flush_seconds: float = 300.0, max_pending_rows: int = 200_000,
+                 flush_seconds: float = 300.0, max_pending_rows: int = 50_000,
                  telemetry: Any = None, writer: str | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._target_factory = target_factory
@@ -124,17 +126,20 @@ class Collector:
                 predictions: np.ndarray | None) -> None:
         """Keep one scoring's rows for counting (``X`` and ``predictions`` by reference: they
         must not change afterwards). Never blocks on storage or counting, never raises."""
-        n = X.shape[0]
-        if self._closed or self._pending_rows + n > self.max_pending_rows:
-            self._dropped(endpoint, PENDING_FULL, n)
-            self._wake.set()
-            return
-        self._pending.append(Observation(endpoint, variant, info, X, predictions))
-        self._pending_rows += n  # approximate under races: a bound, not a ledger
-        if self._thread is None:
-            self._start()
-        elif self._pending_rows >= COUNT_ROWS:
-            self._wake.set()
+        try:
+            n = X.shape[0]
+            if self._closed or self._pending_rows + n > self.max_pending_rows:
+                self._dropped(endpoint, PENDING_FULL if not self._closed else CLOSED, n)
+                self._wake.set()
+                return
+            self._pending.append(Observation(endpoint, variant, info, X, predictions))
+            self._pending_rows += n  # a bound, not a ledger: recounted by the counting thread
+            if self._thread is None:
+                self._start()
+            elif self._pending_rows >= COUNT_ROWS:
+                self._wake.set()
+        except Exception:  # pragma: no cover - monitoring must never fail a request
+            log.exception("monitoring: could not keep a scoring's rows")
 
     # -- background --------------------------------------------------------------------
 
@@ -142,8 +147,13 @@ class Collector:
         with self._lock:
             if self._thread is not None or self._closed:
                 return
-            self._thread = threading.Thread(target=self._run, daemon=True, name="scorefn-monitor")
-            self._thread.start()
+            thread = threading.Thread(target=self._run, daemon=True, name="scorefn-monitor")
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had: try again at the next request
+                log.warning("monitoring: could not start its thread")
+                return
+            self._thread = thread
         atexit.register(self._at_exit)
 
     def _run(self) -> None:
@@ -169,34 +179,40 @@ class Collector:
                 taken.append(pending.popleft())
             except IndexError:  # pragma: no cover - emptied meanwhile
                 break
+        # What still waits (observations appended meanwhile), counted again: the request path's
+        # unlocked additions never drift into a permanent "full".
+        self._pending_rows = sum(o.X.shape[0] for o in list(pending))
         if not taken:
             return 0
         rows = sum(o.X.shape[0] for o in taken)
-        self._pending_rows = max(0, self._pending_rows - rows)
         hour = hour_of(self.clock())
         groups: dict[tuple[str, str, str, str], list[Observation]] = {}
         for o in taken:
             groups.setdefault((o.endpoint, o.variant, o.info.path, o.info.version), []).append(o)
         for group in groups.values():
-            self._count_group(group, hour)
+            try:
+                self._count_group(group, hour)
+            except Exception:  # never expected; the rows are lost, and said so
+                log.exception("monitoring: counting %s's rows failed", group[0].endpoint)
+                self._dropped(group[0].endpoint, COUNT_ERROR, sum(o.X.shape[0] for o in group))
         with self._lock:
             self.stats.observed_rows += rows
         return rows
 
     def _count_group(self, group: list[Observation], hour: str) -> None:
+        """Count one model version's observations at once (those with predictions, then
+        those without)."""
         first = group[0]
         binning = self.binnings.get(first.info)
-        width = first.info.num_features
-        X = np.concatenate([o.X for o in group]) if len(group) > 1 else first.X
-        if X.ndim != 2 or X.shape[1] != width:
-            return  # never expected: the service scored these rows with this model
-        predicted = [o for o in group if o.predictions is not None]
-        profile = count(binning, np.concatenate([o.X for o in predicted]) if predicted else X[:0],
-                        np.concatenate([o.predictions for o in predicted
-                                        if o.predictions is not None]) if predicted else None)
-        if len(predicted) < len(group):
-            rest = [o.X for o in group if o.predictions is None]
-            profile.add(count(binning, np.concatenate(rest), None))
+        profile = Profile.empty(binning)
+        for with_predictions in (True, False):
+            part = [o for o in group if (o.predictions is not None) == with_predictions]
+            if not part:
+                continue
+            X = np.concatenate([o.X for o in part]) if len(part) > 1 else part[0].X
+            predictions = (np.concatenate([o.predictions for o in part if o.predictions is not None])
+                           if with_predictions else None)
+            profile.add(count(binning, X, predictions))
         self.add(first.endpoint, first.variant, first.info, binning, profile, hour)
 
     def add(self, endpoint: str, variant: str, info: ModelInfo, binning: Binning,

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
+
 from shared.monitoring.binning import Binning, PredictionBins
 from shared.monitoring.blobs import (
     Reference,
@@ -22,7 +24,7 @@ from shared.monitoring.blobs import (
     served_index,
     write_summary,
 )
-from shared.monitoring.drift import compare
+from shared.monitoring.drift import compare, effective_rows
 from shared.monitoring.profile import Profile
 from shared.monitoring.records import Against, Comparison, DriftSummary, WindowPoint
 from shared.monitoring.references import reference_for
@@ -88,12 +90,27 @@ class DriftMonitor:
         """Telemetry of each comparison (what an alert rule watches)."""
         if self.telemetry is None:
             return
+        worst: dict[tuple[str, str, str], tuple[float, float | None, int]] = {}
         for c in summary.comparisons:
+            # Only PSI values with enough rows to mean something (MONITOR_MIN_ROWS): a canary's
+            # first hundred rows cross 0.2 by chance.
+            psi = max((f.psi for f in c.features if _enough(f.baseline_bins, f.served_bins,
+                                                             summary.min_rows)), default=0.0)
+            p = c.predictions
+            pred = (p.psi if p is not None and _enough(p.baseline_bins, p.served_bins,
+                                                        summary.min_rows) else None)
+            drifted = sum(f.drifted for f in c.features)
+            key = (c.endpoint, c.variant, c.against)
+            if key in worst:  # two model versions of one variant in the window: the worse
+                old = worst[key]
+                pred = max(pred, old[1]) if pred is not None and old[1] is not None else (
+                    pred if pred is not None else old[1])
+                psi, drifted = max(psi, old[0]), max(drifted, old[2])
+            worst[key] = (psi, pred, drifted)
+        for (endpoint, variant, against), (psi, pred, drifted) in worst.items():
             self.telemetry.record_drift(
-                {"endpoint": c.endpoint, "variant": c.variant, "against": c.against},
-                max_psi=max((f.psi for f in c.features), default=0.0),
-                prediction_psi=c.predictions.psi if c.predictions is not None else None,
-                drifted_features=sum(f.drifted for f in c.features))
+                {"endpoint": endpoint, "variant": variant, "against": against},
+                max_psi=psi, prediction_psi=pred, drifted_features=drifted)
 
     def evaluate(self, endpoint: str, now: datetime | None = None) -> DriftSummary:
         """``endpoint``'s served counts over the window ending at ``now``, compared."""
@@ -121,8 +138,8 @@ class DriftMonitor:
         for name in served_index(self.monitoring, hours, endpoint).get(endpoint, []):
             try:
                 blob = read_served(self.monitoring, name)
-            except ValueError as exc:
-                log.warning("drift evaluation: %s", exc)
+            except Exception as exc:  # damaged, or storage failed for this one blob
+                log.warning("drift evaluation: %s left out (%s)", name, type(exc).__name__)
                 damaged += 1
                 continue
             if blob is None:
@@ -137,7 +154,7 @@ class DriftMonitor:
                 group.profile.add(e.profile)
                 hour = group.hours.setdefault(blob.hour, Profile.empty(e.binning))
                 hour.add(e.profile)
-        notes = [f"{damaged} damaged served blob(s) were left out"] if damaged else []
+        notes = [f"{damaged} served blob(s) could not be read and were left out"] if damaged else []
         return sorted(groups.values(), key=lambda g: (-g.profile.rows, g.variant)), notes
 
     def _against_baseline(self, endpoint: str, g: _Group) -> Comparison:
@@ -170,8 +187,17 @@ class DriftMonitor:
         for g in groups[1:]:
             if g.variant == base.variant or g.binning.bins_id != base.binning.bins_id:
                 continue
-            out.append(self._compare(endpoint, g, base.profile, "variant", base.variant))
+            # The same bins, the other model's training ranges: its counts read under this
+            # variant's binning (its out-of-range counts are against its own model's ranges).
+            baseline = replace(base.profile, binning_id=g.binning.id)
+            out.append(self._compare(endpoint, g, baseline, "variant", base.variant))
         return out
+
+
+def _enough(baseline: list[int], served: list[int], min_rows: int) -> bool:
+    """Whether a measure rests on at least ``min_rows`` effective rows (as the drift rules
+    count them: a served sample against a baseline sample)."""
+    return effective_rows(np.asarray(baseline), np.asarray(served)) >= min_rows
 
 
 def _reference_name(reference: Reference) -> str:

@@ -5,6 +5,8 @@ and a job scored in one invocation counts exactly what its chunks would."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +15,8 @@ from shared.models.model import ModelInfo
 from shared.monitoring.binning import Binning
 from shared.monitoring.blobs import ServedBlob, ServedEntry
 from shared.monitoring.profile import Profile, count
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 @dataclass
@@ -39,5 +43,10 @@ class JobCounts:
 
 
 def job_writer(job_id: str, chunk: int | None = None) -> str:
-    """The writer name of a job (or one of its chunks) in served blob names."""
-    return f"job-{job_id}" if chunk is None else f"job-{job_id}-{chunk:05d}"
+    """The writer name of a job (or one of its chunks) in served blob names: the job id, with
+    any character a writer name cannot hold (``:``) replaced and a digest of the id added, so
+    two ids never share a name."""
+    safe = _UNSAFE.sub("_", job_id)
+    if safe != job_id:
+        safe += "-" + hashlib.sha256(job_id.encode()).hexdigest()[:10]
+    return f"job-{safe}" if chunk is None else f"job-{safe}-{chunk:05d}"

@@ -107,22 +107,33 @@ def _count_feature(fb: FeatureBins, column: np.ndarray) -> tuple[np.ndarray, int
     if fb.kind == "categorical":
         codes = np.asarray(fb.codes, dtype=np.float64)
         values = column[~np.isnan(column)] if missing else column
-        if codes.size:
-            at = np.minimum(np.searchsorted(codes, values), codes.size - 1)
-            known = codes[at] == values
-            index = np.where(known, at, codes.size)
-            unknown = int(values.size - np.count_nonzero(known))
+        index, binned = _lookup(codes, values, codes.size)
+        if fb.training_codes is None:
+            unknown = int(values.size - binned)  # no training codes known: "other" is unknown
         else:
-            index, unknown = np.zeros(values.size, dtype=np.intp), int(values.size)
+            trained = np.asarray(fb.training_codes, dtype=np.float64)
+            unknown = int(values.size - _lookup(trained, values, 0)[1])
         return np.bincount(index, minlength=fb.size).astype(np.int64), missing, unknown
     # searchsorted puts NaN after every edge, in the last bin: taken out again below.
     bins = np.bincount(np.searchsorted(np.asarray(fb.edges, dtype=np.float64), column,
                                        side="right"), minlength=fb.size).astype(np.int64)
     bins[-1] -= missing
     out = 0
-    if fb.low is not None and fb.high is not None:
-        out = int(np.count_nonzero(column < fb.low) + np.count_nonzero(column > fb.high))
+    if fb.low is not None:
+        out += int(np.count_nonzero(column < fb.low))
+    if fb.high is not None:
+        out += int(np.count_nonzero(column > fb.high))
     return bins, missing, out
+
+
+def _lookup(codes: np.ndarray, values: np.ndarray, other: int) -> tuple[np.ndarray, int]:
+    """Each value's position among the sorted ``codes`` (``other`` when it is none of them),
+    and how many values are among them."""
+    if not codes.size:
+        return np.full(values.size, other, dtype=np.intp), 0
+    at = np.minimum(np.searchsorted(codes, values), codes.size - 1)
+    known = codes[at] == values
+    return np.where(known, at, other), int(np.count_nonzero(known))
 
 
 def _count_predictions(pb: PredictionBins, predictions: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.ablog.predictions import PredictionLog
 from shared.ablog.record import PredictionRecord, output_kind
@@ -27,7 +27,6 @@ from shared.errors import (
 )
 from shared.models.model import LoadedModel, ModelInfo
 from shared.models.store import ModelStore
-from shared.monitoring.collector import Collector
 from shared.payloads import (
     ScoringInput,
     decode_json,
@@ -54,6 +53,9 @@ from shared.scoring.shadows import score_shadow
 from shared.scoring.status import ServiceStatus
 from shared.settings import Settings
 from shared.telemetry import NO_TRACE, RequestTrace, Telemetry, get_telemetry
+
+if TYPE_CHECKING:
+    from shared.monitoring.collector import Collector
 
 log = logging.getLogger("scorefn.scoring")
 

@@ -108,3 +108,43 @@ def test_the_window_leaves_out_older_hours(churn_with_reference, container, moni
     drift = DriftMonitor(monitoring, container, Thresholds(window_hours=1))
     later = datetime.now(UTC).replace(year=datetime.now(UTC).year + 1)
     assert drift.endpoints(later) == [] and drift.endpoints(datetime.now(UTC)) == ["churn"]
+
+
+def test_two_variants_are_compared_with_their_references_and_with_each_other(
+        container, monitoring, demo_models, tmp_path):
+    """churn and churn_v1 behind one endpoint, references from the same validation rows."""
+    store = ModelStore(BlobSource(container, 64 * MB), refresh_seconds=3600)
+    path = tmp_path / "validation.csv"
+    path.write_bytes(to_csv(churn_features(10_000, np.random.default_rng(5)), CHURN_FEATURES))
+    for name in ("churn", "churn_v1"):
+        upload(container, f"{name}.txt", demo_models[name].path)
+        model, _ = store.get(name)
+        write_reference(container, f"{name}.txt", build_reference(path, model)[0])
+    collector = Collector(lambda: monitoring, Binnings(lambda: container))
+    X = churn_features(4000, np.random.default_rng(13))
+    for variant, name, rows in (("control", "churn_v1", X[:2000]), ("treatment", "churn", X[2000:])):
+        model, _ = store.get(name)
+        collector.observe("ab", variant, model.info, rows, model.predict(rows))
+    collector.close()
+    summary = DriftMonitor(monitoring, container, Thresholds()).evaluate("ab")
+    against = sorted((c.variant, c.against) for c in summary.comparisons)
+    assert against == [("control", "reference"), ("treatment", "reference"),
+                       ("treatment", "variant")]
+    [between] = [c for c in summary.comparisons if c.against == "variant"]
+    assert between.baseline_name == "control" and between.served_rows == 2000
+    # The same traffic split at random: no feature differs between the variants.
+    assert not [f.name for f in between.features if f.drifted]
+    assert summary.timeline and {p.variant for p in summary.timeline} == {"control", "treatment"}
+
+
+def test_a_damaged_served_blob_is_left_out_and_said_so(churn_with_reference, container,
+                                                       monitoring):
+    serve(churn_with_reference, container, monitoring,
+          churn_features(500, np.random.default_rng(14)))
+    [good] = [b.name for b in monitoring.list_blobs(name_starts_with="served/churn/")]
+    hour = good.split("/")[2]
+    for i, damage in enumerate((b"[]", b'{"format": 1, "entries": [{"profile": 3}]}', b"\xff")):
+        monitoring.upload_blob(f"served/churn/{hour}/bad-{i}.json", damage)
+    [comparison] = DriftMonitor(monitoring, container, Thresholds()).evaluate("churn").comparisons
+    assert comparison.served_rows == 500
+    assert "3 served blob(s) could not be read" in comparison.note

@@ -115,3 +115,35 @@ def test_damaged_stored_profiles_are_refused(model_and_rows):
     bad["features"][0]["edges"] = [2.0, 1.0]
     with pytest.raises(ValueError):
         Binning.from_dict(bad)
+
+
+def test_an_open_training_range_round_trips_and_bounds_one_side():
+    from shared.monitoring.binning import FeatureBins, PredictionBins, training_range
+
+    assert training_range("[-inf:3.25]") == ("numeric", None, 3.25, ())
+    fb = FeatureBins("x", "numeric", (0.0, 1.0), (), None, 3.25)
+    binning = Binning((fb,), PredictionBins("value", (0.0,)), "model")
+    assert Binning.from_dict(orjson.loads(orjson.dumps(binning.to_dict()))).id == binning.id
+    profile = count(binning, np.array([[-1e9], [2.0], [4.0], [np.inf]]), None)
+    assert profile.out_of_range[0] == 2  # above 3.25 only: no lower bound
+
+
+def test_codes_beyond_the_counted_ones_are_other_not_out_of_range():
+    from shared.monitoring.binning import MAX_CODES, FeatureBins, PredictionBins
+
+    trained = tuple(range(250))
+    fb = FeatureBins("c", "categorical", (), trained[:MAX_CODES], training_codes=trained)
+    binning = Binning((fb,), PredictionBins("value", (0.0,)), "model")
+    X = np.array([[5.0], [230.0], [249.0], [300.0], [np.nan]])
+    profile = count(binning, X, None)
+    assert profile.bins[0][5] == 1 and profile.bins[0][-1] == 3  # 230, 249, 300 share "other"
+    assert profile.out_of_range[0] == 1 and profile.missing[0] == 1  # only 300 is unknown
+
+
+def test_job_writer_names_are_valid_and_distinct():
+    from shared.monitoring.jobs import job_writer
+
+    assert job_writer("orders-7") == "job-orders-7"
+    assert job_writer("orders-7", 3) == "job-orders-7-00003"
+    a, b = job_writer("orders:7"), job_writer("orders_7")
+    assert a != b and ":" not in a and a.startswith("job-orders_7-")

@@ -19,6 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient
@@ -37,10 +38,12 @@ from shared.batch.ranges import range_blocks
 from shared.batch.records import JobRecords
 from shared.batch.units import ScoredOutput, parse_units, score_units
 from shared.errors import InvalidPayload, JobBusy, PayloadTooLarge, ScoreError
-from shared.monitoring.collector import Collector
 from shared.monitoring.jobs import job_writer
 from shared.payloads.common import Options
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.monitoring.collector import Collector
 
 log = logging.getLogger("scorefn.batch")
 
@@ -210,7 +213,8 @@ class ChunkWorker:
                             first_line=2 if msg.index == 0 and layout is not None else 1,
                             unseen=unseen)
         writer = writer_for(plan.output.format, plan.id_column, model.info.num_outputs)
-        counts = (self.monitor.for_job(plan.endpoint, plan.variant, model.info, plan.created_at,
+        accepted = plan.accepted_at if plan.accepted_at is not None else plan.created_at
+        counts = (self.monitor.for_job(plan.endpoint, plan.variant, model.info, accepted,
                                        job_writer(msg.job_id, msg.index))
                   if self.monitor is not None else None)
         output = score_units(  # the CSV header: chunk 0's first block only

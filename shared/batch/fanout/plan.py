@@ -117,6 +117,9 @@ class Plan:
     chunk_rows: int  # rows per output block
     chunk_bytes: int
     ranges: tuple[tuple[int, int], ...]  # each chunk's input bytes [start, end)
+    # When the job was accepted (its record's creation): the hour its monitoring counts go to,
+    # as for a job scored in one invocation. Plans written before it was kept: created_at.
+    accepted_at: float | None = None
 
     @property
     def chunks(self) -> int:
@@ -129,7 +132,9 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         return {
             "kind": PLAN_KIND, "v": 1, "id": self.job_id, "token": self.token,
-            "created": self.created, "created_at": self.created_at, "endpoint": self.endpoint,
+            "created": self.created, "created_at": self.created_at,
+            **({"accepted_at": self.accepted_at} if self.accepted_at is not None else {}),
+            "endpoint": self.endpoint,
             "variant": self.variant, "id_generated": self.id_generated,
             "model": self.model.to_json(), "input": self.input.to_json(),
             "output": {"container": self.output.container, "blob": self.output.blob,
@@ -177,7 +182,8 @@ class Plan:
             header=_optional_str(doc, "header"), num_outputs=_int(doc, "num_outputs"),
             categorical={int(k): v for k, v in categorical.items()},
             chunk_rows=_int(doc, "chunk_rows"), chunk_bytes=_int(doc, "chunk_bytes"),
-            ranges=tuple((start, end) for start, end in ranges))
+            ranges=tuple((start, end) for start, end in ranges),
+            accepted_at=_number(doc, "accepted_at") if "accepted_at" in doc else None)
 
 
 def read_plan(container: ContainerClient, job_id: str) -> Plan | None:

@@ -85,7 +85,7 @@ class Planner:
         job_id = job.identity.job_id
         plan = read_plan(self.batch, job_id)
         if plan is None:
-            plan = self._new_plan(job, model, variant, props)
+            plan = self._new_plan(job, model, variant, props, claim.accepted_at)
         else:
             log.info("job %s: reusing its plan (%d chunks)", job_id, plan.chunks)
         done = set(list_markers(self.batch, job_id))
@@ -107,7 +107,7 @@ class Planner:
             self.completion.finish_held(claim, plan)
 
     def _new_plan(self, job: BlobJob, model: LoadedModel, variant: str,
-                  props: BlobProperties) -> Plan:
+                  props: BlobProperties, accepted_at: float) -> Plan:
         job_id, token = job.identity.job_id, uuid.uuid4().hex[:12]
         source = self.blobs.get_blob_client(job.input.container, job.input.blob)
         etag, size = props.etag, int(props.size)
@@ -142,7 +142,8 @@ class Planner:
             header=header, num_outputs=info.num_outputs,
             categorical={c.index: info.feature_names[c.index] for c in info.schema.categorical},
             chunk_rows=self.settings.batch_chunk_rows,
-            chunk_bytes=self.settings.batch_fanout_chunk_bytes, ranges=tuple(ranges))
+            chunk_bytes=self.settings.batch_fanout_chunk_bytes, ranges=tuple(ranges),
+            accepted_at=accepted_at)
         data = orjson.dumps(plan.to_json())
         if len(data) > MAX_PLAN_BYTES:  # chunks read at most this much of it
             raise PayloadTooLarge(f"the job's plan ({len(ranges):,} chunks) would take "
