@@ -3,7 +3,7 @@
 // One resource group holds: a storage account (models, batch data, logs, drift monitoring
 // counts, the deployment package, the host's own blobs/queues/tables, the batch job queues)
 // reachable with Entra ID only; Log Analytics + Application Insights taking Entra ID ingestion
-// only, with a workbook of latency, error and drift queries and a drift alert; a user-assigned
+// only, with a workbook of latency, error and drift queries and two drift alerts; a user-assigned
 // managed identity the app uses for everything; the Flex Consumption plan and function app; and
 // least-privilege role assignments.
 //
@@ -75,7 +75,7 @@ param logRetentionDays int = 30
 @description('Drift alert threshold: the alert fires for an endpoint and variant when its most drifted feature\'s population stability index (the scorefn.drift.max_psi metric) is at or over it. A decimal as a string (Bicep has no decimal literals); 0.2 is the usual "significant shift" level and MONITOR_PSI_THRESHOLD\'s default.')
 param driftPsiAlertThreshold string = '0.2'
 
-@description('Resource id of an existing action group (e-mail, webhook, ...) the drift alert notifies. Empty: no action, fired alerts show in the portal (Monitor > Alerts) only.')
+@description('Resource id of an existing action group (e-mail, webhook, ...) both drift alerts (PSI, drifted features) notify. Empty: no action, fired alerts show in the portal (Monitor > Alerts) only.')
 param driftAlertActionGroupId string = ''
 
 @description('Path of the router config blob inside the models container. A missing blob means no routing: endpoint NAME is served by model NAME.')
@@ -103,6 +103,7 @@ var appInsightsName = 'appi-${envSlug}-${resourceToken}'
 var planName = 'plan-${envSlug}-${resourceToken}'
 var functionAppName = 'func-${envSlug}-${resourceToken}'
 var driftAlertName = 'alert-drift-${envSlug}-${resourceToken}'
+var driftedFeaturesAlertName = 'alert-drifted-features-${envSlug}-${resourceToken}'
 
 // Blob containers. Each name is also the app setting that points the code at it.
 var modelContainerName = 'models' // MODEL_CONTAINER; also holds the router config blob
@@ -167,6 +168,7 @@ module monitoring 'app/monitoring.bicep' = {
     logRetentionDays: logRetentionDays
     environmentName: environmentName
     driftAlertName: driftAlertName
+    driftedFeaturesAlertName: driftedFeaturesAlertName
     driftPsiAlertThreshold: driftPsiAlertThreshold
     driftAlertActionGroupId: driftAlertActionGroupId
   }

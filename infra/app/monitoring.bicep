@@ -1,6 +1,7 @@
 // Monitoring of scorefn: a Log Analytics workspace, Application Insights taking Entra ID
 // ingestion only, the workbook of latency and error queries (the KQL in infra/queries/), and the
-// drift alert (a log alert rule running infra/queries/drift_max_psi.kql).
+// two drift alerts (log alert rules running infra/queries/drift_max_psi.kql and
+// infra/queries/drift_drifted_features.kql).
 
 @description('Log Analytics workspace name.')
 param logAnalyticsName string
@@ -20,13 +21,16 @@ param logRetentionDays int
 @description('Environment name: the workbook\'s name is derived from it and its title shows it.')
 param environmentName string
 
-@description('Name of the drift alert rule.')
+@description('Name of the drift alert rule (PSI at or over driftPsiAlertThreshold).')
 param driftAlertName string
+
+@description('Name of the drifted-features alert rule (any feature flagged as drifted).')
+param driftedFeaturesAlertName string
 
 @description('Population stability index (a decimal as a string: Bicep has no decimal literals) at or over which the drift alert fires for an endpoint and variant.')
 param driftPsiAlertThreshold string
 
-@description('Resource id of an action group the drift alert notifies; empty: none (the alert shows in the portal only).')
+@description('Resource id of an action group both drift alerts notify; empty: none (the alerts show in the portal only).')
 param driftAlertActionGroupId string
 
 resource logAnalytics 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
@@ -107,6 +111,12 @@ var workbookQueries = [
     name: 'drift-max-psi'
     title: 'Drift: the most drifted feature\'s PSI per evaluation, endpoint, variant and baseline'
     query: loadTextContent('../queries/drift_max_psi.kql')
+    visualization: 'table'
+  }
+  {
+    name: 'drift-drifted-features'
+    title: 'Drift: features flagged as drifted (PSI, missing or out-of-range jumps) per evaluation, endpoint, variant and baseline'
+    query: loadTextContent('../queries/drift_drifted_features.kql')
     visualization: 'table'
   }
   {
@@ -240,6 +250,68 @@ resource driftAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
           metricMeasureColumn: 'max_psi'
           operator: 'GreaterThanOrEqual'
           threshold: json(driftPsiAlertThreshold) // a number: 0.2 is not a Bicep literal
+          dimensions: [
+            {
+              name: 'endpoint'
+              operator: 'Include'
+              values: [
+                '*'
+              ]
+            }
+            {
+              name: 'variant'
+              operator: 'Include'
+              values: [
+                '*'
+              ]
+            }
+          ]
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    autoMitigate: true
+    actions: {
+      actionGroups: empty(driftAlertActionGroupId) ? [] : [
+        driftAlertActionGroupId
+      ]
+    }
+  }
+}
+
+// Drifted-features alert: the same schedule, window and action group, on
+// `scorefn.drift.drifted_features` (features the evaluation flagged: PSI over
+// MONITOR_PSI_THRESHOLD with enough rows, or a significant jump of a feature's missing or
+// out-of-range rate); it fires for each endpoint and variant with any flagged feature in the
+// window. Against a model's training ranges (a model uploaded without a reference profile) PSI is
+// always 0, so a unit change or a feature gone missing there shows only here. It also fires along
+// with the PSI alert (a feature over the PSI threshold is counted); severity 3, as it is broader.
+resource driftedFeaturesAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: driftedFeaturesAlertName
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'scorefn drifted features (${environmentName})'
+    description: 'Features of an endpoint and variant were flagged as drifted (PSI, or a jump of missing or out-of-range values): scorefn.drift.drifted_features over 0 (docs/monitoring.md).'
+    severity: 3
+    enabled: true
+    scopes: [
+      appInsights.id
+    ]
+    evaluationFrequency: 'PT1H'
+    windowSize: 'PT2H'
+    criteria: {
+      allOf: [
+        {
+          query: loadTextContent('../queries/drift_drifted_features.kql')
+          timeAggregation: 'Maximum'
+          metricMeasureColumn: 'drifted_features'
+          operator: 'GreaterThan'
+          threshold: 0
           dimensions: [
             {
               name: 'endpoint'

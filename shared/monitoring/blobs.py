@@ -9,7 +9,7 @@ In ``MONITOR_CONTAINER``:
   drift evaluation found (:class:`~shared.monitoring.records.DriftSummary`).
 
 Beside each model in ``MODEL_CONTAINER``: ``{model blob}.reference.json``, its reference
-profile (:class:`Reference`), written by ``upload-model --reference``.
+profile (:class:`Reference`), written by ``upload-model --reference-data``.
 """
 
 from __future__ import annotations

@@ -526,7 +526,8 @@ def test_every_resource_is_in_mains_region_with_mains_tags(dep):
                 tags = tags["function"]["parameters"]["arg_1"]
             assert lift(tags, resource.scope) == ("allTags", dep.root), name
             located += 1
-    assert located == 8  # identity, storage, workspace, components, workbook, drift alert, plan, site
+    # identity, storage, workspace, components, workbook, the two drift alerts, plan, site
+    assert located == 9
 
 
 def test_storage_is_entra_id_only(dep):
@@ -943,15 +944,18 @@ def test_queries_use_the_names_the_app_exports():
         assert path.read_text().startswith("// scorefn:"), f"{path.name}: say what it shows first"
 
 
-def test_the_drift_alert_fires_on_the_most_drifted_features_psi_at_the_threshold(dep):
-    (alert,) = resources_of(dep, "Microsoft.Insights/scheduledQueryRules").values()
+def _drift_alert(dep, symbol: str, name_parameter: str, query_file: str, metric: str):
+    """What both drift alerts share: a log alert on Application Insights, hourly over two hours,
+    running a workbook query file on a metric the app records, split by endpoint and variant,
+    notifying the optional action group. Gives its criterion, the query's columns and its scope."""
+    alert = dep.declared[symbol]
+    assert alert.resource["type"] == "Microsoft.Insights/scheduledQueryRules"
     scope, spec = alert.scope, body(alert)
     assert condition(alert) is None and spec["kind"] == "LogAlert"
     name = lift(spec["name"], scope)
-    assert name == ("driftAlertName", dep.root) and "${resourceToken}" in resolve(*name)
+    assert name == (name_parameter, dep.root) and "${resourceToken}" in resolve(*name)
     props = spec["properties"]
     assert props["enabled"] is True and props["autoMitigate"] is True
-    assert props["severity"] in (2, 3)  # warning / informational: drift is not an outage
     # On Application Insights, whose customMetrics the query reads (the app's telemetry).
     assert props["scopes"] == ["appInsights.id"]
     assert referenced(dep, scope, "appInsights") == dep.declared["appInsights"]
@@ -959,28 +963,21 @@ def test_the_drift_alert_fires_on_the_most_drifted_features_psi_at_the_threshold
     assert (props["evaluationFrequency"], props["windowSize"]) == ("PT1H", "PT2H")
     (criterion,) = props["criteria"]["allOf"]
     assert criterion["failingPeriods"] == {"numberOfEvaluationPeriods": 1, "minFailingPeriodsToAlert": 1}
-    # The query: the workbook's drift query file (one copy of the KQL), on the metric the app records.
+    # The query: the workbook's query file (one copy of the KQL), on the metric the app records.
     load = criterion["query"]["function"]
     assert load["type"] == "load_text_content"
     path = (scope.path.parent / load["parameters"]["file_path"]).resolve()
-    assert path == QUERIES / "drift_max_psi.kql"
+    assert path == QUERIES / query_file
     query = path.read_text()
-    assert re.search(r'^\| where name == "scorefn\.drift\.max_psi"$', query, re.M)
-    assert '"scorefn.drift.max_psi"' in (ROOT / "shared" / "telemetry" / "recorder.py").read_text()
+    assert re.search(rf'^\| where name == "{re.escape(metric)}"$', query, re.M)
+    assert f'"{metric}"' in (ROOT / "shared" / "telemetry" / "recorder.py").read_text()
     (projected,) = re.findall(r"^\| project (.+)$", query, re.M)
     columns = {column.strip() for column in projected.split(",")}
-    # Its maximum over the window, at or over the threshold, per endpoint and variant.
-    assert criterion["metricMeasureColumn"] == "max_psi" and "max_psi" in columns
-    assert (criterion["timeAggregation"], criterion["operator"]) == ("Maximum", "GreaterThanOrEqual")
+    # Its maximum over the window, per endpoint and variant (dimensions the query outputs).
+    assert criterion["metricMeasureColumn"] in columns and criterion["timeAggregation"] == "Maximum"
     dimensions = {d["name"]: (d["operator"], d["values"]) for d in criterion["dimensions"]}
     assert dimensions == {"endpoint": ("Include", ["*"]), "variant": ("Include", ["*"])}
     assert set(dimensions) | {"timestamp"} <= columns
-    # The threshold is main's parameter, a decimal given as a string (no decimal literals).
-    assert criterion["threshold"] == {"function": {"type": "json",
-                                                   "parameters": {"arg_1": "driftPsiAlertThreshold"}}}
-    assert lift("driftPsiAlertThreshold", scope) == ("driftPsiAlertThreshold", dep.root)
-    default = dep.root.parameters["driftPsiAlertThreshold"]["default"]
-    assert json.loads(default) == 0.2 == SPEC["monitor_psi_threshold"].default
     # Notifies the optional action group; none by default (the alert shows in the portal).
     actions = props["actions"]["actionGroups"]["operator"]
     assert actions["type"] == "conditional"
@@ -990,6 +987,38 @@ def test_the_drift_alert_fires_on_the_most_drifted_features_psi_at_the_threshold
     assert actions["operands"]["false_value"] == ["driftAlertActionGroupId"]
     assert lift("driftAlertActionGroupId", scope) == ("driftAlertActionGroupId", dep.root)
     assert dep.root.parameters["driftAlertActionGroupId"]["default"] == ""
+    return criterion, props, scope
+
+
+def test_the_drift_alerts_are_the_psi_and_the_drifted_features_rules(dep):
+    alerts = resources_of(dep, "Microsoft.Insights/scheduledQueryRules")
+    assert set(alerts) == {"driftAlert", "driftedFeaturesAlert"}
+    names = {resolve(*lift(body(a)["name"], a.scope)) for a in alerts.values()}
+    assert len(names) == 2 and any("drifted-features" in n for n in names), names
+
+
+def test_the_drift_alert_fires_on_the_most_drifted_features_psi_at_the_threshold(dep):
+    criterion, props, scope = _drift_alert(dep, "driftAlert", "driftAlertName",
+                                           "drift_max_psi.kql", "scorefn.drift.max_psi")
+    assert props["severity"] in (2, 3)  # warning / informational: drift is not an outage
+    # At or over the threshold, which is main's parameter, a decimal given as a string.
+    assert (criterion["metricMeasureColumn"], criterion["operator"]) == ("max_psi", "GreaterThanOrEqual")
+    assert criterion["threshold"] == {"function": {"type": "json",
+                                                   "parameters": {"arg_1": "driftPsiAlertThreshold"}}}
+    assert lift("driftPsiAlertThreshold", scope) == ("driftPsiAlertThreshold", dep.root)
+    default = dep.root.parameters["driftPsiAlertThreshold"]["default"]
+    assert json.loads(default) == 0.2 == SPEC["monitor_psi_threshold"].default
+
+
+def test_the_drifted_features_alert_fires_on_any_flagged_feature(dep):
+    # PSI against a model's training ranges (no reference profile) is always 0: a unit change or a
+    # missing-rate jump there is only in the count of flagged features, so any count over 0 fires.
+    criterion, props, _ = _drift_alert(dep, "driftedFeaturesAlert", "driftedFeaturesAlertName",
+                                       "drift_drifted_features.kql",
+                                       "scorefn.drift.drifted_features")
+    assert props["severity"] == 3
+    assert (criterion["metricMeasureColumn"], criterion["operator"], criterion["threshold"]) == \
+        ("drifted_features", "GreaterThan", 0)
 
 
 # -- checkov -------------------------------------------------------------------------------------
