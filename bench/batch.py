@@ -36,7 +36,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import bench_model_path  # noqa: E402
+from bench.common import HOST_SCHEDULES, bench_model_path  # noqa: E402
 
 FEATURES = 100
 
@@ -135,7 +135,8 @@ def through_queue(conn: str, env: dict[str, str], settings, message: bytes,
     results_q = QueueClient.from_connection_string(conn, settings.results_queue_name)
     times = []
     with tempfile.TemporaryDirectory() as tmp, \
-            DevHost(ROOT, env, auth=False, log_path=Path(tmp) / "devhost.log") as host:
+            DevHost(ROOT, {**env, **HOST_SCHEDULES}, auth=False,
+                    log_path=Path(tmp) / "devhost.log") as host:
         for r in range(repeats + 1):  # the first run loads the model in the host: not counted
             job_id = f"bench-queue-{r}"
             doc = orjson.loads(message)

@@ -23,7 +23,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import bench_model_path, bench_rows  # noqa: E402
+from bench.common import HOST_SCHEDULES, bench_model_path, bench_rows  # noqa: E402
 from bench.loadgen import load  # noqa: E402
 
 KEY = "bench-key"
@@ -50,7 +50,8 @@ def main() -> None:
                                      str(model), str(port_file)])
         try:
             env = {"AzureWebJobsStorage": azurite.connection_string, "DEVHOST_FUNCTION_KEY": KEY,
-                   "SCORE_QUEUE_NAME": "bench", "RESULTS_QUEUE_NAME": "bench-results"}
+                   "SCORE_QUEUE_NAME": "bench", "RESULTS_QUEUE_NAME": "bench-results",
+                   **HOST_SCHEDULES}
             with DevHost(ROOT, env, queues=False) as host:
                 deadline = time.time() + 60
                 while not port_file.exists() or not port_file.read_text():

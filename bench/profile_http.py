@@ -25,7 +25,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import bench_model_path, bench_rows  # noqa: E402
+from bench.common import HOST_SCHEDULES, bench_model_path, bench_rows  # noqa: E402
 from bench.loadgen import load  # noqa: E402
 
 KEY = "bench-key"
@@ -74,7 +74,8 @@ def main() -> None:
         container.create_container()
         container.upload_blob("bench.txt", bench_model_path().read_bytes())
         env = {"AzureWebJobsStorage": azurite.connection_string, "DEVHOST_FUNCTION_KEY": KEY,
-               "SCORE_QUEUE_NAME": "bench", "RESULTS_QUEUE_NAME": "bench-results"}
+               "SCORE_QUEUE_NAME": "bench", "RESULTS_QUEUE_NAME": "bench-results",
+                   **HOST_SCHEDULES}
         out = args.out or Path(tmp) / "stacks.txt"
         with DevHost(ROOT, env, queues=False) as host:
             url = f"{host.url}/api/score/bench"

@@ -51,7 +51,7 @@ def run_demo(requests: int = 2000) -> int:
                "PREDICTION_LOG_FLUSH_SECONDS": "1",
                "RESULTS_QUEUE_NAME": "score-results", "BATCH_CONTAINER": "batch",
                "CHUNK_QUEUE_NAME": "score-chunks", "ROLLOUT_SCHEDULE": "*/2 * * * * *",
-               "MONITOR_FLUSH_SECONDS": "2"}
+               "MONITOR_FLUSH_SECONDS": "2", "MONITOR_SCHEDULE": "0 10 * * * *"}
         host = stack.enter_context(DevHost(ROOT, env))
         assert host.url is not None  # set once the host is ready
         say(f"  local host       {host.url}  (function key auth on)")
