@@ -45,14 +45,19 @@ def percentile(samples: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples), q))
 
 
-def interleaved(cases: dict[str, Callable[[int], None]], *, rounds: int, per_round: int
-                ) -> dict[str, list[float]]:
+def interleaved(cases: dict[str, Callable[[int], None]], *, rounds: int, per_round: int,
+                alternate: bool = False) -> dict[str, list[float]]:
     """Run each case ``per_round`` calls per round, cases interleaved round by round, and
-    return per-call latencies in seconds. ``fn(i)`` gets a rotating index."""
+    return per-call latencies in seconds. ``fn(i)`` gets a rotating index. ``alternate``:
+    every other round runs the cases in reverse order (a case that always runs second pays
+    for what the first left in the caches)."""
     samples: dict[str, list[float]] = {name: [] for name in cases}
     counter = 0
-    for _ in range(rounds):
-        for name, fn in cases.items():
+    for r in range(rounds):
+        order = list(cases.items())
+        if alternate and r % 2:
+            order.reverse()
+        for name, fn in order:
             out = samples[name]
             for _ in range(per_round):
                 t0 = time.perf_counter()

@@ -38,13 +38,21 @@ class Azurite:
     blob_port: int = 0
     queue_port: int = 0
     table_port: int = 0
+    # How often Azurite sweeps deleted data (its default: 10 minutes). A long-lived Azurite
+    # that deletes a lot (a test session) is given a longer one: see devhost/azurite_gc.js.
+    gc_interval_ms: int | None = None
     process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> Azurite:
         script = ROOT / "node_modules" / "azurite" / "dist" / "src" / "azurite.js"
         if not script.exists():
             raise RuntimeError("Azurite is not installed: run `npm ci` (make does it for you)")
-        cmd = ["node", str(script), "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
+        env = dict(os.environ)
+        preload: list[str] = []
+        if self.gc_interval_ms is not None:
+            preload = ["-r", str(Path(__file__).with_name("azurite_gc.js"))]
+            env["AZURITE_GC_INTERVAL_MS"] = str(self.gc_interval_ms)
+        cmd = ["node", *preload, str(script), "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
                "--queueHost", "127.0.0.1", "--queuePort", str(self.queue_port),
                "--tableHost", "127.0.0.1", "--tablePort", str(self.table_port),
                "--inMemoryPersistence", "--extentMemoryLimit", "4096",
@@ -56,7 +64,7 @@ class Azurite:
                "--tableKeepAliveTimeout", "300"]
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, text=True, start_new_session=True,
-                                        preexec_fn=_die_with_parent)
+                                        preexec_fn=_die_with_parent, env=env)
         ports: dict[str, int] = {}
         deadline = time.monotonic() + timeout
         assert self.process.stdout is not None

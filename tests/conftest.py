@@ -20,13 +20,17 @@ os.environ.setdefault("ROLLOUT_SCHEDULE", "0 0 0 1 1 *")
 os.environ.setdefault("MONITOR_SCHEDULE", "0 0 0 1 1 *")
 
 
+SWEEP_INTERVAL_MS = 24 * 3600 * 1000
 _session_azurite: list[Azurite] = []  # the session's Azurite, once a test asked for it
 
 
 @pytest.fixture(scope="session")
 def azurite():
-    """A real Azurite on free 127.0.0.1 ports, in-memory, stopped at the end of the session."""
-    server = Azurite().start()
+    """A real Azurite on free 127.0.0.1 ports, in-memory, stopped at the end of the session.
+    Its sweep of deleted data runs once a day instead of every 10 minutes: a session's worth of
+    deleted containers made the sweep hold Azurite's one thread for over a minute (see
+    devhost/azurite_gc.js); what a session uploads fits in memory."""
+    server = Azurite(gc_interval_ms=SWEEP_INTERVAL_MS).start()
     _session_azurite.append(server)
     yield server
     _session_azurite.clear()

@@ -110,7 +110,8 @@ class Collector:
         self.writer = writer or writer_name()
         self.clock = clock
         self.stats = CollectorStats()
-        self._pending: deque[Observation] = deque()
+        # Plain tuples in Observation's order: a NamedTuple costs ~0.5 us more per request.
+        self._pending: deque[tuple[str, str, ModelInfo, np.ndarray, np.ndarray | None]] = deque()
         self._pending_rows = 0
         self._counts: dict[_Key, _Counts] = {}
         self._dirty: set[tuple[str, str]] = set()  # (endpoint, hour) changed since written
@@ -125,18 +126,22 @@ class Collector:
     def observe(self, endpoint: str, variant: str, info: ModelInfo, X: np.ndarray,
                 predictions: np.ndarray | None) -> None:
         """Keep one scoring's rows for counting (``X`` and ``predictions`` by reference: they
-        must not change afterwards). Never blocks on storage or counting, never raises."""
+        must not change afterwards). Never blocks on storage or counting, never raises.
+
+        About 0.3 us: a plain tuple appended to a deque (atomic), no lock, no event unless the
+        backlog just crossed :data:`COUNT_ROWS`."""
         try:
             n = X.shape[0]
-            if self._closed or self._pending_rows + n > self.max_pending_rows:
-                self._dropped(endpoint, PENDING_FULL if not self._closed else CLOSED, n)
+            before = self._pending_rows
+            if before + n > self.max_pending_rows or self._closed:
+                self._dropped(endpoint, CLOSED if self._closed else PENDING_FULL, n)
                 self._wake.set()
                 return
-            self._pending.append(Observation(endpoint, variant, info, X, predictions))
-            self._pending_rows += n  # a bound, not a ledger: recounted by the counting thread
+            self._pending.append((endpoint, variant, info, X, predictions))
+            self._pending_rows = before + n  # a bound, not a ledger: recounted when counting
             if self._thread is None:
                 self._start()
-            elif self._pending_rows >= COUNT_ROWS:
+            elif before < COUNT_ROWS <= before + n:
                 self._wake.set()
         except Exception:  # pragma: no cover - monitoring must never fail a request
             log.exception("monitoring: could not keep a scoring's rows")
@@ -176,12 +181,12 @@ class Collector:
         pending = self._pending
         while pending:
             try:
-                taken.append(pending.popleft())
+                taken.append(Observation(*pending.popleft()))
             except IndexError:  # pragma: no cover - emptied meanwhile
                 break
         # What still waits (observations appended meanwhile), counted again: the request path's
         # unlocked additions never drift into a permanent "full".
-        self._pending_rows = sum(o.X.shape[0] for o in list(pending))
+        self._pending_rows = sum(o[3].shape[0] for o in list(pending))
         if not taken:
             return 0
         rows = sum(o.X.shape[0] for o in taken)

@@ -118,7 +118,7 @@ def test_a_large_csv_job_is_planned_into_chunk_messages(rig, churn_csv):
 
 
 # The plan's keys in the order every version writes them: plans of jobs in flight stay readable.
-PLAN_KEYS = ["kind", "v", "id", "token", "created", "created_at", "endpoint", "variant",
+PLAN_KEYS = ["kind", "v", "id", "token", "created", "created_at", "accepted_at", "endpoint", "variant",
              "id_generated", "model", "input", "output", "id_column", "options", "header",
              "num_outputs", "categorical", "chunk_rows", "chunk_bytes", "chunks", "ranges"]
 
@@ -137,9 +137,13 @@ def test_a_stored_plan_reads_back_as_a_record_that_writes_the_same_bytes(rig, ch
     assert Plan.from_json(doc) == plan and plan.chunks == len(doc["ranges"])
     assert (plan.input.size, plan.output.blob, plan.model.copy) == \
         (doc["input"]["size"], "predictions/fan-json.csv", doc["model"]["copy"])
-    # A plan written before "categorical" and "id_generated" existed reads as having none.
-    older = {k: v for k, v in doc.items() if k not in ("categorical", "id_generated")}
+    assert plan.accepted_at == doc["accepted_at"] <= plan.created_at  # the job record's time
+    # A plan written before "categorical", "id_generated" and "accepted_at" existed reads as
+    # having none.
+    older = {k: v for k, v in doc.items()
+             if k not in ("categorical", "id_generated", "accepted_at")}
     assert Plan.from_json(older).categorical == {} and not Plan.from_json(older).id_generated
+    assert Plan.from_json(older).accepted_at is None
 
 
 @pytest.mark.parametrize("damage", [
