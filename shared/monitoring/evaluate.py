@@ -177,11 +177,15 @@ class DriftMonitor:
                        min_rows=self.thresholds.min_rows)
 
     def _between_variants(self, endpoint: str, groups: list[_Group]) -> list[Comparison]:
-        """Each other variant against the variant that served the most rows, where both were
+        """Each other named variant against the one that served the most rows, where both were
         counted under the same bins (references made from the same rows); out-of-range values
         are each variant's own model's."""
-        if len({g.variant for g in groups}) < 2:
+        named = [g for g in groups if g.variant != "default"]
+        if len({g.variant for g in named}) < 2:
             return []
+        # "default" is an endpoint's traffic before it had a router config: never a baseline
+        # for its variants.
+        groups = named
         base = groups[0]
         out = []
         for g in groups[1:]:

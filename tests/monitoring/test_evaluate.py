@@ -121,20 +121,23 @@ def test_two_variants_are_compared_with_their_references_and_with_each_other(
         model, _ = store.get(name)
         write_reference(container, f"{name}.txt", build_reference(path, model)[0])
     collector = Collector(lambda: monitoring, Binnings(lambda: container))
-    X = churn_features(4000, np.random.default_rng(13))
-    for variant, name, rows in (("control", "churn_v1", X[:2000]), ("treatment", "churn", X[2000:])):
+    X = churn_features(7000, np.random.default_rng(13))
+    # "default": the endpoint's traffic before its router config (the most rows, never a
+    # baseline for the variants).
+    for variant, name, rows in (("control", "churn_v1", X[:2000]), ("treatment", "churn", X[2000:4000]),
+                                ("default", "churn", X[4000:])):
         model, _ = store.get(name)
         collector.observe("ab", variant, model.info, rows, model.predict(rows))
     collector.close()
     summary = DriftMonitor(monitoring, container, Thresholds()).evaluate("ab")
     against = sorted((c.variant, c.against) for c in summary.comparisons)
-    assert against == [("control", "reference"), ("treatment", "reference"),
-                       ("treatment", "variant")]
+    assert against == [("control", "reference"), ("default", "reference"),
+                       ("treatment", "reference"), ("treatment", "variant")]
     [between] = [c for c in summary.comparisons if c.against == "variant"]
     assert between.baseline_name == "control" and between.served_rows == 2000
     # The same traffic split at random: no feature differs between the variants.
     assert not [f.name for f in between.features if f.drifted]
-    assert summary.timeline and {p.variant for p in summary.timeline} == {"control", "treatment"}
+    assert {p.variant for p in summary.timeline} == {"control", "treatment", "default"}
 
 
 def test_a_damaged_served_blob_is_left_out_and_said_so(churn_with_reference, container,
