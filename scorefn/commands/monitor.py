@@ -6,7 +6,14 @@ import argparse
 from datetime import UTC, datetime
 from pathlib import Path
 
-from scorefn.commands.storage_args import LOGS, MODELS, add_storage_args, app_settings, blob_service
+from scorefn.commands.storage_args import (
+    LOGS,
+    MODELS,
+    add_storage_args,
+    app_settings,
+    blob_service,
+    container_name,
+)
 
 
 def register(subparsers) -> None:
@@ -64,9 +71,9 @@ def run(args: argparse.Namespace) -> int:
     if not psi > 0 or min_rows < 1:
         raise SystemExit("--psi-threshold must be positive and --min-rows at least 1")
     monitoring = blob_service(args, LOGS).get_container_client(
-        _container(args.monitor_container, "monitor_container"))
+        container_name(args.monitor_container, "monitor_container"))
     models = blob_service(args, MODELS).get_container_client(
-        _container(args.models_container, "model_container"))
+        container_name(args.models_container, "model_container"))
     drift = DriftMonitor(monitoring, models, Thresholds(psi, min_rows, hours))
     now = datetime.now(UTC)
     endpoints = [args.endpoint] if args.endpoint else drift.endpoints(now)
@@ -103,14 +110,3 @@ def summary_lines(summary) -> list[str]:
         lines.append(f"  {c.variant} ({c.model}) vs {c.baseline_name}: {c.served_rows:,} rows, "
                      f"{what}{pred}")
     return lines
-
-
-def _container(value: str | None, setting: str) -> str:
-    from shared.settings import SPEC
-
-    if not value:
-        return getattr(app_settings(), setting)
-    try:
-        return SPEC[setting].parse(value)
-    except ValueError:
-        raise SystemExit(f"{value[:64]!r} is not a valid container name") from None

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from scorefn.commands.storage_args import LOGS, add_storage_args, app_settings, blob_service
+from scorefn.commands.storage_args import LOGS, add_storage_args, blob_service, container_name
 
 
 def register(subparsers) -> None:
@@ -59,19 +59,6 @@ def register(subparsers) -> None:
     report.set_defaults(run=run)
 
 
-def _container_name(value: str | None, setting: str) -> str:
-    """``value`` from the command line (checked as the app setting would be), else the app
-    setting's."""
-    from shared.settings import SPEC
-
-    if not value:
-        return getattr(app_settings(), setting)
-    try:
-        return SPEC[setting].parse(value)
-    except ValueError:
-        raise SystemExit(f"{value[:64]!r} is not a valid container name") from None
-
-
 def run(args: argparse.Namespace) -> int:
     from scorefn.ab.report import ReportOptions, make_report
     from shared.ablog.dataset import parse_when
@@ -91,16 +78,16 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"no file {args.outcomes_csv}")
     service = blob_service(args, LOGS)
     predictions = service.get_container_client(
-        _container_name(args.predictions_container, "prediction_log_container"))
+        container_name(args.predictions_container, "prediction_log_container"))
     outcomes = service.get_container_client(
-        _container_name(args.outcomes_container, "outcome_log_container"))
+        container_name(args.outcomes_container, "outcome_log_container"))
     options = ReportOptions(
         endpoint=args.endpoint, out=args.out, since=since, until=until,
         outcomes_until=outcomes_until, outcomes_csv=args.outcomes_csv,
         use_outcome_log=not args.no_outcome_log, control=args.control, threshold=args.threshold,
         objective=args.objective, metric=args.metric, alpha=args.alpha, json_out=args.json_out)
     # Drift summaries are in the monitoring container, on the prediction log's connection.
-    monitoring = service.get_container_client(app_settings().monitor_container)
+    monitoring = service.get_container_client(container_name(None, "monitor_container"))
     try:
         analysis = make_report(predictions, outcomes, options, monitoring=monitoring)
     except ValueError as exc:

@@ -58,6 +58,19 @@ def config_location(args: argparse.Namespace) -> tuple[str, str]:
     return container, blob
 
 
+def container_name(value: str | None, setting: str) -> str:
+    """``value`` from the command line (checked as the app setting ``setting`` would be), else
+    the app setting's own value."""
+    from shared.settings import SPEC
+
+    if not value:
+        return getattr(app_settings(), setting)
+    try:
+        return SPEC[setting].parse(value)
+    except ValueError:
+        raise SystemExit(f"{value[:64]!r} is not a valid container name") from None
+
+
 def app_settings() -> Any:
     """The app settings of this shell's environment, read and checked as the app reads them
     (an invalid one is a ``SettingsError``: one error line)."""
