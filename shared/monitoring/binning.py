@@ -87,9 +87,7 @@ class FeatureBins:
         kind = doc["kind"]
         if kind not in ("numeric", "categorical", "unused"):
             raise ValueError(f"unknown feature kind {kind!r}")
-        edges = tuple(float(v) for v in doc.get("edges", ()))
-        if any(b <= a for a, b in zip(edges, edges[1:])) or not all(map(math.isfinite, edges)):
-            raise ValueError(f"feature {doc.get('name')!r}: edges must be finite and increasing")
+        edges = _edges(doc, f"feature {doc.get('name')!r}")
         codes = tuple(int(c) for c in doc.get("codes", ()))
         if len(codes) > MAX_CODES or list(codes) != sorted(set(codes)):
             raise ValueError(f"feature {doc.get('name')!r}: codes must be distinct, sorted, "
@@ -132,10 +130,15 @@ class PredictionBins:
         kind = doc["kind"]
         if kind not in ("probability", "classes", "value"):
             raise ValueError(f"unknown prediction kind {kind!r}")
-        edges = tuple(float(v) for v in doc.get("edges", ()))
-        if any(b <= a for a, b in zip(edges, edges[1:])) or not all(map(math.isfinite, edges)):
-            raise ValueError("prediction edges must be finite and increasing")
-        return cls(kind, edges, int(doc.get("classes", 0)))
+        return cls(kind, _edges(doc, "predictions"), int(doc.get("classes", 0)))
+
+
+def _edges(doc: dict[str, Any], what: str) -> tuple[float, ...]:
+    """A stored ``edges`` list, checked: finite and strictly increasing."""
+    edges = tuple(float(v) for v in doc.get("edges", ()))
+    if any(b <= a for a, b in zip(edges, edges[1:])) or not all(map(math.isfinite, edges)):
+        raise ValueError(f"{what}: edges must be finite and increasing")
+    return edges
 
 
 @dataclass(frozen=True)
