@@ -26,7 +26,7 @@ from shared.monitoring.blobs import (
     served_index,
     write_summary,
 )
-from shared.monitoring.drift import compare, effective_rows
+from shared.monitoring.drift import MIN_ROWS, PSI_THRESHOLD, compare, effective_rows
 from shared.monitoring.profile import Profile
 from shared.monitoring.records import Against, Comparison, DriftSummary, WindowPoint
 from shared.monitoring.references import reference_for
@@ -41,8 +41,8 @@ class Thresholds:
     """When a feature counts as drifted (settings ``MONITOR_PSI_THRESHOLD``,
     ``MONITOR_MIN_ROWS``) and the window evaluated (``MONITOR_WINDOW_HOURS``)."""
 
-    psi: float = 0.2
-    min_rows: int = 200
+    psi: float = PSI_THRESHOLD
+    min_rows: int = MIN_ROWS
     window_hours: int = 24
 
 
